@@ -1,0 +1,247 @@
+"""The results file: one JSON record per line of ``<out>/results.jsonl``, appended, resumable.
+
+Why it looks like this:
+- Each record is written with a single ``os.write`` on an ``O_APPEND`` descriptor followed
+  by ``fsync``: a crash or a kill leaves either the whole line or, at worst, a torn last
+  line that ``load_records`` skips and reports. Nothing ever rewrites earlier lines.
+- Only the launcher's parent process writes, so lines from parallel cells never interleave.
+- Every record carries ``schema``; a file written by a harness with another schema is
+  refused with one clear line instead of being half-understood.
+- ``environment()`` describes the software (and, filled in by the cell process, the device)
+  a record was measured on; ``fingerprint()`` hashes the parts that change the numbers,
+  so a report or a gate can tell comparable records from others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.jsonl"
+
+STATUSES = ("ok", "oom", "error", "timeout")
+# Statuses that a resume re-runs only when asked (--retry-failed): an error or a timeout may
+# be transient (a bug since fixed, a busy machine); "ok" and "oom" are results.
+RETRYABLE_STATUSES = ("error", "timeout")
+
+# The environment fields that can change measured numbers. Not the git commit (a docs
+# change must not make old baselines incomparable) and not the hostname.
+FINGERPRINT_FIELDS = (
+    "torch",
+    "transformers",
+    "peft",
+    "device_name",
+    "cuda",
+    "PYTORCH_CUDA_ALLOC_CONF",
+)
+
+
+class ResultsError(ValueError):
+    """A results file this harness cannot use (incompatible schema, not JSON records)."""
+
+
+# ---- environment ------------------------------------------------------------------------
+
+
+def _dist_version(name: str) -> str | None:
+    # importlib.metadata: versions without importing torch (the launcher parent stays light).
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(directory: str | Path | None = None) -> tuple[str | None, bool | None]:
+    """(commit sha, dirty?) of the checkout holding ``directory``; (None, None) outside git."""
+    cwd = Path(directory) if directory else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        if sha.returncode != 0:
+            return None, None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+        return sha.stdout.strip(), dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def environment(
+    device_name: str | None = None,
+    driver: str | None = None,
+    cuda: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The software environment of this process, plus the device fields the caller knows.
+
+    The launcher parent never touches CUDA, so ``device_name``/``driver``/``cuda`` come from
+    the cell process (which knows which device it ran on). ``extra`` keys are added as is.
+    The result includes its own ``fingerprint``.
+    """
+    from . import __version__
+
+    commit, dirty = git_commit()
+    env: dict[str, Any] = {
+        "torch": _dist_version("torch"),
+        "transformers": _dist_version("transformers"),
+        "peft": _dist_version("peft"),
+        "python": platform.python_version(),
+        "harness": __version__,
+        "schema": SCHEMA_VERSION,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "platform": platform.platform(),  # OS and architecture; no hostname
+        "device_name": device_name,
+        "driver": driver,
+        "cuda": cuda,
+        "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+    }
+    env.update(extra)
+    env["fingerprint"] = fingerprint(env)
+    return env
+
+
+def fingerprint(env: dict[str, Any]) -> str:
+    """Short hash of the fields that change measured numbers (see ``FINGERPRINT_FIELDS``)."""
+    picked = {k: env.get(k) for k in FINGERPRINT_FIELDS}
+    blob = json.dumps(picked, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---- writing ----------------------------------------------------------------------------
+
+
+def results_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / RESULTS_FILE
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One line of JSON, newline-terminated. Sets ``schema`` if the record lacks it."""
+    record = dict(record)
+    schema = record.setdefault("schema", SCHEMA_VERSION)
+    if schema != SCHEMA_VERSION:
+        raise ResultsError(
+            f"record {record.get('id')!r} has schema {schema!r}; this harness writes {SCHEMA_VERSION}"
+        )
+    line = json.dumps(record, separators=(",", ":"), sort_keys=False, default=str)
+    if "\n" in line:  # json.dumps escapes newlines inside strings; belt and braces
+        raise ResultsError(f"record {record.get('id')!r} does not encode to one line")
+    return (line + "\n").encode("utf-8")
+
+
+def append_record(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one record as one complete line: a single write on an O_APPEND fd, then fsync.
+
+    If an earlier writer was killed mid-line (the file does not end with a newline), a
+    newline is written first, so the torn fragment stays a separate, skippable line and
+    never corrupts this record.
+    """
+    data = encode_record(record)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and _last_byte(path, size) != b"\n":
+            data = b"\n" + data
+        written = os.write(fd, data)
+        if written != len(data):  # only on a full disk or similar; say so, do not hide it
+            raise OSError(f"{path}: short write ({written} of {len(data)} bytes)")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _last_byte(path: Path, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(size - 1)
+        return f.read(1)
+
+
+# ---- reading ----------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedResults:
+    """Records in file order, plus the line numbers (1-based) that were skipped as torn."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped_lines: list[int] = field(default_factory=list)
+
+    def warnings(self, path: str | Path) -> list[str]:
+        return [
+            f"{path}: line {n}: incomplete record (a run was killed while writing it); skipped"
+            for n in self.skipped_lines
+        ]
+
+
+def load_results(path: str | Path) -> LoadedResults:
+    """Parse a results file. Lines that are not complete JSON objects (a torn write) are
+    skipped and listed; a record from another schema version raises ``ResultsError``.
+    A missing file is an empty result (nothing has run yet)."""
+    path = Path(path)
+    loaded = LoadedResults()
+    if not path.exists():
+        return loaded
+    with open(path, "rb") as f:
+        raw_lines = f.read().split(b"\n")
+    for lineno, raw in enumerate(raw_lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            loaded.skipped_lines.append(lineno)
+            continue
+        if not isinstance(record, dict):
+            raise ResultsError(f"{path}: line {lineno}: not a JSON object; is this a lamda-bench results file?")
+        schema = record.get("schema")
+        if schema != SCHEMA_VERSION:
+            raise ResultsError(
+                f"{path}: line {lineno}: schema: {schema!r} was written by an incompatible harness "
+                f"version (this one reads schema {SCHEMA_VERSION}); use another --out directory"
+            )
+        loaded.records.append(record)
+    return loaded
+
+
+def load_records(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a results file (torn lines skipped; see ``load_results`` for which)."""
+    return load_results(path).records
+
+
+def latest_by_id(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """id -> the last record written for it (a retried cell supersedes its failed attempt)."""
+    out: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        if "id" in rec:
+            out[rec["id"]] = rec
+    return out
+
+
+def completed_ids(path: str | Path, retry_failed: bool = False) -> set[str]:
+    """Ids a resumed run skips: every final status, or only ok/oom when ``retry_failed``."""
+    done = set()
+    for cell_id, rec in latest_by_id(load_records(path)).items():
+        status = rec.get("status")
+        if status not in STATUSES:
+            continue
+        if retry_failed and status in RETRYABLE_STATUSES:
+            continue
+        done.add(cell_id)
+    return done
