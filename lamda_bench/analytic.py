@@ -1,0 +1,343 @@
+"""Closed-form predictions: trainable parameters, parameter updates, adapter saved bytes, adapter FLOPs.
+
+Every figure the harness measures that has a closed form is recorded next to the prediction
+made here, so a mismatch points at either the arithmetic or the implementation.
+
+The model is described by the list of its adapted linears (``AdaptedLinear``): their shapes
+plus two structural facts that the arithmetic needs and that a name alone does not give:
+
+- ``input_requires_grad``: whether autograd needs dL/dx at the layer's input. It does for
+  every layer that sits downstream of a trainable parameter; it does not for the first
+  adapted layers of a model with frozen embeddings (LLaMA's layer-0 q, k, v) or for a bare
+  linear fed a plain input. It decides whether the adapter pays input-gradient FLOPs.
+- ``input_group``: layers with the same (non-None) group read the very same input tensor
+  (q, k, v read one norm output). When the adapter does not copy its input, a saved ``x``
+  is one storage for the whole group; counted once, as the tracker counts unique storages.
+
+The adapter paths are chains of linears (``Matmul``), which is all the arithmetic needs:
+forward 2 N d_in d_out FLOPs per matmul (2 FLOPs per multiply-accumulate, N = batch x seq
+tokens); backward a weight gradient (2 N x trainable weight elements) only for trainable
+weights and an input gradient (2 N d_in d_out) only where the input requires grad. Autograd
+saves a matmul's input only when its weight needs a gradient (``F.linear(x, W)`` with W
+frozen saves W, a parameter, which is not an activation). Elementwise ops (LoRA scaling,
+the residual add, VeRA's scale vectors) are not counted, as torch's FlopCounterMode does not
+count them either.
+
+Assumptions shared by all formulas (stated once here, referred to below):
+
+- adapter dropout is 0 (PEFT's default), so ``dropout(x)`` is ``x`` itself; with dropout
+  p > 0 each layer saves its dropout output and a bool mask of N x d_in instead;
+- PEFT casts the layer input to the adapter weights' dtype only when the two differ
+  (``_cast_input_dtype``); the cast is a new storage per layer, the uncast input is the
+  base layer's own input storage (shared by the layer's ``input_group``);
+- no base-model op saves the adapted layer's input before the adapter does (true for
+  LLaMA, BERT and BART blocks: norms save their inputs, not their outputs), otherwise the
+  tracker attributes that storage to the base;
+- no gradient checkpointing (with it, the saved set is the checkpoint boundaries; the
+  functions here do not model that and callers report no prediction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+# Method families by the structure of their adapter path.
+LORA_LIKE = ("lora", "pissa")  # B A x, A and B trainable (PiSSA only changes the init)
+LAMDA_LIKE = ("lamda", "lamda++")  # s B S A x, A frozen, S trainable, B gradually frozen
+KNOWN_METHODS = ("full", "lora", "pissa", "lora-fa", "dora", "vera", "lamda", "lamda++")
+
+
+class AnalyticError(ValueError):
+    """A prediction was asked for something it cannot describe (one-line message)."""
+
+
+@dataclass(frozen=True)
+class AdaptedLinear:
+    """One adapted linear of the model and the structural facts the arithmetic needs.
+
+    ``r`` overrides the cell's rank for this layer (LaMDA++ allocates per-layer ranks).
+    """
+
+    d_in: int
+    d_out: int
+    r: int | None = None
+    input_requires_grad: bool = True
+    input_group: str | None = None
+    name: str = ""
+
+    def rank(self, r: int) -> int:
+        return self.r if self.r is not None else r
+
+
+@dataclass(frozen=True)
+class Matmul:
+    """One linear of an adapter chain: input width, output width, trainable weight elements."""
+
+    d_in: int
+    d_out: int
+    trainable: int  # trainable elements of the weight (0: frozen)
+
+
+# ---------------------------------------------------------------------------------------
+# adapter structure
+# ---------------------------------------------------------------------------------------
+
+
+def adapter_chain(method: str, layer: AdaptedLinear, r: int, b_trainable: int | None = None) -> list[Matmul] | None:
+    """The adapter path of ``layer`` as a chain of matmuls, or None where it is not a chain.
+
+    ``b_trainable`` is LaMDA's number of trainable rank components of B (columns of the
+    d_out x r matrix; defaults to all r). DoRA (weight-norm terms) and full fine-tuning (no
+    adapter) have no chain.
+    """
+    _check_method(method)
+    rl = layer.rank(r)
+    if method in LORA_LIKE:
+        return [Matmul(layer.d_in, rl, layer.d_in * rl), Matmul(rl, layer.d_out, rl * layer.d_out)]
+    if method == "lora-fa":
+        return [Matmul(layer.d_in, rl, 0), Matmul(rl, layer.d_out, rl * layer.d_out)]
+    if method == "vera":
+        # VeRA's A and B are shared frozen buffers; its trainable scale vectors are
+        # elementwise, not matmuls. lambda_d is trainable, so B's input still needs a grad.
+        return [Matmul(layer.d_in, rl, 0), Matmul(rl, layer.d_out, 0)]
+    if method in LAMDA_LIKE:
+        k = rl if b_trainable is None else min(b_trainable, rl)
+        return [
+            Matmul(layer.d_in, rl, 0),
+            Matmul(rl, rl, rl * rl),
+            Matmul(rl, layer.d_out, k * layer.d_out),
+        ]
+    return None  # full, dora
+
+
+# ---------------------------------------------------------------------------------------
+# trainable parameters and updates
+# ---------------------------------------------------------------------------------------
+
+
+def layer_trainable(method: str, layer: AdaptedLinear, r: int, b_trainable: int | None = None) -> int:
+    """Trainable parameters the adapter adds to one linear.
+
+    lora, pissa: (d_in + d_out) r.  lora-fa: d_out r (A frozen).  dora: lora + d_out (the
+    magnitude vector).  vera: d_out + r (PEFT's lambda_b and lambda_d; A and B are shared
+    frozen buffers).  lamda / lamda++: r^2 + d_out k with k the trainable columns of B
+    (k = r at the start, 0 once B is frozen).  full: not per layer (see ``trainable``).
+    """
+    _check_method(method)
+    rl = layer.rank(r)
+    if method in LORA_LIKE:
+        return (layer.d_in + layer.d_out) * rl
+    if method == "lora-fa":
+        return layer.d_out * rl
+    if method == "dora":
+        return (layer.d_in + layer.d_out) * rl + layer.d_out
+    if method == "vera":
+        return layer.d_out + rl
+    if method in LAMDA_LIKE:
+        k = rl if b_trainable is None else min(b_trainable, rl)
+        return rl * rl + layer.d_out * k
+    raise AnalyticError(f"method {method!r} has no per-layer trainable count (full trains every parameter)")
+
+
+def trainable(
+    method: str,
+    layers: Sequence[AdaptedLinear],
+    r: int,
+    *,
+    step: int = 0,
+    b_schedule: Callable[[int, int], int] | None = None,
+    total_params: int | None = None,
+) -> int:
+    """Trainable parameters of the model during optimizer step ``step`` (0-based).
+
+    ``b_schedule(r_l, step)`` gives LaMDA's trainable B components of a rank-r_l layer at
+    that step (None: B fully trainable). ``full`` needs ``total_params`` (all of them train);
+    other methods assume the base model is frozen entirely (no trainable norms or heads).
+    """
+    if method == "full":
+        if total_params is None:
+            raise AnalyticError("full fine-tuning trains every parameter: total_params is required")
+        return total_params
+    total = 0
+    for layer in layers:
+        k = b_schedule(layer.rank(r), step) if (b_schedule and method in LAMDA_LIKE) else None
+        total += layer_trainable(method, layer, r, k)
+    return total
+
+
+def updates(
+    method: str,
+    layers: Sequence[AdaptedLinear],
+    r: int,
+    steps: int,
+    *,
+    b_schedule: Callable[[int, int], int] | None = None,
+    total_params: int | None = None,
+) -> int:
+    """Parameter updates over a run: the sum over optimizer steps 0..steps-1 of the trainable
+    parameters during that step (the LaMDA paper's measure; B's freezing makes it shrink)."""
+    return sum(
+        trainable(method, layers, r, step=s, b_schedule=b_schedule, total_params=total_params)
+        for s in range(steps)
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# saved activations
+# ---------------------------------------------------------------------------------------
+
+
+def adapter_saved_bytes(
+    method: str,
+    layers: Sequence[AdaptedLinear],
+    r: int,
+    tokens: int,
+    *,
+    adapter_itemsize: int,
+    input_itemsize: int,
+    b_trainable: Callable[[int], int] | None = None,
+    dropout: float = 0.0,
+) -> int | None:
+    """Bytes the adapter paths save for backward, unique storages, N = ``tokens``.
+
+    lora / pissa: x (N d_in) + A x (N r) per layer. The saved x is the cast copy (N d_in x
+    adapter itemsize, one per layer) when the adapter dtype differs from the input's (PEFT's
+    ``autocast_adapter_dtype`` with fp32 adapters on a bf16 model), else the layer's own
+    input storage (N d_in x input itemsize, once per ``input_group``).
+    lora-fa: A x (N r) only: A is frozen, so x is not saved.
+    lamda / lamda++: A x and S A x (2 N r) while any column of B trains, A x (N r) once B is
+    frozen (``b_trainable(r_l)`` gives the trainable columns at the accounted step).
+    full: 0 (there is no adapter path; the base saves x).
+    dora, vera: None (no closed form here: measure it).
+    With dropout p > 0 (lora-like) each layer saves its own dropout output (N d_in, adapter
+    itemsize) and a bool mask (N d_in bytes) instead of x.
+    """
+    _check_method(method)
+    if method == "full":
+        return 0
+    if method in ("dora", "vera"):
+        return None
+    total = 0
+    shared_inputs: set[str] = set()
+    casts = adapter_itemsize != input_itemsize
+    for i, layer in enumerate(layers):
+        k = b_trainable(layer.rank(r)) if b_trainable else None
+        chain = adapter_chain(method, layer, r, k)
+        assert chain is not None
+        for j, mm in enumerate(chain):
+            if mm.trainable == 0:
+                continue  # a frozen weight's matmul saves only the weight
+            if j > 0:
+                total += tokens * mm.d_in * adapter_itemsize  # an adapter-internal activation
+            elif dropout > 0:
+                total += tokens * mm.d_in * (adapter_itemsize + 1)
+            elif casts:
+                total += tokens * mm.d_in * adapter_itemsize
+            else:
+                group = layer.input_group if layer.input_group is not None else f"#{i}"
+                if group not in shared_inputs:
+                    shared_inputs.add(group)
+                    total += tokens * mm.d_in * input_itemsize
+    return total
+
+
+# ---------------------------------------------------------------------------------------
+# FLOPs
+# ---------------------------------------------------------------------------------------
+
+
+def adapter_flops(
+    method: str,
+    layers: Sequence[AdaptedLinear],
+    r: int,
+    tokens: int,
+    *,
+    b_trainable: Callable[[int], int] | None = None,
+) -> tuple[int, int] | None:
+    """(forward, backward) matmul FLOPs of the adapter paths for N = ``tokens``.
+
+    Per matmul of the chain: forward 2 N d_in d_out; backward 2 N x (trainable weight
+    elements) for the weight gradient, plus 2 N d_in d_out for the input gradient when the
+    matmul's input requires grad (the layer input: ``input_requires_grad``; an inner input:
+    when anything before it in the chain is trainable or the layer input requires grad).
+    LoRA: fwd 2N r (d_in + d_out); bwd 2N r (2 d_out + d_in [+ d_in if x needs grad]).
+    LaMDA with k trainable B columns: fwd 2N r (d_in + r + d_out);
+    bwd 2N (d_out k + d_out r + r^2 [+ r^2 + r d_in if x needs grad]).
+    full: (0, 0). dora: None (its weight-norm terms are not a chain; measure it).
+    """
+    _check_method(method)
+    if method == "full":
+        return (0, 0)
+    fwd = bwd = 0
+    for layer in layers:
+        k = b_trainable(layer.rank(r)) if b_trainable else None
+        chain = adapter_chain(method, layer, r, k)
+        if chain is None:
+            return None
+        needs_grad = layer.input_requires_grad
+        for mm in chain:
+            fwd += 2 * tokens * mm.d_in * mm.d_out
+            bwd += 2 * tokens * mm.trainable
+            if needs_grad:
+                bwd += 2 * tokens * mm.d_in * mm.d_out
+            needs_grad = needs_grad or mm.trainable > 0
+    return fwd, bwd
+
+
+# ---------------------------------------------------------------------------------------
+# all predictions for one cell
+# ---------------------------------------------------------------------------------------
+
+
+def predict(
+    method: str,
+    layers: Sequence[AdaptedLinear],
+    r: int,
+    tokens: int,
+    *,
+    steps: int,
+    accounted_step: int,
+    adapter_itemsize: int,
+    input_itemsize: int,
+    b_schedule: Callable[[int, int], int] | None = None,
+    total_params: int | None = None,
+    dropout: float = 0.0,
+    gradient_checkpointing: bool = False,
+) -> dict:
+    """The ``predicted`` block of a record: the closed forms for the same fields as measured.
+
+    ``trainable`` is at the start (step 0), ``updates`` over ``steps`` optimizer steps, saved
+    bytes and FLOPs at ``accounted_step`` (the instrumented step, 0-based). Saved bytes are
+    None under gradient checkpointing (not modelled) and for methods without a closed form.
+    """
+    at = (lambda rl: b_schedule(rl, accounted_step)) if (b_schedule and method in LAMDA_LIKE) else None
+    saved = None
+    if not gradient_checkpointing:
+        saved = adapter_saved_bytes(
+            method, layers, r, tokens, adapter_itemsize=adapter_itemsize,
+            input_itemsize=input_itemsize, b_trainable=at, dropout=dropout,
+        )
+    flops = adapter_flops(method, layers, r, tokens, b_trainable=at)
+    return {
+        "params": {
+            "trainable": trainable(method, layers, r, step=0, b_schedule=b_schedule, total_params=total_params),
+            "updates": updates(method, layers, r, steps, b_schedule=b_schedule, total_params=total_params),
+        },
+        "memory": {"saved_activations_adapter": saved},
+        "flops": {
+            "adapter_forward": None if flops is None else flops[0],
+            # Under checkpointing the forward is recomputed in backward; not modelled.
+            "adapter_backward": None if (flops is None or gradient_checkpointing) else flops[1],
+        },
+    }
+
+
+def _check_method(method: str) -> None:
+    if method not in KNOWN_METHODS:
+        raise AnalyticError(f"no closed form for method {method!r}; known: {', '.join(KNOWN_METHODS)}")
+
+
+def layers_from_shapes(shapes: Iterable[tuple[int, int]]) -> list[AdaptedLinear]:
+    """Convenience: plain (d_in, d_out) shapes, each reading its own input that needs a grad."""
+    return [AdaptedLinear(d_in, d_out) for d_in, d_out in shapes]
