@@ -1,0 +1,407 @@
+"""Suite TOML -> a validated list of ``Cell``.
+
+A suite file has a ``[suite]`` table (``name``, ``description``), an optional ``[defaults]``
+table and one or more ``[[sweep]]`` tables. Each sweep is merged over the defaults (the
+sweep wins), then expanded:
+
+- A list value is an axis; a sweep is the product of its axes (the last key varies
+  fastest); the suite is the union of its sweeps, deduplicated by cell id, order kept.
+  A list in ``[defaults]`` is an axis of every sweep that does not override the key.
+- ``targets``: a string is a preset of the workload (``"all"``, ``"attn"``); a list is an
+  axis like any other, whose elements are presets or *lists* of module-name suffixes.
+  So ``targets = ["all", "attn"]`` gives two cells and ``targets = [["q_proj", "v_proj"]]``
+  gives one cell adapting q_proj and v_proj.
+- ``zip = [["r", "alpha"]]``: the named axes advance together (equal lengths required)
+  instead of forming a product.
+- ``exclude = [{method = "full", r = 16}]``: drop combinations where every named key has
+  that value (a list value in an exclude entry matches any of its elements).
+- Method-specific keys (``init``, ``freeze_fraction``, ...) apply to the cells whose method
+  defines them and are ignored by the others (so one sweep can mix lora and lamda); a key
+  set in a sweep that no method of that sweep defines is an error (in ``[defaults]``, a
+  key only has to belong to some known method). Options are resolved (defaults filled)
+  by the method, so a cell's id is stable. For the same reason a linear cell gets its
+  d_in/d_out defaults written in, and a full fine-tuning cell (which has no rank) gets
+  the Cell defaults for r and alpha, so sweeping r yields one full cell.
+
+Every problem raises ``SuiteError`` with one line: ``<file>: <where>: <key>: <problem>``.
+Checks that need a built model (r larger than a model layer's shape) happen at run time
+and give an error record; r larger than a linear workload's d is caught here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, Cell
+
+LINEAR_WORKLOAD = "linear"
+# Methods whose result does not depend on r or alpha: their cells get the Cell defaults for
+# both, so `method = ["lora", "full"]` x `r = [8, 16]` gives one full cell, not two.
+RANKLESS_METHODS = ("full",)
+SWEEP_ONLY_KEYS = ("zip", "exclude")
+TOP_LEVEL_KEYS = ("suite", "defaults", "sweep")
+SUITE_KEYS = ("name", "description")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class SuiteError(ValueError):
+    """A suite file that cannot be run; the message is one line naming file and key."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    path: str
+    cells: tuple[Cell, ...]
+
+
+# ---- what a value may be, per cell key ------------------------------------------------
+
+def _int(minimum: int) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _Bad(f"expected an integer, got {v!r}")
+        if v < minimum:
+            raise _Bad(f"{v} is less than {minimum}")
+        return v
+    return check
+
+
+def _number(positive: bool = True) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _Bad(f"expected a number, got {v!r}")
+        if positive and not v > 0:
+            raise _Bad(f"{v} is not > 0")
+        return float(v)
+    return check
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        if not isinstance(v, str):
+            raise _Bad(f"expected one of {list(choices)}, got {v!r}")
+        if v not in choices:
+            raise _Bad(f"{v!r} is not one of {list(choices)}{_hint(v, choices)}")
+        return v
+    return check
+
+
+def _str(v: Any) -> Any:
+    if not isinstance(v, str) or not v:
+        raise _Bad(f"expected a non-empty string, got {v!r}")
+    return v
+
+
+def _bool(v: Any) -> Any:
+    if not isinstance(v, bool):
+        raise _Bad(f"expected true or false, got {v!r}")
+    return v
+
+
+def _targets(v: Any) -> Any:
+    if isinstance(v, str) and v:
+        return v
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, str) and x for x in v):
+        return tuple(v)
+    raise _Bad(f"expected a preset name or a list of module-name suffixes, got {v!r}")
+
+
+CELL_KEYS: dict[str, Callable[[Any], Any]] = {
+    "workload": _str,
+    "method": _str,
+    "r": _int(1),
+    "alpha": _number(),
+    "targets": _targets,
+    "layers": _int(1),
+    "d_in": _int(1),
+    "d_out": _int(1),
+    "batch": _int(1),
+    "seq": _int(1),
+    "dtype": _choice(DTYPES),
+    "device": _choice(DEVICES),
+    "mode": _choice(MODES),
+    "steps": _int(1),
+    "warmup": _int(0),
+    "optimizer": _choice(OPTIMIZERS),
+    "lr": _number(),
+    "gradient_checkpointing": _bool,
+    "attn_implementation": _choice(ATTENTION),
+    "seed": _int(0),
+    "timeout_s": _number(),
+}
+assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
+
+
+class _Bad(Exception):
+    """Internal: a value problem, turned into a SuiteError once file and key are known."""
+
+
+def _hint(word: str, candidates) -> str:
+    match = difflib.get_close_matches(word, list(candidates), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+# ---- the registries a suite is checked against ------------------------------------------
+
+@dataclass
+class Catalog:
+    """Known methods (name -> Method) and workloads (name -> workload). The default reads the
+    real registries; tests may pass small ones."""
+
+    methods: Mapping[str, Any]
+    workloads: Mapping[str, Any]
+    linear_default_dim: int = 4096
+
+    @classmethod
+    def default(cls) -> "Catalog":
+        from .methods import all_methods
+        from .workloads import LINEAR_DEFAULT_DIM, WORKLOADS
+
+        return cls(methods=all_methods(), workloads=WORKLOADS, linear_default_dim=LINEAR_DEFAULT_DIM)
+
+    def option_names(self) -> set[str]:
+        return {k for m in self.methods.values() for k in getattr(m, "options", {})}
+
+
+# ---- parsing ------------------------------------------------------------------------------
+
+def load_suite(path: str | Path, catalog: Catalog | None = None) -> Suite:
+    """Read and validate a suite file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SuiteError(f"{path}: no such suite file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SuiteError(f"{path}: cannot read: {e}") from None
+    return parse_suite(text, source=str(path), default_name=path.stem, catalog=catalog)
+
+
+def parse_suite(
+    text: str,
+    source: str = "<suite>",
+    default_name: str = "suite",
+    catalog: Catalog | None = None,
+) -> Suite:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message already says "(at line L, column C)".
+        raise SuiteError(f"{source}: malformed TOML: {e}") from None
+    return _Parser(source, catalog or Catalog.default()).parse(doc, default_name)
+
+
+class _Parser:
+    def __init__(self, source: str, catalog: Catalog):
+        self.source = source
+        self.catalog = catalog
+        self.option_names = catalog.option_names()
+
+    def fail(self, where: str, key: str, problem: str) -> SuiteError:
+        parts = [self.source] + [p for p in (where, key) if p] + [problem]
+        return SuiteError(": ".join(parts))
+
+    # -- document level
+    def parse(self, doc: dict[str, Any], default_name: str) -> Suite:
+        for key in doc:
+            if key not in TOP_LEVEL_KEYS:
+                raise self.fail("", key, f"unknown top-level key{_hint(key, TOP_LEVEL_KEYS)}; "
+                                f"a suite has [suite], [defaults] and [[sweep]] tables")
+        meta = doc.get("suite", {})
+        if not isinstance(meta, dict):
+            raise self.fail("", "suite", "expected a [suite] table")
+        for key in meta:
+            if key not in SUITE_KEYS:
+                raise self.fail("[suite]", key, f"unknown key{_hint(key, SUITE_KEYS)}")
+        name = meta.get("name", default_name)
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise self.fail("[suite]", "name", f"{name!r} must be a plain name (letters, digits, _ . + -)")
+        description = meta.get("description", "")
+        if not isinstance(description, str):
+            raise self.fail("[suite]", "description", f"expected a string, got {description!r}")
+
+        defaults = doc.get("defaults", {})
+        if not isinstance(defaults, dict):
+            raise self.fail("", "defaults", "expected a [defaults] table")
+        self.check_keys("[defaults]", defaults, allow_sweep_only=False)
+
+        sweeps = doc.get("sweep")
+        if sweeps is None:
+            raise self.fail("", "sweep", "no [[sweep]] table: a suite needs at least one")
+        if not isinstance(sweeps, list) or not all(isinstance(s, dict) for s in sweeps):
+            raise self.fail("", "sweep", "expected [[sweep]] tables (an array of tables)")
+
+        cells: dict[str, Cell] = {}
+        for i, sweep in enumerate(sweeps, start=1):
+            where = f"[[sweep]] #{i}"
+            self.check_keys(where, sweep, allow_sweep_only=True)
+            for cell in self.expand(where, {**defaults, **sweep}, own_keys=set(sweep)):
+                cells.setdefault(cell.id, cell)
+        return Suite(name=name, description=description, path=self.source, cells=tuple(cells.values()))
+
+    def check_keys(self, where: str, table: dict[str, Any], allow_sweep_only: bool) -> None:
+        known = set(CELL_KEYS) | self.option_names | (set(SWEEP_ONLY_KEYS) if allow_sweep_only else set())
+        for key in table:
+            if key in SWEEP_ONLY_KEYS and not allow_sweep_only:
+                raise self.fail(where, key, "only allowed in a [[sweep]] table")
+            if key not in known:
+                raise self.fail(where, key, f"unknown key{_hint(key, known)}")
+
+    # -- one sweep
+    def expand(self, where: str, table: dict[str, Any], own_keys: set[str]) -> list[Cell]:
+        table = dict(table)
+        zips = table.pop("zip", [])
+        excludes = table.pop("exclude", [])
+        for key in ("workload", "method"):
+            if key not in table:
+                raise self.fail(where, key, "missing (set it in [defaults] or in the sweep)")
+
+        axes: dict[str, list[Any]] = {}
+        for key, value in table.items():
+            values = value if isinstance(value, list) else [value]
+            if not values:
+                raise self.fail(where, key, "empty list: an axis needs at least one value")
+            axes[key] = [self.check_value(where, key, v) for v in values]
+
+        sweep_methods = [self.catalog.methods[m] for m in axes["method"]]
+        sweep_options = {k for m in sweep_methods for k in getattr(m, "options", {})}
+        for key in own_keys & set(axes):  # [defaults] keys may serve other sweeps' methods
+            if key not in CELL_KEYS and key not in sweep_options:
+                names = ", ".join(m.name for m in sweep_methods)
+                raise self.fail(where, key, f"not an option of any method of this sweep ({names})"
+                                f"{_hint(key, sweep_options)}")
+
+        groups = self.zip_groups(where, zips, axes)
+        exclude_rules = self.exclude_rules(where, excludes)
+        for rule in exclude_rules:
+            for key in rule:
+                if key not in axes:
+                    raise self.fail(where, f"exclude.{key}", f"not a key of this sweep, so it never matches"
+                                    f"{_hint(key, axes)}")
+
+        # Each axis or zipped group is one factor of the product, in key order.
+        factors: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]] = []
+        grouped = {k for g in groups for k in g}
+        for key in axes:
+            if key in grouped:
+                group = next(g for g in groups if key in g)
+                if key == group[0]:
+                    factors.append((group, list(zip(*(axes[k] for k in group)))))
+            else:
+                factors.append(((key,), [(v,) for v in axes[key]]))
+
+        cells: list[Cell] = []
+        combos = 0
+        for choice in itertools.product(*(vals for _, vals in factors)):
+            combo: dict[str, Any] = {}
+            for (keys, _), values in zip(factors, choice):
+                combo.update(zip(keys, values))
+            combos += 1
+            if any(all(combo.get(k) in allowed for k, allowed in rule.items()) for rule in exclude_rules):
+                continue
+            cells.append(self.make_cell(where, combo))
+        if combos and not cells:
+            raise self.fail(where, "exclude", "drops every combination of this sweep")
+        return cells
+
+    def check_value(self, where: str, key: str, value: Any) -> Any:
+        if key in CELL_KEYS:
+            try:
+                value = CELL_KEYS[key](value)
+            except _Bad as e:
+                raise self.fail(where, key, str(e)) from None
+            if key == "method" and value not in self.catalog.methods:
+                raise self.fail(where, key, f"unknown method {value!r}{_hint(value, self.catalog.methods)}; "
+                                f"known: {', '.join(sorted(self.catalog.methods))}")
+            if key == "workload" and value not in self.catalog.workloads:
+                raise self.fail(where, key, f"unknown workload {value!r}{_hint(value, self.catalog.workloads)}; "
+                                f"known: {', '.join(sorted(self.catalog.workloads))}")
+        return value  # method options are checked per cell, by their method
+
+    def zip_groups(self, where: str, zips: Any, axes: dict[str, list[Any]]) -> list[tuple[str, ...]]:
+        if not isinstance(zips, list) or not all(
+            isinstance(g, list) and g and all(isinstance(k, str) for k in g) for g in zips
+        ):
+            raise self.fail(where, "zip", 'expected a list of key lists, e.g. zip = [["r", "alpha"]]')
+        seen: set[str] = set()
+        groups = []
+        for group in zips:
+            for key in group:
+                if key not in axes:
+                    raise self.fail(where, "zip", f"{key!r} is not a key of this sweep{_hint(key, axes)}")
+                if key in seen:
+                    raise self.fail(where, "zip", f"{key!r} appears in more than one zip group")
+                seen.add(key)
+            lengths = {k: len(axes[k]) for k in group}
+            if len(set(lengths.values())) > 1:
+                shown = ", ".join(f"{k} has {n}" for k, n in lengths.items())
+                raise self.fail(where, "zip", f"zipped axes need equal lengths ({shown})")
+            # Keep the group in the order its keys appear in the table (product order).
+            groups.append(tuple(sorted(group, key=list(axes).index)))
+        return groups
+
+    def exclude_rules(self, where: str, excludes: Any) -> list[dict[str, list[Any]]]:
+        if not isinstance(excludes, list) or not all(isinstance(e, dict) and e for e in excludes):
+            raise self.fail(where, "exclude", 'expected a list of tables, e.g. exclude = [{method = "full", r = 16}]')
+        rules = []
+        known = set(CELL_KEYS) | self.option_names
+        for rule in excludes:
+            parsed = {}
+            for key, value in rule.items():
+                if key not in known:
+                    raise self.fail(where, f"exclude.{key}", f"unknown key{_hint(key, known)}")
+                values = value if isinstance(value, list) else [value]
+                parsed[key] = [self.check_value(where, f"exclude.{key}", v) if key in CELL_KEYS else v
+                               for v in values]
+            rules.append(parsed)
+        return rules
+
+    # -- one combination
+    def make_cell(self, where: str, combo: dict[str, Any]) -> Cell:
+        method = self.catalog.methods[combo["method"]]
+        method_options = getattr(method, "options", {})
+        fields = {k: v for k, v in combo.items() if k in CELL_KEYS}
+        given = {k: v for k, v in combo.items() if k not in CELL_KEYS and k in method_options}
+        # Keys of the other methods of this sweep are ignored here (checked in expand).
+        if fields["method"] in RANKLESS_METHODS:
+            fields["r"], fields["alpha"] = Cell.r, Cell.alpha
+        self.check_shape(where, fields)
+        from .methods.base import MethodError
+
+        for key, value in given.items():  # one key at a time, so the error names it
+            try:
+                method.resolve_options({key: value})
+            except MethodError as e:
+                raise self.fail(where, key, str(e)) from None
+        try:
+            options = method.resolve_options(given)
+        except MethodError as e:
+            raise self.fail(where, "method", str(e)) from None
+        return Cell(**fields, options=tuple(sorted(options.items())))
+
+    def check_shape(self, where: str, fields: dict[str, Any]) -> None:
+        linear = fields["workload"] == LINEAR_WORKLOAD
+        if linear:
+            # Filled in so that a cell written with and without the defaults has one id.
+            fields.setdefault("d_in", self.catalog.linear_default_dim)
+            fields.setdefault("d_out", fields["d_in"])
+            if fields.get("layers", 1) > 1 and fields["d_in"] != fields["d_out"]:
+                raise self.fail(where, "layers", f"a stack of {fields['layers']} linear layers needs "
+                                f"d_in == d_out (got {fields['d_in']} and {fields['d_out']})")
+            r = fields.get("r", Cell.r)
+            d = min(fields["d_in"], fields["d_out"])
+            if r > d and fields["method"] not in RANKLESS_METHODS:
+                raise self.fail(where, "r", f"r = {r} exceeds min(d_in, d_out) = {d} of the linear workload")
+        else:
+            for key in ("d_in", "d_out"):
+                if key in fields:
+                    raise self.fail(where, key, f"only applies to the linear workload, not {fields['workload']!r}")
