@@ -1,0 +1,92 @@
+"""``write_report``: results.jsonl -> report.md + plots/*.png + results.csv in the same directory."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .csv_export import write_csv
+from .plots import Plot, draw_all
+from .records import device, get, is_ok, load_dir, mode
+from .tables import failures_table, predicted_table, results_table
+from .units import UNITS_NOTE
+
+REPORT_FILE = "report.md"
+CSV_FILE = "results.csv"
+PLOTS_DIR = "plots"
+
+MODE_NOTE = {
+    "measure": "**Measured**: a real training step ran on the device; bytes are live tensor bytes "
+               "tracked during the step (plus the device's own counters where it has them).",
+    "estimate": "**Estimated** (not measured): the step ran on fake tensors (FakeTensorMode), so "
+                "nothing was allocated and nothing was timed; byte and FLOP counts are what the "
+                "same step would hold and do. Estimates are never shown as measurements here.",
+}
+
+
+def write_report(results_dir: Path) -> Path:
+    """Read ``results_dir/results.jsonl``; write ``report.md``, ``plots/*.png`` and
+    ``results.csv`` there; return the path of ``report.md``."""
+    results_dir = Path(results_dir)
+    records = load_dir(results_dir)
+    plots = draw_all(records, results_dir, results_dir / PLOTS_DIR)
+    write_csv(records, results_dir / CSV_FILE)
+    path = results_dir / REPORT_FILE
+    path.write_text(render_markdown(records, plots, results_dir), encoding="utf-8")
+    return path
+
+
+def render_markdown(records: list[dict[str, Any]], plots: list[Plot], results_dir: Path) -> str:
+    suites = sorted({str(r.get("suite")) for r in records if r.get("suite")})
+    statuses = Counter(str(r.get("status")) for r in records)
+    ok = [r for r in records if is_ok(r)]
+    modes = Counter(mode(r) for r in ok)
+    devices = sorted({device(r) for r in ok})
+    out: list[str] = [f"# lamda-bench report: {', '.join(suites) or 'results'}", ""]
+    out.append(f"{len(records)} cells from `results.jsonl` ("
+               + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + "). "
+               + (f"Modes: {', '.join(f'{n} {m}' for m, n in sorted(modes.items()))}. " if modes else "")
+               + (f"Devices: {', '.join(devices)}. " if devices else "")
+               + f"Flat table: [`{CSV_FILE}`]({CSV_FILE}).")
+    out += ["", UNITS_NOTE, ""]
+    for m in sorted(modes):
+        if m in MODE_NOTE:
+            out += [f"- {MODE_NOTE[m]}"]
+    envs = sorted({(get(r, "env.torch"), get(r, "env.transformers"), get(r, "env.peft"), get(r, "env.git_commit"))
+                   for r in ok})
+    for torch_v, tf_v, peft_v, commit in envs:
+        out.append(f"- Software: torch {torch_v}, transformers {tf_v}, peft {peft_v}, harness commit "
+                   f"`{(commit or 'unknown')[:12]}`.")
+    out.append("")
+
+    for m in sorted(modes):
+        heading = "Measured results" if m == "measure" else f"{m.capitalize()}d results (not measured)" \
+            if m == "estimate" else f"Results (mode {m})"
+        out += [f"## {heading}", "", results_table([r for r in ok if mode(r) == m]), ""]
+    if not ok:
+        out += ["## Results", "", "No cell finished with status ok.", ""]
+
+    predicted = predicted_table(ok)
+    if predicted.count("\n") > 1:
+        out += ["## Observed vs closed form", "",
+                "Observed is measured or estimated as the mode column says; the closed form comes from "
+                "`lamda_bench.analytic`.", "", predicted, ""]
+
+    failed = [r for r in records if not is_ok(r)]
+    out += ["## Cells that did not finish", ""]
+    out += [failures_table(failed) if failed else "None: every cell finished with status ok.", ""]
+
+    out += ["## Plots", ""]
+    for i, plot in enumerate(plots, start=1):
+        out.append(f"### {i}. {plot.title}")
+        out.append("")
+        if plot.path is not None:
+            rel = plot.path.relative_to(results_dir).as_posix()
+            out += [plot.description, "", f"![{plot.title}]({rel})", ""]
+        else:
+            out += [f"*Skipped: {plot.skipped}.*", ""]
+    skipped = [p for p in plots if p.path is None]
+    if skipped:
+        out += ["Skipped plots: " + "; ".join(f"{p.title} ({p.skipped})" for p in skipped) + ".", ""]
+    return "\n".join(out)

@@ -1,0 +1,120 @@
+"""Reading result records for presentation: load a results directory, pick fields by
+dotted path, flatten a record into one row, and describe a record's shape (d, tokens).
+
+The record format is documented in docs/ARCHITECTURE.md; parsing and schema checks live in
+``lamda_bench.results`` (this module only presents what it returns).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..results import RESULTS_FILE, latest_by_id, load_results
+
+
+class ReportError(ValueError):
+    """A results directory that cannot be reported on; the message is one line."""
+
+
+def load_dir(results_dir: str | Path) -> list[dict[str, Any]]:
+    """Records of ``results_dir/results.jsonl``, the last record per id (a retried cell
+    supersedes its failed attempt), in first-seen order."""
+    results_dir = Path(results_dir)
+    path = results_dir / RESULTS_FILE
+    if not results_dir.is_dir():
+        raise ReportError(f"{results_dir}: not a directory")
+    if not path.is_file():
+        raise ReportError(f"{path}: no results file (run `lamda-bench run SUITE --out {results_dir}` first)")
+    return list(latest_by_id(load_results(path).records).values())
+
+
+def get(record: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    """``get(rec, "memory.at_peak.grads")``; ``default`` where any step is missing or null."""
+    node: Any = record
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or node.get(key) is None:
+            return default
+        node = node[key]
+    return node
+
+
+def is_ok(record: dict[str, Any]) -> bool:
+    return record.get("status") == "ok"
+
+
+def mode(record: dict[str, Any]) -> str:
+    """Resolved mode: 'measure' (real tensors) or 'estimate' (fake tensors, nothing allocated)."""
+    return str(get(record, "cell.mode", "unknown"))
+
+
+def device(record: dict[str, Any]) -> str:
+    """'cpu', or 'cuda (NVIDIA H100 80GB HBM3)' where the record names the device."""
+    dev = str(get(record, "cell.device", "unknown"))
+    name = get(record, "env.device_name")
+    return f"{dev} ({name})" if name and name != dev else dev
+
+
+def tokens(record: dict[str, Any]) -> int | None:
+    batch, seq = get(record, "cell.batch"), get(record, "cell.seq")
+    if batch is None or seq is None:
+        return None
+    return int(batch) * int(seq)
+
+
+def width(record: dict[str, Any]) -> int | None:
+    """The model width d the r-dim claim is plotted against: ``cell.d_in`` for the linear
+    workload, ``info.hidden_size`` for named model shapes (None when neither is recorded)."""
+    d = get(record, "cell.d_in")
+    if d is None:
+        d = get(record, "info.hidden_size")
+    return None if d is None else int(d)
+
+
+def method_label(record: dict[str, Any]) -> str:
+    """Method name, with LaMDA's freeze mode when it is not the default 'split'."""
+    name = str(get(record, "cell.method", "?"))
+    freeze = get(record, "cell.options.freeze_mode")
+    if freeze and freeze != "split":
+        name += f" ({freeze})"
+    return name
+
+
+# ---- flat table (CSV) ---------------------------------------------------------------------
+
+# Columns that lead every flat row, so a spreadsheet reader finds them first.
+LEADING_COLUMNS = ("id", "suite", "status", "error")
+# Per-step lists: long and better read from the JSONL; the flat table leaves them out.
+EXCLUDED_PREFIXES = ("series",)
+
+
+def flatten(record: dict[str, Any]) -> dict[str, Any]:
+    """Nested record -> {"memory.at_peak.grads": 123, ...}. Scalars stay as they are; lists
+    (e.g. ``cell.targets``) become JSON text; ``series`` is left out (see the JSONL)."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if prefix.split(".")[0] in EXCLUDED_PREFIXES:
+            return
+        if isinstance(node, dict):
+            if not node and prefix:
+                out[prefix] = None
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        elif isinstance(node, (list, tuple)):
+            out[prefix] = json.dumps(node)
+        else:
+            out[prefix] = node
+
+    walk(record, "")
+    return out
+
+
+def flat_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Union of the rows' keys: leading columns first, then in order of first appearance."""
+    seen: dict[str, None] = {c: None for c in LEADING_COLUMNS}
+    for row in rows:
+        for key in row:
+            seen.setdefault(key, None)
+    return list(seen)

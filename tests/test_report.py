@@ -1,0 +1,247 @@
+"""Reports from small hand-built result sets: plots are real, valid PNGs; report.md names
+each plot and labels estimates; the CSV has one row per record; compare gives ratios.
+
+``make_record`` builds records in the format of docs/ARCHITECTURE.md (the report's input)
+with figures from simple closed forms, so tests can vary method/d/r/batch/seq/status.
+test_gate.py reuses it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from matplotlib import image as mpimg
+
+from lamda_bench.cell import Cell
+from lamda_bench.report import ReportError, compare, flatten, write_report
+from lamda_bench.report.markdown import PLOTS_DIR
+from lamda_bench.report.units import fmt_bytes, fmt_count, fmt_flops
+from lamda_bench.results import RESULTS_FILE, append_record
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FP32 = 4
+
+
+def make_record(method: str = "lora", d: int = 128, r: int = 4, batch: int = 2, seq: int = 16,
+                status: str = "ok", mode: str = "estimate", layers: int = 2, freeze_mode: str | None = None,
+                series_steps: int = 0, fingerprint: str = "fp-cpu-test", timeline: bool = False,
+                scale: float = 1.0) -> dict[str, Any]:
+    """A record of a linear workload (``layers`` d x d linears, all adapted) in fp32.
+
+    Figures follow the methods' closed forms (LoRA saves x and A x per layer, LaMDA two
+    r-wide tensors, full x); ``scale`` multiplies the memory figures (to plant changes).
+    ``timeline=True`` sets artifacts.timeline (write the file with ``write_timeline``).
+    """
+    options = {"freeze_mode": freeze_mode} if freeze_mode else {}
+    cell = Cell(workload="linear", method=method, r=r, d_in=d, d_out=d, layers=layers, batch=batch,
+                seq=seq, dtype="fp32", device="cpu", mode=mode, options=tuple(options.items()))
+    n = batch * seq
+    trainable = {"lora": 2 * d * r, "lamda": r * r + d * r, "full": d * d}[method] * layers
+    saved_adapter = {"lora": n * (d + r), "lamda": 2 * n * r, "full": n * d}[method] * layers * FP32
+    at_peak = {"weights": int(layers * d * d * FP32 * scale), "grads": int(trainable * FP32 * scale),
+               "optimizer": int(2 * trainable * FP32 * scale), "activations": int((saved_adapter + n * d * FP32) * scale),
+               "temporaries": int(n * d * FP32 * scale)}
+    record: dict[str, Any] = {
+        "schema": 1, "id": cell.id, "suite": "unit", "status": status,
+        "error": None if status == "ok" else f"{status}: planted failure for the test",
+        "cell": cell.to_dict(),
+        "params": {"total": layers * d * d + trainable, "trainable": trainable, "updates": trainable * 3},
+        "memory": {"weights": at_peak["weights"], "trainable_weights": trainable * FP32, "grads": at_peak["grads"],
+                   "optimizer": at_peak["optimizer"], "saved_activations": int((saved_adapter + n * d * FP32) * scale),
+                   "saved_activations_adapter": int(saved_adapter * scale), "peak_forward": sum(at_peak.values()) // 2,
+                   "peak_backward": sum(at_peak.values()), "peak_step": sum(at_peak.values()),
+                   "peak": sum(at_peak.values()), "at_peak": at_peak, "cuda_max_allocated": None,
+                   "cuda_max_reserved": None, "cuda_max_active": None, "nvml_used": None,
+                   "host_rss_peak": 300 << 20 if mode == "measure" else None},
+        "flops": {"forward": 2 * n * d * d * layers, "backward": 4 * n * d * d * layers,
+                  "adapter_forward": 4 * n * d * r * layers, "adapter_backward": 8 * n * d * r * layers,
+                  "attention_counting": "none (linear workload)"},
+        "time": {"step_median_s": 0.01 if mode == "measure" else None, "step_min_s": None, "step_max_s": None,
+                 "steps_timed": 3 if mode == "measure" else 0,
+                 "tokens_per_s": n / 0.01 if mode == "measure" else None},
+        "series": {"step": [], "trainable": [], "optimizer": [], "backward_flops": []},
+        "predicted": {"params": {"trainable": trainable, "updates": trainable * 3},
+                      "memory": {"saved_activations_adapter": saved_adapter},
+                      "flops": {"adapter_forward": 4 * n * d * r * layers, "adapter_backward": 8 * n * d * r * layers}},
+        "info": {}, "artifacts": {"timeline": f"timelines/{cell.id}.json" if timeline else None, "detail": None},
+        "env": {"torch": "2.13.0", "transformers": "5.23", "peft": "0.21.2", "python": "3.12", "harness": "0.1.0",
+                "git_commit": "0" * 40, "device_name": "cpu", "driver": None, "cuda": None,
+                "PYTORCH_CUDA_ALLOC_CONF": None, "fingerprint": fingerprint},
+        "wall_s": 1.0, "started_at": "2026-01-01T00:00:00Z",
+    }
+    if status != "ok":
+        for key in ("params", "memory", "flops", "predicted"):
+            record[key] = None
+    if series_steps:
+        # split frees B's columns step by step; mask keeps everything (zeroed gradients only)
+        frozen = [min(1.0, s / series_steps) for s in range(1, series_steps + 1)]
+        keep = [1.0 if freeze_mode == "mask" else 1.0 - f for f in frozen]
+        record["series"] = {"step": list(range(1, series_steps + 1)),
+                            "trainable": [int(layers * (r * r + d * r * k)) for k in keep],
+                            "optimizer": [int(2 * FP32 * layers * (r * r + d * r * k)) for k in keep],
+                            "backward_flops": [int(4 * n * d * d * layers * (0.6 + 0.4 * k)) for k in keep]}
+    return record
+
+
+def write_timeline(results_dir: Path, record: dict[str, Any]) -> None:
+    """The timeline file format run_cell writes: a list of {phase, module, event, live_bytes, by_category}."""
+    events = []
+    weights = record["memory"]["weights"]
+    act = record["memory"]["saved_activations"]
+    for phase, count in (("forward", 4), ("backward", 4), ("optimizer", 2)):
+        for i in range(count):
+            saved = act * (i + 1) // 4 if phase == "forward" else (act * (3 - i) // 4 if phase == "backward" else 0)
+            cats = {"weights": weights, "activations": saved,
+                    "grads": record["memory"]["grads"] if phase != "forward" else 0,
+                    "optimizer": record["memory"]["optimizer"] if phase == "optimizer" else 0}
+            events.append({"phase": phase, "module": f"layers.{i % 2}", "event": f"{phase}-{i}",
+                           "live_bytes": sum(cats.values()), "by_category": cats})
+    path = results_dir / record["artifacts"]["timeline"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(events))
+
+
+def write_results(results_dir: Path, records: list[dict[str, Any]]) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for rec in records:
+        append_record(results_dir / RESULTS_FILE, rec)
+        if rec.get("artifacts") and rec["artifacts"].get("timeline"):
+            write_timeline(results_dir, rec)
+    return results_dir
+
+
+def full_result_set() -> list[dict[str, Any]]:
+    """Every plot has data: a sweep over d and r, batch x seq, timelines, split vs mask series,
+    one measured cell, one failed cell."""
+    recs = []
+    for method in ("lora", "lamda", "full"):
+        for d in (64, 128, 256):
+            recs.append(make_record(method, d=d, r=4))
+        recs.append(make_record(method, d=128, r=8))
+    recs.append(make_record("lora", d=128, r=4, batch=4, seq=32, timeline=True))
+    recs.append(make_record("lamda", d=128, r=4, batch=4, seq=32, timeline=True))
+    recs.append(make_record("lamda", d=64, r=4, batch=1, seq=8, freeze_mode="split", series_steps=6))
+    recs.append(make_record("lamda", d=64, r=4, batch=1, seq=8, freeze_mode="mask", series_steps=6))
+    recs.append(make_record("lora", d=64, r=4, batch=1, seq=8, mode="measure"))
+    recs.append(make_record("lora", d=512, r=4, status="oom"))
+    return recs
+
+
+ALL_PLOTS = ("peak_memory_by_category", "saved_activations_per_token_vs_d", "params_vs_d_and_r",
+             "throughput_and_flops", "memory_over_step_lora_vs_lamda", "lamda_gradual_freezing")
+
+
+def _assert_valid_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path.name} is not a PNG"
+    assert len(data) > 10_000, f"{path.name} is suspiciously small ({len(data)} bytes)"
+    pixels = mpimg.imread(path)  # matplotlib decodes what it wrote
+    assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 300
+    assert pixels.std() > 0.01, f"{path.name} is a blank image"
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]], str]:
+    records = full_result_set()
+    results_dir = write_results(tmp_path_factory.mktemp("full"), records)
+    report = write_report(results_dir)
+    return results_dir, records, report.read_text()
+
+
+def test_every_plot_is_a_valid_nonempty_png(full_report):
+    results_dir, _, _ = full_report
+    for key in ALL_PLOTS:
+        _assert_valid_png(results_dir / PLOTS_DIR / f"{key}.png")
+
+
+def test_report_names_and_links_every_plot(full_report):
+    results_dir, _, text = full_report
+    for key in ALL_PLOTS:
+        assert f"]({PLOTS_DIR}/{key}.png)" in text
+    assert "Skipped:" not in text
+    assert "LoRA vs LaMDA" in text and "split vs mask" in text
+
+
+def test_report_labels_estimates_and_lists_failures(full_report):
+    _, records, text = full_report
+    assert "## Measured results" in text
+    assert "## Estimated results (not measured)" in text
+    measured = text.split("## Measured results")[1].split("\n## ")[0]
+    estimated = text.split("## Estimated results (not measured)")[1].split("\n## ")[0]
+    measured_rows = [line for line in measured.splitlines() if line.startswith("| lora")]
+    assert len(measured_rows) == 1 and "| measure |" in measured_rows[0]
+    est_rows = [line for line in estimated.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(est_rows) == sum(1 for r in records if r["status"] == "ok" and r["cell"]["mode"] == "estimate")
+    assert all("| estimate |" in row and "| measure |" not in row for row in est_rows)
+    failed = text.split("## Cells that did not finish")[1].split("\n## ")[0]
+    assert "oom" in failed and "planted failure for the test" in failed
+    # human units with the unit named
+    assert " KiB" in text and "GFLOP" in text or "MFLOP" in text
+
+
+def test_csv_has_one_row_per_record_with_raw_numbers(full_report):
+    results_dir, records, _ = full_report
+    with open(results_dir / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(records)
+    by_id = {row["id"]: row for row in rows}
+    for rec in records:
+        row = by_id[rec["id"]]
+        assert row["status"] == rec["status"]
+        if rec["status"] == "ok":
+            assert int(row["memory.peak"]) == rec["memory"]["peak"]  # raw bytes, not scaled
+            assert int(row["memory.at_peak.grads"]) == rec["memory"]["at_peak"]["grads"]
+    assert not any(key.startswith("series") for key in rows[0])
+
+
+def test_skipped_plots_are_explained_and_stale_pngs_removed(tmp_path):
+    results_dir = write_results(tmp_path, full_result_set())
+    write_report(results_dir)
+    assert (results_dir / PLOTS_DIR / "lamda_gradual_freezing.png").exists()
+    # the same directory, rewritten with one estimate cell: most plots have no data now
+    (results_dir / RESULTS_FILE).unlink()
+    write_results(results_dir, [make_record("lora", d=64, r=4)])
+    text = write_report(results_dir).read_text()
+    for key in ("saved_activations_per_token_vs_d", "params_vs_d_and_r",
+                "memory_over_step_lora_vs_lamda", "lamda_gradual_freezing"):
+        assert not (results_dir / PLOTS_DIR / f"{key}.png").exists()
+        assert f"{key}.png" not in text
+    assert text.count("*Skipped: ") == 4
+    assert "two or more values of d" in text and "timeline file" in text and "per-step series" in text
+    _assert_valid_png(results_dir / PLOTS_DIR / "peak_memory_by_category.png")
+
+
+def test_compare_matches_cells_by_id_and_gives_ratios(tmp_path):
+    a = [make_record("lora", d=128), make_record("lamda", d=128), make_record("full", d=64)]
+    b = [make_record("lora", d=128), make_record("lamda", d=128, scale=0.5), make_record("lora", d=256)]
+    text = compare(write_results(tmp_path / "a", a), write_results(tmp_path / "b", b))
+    assert "2 cells in both, 1 only in A, 1 only in B." in text
+    lamda_row = next(line for line in text.splitlines() if line.startswith(f"| `{a[1]['id']}`"))
+    assert "(0.500x)" in lamda_row  # peak halved
+    lora_row = next(line for line in text.splitlines() if line.startswith(f"| `{a[0]['id']}`"))
+    assert "(1.000x)" in lora_row
+    assert a[2]["id"] in text.split("Only in A:")[1]
+
+
+def test_missing_results_is_one_line_error(tmp_path):
+    with pytest.raises(ReportError, match="no results file") as info:
+        write_report(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_units_and_flatten():
+    assert fmt_bytes(1536) == "1.50 KiB"
+    assert fmt_bytes(3 * 2**30) == "3.00 GiB"
+    assert fmt_bytes(None) == "n/a"
+    assert fmt_flops(2.5e12) == "2.50 TFLOP"
+    assert fmt_count(2_498_560) == "2,498,560"
+    rec = make_record("lora")
+    rec["cell"]["targets"] = ["q_proj", "v_proj"]
+    flat = flatten(rec)
+    assert flat["memory.at_peak.weights"] == 2 * 128 * 128 * 4
+    assert json.loads(flat["cell.targets"]) == ["q_proj", "v_proj"]  # lists become JSON text
+    assert flat["error"] is None and "series.step" not in flat
