@@ -1,0 +1,285 @@
+"""The ``lamda-bench`` command: run, list, report, compare, check.
+
+Exit codes: 0 done; 1 a run finished but some cells ended in ``error`` or ``timeout``
+(their records say why); 2 bad input (one line on stderr, nothing written); 130
+interrupted with Ctrl-C (finished cells kept; the next run resumes).
+
+A user error is any ``ValueError`` subclass defined by lamda_bench (SuiteError,
+MethodError, WorkloadError, ResultsError, ...), whose message is one line by convention:
+it is printed as ``lamda-bench: error: <message>`` without a traceback. Anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+PROG = "lamda-bench"
+EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
+
+
+class CliError(ValueError):
+    """A user error found by the CLI itself (missing file, unavailable launcher)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, FileNotFoundError) as e:
+        if not _is_user_error(e):
+            raise
+        message = " ".join(str(e).split("\n"))  # one line, whatever the message
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _is_user_error(e: BaseException) -> bool:
+    return isinstance(e, FileNotFoundError) or type(e).__module__.startswith("lamda_bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Memory, FLOP and throughput benchmarks for LaMDA, LoRA, PiSSA and peers.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = verbs.add_parser("run", help="run a suite (resumes an earlier run of the same --out)")
+    run.add_argument("suite", type=Path, help="suite TOML file, e.g. suites/llama7b.toml")
+    run.add_argument("--out", type=Path, help="results directory (default: reports/<suite name>/)")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="cells run at once (CPU and estimate cells; GPU cells: one per device)")
+    run.add_argument("--dry-run", action="store_true", help="print the planned cells and write nothing")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="re-run cells recorded as error or timeout (ok and oom are kept)")
+    run.add_argument("--launcher", choices=["local"], default="local",
+                     help="where cells run (local: a spawned process per cell on this machine)")
+    run.add_argument("--runner", default=None, metavar="MODULE:FUNCTION",
+                     help="function run in each cell process (default lamda_bench.execute:run_cell)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    lst = verbs.add_parser("list", help="methods, workloads and suites")
+    lst.add_argument("what", nargs="?", choices=["methods", "workloads", "suites"], help="only this part")
+    lst.set_defaults(func=cmd_list)
+
+    rep = verbs.add_parser("report", help="tables and plots from DIR/results.jsonl into DIR")
+    rep.add_argument("dir", type=Path)
+    rep.set_defaults(func=cmd_report)
+
+    cmp_ = verbs.add_parser("compare", help="compare two results directories")
+    cmp_.add_argument("a", type=Path)
+    cmp_.add_argument("b", type=Path)
+    cmp_.set_defaults(func=cmd_compare)
+
+    chk = verbs.add_parser("check", help="memory regression gate: non-zero exit on a regression")
+    chk.add_argument("dir", type=Path)
+    chk.add_argument("--baseline", type=Path, required=True)
+    chk.add_argument("--update-baseline", action="store_true")
+    chk.set_defaults(func=cmd_check)
+    return parser
+
+
+# ---- run -------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .launch import DEFAULT_RUNNER, LaunchError, check_runner, run_cells
+    from .results import load_results, results_path
+    from .suite import load_suite
+
+    if args.jobs < 1:
+        raise LaunchError(f"--jobs: {args.jobs} is less than 1")
+    runner = args.runner or DEFAULT_RUNNER
+    suite = load_suite(args.suite)
+    out = args.out if args.out is not None else Path("reports") / suite.name
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{out}: --out exists and is not a directory")
+    path = results_path(out)
+
+    if args.dry_run:
+        loaded = load_results(path)  # checks the schema; writes nothing
+        _print_plan(suite, {r["id"]: r for r in loaded.records if "id" in r}, out)
+        return EXIT_OK
+
+    check_runner(runner)
+    summary = run_cells(list(suite.cells), out, suite=suite.name, runner=runner, jobs=args.jobs,
+                        retry_failed=args.retry_failed, progress=not args.no_progress)
+    for warning in summary.warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    latest = {}
+    for rec in load_results(path).records:
+        latest[rec.get("id")] = rec
+    records = [latest[c.id] for c in suite.cells if c.id in latest]
+    print(summary_table(records))
+    print(_run_line(suite, summary, out))
+    if summary.interrupted:
+        print(f"{PROG}: interrupted; {len(summary.records)} cell(s) recorded this run, "
+              f"`{PROG} run {args.suite} --out {out}` resumes", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    failed = [r for r in records if r.get("status") in ("error", "timeout")]
+    for rec in failed:
+        print(f"{PROG}: {rec.get('status')}: {rec.get('id')}: {rec.get('error')}", file=sys.stderr)
+    return EXIT_FAILED_CELLS if failed else EXIT_OK
+
+
+def _run_line(suite, summary, out: Path) -> str:
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new"
+    return (f"{suite.name}: {summary.planned} cells, {summary.skipped} already recorded, "
+            f"{len(summary.records)} run now ({counts}); results in {out / 'results.jsonl'}")
+
+
+def _print_plan(suite, recorded: dict[str, dict[str, Any]], out: Path) -> None:
+    from tabulate import tabulate
+
+    rows = []
+    for i, cell in enumerate(suite.cells, start=1):
+        rec = recorded.get(cell.id)
+        targets = cell.targets if isinstance(cell.targets, str) else ",".join(cell.targets)
+        shape = f"{cell.d_in}x{cell.d_out}" if cell.d_in is not None else ""
+        options = " ".join(f"{k}={v}" for k, v in cell.options)
+        rows.append([i, cell.workload, shape, cell.layers or "", cell.method, cell.r, targets, cell.batch,
+                     cell.seq, cell.dtype, cell.device, cell.mode, options,
+                     rec.get("status") if rec else "", cell.id])
+    headers = ["#", "workload", "d_in x d_out", "layers", "method", "r", "targets", "batch", "seq",
+               "dtype", "device", "mode", "options", "recorded", "id"]
+    print(f"{suite.name}: {suite.description}".rstrip(": "))
+    print(tabulate(rows, headers=headers))
+    todo = sum(1 for c in suite.cells if c.id not in recorded)
+    print(f"{len(suite.cells)} cells planned, {todo} to run into {out / 'results.jsonl'} (dry run: nothing written)")
+
+
+def summary_table(records: list[dict[str, Any]]) -> str:
+    """One row per record, figures in human units that say their unit."""
+    from tabulate import tabulate
+
+    from .report.units import UNITS_NOTE, fmt_bytes, fmt_count, fmt_rate
+
+    def get(rec, dotted):
+        node = rec
+        for key in dotted.split("."):
+            if not isinstance(node, dict):
+                return None
+            node = node.get(key)
+        return node
+
+    rows = []
+    for rec in records:
+        cell = rec.get("cell") or {}
+        rows.append([
+            rec.get("status"), cell.get("workload"), cell.get("method"), cell.get("r"), cell.get("batch"),
+            cell.get("seq"), f"{cell.get('mode')}/{cell.get('device')}",
+            fmt_count(get(rec, "params.trainable")),
+            fmt_bytes(get(rec, "memory.saved_activations_adapter")),
+            fmt_bytes(get(rec, "memory.peak")),
+            fmt_rate(get(rec, "time.tokens_per_s")),
+        ])
+    headers = ["status", "workload", "method", "r", "batch", "seq", "mode/device", "trainable params",
+               "saved act. (adapter)", "peak memory", "throughput"]
+    return tabulate(rows, headers=headers) + "\n" + UNITS_NOTE
+
+
+# ---- list ------------------------------------------------------------------------------
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    parts = [args.what] if args.what else ["methods", "workloads", "suites"]
+    if "methods" in parts:
+        from .methods import all_methods
+
+        rows = []
+        for name, method in all_methods().items():
+            opts = "; ".join(
+                f"{k}={opt.default!r}" + (f" ({'|'.join(map(str, opt.choices))})" if opt.choices else "")
+                for k, opt in method.options.items())
+            rows.append([name, method.description, opts])
+        print("Methods (method-specific keys with their defaults):")
+        print(tabulate(rows, headers=["method", "description", "options"], maxcolwidths=[None, 60, 60]))
+        print()
+    if "workloads" in parts:
+        from .workloads import WORKLOADS
+
+        rows = [[name, getattr(w, "description", ""),
+                 ", ".join(f"{p}" for p in getattr(w, "target_presets", {}))] for name, w in WORKLOADS.items()]
+        print("Workloads:")
+        print(tabulate(rows, headers=["workload", "description", "target presets"], maxcolwidths=[None, 70, None]))
+        print()
+    if "suites" in parts:
+        from .suite import SuiteError, load_suite
+
+        rows = []
+        for path in _suite_files():
+            try:
+                suite = load_suite(path)
+                rows.append([str(path), suite.name, len(suite.cells), suite.description])
+            except SuiteError as e:
+                rows.append([str(path), "", "invalid", str(e)])
+        print("Suites:")
+        print(tabulate(rows, headers=["file", "name", "cells", "description"], maxcolwidths=[None, None, None, 70]))
+    return EXIT_OK
+
+
+def _suite_files() -> list[Path]:
+    seen, files = set(), []
+    for folder in (Path("suites"), REPO_SUITES):
+        for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(path)
+    return files
+
+
+# ---- verbs implemented elsewhere -----------------------------------------------------------
+
+def _lazy(verb: str, module: str, attr: str):
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (e.name == module or module.startswith(e.name + ".")):
+            return None
+        raise
+    return getattr(mod, attr, None)
+
+
+def _not_available(verb: str) -> int:
+    print(f"{PROG} {verb}: not yet available", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _existing_dir(path: Path) -> Path:
+    if not path.is_dir():
+        raise CliError(f"{path}: no such results directory")
+    return path
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    write_report = _lazy("report", "lamda_bench.report", "write_report")
+    if write_report is None:
+        return _not_available("report")
+    written = write_report(_existing_dir(args.dir))
+    print(f"report written to {written}")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    compare = _lazy("compare", "lamda_bench.report", "compare")
+    if compare is None:
+        return _not_available("compare")
+    print(compare(_existing_dir(args.a), _existing_dir(args.b)))
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    check_cli = _lazy("check", "lamda_bench.gate", "check_cli")
+    if check_cli is None:
+        return _not_available("check")
+    return int(check_cli(_existing_dir(args.dir), args.baseline, args.update_baseline))

@@ -1,0 +1,355 @@
+"""Local launcher: every cell in a fresh spawned process, results appended by the parent.
+
+Why this shape:
+- A fresh process per cell (multiprocessing "spawn") keeps peaks, allocator caches, global
+  flags and one-time workspaces of one cell out of the next; the parent never imports torch
+  or touches CUDA, so it can neither skew a measurement nor hold a device context.
+- A cell that hangs is stopped at ``cell.timeout_s`` (status ``timeout``); a cell process
+  that dies (segfault, ``sys.exit``, a kill) becomes an ``error`` record, or ``oom`` when it
+  was SIGKILLed while the machine was short of memory (the record says it is a likely
+  cause, not a certainty); the sweep goes on either way.
+- Only the parent writes ``results.jsonl`` (``results.append_record``: one atomic line per
+  cell), so parallel cells never interleave. Resume skips ids already recorded with a final
+  status; ``error`` and ``timeout`` are re-run only with ``retry_failed``.
+- ``jobs`` cells run at once, but at most one GPU cell per CUDA device (a cell is a GPU cell
+  when its device is ``cuda``, or ``auto`` on a machine with a GPU; the GPU count comes from
+  NVML, not from CUDA). Parallel CPU *measure* cells share cores: their step times are
+  slower than alone; use ``jobs=1`` for timings that matter.
+- Ctrl-C: children are stopped, the cells already recorded stay, ``interrupted`` is set
+  (the CLI exits 130) and the next run resumes.
+- Each cell's stdout/stderr go to ``<out>/logs/<id>.log`` (kept only when non-empty), so a
+  crash leaves its traceback (faulthandler is on) without garbling the progress bar.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .cell import Cell
+from .results import STATUSES, append_record, completed_ids, environment, load_results, results_path
+
+DEFAULT_RUNNER = "lamda_bench.execute:run_cell"
+POLL_S = 0.25
+# SIGKILL counts as a likely OOM kill when the machine had less than this share of its
+# memory available, or the cell process held more than OOM_RSS_SHARE of it, at the last sample.
+OOM_AVAILABLE_SHARE = 0.10
+OOM_RSS_SHARE = 0.50
+
+
+class LaunchError(ValueError):
+    """Bad launcher input (runner path that does not import, jobs < 1); one line."""
+
+
+@dataclass
+class RunSummary:
+    """What a launch did: cells planned, skipped (already recorded), the records written now."""
+
+    out_dir: Path
+    planned: int = 0
+    skipped: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def statuses(self) -> Counter:
+        return Counter(r.get("status") for r in self.records)
+
+
+# ---- device discovery without CUDA --------------------------------------------------------
+
+def cuda_device_count() -> int:
+    """Number of visible NVIDIA GPUs, read through NVML so that this process never creates a
+    CUDA context. Honours CUDA_VISIBLE_DEVICES. 0 where NVML or a driver is missing."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return 0
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no library: no GPU for us
+        return 0
+    if visible is not None:
+        count = min(count, len([v for v in visible.split(",") if v.strip()]))
+    return count
+
+
+def is_gpu_cell(cell: Cell, gpus: int) -> bool:
+    return cell.device == "cuda" or (cell.device == "auto" and gpus > 0)
+
+
+# ---- the child side ------------------------------------------------------------------------
+
+def resolve_runner(path: str) -> Callable[[dict, str | None], dict]:
+    module_name, _, func_name = path.partition(":")
+    if not module_name or not func_name:
+        raise LaunchError(f"runner {path!r}: expected 'module:function'")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, func_name)
+    except AttributeError:
+        raise LaunchError(f"runner {path!r}: module {module_name!r} has no {func_name!r}") from None
+
+
+def check_runner(path: str) -> None:
+    """Fail early, in the parent, on a runner path that cannot import (without importing it)."""
+    module_name, _, func_name = path.partition(":")
+    if not module_name or not func_name:
+        raise LaunchError(f"runner {path!r}: expected 'module:function'")
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise LaunchError(f"runner {path!r}: no module named {module_name!r}")
+
+
+def _child_main(runner: str, cell: dict, artifacts_dir: str | None, conn, log_path: str,
+                cuda_index: int | None) -> None:
+    """Entry point of a cell process: run the cell, send back exactly one record."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    import faulthandler
+
+    faulthandler.enable()
+    if cuda_index is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(cuda_index)
+    try:
+        record = resolve_runner(runner)(cell, artifacts_dir)
+    except Exception as e:  # run_cell never raises; a fake or a broken runner might
+        import traceback
+
+        traceback.print_exc()
+        oom = isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+        first = (str(e).strip().splitlines() or [""])[0]
+        record = {"status": "oom" if oom else "error",
+                  "error": f"runner raised {type(e).__name__}: {first}".rstrip(": ")}
+    conn.send(record)
+    conn.close()
+
+
+# ---- the parent side -------------------------------------------------------------------
+
+@dataclass
+class _Running:
+    cell: Cell
+    process: Any
+    conn: Any
+    started: float
+    started_at: str
+    gpu: int | None
+    log_path: Path
+    rss_peak: int = 0
+    low_memory: bool = False
+
+
+def run_cells(
+    cells: Sequence[Cell],
+    out_dir: str | Path,
+    suite: str,
+    runner: str = DEFAULT_RUNNER,
+    jobs: int = 1,
+    retry_failed: bool = False,
+    progress: bool = True,
+    gpus: int | None = None,
+) -> RunSummary:
+    """Run the cells not yet recorded in ``out_dir/results.jsonl``; append one record each."""
+    if jobs < 1:
+        raise LaunchError(f"jobs: {jobs} is less than 1")
+    check_runner(runner)
+    out_dir = Path(out_dir)
+    path = results_path(out_dir)
+    loaded = load_results(path)  # raises ResultsError on an incompatible file, before any write
+    summary = RunSummary(out_dir=out_dir, planned=len(cells), warnings=loaded.warnings(path))
+    done = completed_ids(path, retry_failed=retry_failed)
+    pending = [c for c in cells if c.id not in done]
+    summary.skipped = len(cells) - len(pending)
+    if not pending:
+        return summary
+    gpus = cuda_device_count() if gpus is None else gpus
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    env = environment()
+
+    import multiprocessing as mp
+
+    from tqdm import tqdm
+
+    ctx = mp.get_context("spawn")
+    bar = tqdm(total=len(pending), unit="cell", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True, desc=suite)
+    running: list[_Running] = []
+    free_gpus = list(range(gpus))
+
+    def finish(run: _Running, record: dict[str, Any]) -> None:
+        record = _complete(record, run, suite, env)
+        append_record(path, record)
+        summary.records.append(record)
+        bar.update(1)
+        bar.set_postfix({k: v for k, v in summary.statuses.items()}, refresh=True)
+
+    try:
+        while pending or running:
+            # Start what may start: jobs slots, one GPU cell per free device.
+            while len(running) < jobs:
+                index = next((i for i, c in enumerate(pending)
+                              if not is_gpu_cell(c, gpus) or free_gpus), None)
+                if index is None:
+                    break
+                cell = pending.pop(index)
+                gpu = free_gpus.pop(0) if is_gpu_cell(cell, gpus) and gpus else None
+                running.append(_start(ctx, runner, cell, out_dir, gpu))
+            if not running:  # only GPU cells left and no device: cannot happen (gpus==0 -> none is a GPU cell)
+                break
+            wait([r.conn for r in running] + [r.process.sentinel for r in running], timeout=POLL_S)
+            for run in list(running):
+                record = _poll(run)
+                if record is None:
+                    continue
+                running.remove(run)
+                if run.gpu is not None:
+                    free_gpus.append(run.gpu)
+                    free_gpus.sort()
+                finish(run, record)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        for run in running:
+            _stop(run.process)
+    finally:
+        bar.close()
+    return summary
+
+
+def _start(ctx, runner: str, cell: Cell, out_dir: Path, gpu: int | None) -> _Running:
+    receive, send = ctx.Pipe(duplex=False)
+    log_path = out_dir / "logs" / f"{cell.id}.log"
+    process = ctx.Process(
+        target=_child_main,
+        args=(runner, cell.to_dict(), str(out_dir), send, str(log_path), gpu),
+        name=f"lamda-bench-{cell.id}",
+        daemon=True,
+    )
+    process.start()
+    send.close()  # the child holds the only write end: EOF on our side means it is gone
+    return _Running(cell=cell, process=process, conn=receive, started=time.monotonic(),
+                    started_at=_utc_now(), gpu=gpu, log_path=log_path)
+
+
+def _poll(run: _Running) -> dict[str, Any] | None:
+    """The cell's record if it is finished (a result, a death or a timeout), else None."""
+    _sample_memory(run)
+    if run.conn.poll():
+        try:
+            record = run.conn.recv()
+        except (EOFError, OSError):
+            record = None  # died without sending; explained below from the exit code
+        if record is not None:
+            run.process.join(timeout=10)
+            if run.process.is_alive():
+                _stop(run.process)
+            if not isinstance(record, dict):
+                return {"status": "error", "error": f"runner returned {type(record).__name__}, not a record dict"}
+            return record
+    if not run.process.is_alive():
+        run.process.join()
+        return _death_record(run)
+    elapsed = time.monotonic() - run.started
+    if elapsed > run.cell.timeout_s:
+        _stop(run.process)
+        return {"status": "timeout",
+                "error": f"no result after {run.cell.timeout_s:g} s (timeout_s); the cell process was stopped"}
+    return None
+
+
+def _death_record(run: _Running) -> dict[str, Any]:
+    code = run.process.exitcode
+    if code is not None and code < 0:
+        sig = -code
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        if sig == signal.SIGKILL and run.low_memory:
+            return {"status": "oom",
+                    "error": f"killed by signal 9 (SIGKILL) while memory was short "
+                             f"(cell process peak RSS {run.rss_peak} bytes): likely out of memory"}
+        if sig == signal.SIGKILL:
+            return {"status": "error",
+                    "error": "killed by signal 9 (SIGKILL) without memory pressure seen by the launcher; "
+                             "cause unknown (the kernel's OOM killer also sends it)"}
+        return {"status": "error", "error": f"cell process killed by signal {sig} ({name}); see {_rel(run)}"}
+    return {"status": "error",
+            "error": f"cell process exited with code {code} without a result; see {_rel(run)}"}
+
+
+def _sample_memory(run: _Running) -> None:
+    """Track the cell process's RSS and the machine's free memory, to judge a SIGKILL."""
+    try:
+        import psutil
+
+        rss = psutil.Process(run.process.pid).memory_info().rss
+        vm = psutil.virtual_memory()
+    except Exception:  # the process is gone or psutil cannot see it
+        return
+    run.rss_peak = max(run.rss_peak, rss)
+    if vm.available < OOM_AVAILABLE_SHARE * vm.total or rss > OOM_RSS_SHARE * vm.total:
+        run.low_memory = True
+
+
+def _stop(process) -> None:
+    if process.is_alive():
+        process.terminate()
+        process.join(timeout=5)
+    if process.is_alive():
+        process.kill()
+        process.join(timeout=5)
+
+
+def _complete(record: dict[str, Any], run: _Running, suite: str, env: dict[str, Any]) -> dict[str, Any]:
+    """The record as written: the suite cell's id, the suite, timing, an env, the log path."""
+    record = dict(record)
+    record["id"] = run.cell.id  # the id of the suite's (unresolved) cell: what resume matches
+    record["suite"] = suite
+    if record.get("status") not in STATUSES:
+        record["error"] = f"runner returned status {record.get('status')!r} (not one of {list(STATUSES)})"
+        record["status"] = "error"
+    record.setdefault("error", None)
+    record.setdefault("cell", run.cell.to_dict())
+    record.setdefault("env", env)
+    record.setdefault("started_at", run.started_at)
+    record.setdefault("wall_s", round(time.monotonic() - run.started, 3))
+    if run.log_path.exists():
+        if run.log_path.stat().st_size:
+            artifacts = dict(record.get("artifacts") or {})
+            artifacts.setdefault("log", _rel(run))
+            record["artifacts"] = artifacts
+        else:
+            run.log_path.unlink()
+    return record
+
+
+def _rel(run: _Running) -> str:
+    return f"logs/{run.log_path.name}"
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
