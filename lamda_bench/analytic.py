@@ -88,8 +88,8 @@ def adapter_chain(method: str, layer: AdaptedLinear, r: int, b_trainable: int | 
     """The adapter path of ``layer`` as a chain of matmuls, or None where it is not a chain.
 
     ``b_trainable`` is LaMDA's number of trainable rank components of B (columns of the
-    d_out x r matrix; defaults to all r). DoRA (weight-norm terms) and full fine-tuning (no
-    adapter) have no chain.
+    d_out x r matrix; defaults to all r). For full fine-tuning the chain is the target
+    linear itself. DoRA (weight-norm terms) has no chain.
     """
     _check_method(method)
     rl = layer.rank(r)
@@ -108,7 +108,11 @@ def adapter_chain(method: str, layer: AdaptedLinear, r: int, b_trainable: int | 
             Matmul(rl, rl, rl * rl),
             Matmul(rl, layer.d_out, k * layer.d_out),
         ]
-    return None  # full, dora
+    if method == "full":
+        # No adapter: the target linear itself is the "adapter path" (as methods/full.py
+        # attributes it), so its own weight gradient and saved input are what is counted.
+        return [Matmul(layer.d_in, layer.d_out, layer.d_in * layer.d_out)]
+    return None  # dora
 
 
 # ---------------------------------------------------------------------------------------
@@ -208,19 +212,18 @@ def adapter_saved_bytes(
     lora-fa: A x (N r) only: A is frozen, so x is not saved.
     lamda / lamda++: A x and S A x (2 N r) while any column of B trains, A x (N r) once B is
     frozen (``b_trainable(r_l)`` gives the trainable columns at the accounted step).
-    full: 0 (there is no adapter path; the base saves x).
+    full: x of each target linear (its own input storage, once per ``input_group``): the
+    target linears are the "adapter path" of full fine-tuning, as ``methods/full.py`` says.
     dora, vera: None (no closed form here: measure it).
     With dropout p > 0 (lora-like) each layer saves its own dropout output (N d_in, adapter
     itemsize) and a bool mask (N d_in bytes) instead of x.
     """
     _check_method(method)
-    if method == "full":
-        return 0
     if method in ("dora", "vera"):
         return None
     total = 0
     shared_inputs: set[str] = set()
-    casts = adapter_itemsize != input_itemsize
+    casts = adapter_itemsize != input_itemsize and method != "full"
     for i, layer in enumerate(layers):
         k = b_trainable(layer.rank(r)) if b_trainable else None
         chain = adapter_chain(method, layer, r, k)
@@ -264,11 +267,10 @@ def adapter_flops(
     LoRA: fwd 2N r (d_in + d_out); bwd 2N r (2 d_out + d_in [+ d_in if x needs grad]).
     LaMDA with k trainable B columns: fwd 2N r (d_in + r + d_out);
     bwd 2N (d_out k + d_out r + r^2 [+ r^2 + r d_in if x needs grad]).
-    full: (0, 0). dora: None (its weight-norm terms are not a chain; measure it).
+    full: the target linears themselves, fwd 2N d_in d_out, bwd 2N d_in d_out [x2 if x needs
+    grad]. dora: None (its weight-norm terms are not a chain; measure it).
     """
     _check_method(method)
-    if method == "full":
-        return (0, 0)
     fwd = bwd = 0
     for layer in layers:
         k = b_trainable(layer.rank(r)) if b_trainable else None

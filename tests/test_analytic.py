@@ -76,7 +76,8 @@ def test_saved_bytes_single_linear_hand_arithmetic():
         A.adapter_saved_bytes("lamda", layer, r, n, adapter_itemsize=4, input_itemsize=4, b_trainable=frozen_b)
         == 48 * 4
     )
-    assert A.adapter_saved_bytes("full", layer, r, n, adapter_itemsize=4, input_itemsize=4) == 0
+    # full: the target linear saves its own input (no cast: the weight is in the model dtype)
+    assert A.adapter_saved_bytes("full", layer, r, n, adapter_itemsize=4, input_itemsize=2) == 120 * 2
     assert A.adapter_saved_bytes("dora", layer, r, n, adapter_itemsize=4, input_itemsize=4) is None
     # dropout: own dropout output + bool mask per layer
     assert (
@@ -124,7 +125,8 @@ def test_flops_hand_arithmetic():
     assert bwd_inner == bwd + 2 * n * (r * r + d_in * r)
     # LoRA-FA leaf: only dB (A x needs no grad)
     assert A.adapter_flops("lora-fa", [leaf], r, n) == (2 * n * r * (d_in + d_out), 2 * n * r * d_out)
-    assert A.adapter_flops("full", [leaf], r, n) == (0, 0)
+    assert A.adapter_flops("full", [leaf], r, n) == (2 * n * d_in * d_out, 2 * n * d_in * d_out)
+    assert A.adapter_flops("full", [inner], r, n) == (2 * n * d_in * d_out, 4 * n * d_in * d_out)
     assert A.adapter_flops("dora", [leaf], r, n) is None
 
 
