@@ -19,6 +19,7 @@ from matplotlib import image as mpimg
 from lamda_bench.cell import Cell
 from lamda_bench.report import ReportError, compare, flatten, write_report
 from lamda_bench.report.markdown import PLOTS_DIR
+from lamda_bench.report.records import width
 from lamda_bench.report.units import fmt_bytes, fmt_count, fmt_flops
 from lamda_bench.results import RESULTS_FILE, append_record
 
@@ -245,3 +246,12 @@ def test_units_and_flatten():
     assert flat["memory.at_peak.weights"] == 2 * 128 * 128 * 4
     assert json.loads(flat["cell.targets"]) == ["q_proj", "v_proj"]  # lists become JSON text
     assert flat["error"] is None and "series.step" not in flat
+
+
+def test_width_of_named_workloads_comes_from_their_config():
+    rec = make_record("lora", d=96)
+    assert width(rec) == 96
+    rec["cell"].update(workload="llama2-7b", d_in=None, d_out=None)
+    assert width(rec) == 4096
+    rec["cell"]["workload"] = "bart-large"
+    assert width(rec) == 1024

@@ -7,6 +7,7 @@ The record format is documented in docs/ARCHITECTURE.md; parsing and schema chec
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,28 @@ def tokens(record: dict[str, Any]) -> int | None:
 
 def width(record: dict[str, Any]) -> int | None:
     """The model width d the r-dim claim is plotted against: ``cell.d_in`` for the linear
-    workload, ``info.hidden_size`` for named model shapes (None when neither is recorded)."""
+    workload (its default when unset), else ``info.hidden_size`` if the record has it, else
+    the named workload's hidden size (``hidden_size`` / ``d_model`` of its config); None
+    for a workload this harness does not know."""
     d = get(record, "cell.d_in")
     if d is None:
         d = get(record, "info.hidden_size")
+    if d is None:
+        d = _workload_width(str(get(record, "cell.workload", "")))
     return None if d is None else int(d)
+
+
+@functools.lru_cache(maxsize=None)
+def _workload_width(name: str) -> int | None:
+    from ..workloads import LINEAR_DEFAULT_DIM, WorkloadError, get_workload
+
+    try:
+        workload = get_workload(name)
+    except WorkloadError:
+        return None
+    if workload.family == "linear":
+        return LINEAR_DEFAULT_DIM
+    return workload.config.get("hidden_size") or workload.config.get("d_model")
 
 
 def method_label(record: dict[str, Any]) -> str:
