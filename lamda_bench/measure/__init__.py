@@ -1,0 +1,19 @@
+"""Trackers, one concern each, usable on CPU, CUDA and fake tensors (see each module)."""
+
+from .flops import ATTENTION_COUNTING, FlopCounter
+from .live import CATEGORIES, LiveMemoryTracker
+from .modules import ModuleScope
+from .saved import SavedTensorTracker
+from .timing import Timing, synchronizer, time_steps
+
+__all__ = [
+    "ATTENTION_COUNTING",
+    "CATEGORIES",
+    "FlopCounter",
+    "LiveMemoryTracker",
+    "ModuleScope",
+    "SavedTensorTracker",
+    "Timing",
+    "synchronizer",
+    "time_steps",
+]

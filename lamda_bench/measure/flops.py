@@ -1,0 +1,186 @@
+"""FLOPs forward and backward, adapter path vs base, via torch's FlopCounterMode.
+
+FlopCounterMode counts matmuls, convolutions and the CUDA SDPA kernels. It has no
+formula for the CPU flash-attention kernel that SDPA uses on CPU (and on fake CPU
+tensors), so attention would count 0 there; we register the same formulas torch uses
+for the CUDA kernels. Causal attention is counted as full s x s, torch's convention
+(``ATTENTION_COUNTING`` says so in every result).
+
+Attribution: each counted op goes to the innermost module running (``ModuleScope``: in
+backward, the module whose forward created the autograd node being differentiated),
+adapter if ``is_adapter_module(name)``. FlopCounterMode's own inclusive per-module table
+stays available (``inclusive_by_module``; its names carry the root class as prefix).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from .active import tracker_active
+from .modules import ModuleScope
+
+aten = torch.ops.aten
+
+ATTENTION_COUNTING = (
+    "attention counted by torch's FlopCounterMode convention: Q@K^T and P@V as dense "
+    "products over the full s x s score matrix (4*b*h*s_q*s_k*d forward, 2.5x that "
+    "backward), causal masking NOT discounted; the CPU flash-attention kernels "
+    "(aten._scaled_dot_product_flash_attention_for_cpu and its backward) are counted with "
+    "the same formulas as the CUDA kernels"
+)
+
+ATTENTION_OPS = {
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention_for_cpu_backward",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_flash_attention_backward",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_efficient_attention_backward",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_cudnn_attention_backward",
+    "_flash_attention_forward",
+    "_flash_attention_backward",
+    "_efficient_attention_forward",
+    "_efficient_attention_backward",
+    "_scaled_dot_product_attention_math",
+}
+
+
+def cpu_flash_attention_flop(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """Forward of aten._scaled_dot_product_flash_attention_for_cpu (shapes b, h, s, d)."""
+    return sdpa_flop_count(query, key, value)
+
+
+def cpu_flash_attention_backward_flop(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """Backward of the CPU flash kernel: same count as torch gives the CUDA kernels."""
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+MISSING_FORMULAS = {
+    aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention_flop,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_flash_attention_backward_flop,
+}
+
+
+class _AttributingFlopCounterMode(FlopCounterMode):
+    """FlopCounterMode that also hands every counted op to the owning FlopCounter."""
+
+    def __init__(self, owner: "FlopCounter") -> None:
+        super().__init__(display=False, custom_mapping=MISSING_FORMULAS)
+        self.owner = owner
+
+    def _count_flops(self, func_packet, out, args, kwargs):
+        if func_packet in self.flop_registry:
+            flops = self.flop_registry[func_packet](*args, **kwargs, out_val=out)
+            for parent in set(self.mod_tracker.parents):
+                self.flop_counts[parent][func_packet] += flops
+            self.owner._add(func_packet, flops)
+        elif func_packet.__name__ in ATTENTION_OPS:
+            self.owner.attention_ops[func_packet.__name__] += 1
+        return out
+
+
+class FlopCounter:
+    """Context manager. Phases: ``with counter.phase("forward")`` etc.; ops outside any
+    marked phase go to "backward" while autograd runs backward, else "forward"."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        is_adapter_module: Callable[[str], bool],
+        scope: ModuleScope | None = None,
+    ) -> None:
+        self.model = model
+        self.is_adapter_module = is_adapter_module
+        self.scope = scope or ModuleScope(model)
+        self._adapter_cache: dict[str | None, bool] = {None: False}
+        self._phase: str | None = None
+        self._mode: _AttributingFlopCounterMode | None = None
+        # flops[phase]["adapter" | "base"]
+        self.flops: dict[str, dict[str, int]] = defaultdict(lambda: {"adapter": 0, "base": 0})
+        self.by_module: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.by_op: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.attention_ops: dict[str, int] = defaultdict(int)
+        self.inclusive_by_module: dict[str, int] = {}
+
+    # ---- results ------------------------------------------------------------------------
+    def total(self, phase: str) -> int:
+        f = self.flops.get(phase, {"adapter": 0, "base": 0})
+        return f["adapter"] + f["base"]
+
+    def adapter(self, phase: str) -> int:
+        return self.flops.get(phase, {"adapter": 0})["adapter"]
+
+    @property
+    def forward(self) -> int:
+        return self.total("forward")
+
+    @property
+    def backward(self) -> int:
+        return self.total("backward")
+
+    @property
+    def adapter_forward(self) -> int:
+        return self.adapter("forward")
+
+    @property
+    def adapter_backward(self) -> int:
+        return self.adapter("backward")
+
+    def summary(self) -> dict:
+        return {
+            "forward": self.forward,
+            "backward": self.backward,
+            "adapter_forward": self.adapter_forward,
+            "adapter_backward": self.adapter_backward,
+            "by_phase": {k: dict(v) for k, v in self.flops.items()},
+            "by_module": {k: dict(v) for k, v in self.by_module.items()},
+            "by_op": {k: dict(v) for k, v in self.by_op.items()},
+            "attention_ops": dict(self.attention_ops),
+            "attention_counting": ATTENTION_COUNTING,
+        }
+
+    # ---- phases / context ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if self._phase is not None:
+            raise RuntimeError(f"phase {name!r} started inside phase {self._phase!r}; phases do not nest")
+        self._phase = name
+        try:
+            yield
+        finally:
+            self._phase = None
+
+    def __enter__(self) -> "FlopCounter":
+        self.scope.__enter__()
+        self._mode = _AttributingFlopCounterMode(self)
+        self._mode.__enter__()
+        tracker_active.enter(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        tracker_active.exit(self)
+        mode, self._mode = self._mode, None
+        mode.__exit__(*exc)
+        self.inclusive_by_module = {k: sum(v.values()) for k, v in mode.get_flop_counts().items()}
+        self.scope.__exit__(*exc)
+
+    def _add(self, func_packet, flops: int) -> None:
+        phase = self._phase or ("backward" if self.scope.in_backward else "forward")
+        module = self.scope.current()
+        adapter = self._adapter_cache.get(module)
+        if adapter is None:
+            adapter = bool(self.is_adapter_module(module))
+            self._adapter_cache[module] = adapter
+        self.flops[phase]["adapter" if adapter else "base"] += flops
+        self.by_module[phase][module if module is not None else "<outside>"] += flops
+        name = func_packet.__name__
+        self.by_op[phase][name] += flops
+        if name in ATTENTION_OPS:
+            self.attention_ops[name] += 1

@@ -1,0 +1,236 @@
+"""Live bytes by category and phase, with a per-module timeline, on any kind of tensor.
+
+A ``TorchDispatchMode`` sees every op output; each output storage is registered once,
+with its size and a category, and a weakref callback subtracts it when the storage dies.
+That works the same on CPU, CUDA and fake tensors, because it reads only storage sizes
+(the same design as ``torch.distributed._tools.mem_tracker``, which refuses frozen
+parameters and so cannot serve PEFT models).
+
+Categories:
+- ``weights``: parameter and buffer storages (registered first, at enter; of which
+  ``trainable_weights`` those of parameters that require grad),
+- ``grads``: ``param.grad`` storages (moved there by post-accumulate-grad hooks, so
+  they count as grads from the moment backward writes them),
+- ``optimizer``: tensors in ``optimizer.state`` (at enter and at the end of each
+  ``optimizer`` phase),
+- ``activations``: storages created during the ``forward`` phase,
+- ``temporaries``: everything else created while tracking.
+Tensors created before the tracker entered count only if they are one of the above.
+
+When a storage changes category after a peak was recorded (a grad written just before
+the backward peak; optimizer state created lazily in the first step), the peak's
+breakdown is corrected if the storage already existed at that peak: live storages do not
+come back to life, so "created before the peak and alive now" means "alive at the peak".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from .active import tracker_active
+from .modules import ModuleScope
+
+CATEGORIES = ("weights", "grads", "optimizer", "activations", "temporaries")
+
+
+@dataclass
+class _Storage:
+    nbytes: int
+    category: str
+    created_at: int
+    ref: weakref.ref | None = None
+
+
+@dataclass
+class Peak:
+    """Live bytes at the highest point of a phase, with the breakdown at that moment."""
+
+    live_bytes: int
+    by_category: dict[str, int]
+    at: int  # op counter when reached
+
+    def to_dict(self) -> dict:
+        return {"live_bytes": self.live_bytes, "by_category": dict(self.by_category)}
+
+
+class LiveMemoryTracker(TorchDispatchMode):
+    """Context manager: enter it inside any ``FakeTensorMode`` (below it, our mode would
+    never see the fake ops). Mark phases with ``with tracker.phase("forward"): ...``
+    (names are free; ``forward``, ``backward``, ``optimizer`` have meaning above).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scope: ModuleScope | None = None,
+        timeline: bool = True,
+        timeline_filter: Callable[[str], bool] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer = optimizer
+        self.scope = scope or ModuleScope(model)
+        self.timeline_enabled = timeline
+        self.timeline_filter = timeline_filter
+        self.timeline: list[dict] = []
+        self.current = dict.fromkeys(CATEGORIES, 0)
+        self.live_bytes = 0
+        self.trainable_weights = 0
+        self.peak: Peak = Peak(0, dict(self.current), 0)
+        self.phase_peaks: dict[str, Peak] = {}
+        self._storages: dict[int, _Storage] = {}
+        self._phase: str | None = None
+        self._ops = 0
+        self._grad_hooks: list = []
+
+    # ---- results ------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """JSON-able: current bytes by category, overall and per-phase peaks."""
+        return {
+            "current": dict(self.current),
+            "live_bytes": self.live_bytes,
+            "trainable_weights": self.trainable_weights,
+            "peak": self.peak.to_dict(),
+            "phase_peaks": {k: p.to_dict() for k, p in self.phase_peaks.items()},
+        }
+
+    # ---- phases -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if self._phase is not None:
+            raise RuntimeError(f"phase {name!r} started inside phase {self._phase!r}; phases do not nest")
+        self._phase = name
+        self.phase_peaks.setdefault(name, Peak(self.live_bytes, dict(self.current), self._ops))
+        self._note_peak()
+        self._event(name, None, "start")
+        try:
+            yield
+        finally:
+            if name == "backward":
+                self._register_grads()
+            if name == "optimizer":
+                self._register_optimizer_state()
+            self._event(name, None, "end")
+            self._phase = None
+
+    # ---- context ------------------------------------------------------------------------
+    def __enter__(self) -> "LiveMemoryTracker":
+        params = list(self.model.parameters())
+        for t in params + list(self.model.buffers()):
+            self._register(t, "weights")
+        trainable = {id(p.untyped_storage()): p.untyped_storage().nbytes() for p in params if p.requires_grad}
+        self.trainable_weights = sum(trainable.values())
+        self._register_grads()
+        self._register_optimizer_state()
+        for p in params:
+            if p.requires_grad:
+                self._grad_hooks.append(p.register_post_accumulate_grad_hook(self._on_grad))
+        self.scope.__enter__()
+        if self.timeline_enabled:
+            self.scope.add_listener(self._on_boundary)
+        super().__enter__()
+        tracker_active.enter(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        tracker_active.exit(self)
+        super().__exit__(*exc)
+        self.scope.remove_listener(self._on_boundary)
+        self.scope.__exit__(*exc)
+        for h in self._grad_hooks:
+            h.remove()
+        self._grad_hooks = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self._ops += 1
+        category = "activations" if self._phase == "forward" else "temporaries"
+        if isinstance(out, torch.Tensor):
+            self._register(out, category)
+        else:
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    self._register(t, category)
+        return out
+
+    # ---- bookkeeping --------------------------------------------------------------------
+    def _register(self, t: torch.Tensor, category: str) -> None:
+        st = t.untyped_storage()
+        key = id(st)
+        rec = self._storages.get(key)
+        if rec is not None:
+            if category in ("weights", "grads", "optimizer") and rec.category != category:
+                self._reclassify(rec, category)
+            return
+        nbytes = st.nbytes()
+        rec = _Storage(nbytes, category, self._ops)
+        rec.ref = weakref.ref(st, self._freer(key))
+        self._storages[key] = rec
+        self.current[category] += nbytes
+        self.live_bytes += nbytes
+        self._note_peak()
+
+    def _freer(self, key: int):
+        def free(_ref) -> None:
+            rec = self._storages.pop(key, None)
+            if rec is not None:
+                self.current[rec.category] -= rec.nbytes
+                self.live_bytes -= rec.nbytes
+
+        return free
+
+    def _reclassify(self, rec: _Storage, category: str) -> None:
+        for snap in [self.peak, *self.phase_peaks.values()]:
+            if rec.created_at <= snap.at and rec.category in snap.by_category:
+                snap.by_category[rec.category] -= rec.nbytes
+                snap.by_category[category] += rec.nbytes
+        self.current[rec.category] -= rec.nbytes
+        self.current[category] += rec.nbytes
+        rec.category = category
+
+    def _note_peak(self) -> None:
+        live = self.live_bytes
+        if live > self.peak.live_bytes:
+            self.peak = Peak(live, dict(self.current), self._ops)
+        if self._phase is not None:
+            p = self.phase_peaks[self._phase]
+            if live > p.live_bytes:
+                self.phase_peaks[self._phase] = Peak(live, dict(self.current), self._ops)
+
+    def _on_grad(self, param: torch.Tensor) -> None:
+        if param.grad is not None:
+            self._register(param.grad, "grads")
+
+    def _register_grads(self) -> None:
+        for p in self.model.parameters():
+            if p.grad is not None:
+                self._register(p.grad, "grads")
+
+    def _register_optimizer_state(self) -> None:
+        if self.optimizer is None:
+            return
+        for state in self.optimizer.state.values():
+            for v in state.values():
+                if isinstance(v, torch.Tensor):
+                    self._register(v, "optimizer")
+
+    # ---- timeline -----------------------------------------------------------------------
+    def _on_boundary(self, phase: str, module: str, event: str) -> None:
+        if self.timeline_filter is None or self.timeline_filter(module):
+            self._event(self._phase or phase, module, event)
+
+    def _event(self, phase: str, module: str | None, event: str) -> None:
+        if self.timeline_enabled:
+            self.timeline.append(
+                {"phase": phase, "module": module, "event": event,
+                 "live_bytes": self.live_bytes, "by_category": dict(self.current)}
+            )

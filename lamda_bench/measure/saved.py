@@ -1,0 +1,186 @@
+"""Bytes saved for backward, unique storages, attributed to adapter path vs base.
+
+``torch.autograd.graph.saved_tensors_hooks`` sees every tensor autograd keeps for
+backward. Storages are counted once (views of one storage, such as q/k/v sharing one
+input, are one allocation) and the storages of the model's parameters and buffers are
+registered first and excluded: a frozen linear saves a transposed *view of its weight*,
+which is no new memory.
+
+Gradient checkpointing (``torch.utils.checkpoint``, non-reentrant, the transformers
+default) saves through its own inner hooks, hiding those tensors from ours. Its forward
+still stores each region's inputs through our hook (counted, phase ``forward``). Tensors
+saved while a region is recomputed in backward are seen by wrapping the checkpoint's
+recomputation hook for the duration of the tracker; they are counted in phase
+``backward`` (``recomputed_bytes``), apart from ``total_bytes``, which is what forward
+leaves saved for backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.utils.checkpoint as _checkpoint
+from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .active import tracker_active
+from .modules import ModuleScope
+
+
+@dataclass
+class SavedTensor:
+    """One tensor saved for backward (``new_bytes`` is 0 when its storage was already counted)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    module: str | None
+    adapter: bool
+    phase: str  # "forward" or "backward" (checkpoint recomputation)
+    storage_bytes: int
+    new_bytes: int
+
+
+class SavedTensorTracker:
+    """Context manager counting what autograd saves for backward inside it.
+
+    ``is_adapter_module(qualified_name)`` decides attribution; a tensor is attributed to
+    the innermost module running when it is first saved (``None``: outside any module).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        is_adapter_module: Callable[[str], bool],
+        scope: ModuleScope | None = None,
+        keep_tensors: bool = True,
+    ) -> None:
+        self.model = model
+        self.is_adapter_module = is_adapter_module
+        self.scope = scope or ModuleScope(model)
+        self.keep_tensors = keep_tensors
+        self._adapter_cache: dict[str | None, bool] = {None: False}
+        self._excluded = WeakIdKeyDictionary()
+        self._seen = WeakIdKeyDictionary()
+        self.tensors: list[SavedTensor] = []
+        self.bytes = {"forward": {"adapter": 0, "base": 0}, "backward": {"adapter": 0, "base": 0}}
+        self.by_module: dict[str, int] = {}
+        self._hooks = None
+        self._patched = None
+
+    # ---- results ------------------------------------------------------------------------
+    @property
+    def total_bytes(self) -> int:
+        """Unique bytes saved for backward by forward (the activations a step holds)."""
+        f = self.bytes["forward"]
+        return f["adapter"] + f["base"]
+
+    @property
+    def adapter_bytes(self) -> int:
+        return self.bytes["forward"]["adapter"]
+
+    @property
+    def base_bytes(self) -> int:
+        return self.bytes["forward"]["base"]
+
+    @property
+    def recomputed_bytes(self) -> int:
+        """New unique bytes saved during checkpoint recomputation in backward."""
+        b = self.bytes["backward"]
+        return b["adapter"] + b["base"]
+
+    @property
+    def recomputed_adapter_bytes(self) -> int:
+        return self.bytes["backward"]["adapter"]
+
+    def summary(self) -> dict:
+        """JSON-able results (per-tensor detail only under ``tensors``)."""
+        return {
+            "total_bytes": self.total_bytes,
+            "adapter_bytes": self.adapter_bytes,
+            "base_bytes": self.base_bytes,
+            "recomputed_bytes": self.recomputed_bytes,
+            "recomputed_adapter_bytes": self.recomputed_adapter_bytes,
+            "by_module": dict(self.by_module),
+            "tensors": [asdict(t) for t in self.tensors],
+        }
+
+    # ---- context ------------------------------------------------------------------------
+    def __enter__(self) -> "SavedTensorTracker":
+        for t in list(self.model.parameters()) + list(self.model.buffers()):
+            self._excluded[t.untyped_storage()] = True
+        self.scope.__enter__()
+        self._patch_checkpoint()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+        self._hooks.__enter__()
+        tracker_active.enter(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        tracker_active.exit(self)
+        self._hooks.__exit__(*exc)
+        self._unpatch_checkpoint()
+        self.scope.__exit__(*exc)
+
+    # ---- hooks --------------------------------------------------------------------------
+    def _pack(self, t: torch.Tensor):
+        self._record(t)
+        # never hand autograd the output tensor itself (reference cycle through grad_fn)
+        return t.detach() if t.requires_grad else t
+
+    def _record(self, t: torch.Tensor) -> None:
+        st = t.untyped_storage()
+        if st in self._excluded:
+            return
+        module = self.scope.current()
+        adapter = self._adapter_cache.get(module)
+        if adapter is None:
+            adapter = bool(self.is_adapter_module(module))
+            self._adapter_cache[module] = adapter
+        phase = "backward" if self.scope.in_backward else "forward"
+        nbytes = st.nbytes()
+        new = 0
+        if st not in self._seen:
+            self._seen[st] = True
+            new = nbytes
+            self.bytes[phase]["adapter" if adapter else "base"] += new
+            key = module if module is not None else "<outside>"
+            self.by_module[key] = self.by_module.get(key, 0) + new
+        if self.keep_tensors:
+            self.tensors.append(
+                SavedTensor(tuple(t.shape), str(t.dtype).replace("torch.", ""), module, adapter, phase, nbytes, new)
+            )
+
+    # ---- checkpoint recomputation -------------------------------------------------------
+    def _patch_checkpoint(self) -> None:
+        original = getattr(_checkpoint, "_recomputation_hook", None)
+        if original is None or not isinstance(original, type):
+            raise RuntimeError(
+                "torch.utils.checkpoint._recomputation_hook not found: this torch cannot count tensors saved in recomputation"
+            )
+        tracker = self
+
+        class _CountingRecomputationHook(original):  # type: ignore[misc, valid-type]
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                inner_pack = self.pack_hook
+
+                def pack_hook(x):
+                    tracker._record(x)
+                    return inner_pack(x)
+
+                self.pack_hook = pack_hook
+
+        self._patched = original
+        _checkpoint._recomputation_hook = _CountingRecomputationHook
+
+    def _unpatch_checkpoint(self) -> None:
+        if self._patched is not None:
+            _checkpoint._recomputation_hook = self._patched
+            self._patched = None
+
+
+def _unpack(x):
+    return x
+
