@@ -256,7 +256,7 @@ class LamdaLinear(nn.Module):
         self.schedule = schedule if schedule is not None else FreezeSchedule(r, 1, 0.3)
         if self.schedule.r != r:
             raise ValueError(f"LamdaLinear: schedule is for r={self.schedule.r}, layer has r={r}")
-        self.base_layer = base_layer
+        self.base_layer = base_layer.requires_grad_(False)  # the frozen base (W, or the SVD residual)
         w = base_layer.weight
         self.adapter_dtype = torch.float32 if autocast_adapter_dtype else w.dtype
         self.lamda_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
