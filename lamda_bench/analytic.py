@@ -30,9 +30,10 @@ Assumptions shared by all formulas (stated once here, referred to below):
 - PEFT casts the layer input to the adapter weights' dtype only when the two differ
   (``_cast_input_dtype``); the cast is a new storage per layer, the uncast input is the
   base layer's own input storage (shared by the layer's ``input_group``);
-- no base-model op saves the adapted layer's input before the adapter does (true for
-  LLaMA, BERT and BART blocks: norms save their inputs, not their outputs), otherwise the
-  tracker attributes that storage to the base;
+- an uncast input that a base op saved first is the base's bytes, not the adapter's
+  (``input_saved_by_base``; SDPA's flash kernels save their output, and LLaMA's o_proj
+  input is a view of it); norms save their inputs, not their outputs, so q/k/v and MLP
+  inputs are the adapter's;
 - no gradient checkpointing (with it, the saved set is the checkpoint boundaries; the
   functions here do not model that and callers report no prediction).
 """
@@ -57,6 +58,9 @@ class AdaptedLinear:
     """One adapted linear of the model and the structural facts the arithmetic needs.
 
     ``r`` overrides the cell's rank for this layer (LaMDA++ allocates per-layer ranks).
+    An entry may describe one *call* of the layer rather than the layer: ``tokens`` (rows of
+    its input) and ``input_itemsize`` then override the model-wide values (DeBERTa calls
+    its query/key projections a second time on the relative position embeddings).
     """
 
     d_in: int
@@ -65,9 +69,15 @@ class AdaptedLinear:
     input_requires_grad: bool = True
     input_group: str | None = None
     name: str = ""
+    tokens: int | None = None
+    input_itemsize: int | None = None
+    input_saved_by_base: bool = False  # a base op saved this very input storage first
 
     def rank(self, r: int) -> int:
         return self.r if self.r is not None else r
+
+    def rows(self, tokens: int) -> int:
+        return self.tokens if self.tokens is not None else tokens
 
 
 @dataclass(frozen=True)
@@ -208,7 +218,8 @@ def adapter_saved_bytes(
     lora / pissa: x (N d_in) + A x (N r) per layer. The saved x is the cast copy (N d_in x
     adapter itemsize, one per layer) when the adapter dtype differs from the input's (PEFT's
     ``autocast_adapter_dtype`` with fp32 adapters on a bf16 model), else the layer's own
-    input storage (N d_in x input itemsize, once per ``input_group``).
+    input storage (N d_in x input itemsize, once per ``input_group``, none when the base
+    saved that storage already).
     lora-fa: A x (N r) only: A is frozen, so x is not saved.
     lamda / lamda++: A x and S A x (2 N r) while any column of B trains, A x (N r) once B is
     frozen (``b_trainable(r_l)`` gives the trainable columns at the accounted step).
@@ -223,8 +234,10 @@ def adapter_saved_bytes(
         return None
     total = 0
     shared_inputs: set[str] = set()
-    casts = adapter_itemsize != input_itemsize and method != "full"
     for i, layer in enumerate(layers):
+        n = layer.rows(tokens)
+        in_size = layer.input_itemsize or input_itemsize
+        casts = adapter_itemsize != in_size and method != "full"
         k = b_trainable(layer.rank(r)) if b_trainable else None
         chain = adapter_chain(method, layer, r, k)
         assert chain is not None
@@ -232,16 +245,16 @@ def adapter_saved_bytes(
             if mm.trainable == 0:
                 continue  # a frozen weight's matmul saves only the weight
             if j > 0:
-                total += tokens * mm.d_in * adapter_itemsize  # an adapter-internal activation
+                total += n * mm.d_in * adapter_itemsize  # an adapter-internal activation
             elif dropout > 0:
-                total += tokens * mm.d_in * (adapter_itemsize + 1)
+                total += n * mm.d_in * (adapter_itemsize + 1)
             elif casts:
-                total += tokens * mm.d_in * adapter_itemsize
-            else:
+                total += n * mm.d_in * adapter_itemsize
+            elif not layer.input_saved_by_base:
                 group = layer.input_group if layer.input_group is not None else f"#{i}"
                 if group not in shared_inputs:
                     shared_inputs.add(group)
-                    total += tokens * mm.d_in * input_itemsize
+                    total += n * mm.d_in * in_size
     return total
 
 
@@ -278,11 +291,12 @@ def adapter_flops(
         if chain is None:
             return None
         needs_grad = layer.input_requires_grad
+        n = layer.rows(tokens)
         for mm in chain:
-            fwd += 2 * tokens * mm.d_in * mm.d_out
-            bwd += 2 * tokens * mm.trainable
+            fwd += 2 * n * mm.d_in * mm.d_out
+            bwd += 2 * n * mm.trainable
             if needs_grad:
-                bwd += 2 * tokens * mm.d_in * mm.d_out
+                bwd += 2 * n * mm.d_in * mm.d_out
             needs_grad = needs_grad or mm.trainable > 0
     return fwd, bwd
 
@@ -298,6 +312,7 @@ def predict(
     r: int,
     tokens: int,
     *,
+    calls: Sequence[AdaptedLinear] | None = None,
     steps: int,
     accounted_step: int,
     adapter_itemsize: int,
@@ -310,17 +325,20 @@ def predict(
     """The ``predicted`` block of a record: the closed forms for the same fields as measured.
 
     ``trainable`` is at the start (step 0), ``updates`` over ``steps`` optimizer steps, saved
-    bytes and FLOPs at ``accounted_step`` (the instrumented step, 0-based). Saved bytes are
-    None under gradient checkpointing (not modelled) and for methods without a closed form.
+    bytes and FLOPs at ``accounted_step`` (the instrumented step, 0-based). ``layers`` are the
+    adapted modules (parameter counts); ``calls`` (default: ``layers``) the calls of them
+    in one forward (bytes and FLOPs). Saved bytes are None under gradient checkpointing
+    (not modelled) and for methods without a closed form.
     """
+    calls = layers if calls is None else calls
     at = (lambda rl: b_schedule(rl, accounted_step)) if (b_schedule and method in LAMDA_LIKE) else None
     saved = None
     if not gradient_checkpointing:
         saved = adapter_saved_bytes(
-            method, layers, r, tokens, adapter_itemsize=adapter_itemsize,
+            method, calls, r, tokens, adapter_itemsize=adapter_itemsize,
             input_itemsize=input_itemsize, b_trainable=at, dropout=dropout,
         )
-    flops = adapter_flops(method, layers, r, tokens, b_trainable=at)
+    flops = adapter_flops(method, calls, r, tokens, b_trainable=at)
     return {
         "params": {
             "trainable": trainable(method, layers, r, step=0, b_schedule=b_schedule, total_params=total_params),
