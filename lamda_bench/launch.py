@@ -236,6 +236,9 @@ def run_cells(
             _stop(run.process)
     finally:
         bar.close()
+        logs = out_dir / "logs"
+        if logs.is_dir() and not any(logs.iterdir()):
+            logs.rmdir()  # only empty logs: nothing worth keeping
     return summary
 
 
@@ -336,7 +339,10 @@ def _complete(record: dict[str, Any], run: _Running, suite: str, env: dict[str, 
     record.setdefault("cell", run.cell.to_dict())
     record.setdefault("env", env)
     record.setdefault("started_at", run.started_at)
-    record.setdefault("wall_s", round(time.monotonic() - run.started, 3))
+    # wall_s is the runner's own; the launcher's includes process start and imports.
+    launch_wall = round(time.monotonic() - run.started, 3)
+    record.setdefault("wall_s", launch_wall)
+    record["launch"] = {"launcher": "local", "wall_s": launch_wall}
     if run.log_path.exists():
         if run.log_path.stat().st_size:
             artifacts = dict(record.get("artifacts") or {})

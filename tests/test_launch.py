@@ -87,6 +87,7 @@ def test_every_failure_kind_becomes_a_record_and_the_sweep_goes_on(tmp_path):
     for cell, rec in zip(todo, (recs[i] for i in range(1, 6))):
         assert rec["id"] == cell.id and rec["suite"] == "t" and rec["schema"] == 1
         assert rec["env"]["harness"] and rec["wall_s"] >= 0 and rec["started_at"].endswith("Z")
+        assert rec["launch"]["wall_s"] >= rec["wall_s"] and rec["launch"]["launcher"] == "local"
     # The traceback of the raising runner is kept in the cell's log.
     assert "boom" in (tmp_path / recs[2]["artifacts"]["log"]).read_text()
 
@@ -161,6 +162,7 @@ def test_torn_line_from_a_killed_writer_is_reported_and_resume_continues(tmp_pat
     assert summary.skipped == 1 and len(summary.records) == 1
     assert any("incomplete record" in w for w in summary.warnings)
     assert [r["cell"]["r"] for r in load_results(path).records] == [1, 2]
+    assert not (tmp_path / "logs").exists()  # silent cells leave no empty logs behind
 
 
 def test_parent_never_imports_torch(tmp_path):
