@@ -15,8 +15,8 @@ Why this shape:
   when its device is ``cuda``, or ``auto`` on a machine with a GPU; the GPU count comes from
   NVML, not from CUDA). Parallel CPU *measure* cells share cores: their step times are
   slower than alone; use ``jobs=1`` for timings that matter.
-- Ctrl-C: children are stopped, the cells already recorded stay, ``interrupted`` is set
-  (the CLI exits 130) and the next run resumes.
+- Ctrl-C (or SIGTERM): children are stopped, the cells already recorded stay,
+  ``interrupted`` is set (the CLI exits 130) and the next run resumes.
 - Each cell's stdout/stderr go to ``<out>/logs/<id>.log`` (kept only when non-empty), so a
   crash leaves its traceback (faulthandler is on) without garbling the progress bar.
 """
@@ -207,6 +207,7 @@ def run_cells(
         bar.update(1)
         bar.set_postfix({k: v for k, v in summary.statuses.items()}, refresh=True)
 
+    previous_term = _raise_interrupt_on_sigterm()
     try:
         while pending or running:
             # Start what may start: jobs slots, one GPU cell per free device.
@@ -235,11 +236,27 @@ def run_cells(
         for run in running:
             _stop(run.process)
     finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
         bar.close()
         logs = out_dir / "logs"
         if logs.is_dir() and not any(logs.iterdir()):
             logs.rmdir()  # only empty logs: nothing worth keeping
     return summary
+
+
+def _raise_interrupt_on_sigterm():
+    """SIGTERM (a job scheduler, `kill`) stops a run like Ctrl-C does: children stopped,
+    finished cells kept. Returns the previous handler (None off the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _start(ctx, runner: str, cell: Cell, out_dir: Path, gpu: int | None) -> _Running:

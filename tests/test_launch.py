@@ -179,3 +179,20 @@ def test_parent_never_imports_torch(tmp_path):
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_restores_the_handler(tmp_path):
+    import threading
+
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(2.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        summary = run_cells(cells(1, 20, 21, 22), tmp_path, suite="t", runner="test_launch:runner_slow",
+                            progress=False)
+    finally:
+        timer.cancel()
+    assert summary.interrupted
+    assert signal.getsignal(signal.SIGTERM) is before
+    recorded = load_results(results_path(tmp_path)).records
+    assert len(recorded) == len(summary.records) < 4
