@@ -19,7 +19,7 @@ LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "do
 BERT_ALL = ["query", "key", "value", "dense"]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
     """LAPACK's SVD with 2 threads on this busy 2-core machine runs ~10x slower than with 1."""
     threads = torch.get_num_threads()

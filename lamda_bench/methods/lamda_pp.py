@@ -11,7 +11,8 @@ The rule (exact, deterministic):
   min_rank = max(1, r // 4) and max_rank = 2 r. A budget the bounds cannot meet is an error.
 * Water-filling: every layer starts at min_rank; each remaining unit goes to the layer whose next
   component adds the most normalized energy, i.e. the largest p_l(rank_l + 1) among layers below
-  their upper bound; ties go to the layer whose name sorts first. Since p_l is non-increasing,
+  their upper bound; exact ties go to the layer with the lower current rank, then to the name that
+  sorts first (so identical flat spectra share the budget evenly, deterministically). Since p_l is non-increasing,
   this greedy maximises the total captured energy sum_l E_l(rank_l) within the bounds: rank
   moves from layers that lose little energy when cut (flat tails) to layers whose top components
   carry much of their energy that the uniform rank would leave out.
@@ -42,7 +43,7 @@ from .lamda import LAMDA_OPTIONS, apply_lamda, find_targets, is_shape_only
 RULE = (
     "water-filling: start every layer at min_rank, give each remaining unit of the budget "
     "r x layers to the layer with the largest next normalized singular value s_(k+1)^2 / sum s^2 "
-    "(ties: name order), within [min_rank, min(max_rank, min(d_in, d_out))]; budget kept exactly"
+    "(ties: lower current rank, then name), within [min_rank, min(max_rank, min(d_in, d_out))]; budget kept exactly"
 )
 FORMAT = "lamda-bench/lamda++-allocation/1"
 
@@ -175,13 +176,13 @@ def allocate(
             f"[{lo * len(names)}, {sum(hi.values())}] in total"
         )
     rank = {n: lo for n in names}
-    heap = [(-float(spectra[n][lo]), n) for n in names if rank[n] < hi[n]]
+    heap = [(-float(spectra[n][lo]), lo, n) for n in names if rank[n] < hi[n]]
     heapq.heapify(heap)
     for _ in range(budget - lo * len(names)):
-        _, n = heapq.heappop(heap)
+        _, _, n = heapq.heappop(heap)
         rank[n] += 1
         if rank[n] < hi[n]:
-            heapq.heappush(heap, (-float(spectra[n][rank[n]]), n))
+            heapq.heappush(heap, (-float(spectra[n][rank[n]]), rank[n], n))
     layers = [
         LayerAllocation(
             name=n,
