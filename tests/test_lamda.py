@@ -358,3 +358,16 @@ def test_registered_with_documented_options():
     }
     assert method.resolve_options({})["freeze_fraction"] == 0.3
     assert math.isclose(FreezeSchedule(1, 10, 0.3).horizon, 3)
+
+
+@pytest.mark.parametrize("workload", ["tiny-deberta", "tiny-bart"])
+def test_other_paper_architectures(workload):
+    cell = Cell(workload=workload, method="lamda", dtype="fp32", device="cpu", batch=2, seq=8)
+    model = build_model(cell, "cpu").eval()  # eval: BART's dropout would make outputs differ
+    inputs = make_inputs(cell)
+    before = compute_loss(cell, model, inputs)
+    applied = apply(model, targets=resolve_targets(cell, model))
+    loss = compute_loss(cell, applied.model, inputs)
+    torch.testing.assert_close(loss, before, rtol=1e-5, atol=1e-5)
+    loss.backward()
+    assert all(layer.lamda_S.weight.grad is not None for layer in applied.adapted.values())
