@@ -11,11 +11,14 @@ The rule (exact, deterministic):
   min_rank = max(1, r // 4) and max_rank = 2 r. A budget the bounds cannot meet is an error.
 * Water-filling: every layer starts at min_rank; each remaining unit goes to the layer whose next
   component adds the most normalized energy, i.e. the largest p_l(rank_l + 1) among layers below
-  their upper bound; exact ties go to the layer with the lower current rank, then to the name that
-  sorts first (so identical flat spectra share the budget evenly, deterministically). Since p_l is non-increasing,
-  this greedy maximises the total captured energy sum_l E_l(rank_l) within the bounds: rank
-  moves from layers that lose little energy when cut (flat tails) to layers whose top components
-  carry much of their energy that the uniform rank would leave out.
+  their upper bound; exact ties go to the layer with the lower current rank, then to the name
+  that sorts first (identical flat spectra share the budget evenly, deterministically). Since
+  p_l is non-increasing, this greedy maximises the total captured energy sum_l E_l(rank_l) within the bounds (checked
+  against brute force in the tests). What that means in practice: rank moves away from layers
+  whose next components add little (flat spectra, which lose little energy when cut) towards
+  layers whose next components add much (concentrated spectra). It does not equalise E_l: a
+  layer with a flat spectrum captures little at any rank and is cut towards min_rank. A max-min
+  rule (raise the layer with the lowest E_l) would do the opposite; it is not what this does.
 * Each layer's scaling is alpha / rank_l (PEFT's rank_pattern convention); the layer itself is
   lamda.py's LamdaLinear with that rank (same init, freezing schedule and options).
 
