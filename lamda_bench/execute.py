@@ -403,8 +403,12 @@ def _prime_optimizer(applied, optimizer: torch.optim.Optimizer) -> None:
 
 
 def _train_step(c: Cell, applied, inputs, optimizer, res: _StepResult, step: int, flops,
-                live=None, on_grads: Callable[[], None] | None = None) -> None:
-    """forward, loss, backward, optimizer step; trackers' phases marked where given."""
+                live=None, on_grads: Callable[[], None] | None = None, finish: bool = True) -> None:
+    """forward, loss, backward, optimizer step; trackers' phases marked where given.
+
+    ``finish=False`` leaves the method's ``on_step`` and the series entry to the caller
+    (the instrumented step runs them after its trackers have exited).
+    """
 
     def phase(name: str):
         stack = contextlib.ExitStack()
@@ -424,8 +428,16 @@ def _train_step(c: Cell, applied, inputs, optimizer, res: _StepResult, step: int
     with phase("optimizer"):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    # LaMDA's freezing moves parameters and releases optimizer state: outside the trackers,
-    # so new parameter storages are not counted as step temporaries.
+    if finish:
+        _finish_step(applied, optimizer, res, step, flops)
+
+
+def _finish_step(applied, optimizer, res: _StepResult, step: int, flops) -> None:
+    """The method's per-step hook, then the series entry (optimizer state after the step).
+
+    LaMDA's freezing moves parameters and releases optimizer state here: run it outside
+    the live tracker, or the new parameter storages would count as step temporaries.
+    """
     applied.on_step(step, optimizer)
     _record_after(res, optimizer, flops.backward if flops is not None else None)
 
@@ -449,7 +461,8 @@ def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, st
         res.grads_bytes = _unique_bytes(p.grad for p in model.parameters() if p.grad is not None)
 
     with observer, saved, flops, live:
-        _train_step(c, applied, inputs, optimizer, res, step, flops, live=live, on_grads=grads_done)
+        _train_step(c, applied, inputs, optimizer, res, step, flops, live=live, on_grads=grads_done, finish=False)
+    _finish_step(applied, optimizer, res, step, flops)
     res.saved, res.live, res.flops = saved, live, flops
     res.calls, res.layers = observer.calls, observer.layers
 

@@ -1,0 +1,194 @@
+"""run_cell end to end on CPU: real PEFT layers, real autograd, tiny real models, fake tensors
+only for estimates. Expected bytes and FLOPs are hand arithmetic, not read back from the code."""
+
+import json
+
+import pytest
+import torch
+
+from lamda_bench import workloads
+from lamda_bench.cell import Cell
+from lamda_bench.execute import run_cell
+
+N = 2 * 8  # batch x seq of the linear cells
+
+
+def linear_cell(method, d=32, r=4, dtype="fp32", **kw):
+    cell = dict(workload="linear", method=method, d_in=d, d_out=d, layers=1, r=r, batch=2, seq=8,
+                dtype=dtype, device="cpu", mode="measure", warmup=1, steps=1)
+    cell.update(kw)
+    return cell
+
+
+def ok(record):
+    assert record["status"] == "ok", record["error"]
+    return record
+
+
+# ---- hand arithmetic on one adapted linear (d_in = d_out = 32, r = 4, N = 16) --------------
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_lora_linear_saved_bytes_and_flops_by_hand(dtype):
+    rec = ok(run_cell(linear_cell("lora", dtype=dtype)))
+    # fp32 adapters (PEFT's autocast default): x, or its fp32 copy on bf16, plus A x; 4 bytes each
+    assert rec["memory"]["saved_activations_adapter"] == N * 32 * 4 + N * 4 * 4
+    assert rec["flops"]["adapter_forward"] == 2 * N * (32 * 4 + 4 * 32)
+    # dA, dB, grad into A x, grad into x (the linear workload's input needs a grad)
+    assert rec["flops"]["adapter_backward"] == 2 * N * (32 * 4 + 4 * 32 + 4 * 32 + 32 * 4)
+    assert rec["params"]["trainable"] == (32 + 32) * 4
+    assert rec["predicted"]["memory"]["saved_activations_adapter"] == rec["memory"]["saved_activations_adapter"]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_lamda_linear_saved_bytes_and_flops_by_hand(dtype):
+    # warmup 0: the instrumented step is step 1, B still fully trainable
+    rec = ok(run_cell(linear_cell("lamda", dtype=dtype, warmup=0, options={"init": "lora"})))
+    assert rec["memory"]["saved_activations_adapter"] == 2 * N * 4 * 4  # A x and S A x, fp32
+    assert rec["flops"]["adapter_forward"] == 2 * N * (32 * 4 + 4 * 4 + 4 * 32)
+    # dB (4 columns), grad into S A x, dS, grad into A x, grad into x (no dA: A frozen)
+    assert rec["flops"]["adapter_backward"] == 2 * N * (32 * 4 + 32 * 4 + 4 * 4 + 4 * 4 + 4 * 32)
+    assert rec["params"]["trainable"] == 4 * 4 + 32 * 4
+
+
+def test_lamda_saves_only_ax_once_b_is_frozen():
+    # warmup 1, horizon 3 steps, freeze_fraction 0.3: B is frozen from the second step on
+    rec = ok(run_cell(linear_cell("lamda", warmup=1, steps=1, options={"init": "lora"})))
+    assert rec["info"]["steps"]["instrumented_step"] == 2
+    assert rec["memory"]["saved_activations_adapter"] == N * 4 * 4
+    assert rec["series"]["trainable"] == [4 * 4 + 32 * 4, 4 * 4, 4 * 4]
+
+
+def test_lora_saved_grows_with_d_lamda_does_not():
+    lora, lamda = [], []
+    for d in (16, 32, 64):
+        lora.append(ok(run_cell(linear_cell("lora", d=d)))["memory"]["saved_activations_adapter"])
+        lamda.append(ok(run_cell(linear_cell("lamda", d=d, warmup=0, options={"init": "lora"})))
+                     ["memory"]["saved_activations_adapter"])
+    assert lora[0] < lora[1] < lora[2]
+    assert lamda == [2 * N * 4 * 4] * 3
+
+
+# ---- tiny LLaMA: measured equals predicted ---------------------------------------------
+
+
+def tiny_cell(method, **kw):
+    cell = dict(workload="tiny-llama", method=method, r=4, batch=2, seq=16, dtype="bf16", device="cpu",
+                mode="measure", warmup=1, steps=1)
+    cell.update(kw)
+    return cell
+
+
+@pytest.mark.parametrize("method", ["lora", "lamda"])
+def test_tiny_llama_measured_matches_closed_forms(method):
+    rec = ok(run_cell(tiny_cell(method)))
+    p = rec["predicted"]
+    assert rec["params"]["trainable"] == p["params"]["trainable"]
+    assert rec["params"]["updates"] == p["params"]["updates"]
+    assert rec["memory"]["saved_activations_adapter"] == p["memory"]["saved_activations_adapter"] > 0
+    assert rec["flops"]["adapter_forward"] == p["flops"]["adapter_forward"] > 0
+    assert rec["flops"]["adapter_backward"] == p["flops"]["adapter_backward"] > 0
+    assert rec["info"]["attn_implementation"] == "sdpa"
+    assert rec["info"]["attention_kernels"]  # the attention kernel that ran is named
+    assert rec["time"]["steps_timed"] == 1 and rec["time"]["step_median_s"] > 0
+    assert rec["memory"]["host_rss_peak"] > 0
+    if method == "lora":
+        # 2 layers; LoRA trains (d_in + d_out) r per projection: q, o 64->64; k, v 64->32
+        # (2 kv heads of 16); gate, up 64->176; down 176->64
+        per_layer = (128 + 96 + 96 + 128 + 240 + 240 + 240) * 4
+        assert rec["params"]["trainable"] == 2 * per_layer == 9344
+
+
+def test_measure_and_estimate_give_the_same_category_bytes():
+    cell = tiny_cell("lamda", options={"init": "lora"})
+    real = ok(run_cell(cell))
+    fake = ok(run_cell({**cell, "mode": "estimate"}))
+    assert fake["cell"]["mode"] == "estimate" and real["cell"]["mode"] == "measure"
+    for key in ("weights", "trainable_weights", "grads", "optimizer", "saved_activations",
+                "saved_activations_adapter", "peak_forward", "peak_backward", "peak_step", "peak", "at_peak"):
+        assert real["memory"][key] == fake["memory"][key], key
+    for key in ("forward", "backward", "adapter_forward", "adapter_backward"):
+        assert real["flops"][key] == fake["flops"][key], key
+    assert real["series"]["trainable"] == fake["series"]["trainable"]
+    assert real["params"] == fake["params"]
+    assert fake["time"]["step_median_s"] is None and fake["memory"]["host_rss_peak"] is None
+    assert fake["series"]["ran"] == [False, True, False]
+
+
+def test_lamda_freezing_shows_in_series_and_updates():
+    rec = ok(run_cell(linear_cell("lamda", d=16, warmup=0, steps=9, options={"init": "lora", "freeze_fraction": 0.3})))
+    t = rec["series"]["trainable"]
+    assert rec["info"]["steps"]["total_steps"] == 10 and len(t) == 10
+    # horizon 3 steps: B's 4 columns train 4, ceil(4*2/3)=3, ceil(4/3)=2, then 0
+    assert t == [16 + 16 * k for k in (4, 3, 2)] + [16] * 7
+    assert rec["params"]["updates"] == sum(t) == rec["predicted"]["params"]["updates"]
+    opt = rec["series"]["optimizer"]
+    assert opt[0] > opt[-1]  # frozen columns' Adam state is released
+
+
+# ---- modes and devices -----------------------------------------------------------------
+
+
+def test_auto_mode_measures_a_small_cell_on_cpu():
+    rec = ok(run_cell(linear_cell("lora", mode="auto", device="auto")))
+    assert rec["cell"]["mode"] == "measure" and rec["cell"]["device"] == "cpu"
+    assert rec["id"] == Cell.from_dict(linear_cell("lora", mode="auto", device="auto")).id
+
+
+def test_auto_mode_estimates_a_cell_too_big_for_this_machine():
+    cell = linear_cell("lora", d=8192, batch=64, seq=1024, mode="auto", device="auto", dtype="bf16")
+    rec = ok(run_cell(cell))
+    assert rec["cell"]["mode"] == "estimate"
+    assert rec["time"]["step_median_s"] is None
+    assert rec["info"]["estimate_device"] in ("cpu", "cuda")
+    # 65,536 tokens x 8192 wide, cast to fp32, plus A x
+    assert rec["memory"]["saved_activations_adapter"] == 65536 * 8192 * 4 + 65536 * 4 * 4
+
+
+def test_artifacts_are_written_and_named(tmp_path):
+    rec = ok(run_cell(tiny_cell("lora"), str(tmp_path)))
+    timeline = json.loads((tmp_path / rec["artifacts"]["timeline"]).read_text())
+    detail = json.loads((tmp_path / rec["artifacts"]["detail"]).read_text())
+    phases = {e["phase"] for e in timeline["events"]}
+    assert {"forward", "backward", "optimizer"} <= phases
+    assert sum(detail["saved_by_module"].values()) == rec["memory"]["saved_activations"]
+    json.dumps(rec)  # the record is JSON-serializable
+
+
+# ---- bad input and out of memory -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"workload": "llama-9000"}, "unknown workload"),
+        ({"r": 64}, "exceeds"),
+        ({"method": "lorra"}, "unknown method"),
+        ({"bogus_key": 1}, "unknown cell keys"),
+        ({"dtype": "int3"}, "unknown dtype"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_bad_cells_give_an_error_record_with_one_line(change, words):
+    rec = run_cell({**linear_cell("lamda"), **change})
+    assert rec["status"] == "error"
+    assert words in rec["error"] and "\n" not in rec["error"]
+    json.dumps(rec)
+
+
+def test_out_of_memory_gives_status_oom(monkeypatch):
+    def boom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(workloads, "compute_loss", boom)
+    rec = run_cell(linear_cell("lora"))
+    assert rec["status"] == "oom" and "out of memory" in rec["error"]
+
+
+def test_cpu_allocation_failure_gives_status_oom(monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 1099511627776 bytes.")
+
+    monkeypatch.setattr(workloads, "make_inputs", boom)
+    assert run_cell(linear_cell("lora"))["status"] == "oom"
