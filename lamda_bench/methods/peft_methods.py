@@ -1,7 +1,7 @@
 """The peers, through PEFT itself (never re-implemented): lora, pissa, lora-fa, dora, vera.
 
-Each method builds a PEFT config for exactly the target linears (validated first, passed
-to PEFT by their qualified names), calls ``get_peft_model`` with an explicit
+Each method builds a PEFT config for exactly the target linears (validated first; PEFT's
+count of adapted layers is checked against them), calls ``get_peft_model`` with an explicit
 ``autocast_adapter_dtype`` (PEFT's default True keeps adapter weights in fp32 and casts
 each adapted layer's input to fp32: a real memory cost, so it is a recorded setting).
 
@@ -72,6 +72,15 @@ def adapter_module_names(model: nn.Module, adapted: dict[str, nn.Module]) -> fro
     return frozenset(names)
 
 
+def _peft_targets(model: nn.Module, spec: AdapterSpec, linears: dict[str, nn.Linear]) -> list[str]:
+    """What to hand PEFT's ``target_modules``: the suffixes when they match only the validated
+    linears (PEFT applies the same suffix rule), else the exact qualified names."""
+    from ..workloads import matches_target
+
+    others = [n for n, m in model.named_modules() if n not in linears and matches_target(n, spec.targets)]
+    return list(spec.targets) if not others else sorted(linears)
+
+
 def _on_meta(linears: dict[str, nn.Linear]) -> bool:
     return any(linear.weight.device.type == "meta" for linear in linears.values())
 
@@ -108,7 +117,7 @@ class PeftMethod(Method):
         opts = self.resolve_options(spec.options)
         opts["dropout"] = _check_dropout(self.name, opts["dropout"])
         linears = validated_targets(model, spec, self.name)
-        config, facts = self.peft_config(spec, opts, sorted(linears), _on_meta(linears))
+        config, facts = self.peft_config(spec, opts, _peft_targets(model, spec, linears), _on_meta(linears))
 
         torch.manual_seed(spec.seed)
         with warnings.catch_warnings():
