@@ -36,11 +36,11 @@ def spectrum(values):
 
 
 # ---- the rule on synthetic spectra -------------------------------------------------------------
-def test_water_filling_maximises_captured_energy_within_bounds():
+def test_max_total_maximises_captured_energy_within_bounds():
     gen = torch.Generator().manual_seed(0)
     spectra = {name: spectrum((torch.rand(6, generator=gen) ** 4).tolist()) for name in "abc"}
     shapes = {name: [6, 6] for name in spectra}
-    alloc = allocate(spectra, shapes, r=3, min_rank=1, max_rank=5)
+    alloc = allocate(spectra, shapes, r=3, min_rank=1, max_rank=5, rule="max-total")
     assert sum(alloc.ranks.values()) == alloc.budget == 9
     best = max(
         sum(float(spectra[n][:k].sum()) for n, k in zip("abc", ks))
@@ -52,19 +52,45 @@ def test_water_filling_maximises_captured_energy_within_bounds():
 
 def test_ties_go_to_the_first_name_and_bounds_hold():
     flat = spectrum([1.0] * 8)
-    alloc = allocate({"b": flat, "a": flat.clone()}, {"a": [8, 8], "b": [8, 8]}, r=3, min_rank=1, max_rank=8)
+    alloc = allocate({"b": flat, "a": flat.clone()}, {"a": [8, 8], "b": [8, 8]}, r=3, min_rank=1, max_rank=8, rule="max-total")
     assert alloc.ranks == {"b": 3, "a": 3}  # equal energies: lower rank first, so flat spectra share evenly
     spiky = spectrum([100.0] + [1.0] * 7)  # its 2nd component (1/107) loses to the flat ones (1/8)
     shapes = {n: [8, 8] for n in "abc"}
-    alloc = allocate({"c": spiky, "b": flat, "a": flat.clone()}, shapes, r=2, min_rank=1, max_rank=8)
+    alloc = allocate({"c": spiky, "b": flat, "a": flat.clone()}, shapes, r=2, min_rank=1, max_rank=8, rule="max-total")
     assert alloc.ranks == {"c": 1, "b": 2, "a": 3}  # last unit: a and b tie at rank 2 -> name a
     # steep p = [8, 4, 2, 1, .5, .25] / 15.75 = [.508, .254, .127, ...]; flat p = 1/12 each (.083).
     # Start at (1, 1); unit 1: .254 vs .083 -> steep; unit 2: .127 vs .083 -> steep.
     steep, flat12 = spectrum([8, 4, 2, 1, 0.5, 0.25]), spectrum([1.0] * 12)
-    alloc = allocate({"steep": steep, "flat": flat12}, {"steep": [6, 6], "flat": [12, 12]}, r=2)
+    alloc = allocate({"steep": steep, "flat": flat12}, {"steep": [6, 6], "flat": [12, 12]}, r=2, rule="max-total")
     assert (alloc.min_rank, alloc.max_rank) == (1, 4)
     assert alloc.ranks == {"steep": 3, "flat": 1}
     assert [la.energy for la in alloc.layers] == pytest.approx([14 / 15.75, 1 / 12])
+
+
+def test_max_min_maximises_the_least_captured_energy_within_bounds():
+    gen = torch.Generator().manual_seed(1)
+    spectra = {name: spectrum((torch.rand(6, generator=gen) ** 4).tolist()) for name in "abc"}
+    shapes = {name: [6, 6] for name in spectra}
+    alloc = allocate(spectra, shapes, r=3, min_rank=1, max_rank=5)  # max-min is the default
+    assert alloc.rule.startswith("max-min")
+    assert sum(alloc.ranks.values()) == alloc.budget == 9
+    best = max(
+        min(float(spectra[n][:k].sum()) for n, k in zip("abc", ks))
+        for ks in itertools.product(range(1, 6), repeat=3)
+        if sum(ks) == 9
+    )
+    assert min(la.energy for la in alloc.layers) == pytest.approx(best, abs=1e-12)
+
+
+def test_max_min_moves_rank_towards_flat_spectra_and_max_total_away():
+    # steep captures 8/15.75 = .51 at rank 1, flat 1/12 = .083: DESIGN.md's rule moves rank from the
+    # layer that loses little when cut (steep) to the one that captures the least (flat).
+    steep, flat12 = spectrum([8, 4, 2, 1, 0.5, 0.25]), spectrum([1.0] * 12)
+    spectra, shapes = {"steep": steep, "flat": flat12}, {"steep": [6, 6], "flat": [12, 12]}
+    assert allocate(spectra, shapes, r=2, rule="max-min").ranks == {"steep": 1, "flat": 3}
+    assert allocate(spectra, shapes, r=2, rule="max-total").ranks == {"steep": 3, "flat": 1}
+    with pytest.raises(MethodError, match="rule 'max-mean' is not one of"):
+        allocate(spectra, shapes, r=2, rule="max-mean")
 
 
 def test_budget_the_bounds_cannot_meet_is_an_error():
@@ -94,9 +120,9 @@ def test_real_minilm_allocation_is_non_uniform_and_keeps_the_budget(minilm_requi
     assert sum(ranks.values()) == alloc.budget == 8 * 37
     assert len(set(ranks.values())) > 2  # non-uniform
     assert all(2 <= k <= 16 for k in ranks.values())  # defaults: [max(1, r//4), 2r]
-    energy = sum(la.energy for la in alloc.layers)
-    uniform = sum(la.energy_uniform for la in alloc.layers)
-    assert energy > uniform  # the rule captures more energy than uniform ranks
+    least = min(la.energy for la in alloc.layers)
+    least_uniform = min(la.energy_uniform for la in alloc.layers)
+    assert least > least_uniform  # max-min lifts the layer that captures the least
     for la in alloc.layers:
         assert 0 < la.energy < 1 and 0 < la.energy_uniform < 1
 

@@ -9,16 +9,18 @@ The rule (exact, deterministic):
   budget is kept exactly: ranks are handed out one unit at a time, so there is no rounding.
 * Bounds per layer: min_rank <= rank_l <= min(max_rank, min(d_in, d_out)), with defaults
   min_rank = max(1, r // 4) and max_rank = 2 r. A budget the bounds cannot meet is an error.
-* Water-filling: every layer starts at min_rank; each remaining unit goes to the layer whose next
-  component adds the most normalized energy, i.e. the largest p_l(rank_l + 1) among layers below
-  their upper bound; exact ties go to the layer with the lower current rank, then to the name
-  that sorts first (identical flat spectra share the budget evenly, deterministically). Since
-  p_l is non-increasing, this greedy maximises the total captured energy sum_l E_l(rank_l) within the bounds (checked
-  against brute force in the tests). What that means in practice: rank moves away from layers
-  whose next components add little (flat spectra, which lose little energy when cut) towards
-  layers whose next components add much (concentrated spectra). It does not equalise E_l: a
-  layer with a flat spectrum captures little at any rank and is cut towards min_rank. A max-min
-  rule (raise the layer with the lowest E_l) would do the opposite; it is not what this does.
+* Two greedy rules hand out the units above min_rank, one unit at a time (option ``rule``):
+  - ``max-min`` (default; the project's definition in DESIGN.md): each unit goes to the layer that
+    currently captures the least energy, the smallest E_l(rank_l) among layers below their upper
+    bound. Rank thus moves from layers that lose little energy when cut (concentrated spectra)
+    to layers that capture the least (flat spectra); since every E_l is increasing, the greedy
+    maximises min_l E_l(rank_l) within the bounds (checked against brute force in the tests).
+  - ``max-total``: each unit goes to the layer whose next component adds the most normalized
+    energy, the largest p_l(rank_l + 1); since p_l is non-increasing this maximises the total
+    sum_l E_l(rank_l). It does the opposite of max-min: rank flows *towards* concentrated spectra,
+    and a flat layer is cut to min_rank. Kept so the two readings can be compared.
+  Exact ties go to the layer with the lower current rank, then to the name that sorts first
+  (identical spectra share the budget evenly, deterministically).
 * Each layer's scaling is alpha / rank_l (PEFT's rank_pattern convention); the layer itself is
   lamda.py's LamdaLinear with that rank (same init, freezing schedule and options).
 
@@ -43,11 +45,19 @@ from . import register
 from .base import AdapterSpec, AppliedMethod, Method, MethodError, Option
 from .lamda import LAMDA_OPTIONS, apply_lamda, find_targets, is_shape_only
 
-RULE = (
-    "water-filling: start every layer at min_rank, give each remaining unit of the budget "
-    "r x layers to the layer with the largest next normalized singular value s_(k+1)^2 / sum s^2 "
-    "(ties: lower current rank, then name), within [min_rank, min(max_rank, min(d_in, d_out))]; budget kept exactly"
-)
+RULES = {
+    "max-min": (
+        "max-min: start every layer at min_rank, give each remaining unit of the budget r x layers "
+        "to the layer capturing the least normalized energy E_l(rank_l) (ties: lower current rank, "
+        "then name), within [min_rank, min(max_rank, min(d_in, d_out))]; budget kept exactly"
+    ),
+    "max-total": (
+        "max-total: start every layer at min_rank, give each remaining unit of the budget r x layers "
+        "to the layer with the largest next normalized singular value s_(k+1)^2 / sum s^2 "
+        "(ties: lower current rank, then name), within [min_rank, min(max_rank, min(d_in, d_out))]; budget kept exactly"
+    ),
+}
+DEFAULT_RULE = "max-min"
 FORMAT = "lamda-bench/lamda++-allocation/1"
 
 
@@ -69,7 +79,7 @@ class Allocation:
     min_rank: int
     max_rank: int
     layers: list[LayerAllocation]
-    rule: str = RULE
+    rule: str = RULES[DEFAULT_RULE]
     source: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -157,8 +167,11 @@ def allocate(
     min_rank: int | None = None,
     max_rank: int | None = None,
     source: dict[str, Any] | None = None,
+    rule: str = DEFAULT_RULE,
 ) -> Allocation:
-    """The water-filling rule of the module docstring over normalized spectra ``p_l`` (name -> p)."""
+    """The greedy ``rule`` of the module docstring over normalized spectra ``p_l`` (name -> p)."""
+    if rule not in RULES:
+        raise MethodError(f"LaMDA++ rule {rule!r} is not one of {sorted(RULES)}")
     if r < 1:
         raise MethodError(f"LaMDA++ rank r must be >= 1, got {r}")
     if not spectra:
@@ -178,14 +191,20 @@ def allocate(
             f"LaMDA++ bounds cannot meet the budget {budget}: ranks range over "
             f"[{lo * len(names)}, {sum(hi.values())}] in total"
         )
+    cumulative = {n: torch.cumsum(spectra[n].double(), 0) for n in names}
+
+    def priority(n: str, k: int) -> float:
+        # Smallest first: max-min raises the lowest E_l(k); max-total takes the largest p_l(k + 1).
+        return float(cumulative[n][k - 1]) if rule == "max-min" else -float(spectra[n][k])
+
     rank = {n: lo for n in names}
-    heap = [(-float(spectra[n][lo]), lo, n) for n in names if rank[n] < hi[n]]
+    heap = [(priority(n, lo), lo, n) for n in names if rank[n] < hi[n]]
     heapq.heapify(heap)
     for _ in range(budget - lo * len(names)):
         _, _, n = heapq.heappop(heap)
         rank[n] += 1
         if rank[n] < hi[n]:
-            heapq.heappush(heap, (-float(spectra[n][rank[n]]), rank[n], n))
+            heapq.heappush(heap, (priority(n, rank[n]), rank[n], n))
     layers = [
         LayerAllocation(
             name=n,
@@ -196,7 +215,9 @@ def allocate(
         )
         for n in spectra  # model order
     ]
-    return Allocation(r=r, budget=budget, min_rank=lo, max_rank=hi_opt, layers=layers, source=source or {})
+    return Allocation(
+        r=r, budget=budget, min_rank=lo, max_rank=hi_opt, layers=layers, rule=RULES[rule], source=source or {}
+    )
 
 
 def model_identity(model: nn.Module) -> dict[str, Any]:
@@ -209,7 +230,12 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
 
 
 def compute_allocation(
-    model: nn.Module, targets: list[str], r: int, min_rank: int | None = None, max_rank: int | None = None
+    model: nn.Module,
+    targets: list[str],
+    r: int,
+    min_rank: int | None = None,
+    max_rank: int | None = None,
+    rule: str = DEFAULT_RULE,
 ) -> Allocation:
     """The allocation for ``model``'s target linears, from their real weights."""
     found = find_targets(model, targets)
@@ -221,7 +247,7 @@ def compute_allocation(
             )
     spectra = {n: normalized_energies(lin.weight) for n, lin in found.items()}
     shapes = {n: list(lin.weight.shape) for n, lin in found.items()}
-    return allocate(spectra, shapes, r, min_rank, max_rank, source=model_identity(model))
+    return allocate(spectra, shapes, r, min_rank, max_rank, source=model_identity(model), rule=rule)
 
 
 class LamdaPlusPlusMethod(Method):
@@ -232,6 +258,7 @@ class LamdaPlusPlusMethod(Method):
         "allocation": Option(None, str, "path of a saved allocation (JSON) to use instead of computing one"),
         "min_rank": Option(None, int, "lower bound per layer (default max(1, r // 4))"),
         "max_rank": Option(None, int, "upper bound per layer (default 2 r, capped at min(d_in, d_out))"),
+        "rule": Option(DEFAULT_RULE, str, "allocation rule (module docstring)", choices=tuple(RULES)),
     }
 
     def apply(self, model: nn.Module, spec: AdapterSpec) -> AppliedMethod:
@@ -241,7 +268,9 @@ class LamdaPlusPlusMethod(Method):
             alloc.check(find_targets(model, spec.targets), spec.r, where=type(model).__name__)
             origin = f"file {opts['allocation']}"
         else:
-            alloc = compute_allocation(model, spec.targets, spec.r, opts["min_rank"], opts["max_rank"])
+            alloc = compute_allocation(
+                model, spec.targets, spec.r, opts["min_rank"], opts["max_rank"], rule=opts["rule"]
+            )
             origin = "computed from the model's weights"
         lamda_opts = {k: opts[k] for k in LAMDA_OPTIONS}
         applied = apply_lamda(model, spec, lamda_opts, ranks=alloc.ranks)
