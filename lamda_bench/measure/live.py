@@ -1,6 +1,6 @@
 """Live bytes by category and phase, with a per-module timeline, on any kind of tensor.
 
-A ``TorchDispatchMode`` sees every op output; each output storage is registered once,
+The shared dispatch mode (``ModuleScope.ops``) shows us every op output; each output storage is registered once,
 with its size and a category, and a weakref callback subtracts it when the storage dies.
 That works the same on CPU, CUDA and fake tensors, because it reads only storage sizes
 (the same design as ``torch.distributed._tools.mem_tracker``, which refuses frozen
@@ -32,7 +32,6 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .active import tracker_active
@@ -61,9 +60,9 @@ class Peak:
         return {"live_bytes": self.live_bytes, "by_category": dict(self.by_category)}
 
 
-class LiveMemoryTracker(TorchDispatchMode):
-    """Context manager: enter it inside any ``FakeTensorMode`` (below it, our mode would
-    never see the fake ops). Mark phases with ``with tracker.phase("forward"): ...``
+class LiveMemoryTracker:
+    """Context manager: enter it inside any ``FakeTensorMode`` (below it, our dispatch
+    mode would never see the fake ops). Mark phases with ``with tracker.phase("forward"): ...``
     (names are free; ``forward``, ``backward``, ``optimizer`` have meaning above).
     """
 
@@ -75,7 +74,6 @@ class LiveMemoryTracker(TorchDispatchMode):
         timeline: bool = True,
         timeline_filter: Callable[[str], bool] | None = None,
     ) -> None:
-        super().__init__()
         self.model = model
         self.optimizer = optimizer
         self.scope = scope or ModuleScope(model)
@@ -136,31 +134,35 @@ class LiveMemoryTracker(TorchDispatchMode):
                 self._grad_hooks.append(p.register_post_accumulate_grad_hook(self._on_grad))
         self.scope.__enter__()
         if self.timeline_enabled:
-            self.scope.add_listener(self._on_boundary)
-        super().__enter__()
+            self.scope.add_listener(self._on_boundary, self.timeline_filter)
+        self.scope.ops.add(self._observe)
+        self.scope.ops.__enter__()
         tracker_active.enter(self)
         return self
 
     def __exit__(self, *exc) -> None:
         tracker_active.exit(self)
-        super().__exit__(*exc)
+        self.scope.ops.__exit__(*exc)
+        self.scope.ops.remove(self._observe)
         self.scope.remove_listener(self._on_boundary)
         self.scope.__exit__(*exc)
         for h in self._grad_hooks:
             h.remove()
         self._grad_hooks = []
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+    def _observe(self, func, args, kwargs, out) -> None:
         self._ops += 1
         category = "activations" if self._phase == "forward" else "temporaries"
         if isinstance(out, torch.Tensor):
             self._register(out, category)
-        else:
-            for t in tree_flatten(out)[0]:
+        elif isinstance(out, (tuple, list)):
+            for t in out:
                 if isinstance(t, torch.Tensor):
                     self._register(t, category)
-        return out
+                elif isinstance(t, (tuple, list)):  # e.g. _foreach ops inside a tuple
+                    for u in tree_flatten(t)[0]:
+                        if isinstance(u, torch.Tensor):
+                            self._register(u, category)
 
     # ---- bookkeeping --------------------------------------------------------------------
     def _register(self, t: torch.Tensor, category: str) -> None:
@@ -225,8 +227,7 @@ class LiveMemoryTracker(TorchDispatchMode):
 
     # ---- timeline -----------------------------------------------------------------------
     def _on_boundary(self, phase: str, module: str, event: str) -> None:
-        if self.timeline_filter is None or self.timeline_filter(module):
-            self._event(self._phase or phase, module, event)
+        self._event(self._phase or phase, module, event)
 
     def _event(self, phase: str, module: str | None, event: str) -> None:
         if self.timeline_enabled:

@@ -30,6 +30,8 @@ from torch.nn.modules.module import (
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import _disable_current_modes
 
+from .dispatch import OpHub
+
 NODE_TAG = "lamda_bench.module"
 
 # listener(phase, module_name, event) with phase "forward"/"backward" and event "pre"/"post"
@@ -52,11 +54,14 @@ class ModuleScope:
         self._names = {id(m): name for name, m in model.named_modules(remove_duplicate=False)}
         self._stack: list[str] = []
         self._depth = 0
-        self._listeners: list[BoundaryListener] = []
+        self._listeners: list[tuple[BoundaryListener, Callable[[str], bool] | None]] = []
+        self._wanted: dict[str, bool] = {}
         self._grad_hooks: list = []
         self._handles: list = []
         self._function_mode: _TagNodes | None = None
         self._first_seq = 0
+        # the one dispatch mode trackers sharing this scope observe ops through
+        self.ops = OpHub()
 
     # ---- queries ------------------------------------------------------------------------
     def name_of(self, module: nn.Module) -> str | None:
@@ -76,12 +81,22 @@ class ModuleScope:
         return torch._C._current_graph_task_id() != -1
 
     # ---- listeners ----------------------------------------------------------------------
-    def add_listener(self, listener: BoundaryListener) -> None:
-        self._listeners.append(listener)
+    def add_listener(self, listener: BoundaryListener, module_filter: Callable[[str], bool] | None = None) -> None:
+        """Call ``listener(phase, name, event)`` at the boundaries of modules that pass
+        ``module_filter`` (all when None); unwanted modules cost no gradient hooks."""
+        self._listeners.append((listener, module_filter))
+        self._wanted.clear()
 
     def remove_listener(self, listener: BoundaryListener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+        self._listeners = [(l, f) for l, f in self._listeners if l is not listener]
+        self._wanted.clear()
+
+    def _is_wanted(self, name: str) -> bool:
+        wanted = self._wanted.get(name)
+        if wanted is None:
+            wanted = any(f is None or f(name) for _, f in self._listeners)
+            self._wanted[name] = wanted
+        return wanted
 
     # ---- context ------------------------------------------------------------------------
     def __enter__(self) -> "ModuleScope":
@@ -118,7 +133,7 @@ class ModuleScope:
             self._stack.append(self._stack[-1] if self._stack else None)
             return
         self._stack.append(name)
-        if self._listeners:
+        if self._listeners and self._is_wanted(name):
             self._emit("forward", name, "pre")
             inputs = _grad_tensors(args)
             if inputs and not self.in_backward:
@@ -131,7 +146,7 @@ class ModuleScope:
         if self._stack:
             self._stack.pop()
         name = self._names.get(id(module))
-        if name is None or not self._listeners:
+        if name is None or not self._listeners or not self._is_wanted(name):
             return
         self._emit("forward", name, "post")
         outputs = _grad_tensors(output)
@@ -144,8 +159,9 @@ class ModuleScope:
             )
 
     def _emit(self, phase: str, name: str, event: str) -> None:
-        for listener in self._listeners:
-            listener(phase, name, event)
+        for listener, module_filter in self._listeners:
+            if module_filter is None or module_filter(name):
+                listener(phase, name, event)
 
     def _tag(self, outputs: Iterable) -> None:
         name = self._stack[-1] if self._stack else None
