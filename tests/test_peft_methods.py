@@ -48,16 +48,20 @@ def linear_shapes(cell, model) -> list[tuple[int, int]]:
 # ---- exact counts -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("workload", ["tiny-llama", "tiny-deberta", "tiny-bart"])
+@pytest.mark.parametrize("workload", ["tiny-llama", "tiny-deberta", "tiny-bart", "linear"])
 @pytest.mark.parametrize("method", METHODS)
 def test_trainable_counts_match_closed_forms_on_tiny_models(make_cell, workload, method):
-    cell = make_cell(workload=workload, method=method, r=4)
+    shape = dict(layers=2, d_in=32) if workload == "linear" else {}
+    cell = make_cell(workload=workload, method=method, r=4, **shape)
     model = build_model(cell)
     shapes, total = linear_shapes(cell, model), sum(p.numel() for p in model.parameters())
     applied = apply(cell, model)
     assert applied.num_trainable() == closed_form_trainable(method, shapes, 4, total)
     if method != "full":
         assert len(applied.adapted) == len(shapes)
+    if workload == "linear":  # the adapted stack still trains end to end
+        compute_loss(cell, applied.model, make_inputs(cell)).backward()
+        assert all(p.grad is not None for p in applied.trainable_parameters())
 
 
 @pytest.mark.parametrize("workload", ["llama2-7b", "deberta-v3-base", "bart-large"])
