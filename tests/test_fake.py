@@ -1,0 +1,94 @@
+"""Estimate mode: a meta-built PEFT LLaMA converted to fake tensors runs a full training
+step, and every tracker reports exactly what it reports for the same step on real CPU
+tensors."""
+
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
+
+from lamda_bench.fake import FakeConversionError, fake_device_supported, to_fake
+from lamda_bench.measure import FlopCounter, LiveMemoryTracker, ModuleScope, SavedTensorTracker
+
+
+def _tiny_peft_llama(meta: bool):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=50, max_position_embeddings=64, tie_word_embeddings=True,
+    )
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        model = LlamaForCausalLM(cfg)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                      lora_dropout=0.0)
+    return get_peft_model(model, lora)
+
+
+def _is_adapter(name):
+    return "lora_" in name
+
+
+def _tracked_step(model, mode=None):
+    with mode if mode is not None else contextlib.nullcontext():
+        ids = torch.randint(0, 50, (2, 12))
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        scope = ModuleScope(model)
+        with scope, SavedTensorTracker(model, _is_adapter, scope) as saved, \
+                FlopCounter(model, _is_adapter, scope) as flops, LiveMemoryTracker(model, opt, scope) as live:
+            with live.phase("forward"), flops.phase("forward"):
+                loss = model(input_ids=ids, labels=ids).loss
+            with live.phase("backward"), flops.phase("backward"):
+                loss.backward()
+            with live.phase("optimizer"), flops.phase("optimizer"):
+                opt.step()
+                opt.zero_grad()
+            del loss
+    return saved.summary(), flops.summary(), live.summary(), live.timeline
+
+
+def test_to_fake_keeps_identity_grad_flags_and_ties():
+    model = _tiny_peft_llama(meta=True)
+    before = {n: p for n, p in model.named_parameters(remove_duplicate=False)}
+    flags = {n: p.requires_grad for n, p in before.items()}
+    to_fake(model, "cpu")
+    after = dict(model.named_parameters(remove_duplicate=False))
+    assert all(after[n] is before[n] for n in before)  # same Parameter objects, now fake
+    assert all(isinstance(p, FakeTensor) and isinstance(p, nn.Parameter) for p in after.values())
+    assert all(p.device.type == "cpu" for p in after.values())
+    assert {n: p.requires_grad for n, p in after.items()} == flags
+    assert all(isinstance(b, FakeTensor) for b in model.buffers())
+    inner = model.base_model.model
+    assert inner.lm_head.weight is inner.model.embed_tokens.weight
+
+
+def test_fake_step_matches_real_step_exactly():
+    real = _tracked_step(_tiny_peft_llama(meta=False))
+    fake_model = _tiny_peft_llama(meta=True)
+    fake = _tracked_step(fake_model, to_fake(fake_model, "cpu"))
+    names = ("saved", "flops", "live", "timeline")
+    for name, r, f in zip(names, real, fake):
+        assert r == f, f"{name} differs between real and fake tensors"
+    saved, flops, live, _ = real
+    assert saved["adapter_bytes"] > 0 and flops["adapter_backward"] > 0
+    assert live["peak"]["live_bytes"] > live["current"]["weights"]
+
+
+def test_to_fake_rejects_real_weights():
+    with pytest.raises(FakeConversionError, match="not meta: build the model on the meta device"):
+        to_fake(nn.Linear(2, 2), "cpu")
+
+
+@pytest.mark.skipif(torch.backends.cuda.is_built(), reason="this torch has CUDA: fake CUDA tensors work")
+def test_fake_cuda_refused_on_cpu_only_torch():
+    # autograd aborts the process (C++ abort) on fake CUDA tensors without CUDA support
+    assert not fake_device_supported("cuda")
+    with torch.device("meta"):
+        lin = nn.Linear(2, 2)
+    with pytest.raises(FakeConversionError, match="fake cuda tensors cannot run a training step"):
+        to_fake(lin, "cuda")
