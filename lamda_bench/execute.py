@@ -276,6 +276,7 @@ class _StepResult:
         self.calls: list[analytic.AdaptedLinear] = []
         self.layers: list[analytic.AdaptedLinear] = []
         self.grads_bytes = 0
+        self.weights_bytes = 0
         self.series: dict[str, list] = {"step": [], "trainable": [], "optimizer": [], "backward_flops": [], "ran": []}
         self.timing = None
         self.device_memory: dict[str, int | None] = {}
@@ -462,6 +463,8 @@ def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, st
 
     with observer, saved, flops, live:
         _train_step(c, applied, inputs, optimizer, res, step, flops, live=live, on_grads=grads_done, finish=False)
+    # Read now: the live tracker's free callbacks outlive it, and on_step replaces parameters.
+    res.weights_bytes = live.current["weights"]
     _finish_step(applied, optimizer, res, step, flops)
     res.saved, res.live, res.flops = saved, live, flops
     res.calls, res.layers = observer.calls, observer.layers
@@ -592,7 +595,7 @@ def _fill_record(record: dict, c: Cell, res: _StepResult, mode: str, device: str
     peaks = live.phase_peaks
     at = live.peak.by_category
     record["memory"] = {
-        "weights": live.current["weights"],
+        "weights": res.weights_bytes,
         "trainable_weights": live.trainable_weights,
         "grads": res.grads_bytes,
         "optimizer": series["optimizer"][series["step"].index(res.instrumented_step)],
