@@ -8,7 +8,9 @@ What a run is (``W`` = ``cell.warmup``, ``S`` = ``cell.steps``):
   steps, and it is the horizon LaMDA's freezing schedule is laid over (``total_steps``,
   unless the cell's options set ``total_steps``): the instrumented step is a real training
   step too. On CUDA the BLAS workspaces are warmed and the allocator peaks reset before the
-  instrumented step; the allocator peaks cover the instrumented and the timed steps.
+  instrumented step; the allocator peaks cover the instrumented and the timed steps. With
+  ``LAMDA_BENCH_CUDA_SNAPSHOT=1`` and an artifacts dir, the instrumented step's allocator
+  history is dumped to ``snapshots/<id>.pickle`` (for pytorch.org/memory_viz).
 - ``estimate``: the model is built and the method applied on the meta device, then turned
   into fake tensors on the target device (``fake.to_fake``) and the instrumented step runs
   there: bytes and FLOPs without memory or time. Only the instrumented step runs forward
@@ -57,6 +59,7 @@ from .cell import DEVICES, MODES, OPTIMIZERS, Cell
 
 CPU_MEASURE_MAX_RAM_FRACTION = 0.25  # measure on CPU only when the predicted peak is below this share of RAM
 CPU_MEASURE_MAX_FLOPS = 3e10  # forward + backward FLOPs per step: a few seconds on 2 CPU cores
+SNAPSHOT_ENV = "LAMDA_BENCH_CUDA_SNAPSHOT"  # =1: write the instrumented step's CUDA memory snapshot
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "cannot allocate memory")
 
 
@@ -223,7 +226,7 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
         mode, mode_reason, result = _auto_on_cpu(c)
 
     if mode == "measure":
-        result = _measure(c, device)
+        result = _measure(c, device, artifacts_dir)
         run_device = device
     else:
         est_device, why = _estimate_device(c, device)
@@ -279,6 +282,7 @@ class _StepResult:
         self.weights_bytes = 0
         self.series: dict[str, list] = {"step": [], "trainable": [], "optimizer": [], "backward_flops": [], "ran": []}
         self.timing = None
+        self.snapshot: str | None = None
         self.device_memory: dict[str, int | None] = {}
         self.info: dict[str, Any] = {}
         self.horizon = 1
@@ -317,7 +321,7 @@ def _make_optimizer(c: Cell, applied) -> torch.optim.Optimizer:
 # ---- measure ---------------------------------------------------------------------------
 
 
-def _measure(c: Cell, device: str) -> _StepResult:
+def _measure(c: Cell, device: str, artifacts_dir: str | None = None) -> _StepResult:
     from .measure import FlopCounter, device as devmem, synchronizer, time_steps
 
     res = _StepResult()
@@ -338,7 +342,14 @@ def _measure(c: Cell, device: str) -> _StepResult:
     devmem.reset_peaks(dev)
     step += 1
     res.instrumented_step = step
-    _instrumented_step(c, applied, inputs, optimizer, res, step)
+    snapshot = _snapshot_path(c, artifacts_dir) if dev.type == "cuda" else None
+    if snapshot is not None and devmem.start_memory_history(dev):
+        _instrumented_step(c, applied, inputs, optimizer, res, step)
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
+        devmem.dump_memory_history(dev, str(snapshot))
+        res.snapshot = f"snapshots/{snapshot.name}"
+    else:
+        _instrumented_step(c, applied, inputs, optimizer, res, step)
 
     if c.steps > 0:
         counter = {"step": step}
@@ -352,6 +363,14 @@ def _measure(c: Cell, device: str) -> _StepResult:
     res.device_memory["nvml_used"] = devmem.nvml_used(dev)
     res.device_memory["host_rss_peak"] = devmem.host_rss_peak() if dev.type == "cpu" else None
     return res
+
+
+def _snapshot_path(c: Cell, artifacts_dir: str | None) -> Path | None:
+    """Where the CUDA memory snapshot of the instrumented step goes, when asked for with
+    LAMDA_BENCH_CUDA_SNAPSHOT=1 (a pickle for pytorch.org/memory_viz; can be large)."""
+    if not artifacts_dir or os.environ.get(SNAPSHOT_ENV, "") in ("", "0"):
+        return None
+    return Path(artifacts_dir) / "snapshots" / f"{c.id}.pickle"
 
 
 # ---- estimate --------------------------------------------------------------------------
@@ -639,6 +658,8 @@ def _fill_record(record: dict, c: Cell, res: _StepResult, mode: str, device: str
     record["env"] = _env(device, mode, applied)
     if artifacts_dir:
         record["artifacts"] = _write_artifacts(Path(artifacts_dir), record["id"], res)
+        if res.snapshot:
+            record["artifacts"]["cuda_snapshot"] = res.snapshot
 
 
 def _predicted(c: Cell, res: _StepResult) -> dict:
