@@ -354,7 +354,8 @@ def _complete(record: dict[str, Any], run: _Running, suite: str, env: dict[str, 
         record["status"] = "error"
     record.setdefault("error", None)
     record.setdefault("cell", run.cell.to_dict())
-    record.setdefault("env", env)
+    if not record.get("env"):  # a runner that failed early may leave env null
+        record["env"] = env
     record.setdefault("started_at", run.started_at)
     # wall_s is the runner's own; the launcher's includes process start and imports.
     launch_wall = round(time.monotonic() - run.started, 3)
