@@ -210,17 +210,16 @@ def run_cells(
     previous_term = _raise_interrupt_on_sigterm()
     try:
         while pending or running:
-            # Start what may start: jobs slots, one GPU cell per free device.
+            # Start what may start: jobs slots, one GPU cell per free device. Without a GPU,
+            # a "cuda" cell takes an ordinary slot and its runner records why it cannot run.
             while len(running) < jobs:
                 index = next((i for i, c in enumerate(pending)
-                              if not is_gpu_cell(c, gpus) or free_gpus), None)
+                              if not (gpus and is_gpu_cell(c, gpus)) or free_gpus), None)
                 if index is None:
                     break
                 cell = pending.pop(index)
-                gpu = free_gpus.pop(0) if is_gpu_cell(cell, gpus) and gpus else None
+                gpu = free_gpus.pop(0) if gpus and is_gpu_cell(cell, gpus) else None
                 running.append(_start(ctx, runner, cell, out_dir, gpu))
-            if not running:  # only GPU cells left and no device: cannot happen (gpus==0 -> none is a GPU cell)
-                break
             wait([r.conn for r in running] + [r.process.sentinel for r in running], timeout=POLL_S)
             for run in list(running):
                 record = _poll(run)

@@ -196,3 +196,9 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_restores_the_handler(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before
     recorded = load_results(results_path(tmp_path)).records
     assert len(recorded) == len(summary.records) < 4
+
+
+def test_cuda_cells_without_a_gpu_still_get_a_record(tmp_path):
+    summary = run_cells(cells(1, 2, device="cuda"), tmp_path, suite="t", runner="test_launch:runner_ok",
+                        jobs=2, gpus=0, progress=False)
+    assert len(summary.records) == 2 and not summary.interrupted
