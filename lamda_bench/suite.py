@@ -7,7 +7,8 @@ sweep wins), then expanded:
 - A list value is an axis; a sweep is the product of its axes (the last key varies
   fastest); the suite is the union of its sweeps, deduplicated by cell id, order kept.
   A list in ``[defaults]`` is an axis of every sweep that does not override the key.
-- ``targets``: a string is a preset of the workload (``"all"``, ``"attn"``); a list is an
+- ``targets``: a string is a preset of the workload (``"all"``, ``"attn"``) or a single
+  module-name suffix, checked when the model is built; a list is an
   axis like any other, whose elements are presets or *lists* of module-name suffixes.
   So ``targets = ["all", "attn"]`` gives two cells and ``targets = [["q_proj", "v_proj"]]``
   gives one cell adapting q_proj and v_proj.
