@@ -92,3 +92,36 @@ def test_fake_cuda_refused_on_cpu_only_torch():
         lin = nn.Linear(2, 2)
     with pytest.raises(FakeConversionError, match="fake cuda tensors cannot run a training step"):
         to_fake(lin, "cuda")
+
+
+@pytest.mark.slow
+def test_llama2_7b_lora_estimate_step_by_hand():
+    """Full 32-layer LLaMA2-7B, bf16, batch 4 x seq 1024, PEFT LoRA r=16 on all seven
+    projections (fp32 adapters, PEFT's default): a whole training step on fake tensors."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    L, d, ff, heads, vocab, r, b, s = 32, 4096, 11008, 32, 32000, 16, 4, 1024
+    cfg = LlamaConfig(hidden_size=d, intermediate_size=ff, num_hidden_layers=L, num_attention_heads=heads,
+                      num_key_value_heads=heads, vocab_size=vocab, max_position_embeddings=4096)
+    cfg._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0))
+    mode = to_fake(model, "cpu")
+    with mode:
+        ids = torch.randint(0, vocab, (b, s))
+        scope = ModuleScope(model)
+        with scope, SavedTensorTracker(model, _is_adapter, scope, keep_tensors=False) as saved, \
+                FlopCounter(model, _is_adapter, scope) as flops:
+            model(input_ids=ids, labels=ids).loss.backward()
+    T = b * s
+    linear = 4 * d * d + 3 * d * ff  # per layer
+    lora = r * (4 * (d + d) + 3 * (d + ff))  # per layer: A and B of every projection
+    attention = 4 * b * heads * s * s * (d // heads)  # per layer, full s x s
+    assert flops.adapter_forward == 2 * T * lora * L
+    assert flops.forward == 2 * T * (linear * L + d * vocab) + attention * L + 2 * T * lora * L
+    # adapter saved: PEFT casts each adapted input to fp32 (q, k, v, o, gate, up at width d;
+    # down at ff) and lora_B saves A x (fp32, width r) for each of the seven
+    assert saved.adapter_bytes == L * 4 * (6 * T * d + T * ff + 7 * T * r)
