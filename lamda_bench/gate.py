@@ -24,7 +24,7 @@ The baseline file (JSON) holds, per cell id, the gated metrics, the mode and the
 fingerprint, plus the gate's rules, so a reviewer sees them in the diff::
 
     {"format": "lamda-bench-baseline", "version": 1,
-     "tolerances": {"estimate": {"rel": 0.0, "abs": 1024}, "measure": {"rel": 0.05, "abs": 1048576}},
+     "tolerances": {"estimate": {"rel": 0.0, "abs": 1024}, "measure": {"rel": 0.02, "abs": 16384}},
      "metrics": {"memory.peak": {"direction": "lower"},
                  "params.trainable": {"direction": "lower", "rel": 0.0, "abs": 0}, ...},
      "cells": {"<id>": {"method": "lora", "mode": "estimate", "fingerprint": "...",
@@ -34,7 +34,9 @@ A metric's allowed change is ``max(rel * |baseline|, abs)`` (``abs`` in the metr
 unit: bytes for memory). Tolerances come from ``tolerances[mode]``, overridden by the
 metric's ``rel``/``abs``, overridden by the metric's ``estimate``/``measure`` entries.
 Estimate-mode byte counts come from fake tensors and are deterministic, hence the tight
-default; measured figures vary a little between runs, hence the looser one.
+default (1 KiB); measured figures get 2% or 16 KiB (the trackers' counts repeat exactly on
+CPU; kernels may differ between runs on GPU), and the CUDA allocator's peaks 5% or 2 MiB
+(allocated) / 20 MiB (reserved).
 ``--update-baseline`` rewrites the cells from the current ok records (atomically) and keeps
 the file's tolerances and metric rules.
 """
@@ -66,7 +68,10 @@ BASELINE_VERSION = 1
 
 DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
     "estimate": {"rel": 0.0, "abs": 1024},
-    "measure": {"rel": 0.05, "abs": 1 << 20},
+    # The live-bytes and saved-tensor trackers count storage sizes: on a rerun of the CI suite
+    # on CPU they came out byte-identical, so "measured" here is tight too, with headroom
+    # for nondeterministic kernels; the CUDA allocator's own counters get their own rules.
+    "measure": {"rel": 0.02, "abs": 16 << 10},
 }
 _BYTES = {"direction": "lower"}
 _EXACT = {"direction": "lower", "rel": 0.0, "abs": 0}
@@ -80,8 +85,9 @@ DEFAULT_METRICS: dict[str, dict[str, Any]] = {
     "memory.weights": _BYTES,
     "memory.grads": _BYTES,
     "memory.optimizer": _BYTES,
-    "memory.cuda_max_allocated": _BYTES,
-    "memory.cuda_max_reserved": _BYTES,
+    # allocator counters: block rounding, cuBLAS/cuDNN workspaces and segment growth vary
+    "memory.cuda_max_allocated": {"direction": "lower", "rel": 0.05, "abs": 2 << 20},
+    "memory.cuda_max_reserved": {"direction": "lower", "rel": 0.05, "abs": 20 << 20},
     "params.trainable": _EXACT,  # parameter counts are exact in every mode
     "params.updates": _EXACT,
 }

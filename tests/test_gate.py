@@ -84,7 +84,7 @@ def test_estimate_tolerance_is_tight_and_measure_tolerance_loose(setup):
     est_id, meas_id = records[0]["id"], records[3]["id"]
 
     def nudge(data):  # 5 KiB lower than now: beyond the 1 KiB estimate tolerance,
-        for cid in (est_id, meas_id):  # within the 1 MiB measure tolerance
+        for cid in (est_id, meas_id):  # within the 16 KiB measure tolerance
             data["cells"][cid]["metrics"]["memory.peak"] -= 5 * 1024
 
     _edit_baseline(baseline, nudge)

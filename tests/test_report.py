@@ -89,7 +89,7 @@ def make_record(method: str = "lora", d: int = 128, r: int = 4, batch: int = 2, 
 
 
 def write_timeline(results_dir: Path, record: dict[str, Any]) -> None:
-    """The timeline file format run_cell writes: a list of {phase, module, event, live_bytes, by_category}."""
+    """The timeline file run_cell writes: {"id", "unit", "events": [{phase, module, event, live_bytes, by_category}]}."""
     events = []
     weights = record["memory"]["weights"]
     act = record["memory"]["saved_activations"]
@@ -103,7 +103,7 @@ def write_timeline(results_dir: Path, record: dict[str, Any]) -> None:
                            "live_bytes": sum(cats.values()), "by_category": cats})
     path = results_dir / record["artifacts"]["timeline"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(events))
+    path.write_text(json.dumps({"id": record["id"], "unit": "bytes", "events": events}))  # as execute.py writes it
 
 
 def write_results(results_dir: Path, records: list[dict[str, Any]]) -> Path:

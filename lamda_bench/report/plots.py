@@ -86,6 +86,8 @@ def _label(rec: dict[str, Any], fields: list[str], with_method: bool = True) -> 
         if f == "cell.mode":
             continue
         value = get(rec, f)
+        if value is None:
+            continue
         parts.append(f"{_SHORT.get(f, f.split('.')[-1] + '=')}{value}")
     if mode(rec) == "estimate":
         parts.append("(estimate)")
@@ -300,7 +302,9 @@ def _load_timeline(results_dir: Path, rec: dict[str, Any]) -> list[dict[str, Any
     path = results_dir / rel
     if not path.is_file():
         return None
-    events = json.loads(path.read_text())
+    data = json.loads(path.read_text())
+    # execute.py writes {"id", "unit": "bytes", "events": [...]}; a bare list is accepted too
+    events = data.get("events") if isinstance(data, dict) else data
     return events if isinstance(events, list) and events else None
 
 
@@ -348,11 +352,19 @@ def plot_step_timeline(records: list[dict[str, Any]], out_dir: Path, results_dir
         xs = [i / n for i in range(len(tl))]
         cats = [c for c in CATEGORIES if any(c in (e.get("by_category") or {}) for e in tl)]
         cats += sorted({c for e in tl for c in (e.get("by_category") or {})} - set(cats))
+        # Frozen weights are a constant slab that would flatten everything else: say so, leave it out.
+        constant = {c for c in cats if len({(e.get("by_category") or {}).get(c, 0) for e in tl}) == 1
+                    and (tl[0].get("by_category") or {}).get(c, 0) > 0}
+        note = ""
+        if "weights" in constant:
+            cats.remove("weights")
+            note = f", weights ({(tl[0]['by_category']['weights']) / divisor:,.1f} {unit}, constant) not drawn"
         if cats:
             ax.stackplot(xs, [[(e.get("by_category") or {}).get(c, 0) / divisor for e in tl] for c in cats],
                          labels=cats, colors=[CATEGORY_COLORS.get(c, "#999999") for c in cats])
         _shade_phases(ax, xs, [e.get("phase") for e in tl])
-        ax.set_ylabel(f"{method} live ({unit})")
+        ax.set_ylabel(f"{method} live ({unit})", fontsize=9)
+        ax.set_title(f"{method}: live bytes by category{note}", fontsize=9, loc="right")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.axes[-1].set_xlabel("position within the training step (event index / events)")
@@ -406,6 +418,10 @@ def plot_freezing(records: list[dict[str, Any]], out_dir: Path) -> Plot:
                 label = _label(rec, fields).replace(method_label(rec), f"{get(rec, 'cell.method')} {freeze}", 1)
                 ax.plot(*zip(*pts), "o-" if freeze == "split" else "s--", markersize=3, label=label)
         ax.set_xlabel("training step")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        positive = [v for v in values_seen if v > 0]
+        if positive and max(positive) / min(positive) > 100:  # cells of very different sizes
+            ax.set_yscale("log")
         ax.set_ylabel(f"{ylabel} ({unit})" if unit else ylabel)
         if ax.lines:
             ax.legend(fontsize=7)
