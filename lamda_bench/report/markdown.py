@@ -53,11 +53,13 @@ def render_markdown(records: list[dict[str, Any]], plots: list[Plot], results_di
     for m in sorted(modes):
         if m in MODE_NOTE:
             out += [f"- {MODE_NOTE[m]}"]
-    envs = sorted({(get(r, "env.torch"), get(r, "env.transformers"), get(r, "env.peft"), get(r, "env.git_commit"))
-                   for r in ok})
-    for torch_v, tf_v, peft_v, commit in envs:
-        out.append(f"- Software: torch {torch_v}, transformers {tf_v}, peft {peft_v}, harness commit "
-                   f"`{(commit or 'unknown')[:12]}`.")
+    commits: dict[tuple, set[str]] = {}
+    for r in ok:
+        key = (get(r, "env.torch"), get(r, "env.transformers"), get(r, "env.peft"))
+        commits.setdefault(key, set()).add(str(get(r, "env.git_commit", "unknown"))[:12])
+    for (torch_v, tf_v, peft_v), shas in sorted(commits.items(), key=str):
+        out.append(f"- Software: torch {torch_v}, transformers {tf_v}, peft {peft_v}; harness commit"
+                   f"{'s' if len(shas) > 1 else ''} " + ", ".join(f"`{c}`" for c in sorted(shas)) + ".")
     out.append("")
 
     for m in sorted(modes):

@@ -54,7 +54,9 @@ def device(record: dict[str, Any]) -> str:
     """'cpu', or 'cuda (NVIDIA H100 80GB HBM3)' where the record names the device."""
     dev = str(get(record, "cell.device", "unknown"))
     name = get(record, "env.device_name")
-    return f"{dev} ({name})" if name and name != dev else dev
+    if not name:
+        return dev
+    return str(name) if dev in str(name).lower() else f"{dev} ({name})"
 
 
 def tokens(record: dict[str, Any]) -> int | None:
