@@ -223,7 +223,7 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
     elif device == "cuda":
         mode, mode_reason = "measure", "auto: measured on the GPU"
     else:
-        mode, mode_reason, result = _auto_on_cpu(c)
+        mode, mode_reason, result = _auto_on_cpu(c, timeline=artifacts_dir is not None)
 
     if mode == "measure":
         result = _measure(c, device, artifacts_dir)
@@ -231,7 +231,7 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
     else:
         est_device, why = _estimate_device(c, device)
         if result is None or result.device != est_device:
-            result = _estimate(c, est_device)
+            result = _estimate(c, est_device, timeline=artifacts_dir is not None)
         result.info["estimate_device"] = est_device
         result.info["estimate_device_reason"] = why
         run_device = est_device
@@ -244,7 +244,7 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
     _fill_record(record, c, result, mode, run_device, artifacts_dir)
 
 
-def _auto_on_cpu(c: Cell) -> tuple[str, str, "_StepResult | None"]:
+def _auto_on_cpu(c: Cell, timeline: bool) -> tuple[str, str, "_StepResult | None"]:
     """Measure on this CPU only when the cell is small: a FLOP bound first, then the estimate."""
     import psutil
 
@@ -257,7 +257,7 @@ def _auto_on_cpu(c: Cell) -> tuple[str, str, "_StepResult | None"]:
     if bound > CPU_MEASURE_MAX_FLOPS:
         return "estimate", (f"auto on cpu: about 6 N P = {bound:.3g} FLOPs per step is above the "
                             f"{CPU_MEASURE_MAX_FLOPS:.3g} a few-second CPU step allows"), None
-    probe = _estimate(c, "cpu")
+    probe = _estimate(c, "cpu", timeline)
     flops = probe.flops.forward + probe.flops.backward
     peak = probe.live.peak.live_bytes
     if peak < CPU_MEASURE_MAX_RAM_FRACTION * ram and flops <= CPU_MEASURE_MAX_FLOPS:
@@ -332,6 +332,7 @@ def _measure(c: Cell, device: str, artifacts_dir: str | None = None) -> _StepRes
     inputs = workloads.make_inputs(c, device)
     optimizer = _make_optimizer(c, applied)
     devmem.warm_up_blas(dev, workloads.torch_dtype(c.dtype))
+    timeline = artifacts_dir is not None
 
     step = 0
     for _ in range(c.warmup):
@@ -344,12 +345,12 @@ def _measure(c: Cell, device: str, artifacts_dir: str | None = None) -> _StepRes
     res.instrumented_step = step
     snapshot = _snapshot_path(c, artifacts_dir) if dev.type == "cuda" else None
     if snapshot is not None and devmem.start_memory_history(dev):
-        _instrumented_step(c, applied, inputs, optimizer, res, step)
+        _instrumented_step(c, applied, inputs, optimizer, res, step, timeline)
         snapshot.parent.mkdir(parents=True, exist_ok=True)
         devmem.dump_memory_history(dev, str(snapshot))
         res.snapshot = f"snapshots/{snapshot.name}"
     else:
-        _instrumented_step(c, applied, inputs, optimizer, res, step)
+        _instrumented_step(c, applied, inputs, optimizer, res, step, timeline)
 
     if c.steps > 0:
         counter = {"step": step}
@@ -376,7 +377,7 @@ def _snapshot_path(c: Cell, artifacts_dir: str | None) -> Path | None:
 # ---- estimate --------------------------------------------------------------------------
 
 
-def _estimate(c: Cell, device: str) -> _StepResult:
+def _estimate(c: Cell, device: str, timeline: bool = True) -> _StepResult:
     from .fake import to_fake
 
     res = _StepResult()
@@ -397,7 +398,7 @@ def _estimate(c: Cell, device: str) -> _StepResult:
             _record_after(res, optimizer, None)
         step += 1
         res.instrumented_step = step
-        _instrumented_step(c, applied, inputs, optimizer, res, step)
+        _instrumented_step(c, applied, inputs, optimizer, res, step, timeline)
         for _ in range(c.steps):
             step += 1
             _record_before(res, applied, step, ran=False)
@@ -462,7 +463,9 @@ def _finish_step(applied, optimizer, res: _StepResult, step: int, flops) -> None
     _record_after(res, optimizer, flops.backward if flops is not None else None)
 
 
-def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, step: int) -> None:
+def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, step: int, timeline: bool) -> None:
+    """The step with every tracker on. The module-boundary timeline (about 0.5 s of hooks on a
+    full-size model) is kept only when there is an artifacts dir to write it to."""
     from .measure import FlopCounter, LiveMemoryTracker, ModuleScope, SavedTensorTracker
 
     model = applied.model
@@ -474,7 +477,7 @@ def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, st
     def on_timeline(name: str) -> bool:
         return name in adapted
 
-    live = LiveMemoryTracker(model, optimizer, scope=scope, timeline=True, timeline_filter=on_timeline)
+    live = LiveMemoryTracker(model, optimizer, scope=scope, timeline=timeline, timeline_filter=on_timeline)
     flops = FlopCounter(model, applied.is_adapter_module, scope=scope)
 
     def grads_done() -> None:
