@@ -6,6 +6,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lamda_bench.measure import ATTENTION_COUNTING, FlopCounter
+from lamda_bench.measure.flops import attention_backward_flop_count, attention_flop_count
 
 
 def _count(model, x, is_adapter):
@@ -103,3 +104,16 @@ def test_summary_is_json_ready():
     fc = _count(nn.Linear(3, 3), torch.randn(2, 3), lambda n: False)
     s = json.loads(json.dumps(fc.summary()))
     assert s["forward"] == 2 * 2 * 3 * 3 and s["attention_counting"] == ATTENTION_COUNTING
+
+
+def test_attention_formula_grouped_query_heads():
+    q, kv = (2, 8, 16, 4), (2, 2, 16, 4)  # 8 query heads share 2 k/v heads
+    assert attention_flop_count(q, kv, kv) == 2 * (2 * 2 * 8 * 16 * 16 * 4)
+    assert attention_backward_flop_count(q, q, kv, kv) == 5 * (2 * 2 * 8 * 16 * 16 * 4)
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    try:  # torch >= 2.13 supports GQA in its own formula: the numbers must agree
+        theirs = (sdpa_flop_count(q, kv, kv), sdpa_backward_flop_count(q, q, kv, kv))
+    except AssertionError:
+        return
+    assert theirs == (attention_flop_count(q, kv, kv), attention_backward_flop_count(q, q, kv, kv))

@@ -2,9 +2,10 @@
 
 torch.utils.flop_counter counts matmuls, convolutions and the CUDA SDPA kernels. It has no
 formula for the CPU flash-attention kernel that SDPA uses on CPU (and on fake CPU
-tensors), so attention would count 0 there; we register the same formulas torch uses
-for the CUDA kernels. Causal attention is counted as full s x s, torch's convention
-(``ATTENTION_COUNTING`` says so in every result).
+tensors), so attention would count 0 there, and before torch 2.13 its SDPA formulas
+assert on grouped-query attention. We register one attention formula for every SDPA
+kernel (torch 2.13's numbers). Causal attention is counted as full s x s, torch's
+convention (``ATTENTION_COUNTING`` says so in every result).
 
 Attribution: each counted op goes to the innermost module running (``ModuleScope``: in
 backward, the module whose forward created the autograd node being differentiated),
@@ -19,7 +20,7 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
+from torch.utils.flop_counter import flop_registry, shape_wrapper
 
 from .active import tracker_active
 from .modules import ModuleScope
@@ -29,9 +30,8 @@ aten = torch.ops.aten
 ATTENTION_COUNTING = (
     "attention counted by torch's FlopCounterMode convention: Q@K^T and P@V as dense "
     "products over the full s x s score matrix (4*b*h*s_q*s_k*d forward, 2.5x that "
-    "backward), causal masking NOT discounted; the CPU flash-attention kernels "
-    "(aten._scaled_dot_product_flash_attention_for_cpu and its backward) are counted with "
-    "the same formulas as the CUDA kernels"
+    "backward), causal masking NOT discounted, grouped k/v heads counted at the query "
+    "head count; every SDPA kernel (CPU flash, CUDA flash/efficient/cuDNN) counted alike"
 )
 
 ATTENTION_OPS = {
@@ -51,25 +51,47 @@ ATTENTION_OPS = {
 }
 
 
-def cpu_flash_attention_flop(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    """Forward of aten._scaled_dot_product_flash_attention_for_cpu (shapes b, h, s, d)."""
-    return sdpa_flop_count(query, key, value)
+def attention_flop_count(query, key, value) -> int:
+    """Q@K^T then P@V over the full s_q x s_k scores; grouped-query attention (fewer k/v
+    heads) counts the broadcast heads, as the kernels compute them. Same numbers as
+    torch 2.13's sdpa_flop_count, which older torch lacks for GQA (it asserts)."""
+    b, h_q, s_q, d_q = query
+    s_k, d_v = key[-2], value[-1]
+    return 2 * b * h_q * s_q * s_k * d_q + 2 * b * h_q * s_q * s_k * d_v
 
 
-def cpu_flash_attention_backward_flop(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-    """Backward of the CPU flash kernel: same count as torch gives the CUDA kernels."""
-    return sdpa_backward_flop_count(grad_out, query, key, value)
+def attention_backward_flop_count(grad_out, query, key, value) -> int:
+    """Recompute the scores, then grads of P (dO@V^T), V (P^T@dO), Q (dS@K), K (dS^T@Q)."""
+    b, h_q, s_q, d_q = query
+    s_k, d_v = key[-2], value[-1]
+    return 2 * b * h_q * s_q * s_k * (d_q + d_v + d_v + d_q + d_q)
 
 
-MISSING_FORMULAS = {
-    aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention_flop,
-    aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_flash_attention_backward_flop,
+def _attention_flop(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return attention_flop_count(query, key, value)
+
+
+def _attention_backward_flop(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return attention_backward_flop_count(grad_out, query, key, value)
+
+
+# The CPU flash kernel has no formula in torch (it would count 0); the SDPA kernels that
+# have one get ours too, so every backend counts attention the same way on every torch.
+ATTENTION_FORMULAS = {
+    aten._scaled_dot_product_flash_attention_for_cpu: _attention_flop,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward_flop,
+    aten._scaled_dot_product_flash_attention: _attention_flop,
+    aten._scaled_dot_product_flash_attention_backward: _attention_backward_flop,
+    aten._scaled_dot_product_efficient_attention: _attention_flop,
+    aten._scaled_dot_product_efficient_attention_backward: _attention_backward_flop,
+    aten._scaled_dot_product_cudnn_attention: _attention_flop,
+    aten._scaled_dot_product_cudnn_attention_backward: _attention_backward_flop,
 }
 
 
 def flop_formulas() -> dict:
-    """torch's flop registry plus the formulas it lacks (shape-wrapped like torch's own)."""
-    return {**flop_registry, **{k: shape_wrapper(v) for k, v in MISSING_FORMULAS.items()}}
+    """torch's flop registry with our attention formulas (shape-wrapped like torch's own)."""
+    return {**flop_registry, **{k: shape_wrapper(v) for k, v in ATTENTION_FORMULAS.items()}}
 
 
 class FlopCounter:
@@ -156,7 +178,7 @@ class FlopCounter:
         self.scope.__exit__(*exc)
 
     def _observe(self, func, args, kwargs, out) -> None:
-        # Counts with torch's own formula registry (plus MISSING_FORMULAS) but not through
+        # Counts with torch's own formula registry (plus ATTENTION_FORMULAS) but not through
         # FlopCounterMode: that mode tries ``func.decompose`` on every op it has no formula
         # for and runs a ModuleTracker whose backward attribution is not ours; on a fake
         # LLaMA2-7B step it doubled this tracker's cost. Ops reaching a dispatch mode are
