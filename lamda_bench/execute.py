@@ -299,9 +299,7 @@ def _prepare(c: Cell, build_device: str) -> tuple[Any, Any, int]:
     model = workloads.build_model(c, build_device)
     targets = workloads.resolve_targets(c, model)
     if c.gradient_checkpointing:
-        if not hasattr(model, "gradient_checkpointing_enable"):
-            raise CellError(f"gradient_checkpointing needs a transformers model; workload {c.workload!r} has none")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(model, c.workload)
     spec = AdapterSpec(r=c.r, alpha=c.alpha, targets=targets, dtype=workloads.torch_dtype(c.dtype),
                        options=options, total_steps=horizon, seed=c.seed)
     # On meta, modules the method creates (PEFT's lora_A / lora_B) must be created on meta
@@ -310,6 +308,21 @@ def _prepare(c: Cell, build_device: str) -> tuple[Any, Any, int]:
     with ctx:
         applied = method.apply(model, spec)
     return applied, spec, horizon
+
+
+def _enable_checkpointing(model: nn.Module, workload: str) -> None:
+    """transformers' activation checkpointing, non-reentrant (what a fine-tuner would use).
+
+    transformers 5.x renamed ``gradient_checkpointing_enable`` (now a deprecated alias) to
+    ``activation_checkpointing_enable``; both do the same, the newer name is used where it exists.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise CellError(f"gradient_checkpointing needs a transformers model; workload {workload!r} has none")
 
 
 def _make_optimizer(c: Cell, applied) -> torch.optim.Optimizer:

@@ -1,6 +1,6 @@
 """Wall time of the full-size estimate cell, process start included (the issue's 15 s budget).
 
-    python tests/bench_estimate.py [--method lora lamda] [--budget 15]
+    python tests/bench_estimate.py [--method lora lamda] [--budget 15] [--artifacts DIR]
 
 Each method runs in a fresh interpreter (``python -c``: imports, model build on meta, method
 applied, fake tensors, one instrumented step), timed from outside, as a launcher would spawn
@@ -25,16 +25,16 @@ CELL = dict(workload="llama2-7b", r=16, batch=4, seq=1024, dtype="bf16", targets
             mode="estimate", device="auto")
 CHILD = (
     "import json, sys; from lamda_bench.execute import run_cell; "
-    "print(json.dumps(run_cell(json.loads(sys.argv[1]))))"
+    "print(json.dumps(run_cell(json.loads(sys.argv[1]), sys.argv[2] or None)))"
 )
 GIB = 2**30
 
 
-def run_one(method: str) -> tuple[float, float, dict]:
+def run_one(method: str, artifacts: str = "") -> tuple[float, float, dict]:
     cell = {**CELL, "method": method}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cell)], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cell), artifacts], cwd=ROOT, capture_output=True,
                          text=True, check=False)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -52,10 +52,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", nargs="+", default=["lora", "lamda"])
     ap.add_argument("--budget", type=float, default=15.0, help="seconds of wall time allowed per cell")
+    ap.add_argument("--artifacts", default="", help="artifacts dir (the timeline is then tracked and written, as a launcher run does)")
     args = ap.parse_args()
     failed = False
     for method in args.method:
-        wall, cpu, rec = run_one(method)
+        wall, cpu, rec = run_one(method, args.artifacts)
         load = os.getloadavg()[0]
         print(f"{method}: wall {wall:.2f} s, child cpu {cpu:.2f} s, load {load:.2f}, status {rec['status']}"
               f"{' (' + rec['error'] + ')' if rec['error'] else ''}")

@@ -192,3 +192,18 @@ def test_cpu_allocation_failure_gives_status_oom(monkeypatch):
 
     monkeypatch.setattr(workloads, "make_inputs", boom)
     assert run_cell(linear_cell("lora"))["status"] == "oom"
+
+
+def test_gradient_checkpointing_saves_boundaries_and_recomputes_the_adapter_tensors():
+    plain = ok(run_cell(tiny_cell("lora", steps=0)))
+    gc = ok(run_cell(tiny_cell("lora", steps=0, gradient_checkpointing=True)))
+    assert gc["memory"]["saved_activations"] < plain["memory"]["saved_activations"]
+    # what the adapters save is saved again, during recomputation in backward
+    assert gc["memory"]["saved_recomputed_adapter"] == plain["memory"]["saved_activations_adapter"]
+    assert gc["predicted"]["memory"]["saved_activations_adapter"] is None  # not modelled: no false prediction
+    assert gc["flops"]["backward"] > plain["flops"]["backward"]  # the recomputed forward
+
+
+def test_gradient_checkpointing_on_a_bare_linear_is_an_error():
+    rec = run_cell(linear_cell("lora", gradient_checkpointing=True))
+    assert rec["status"] == "error" and "gradient_checkpointing" in rec["error"]
