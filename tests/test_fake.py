@@ -10,7 +10,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 
 from lamda_bench.fake import FakeConversionError, fake_device_supported, to_fake
-from lamda_bench.measure import FlopCounter, LiveMemoryTracker, ModuleScope, SavedTensorTracker
+from lamda_bench.measure import FlopCounter, LiveMemoryTracker, ModuleScope, SavedTensorTracker, StepTrackers
 
 
 def _tiny_peft_llama(meta: bool):
@@ -77,6 +77,27 @@ def test_fake_step_matches_real_step_exactly():
     saved, flops, live, _ = real
     assert saved["adapter_bytes"] > 0 and flops["adapter_backward"] > 0
     assert live["peak"]["live_bytes"] > live["current"]["weights"]
+
+
+def test_step_trackers_bundle_matches_separate_trackers():
+    model = _tiny_peft_llama(meta=True)
+    separate = _tracked_step(model, to_fake(model, "cpu"))
+    model = _tiny_peft_llama(meta=True)
+    with to_fake(model, "cpu"):
+        ids = torch.randint(0, 50, (2, 12))
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        with StepTrackers(model, _is_adapter, opt) as tr:
+            with tr.phase("forward"):
+                loss = model(input_ids=ids, labels=ids).loss
+            with tr.phase("backward"):
+                loss.backward()
+            with tr.phase("optimizer"):
+                opt.step()
+                opt.zero_grad()
+            del loss
+    got = tr.summary()
+    saved = {k: v for k, v in separate[0].items() if k != "tensors"}
+    assert (got["saved"], got["flops"], got["live"], tr.live.timeline) == (saved, *separate[1:])
 
 
 def test_to_fake_rejects_real_weights():

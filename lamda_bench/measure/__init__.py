@@ -1,5 +1,6 @@
 """Trackers, one concern each, usable on CPU, CUDA and fake tensors (see each module)."""
 
+from .bundle import StepTrackers
 from .flops import ATTENTION_COUNTING, FlopCounter
 from .live import CATEGORIES, LiveMemoryTracker
 from .modules import ModuleScope
@@ -13,6 +14,7 @@ __all__ = [
     "LiveMemoryTracker",
     "ModuleScope",
     "SavedTensorTracker",
+    "StepTrackers",
     "Timing",
     "synchronizer",
     "time_steps",
