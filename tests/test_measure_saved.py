@@ -55,6 +55,8 @@ def test_shared_input_storage_counted_once():
     assert len(saves_of_x) == 3  # three saves of x...
     assert sum(t.new_bytes for t in saves_of_x) == 5 * 8 * F32  # ...one storage
     assert tr.total_bytes == 5 * 8 * F32
+    assert tr.has_saved(x) and tr.has_saved(x[1:].untyped_storage())
+    assert not tr.has_saved(torch.randn(5, 8)) and not tr.has_saved(tr.model.q.weight)
 
 
 def _peft_layer(d_in, d_out, r):

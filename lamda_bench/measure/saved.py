@@ -94,6 +94,12 @@ class SavedTensorTracker:
     def recomputed_adapter_bytes(self) -> int:
         return self.bytes["backward"]["adapter"]
 
+    def has_saved(self, t: "torch.Tensor | torch.UntypedStorage") -> bool:
+        """Whether this tensor's storage (or this storage) was already saved for backward,
+        i.e. counted once. Parameter and buffer storages are never counted."""
+        st = t.untyped_storage() if isinstance(t, torch.Tensor) else t
+        return st in self._seen
+
     def summary(self) -> dict:
         """JSON-able results (per-tensor detail only under ``tensors``)."""
         return {
