@@ -87,6 +87,7 @@ class Matmul:
     d_in: int
     d_out: int
     trainable: int  # trainable elements of the weight (0: frozen)
+    trainable_scale_before: bool = False  # a trainable elementwise scale feeds this matmul (VeRA's lambda_d)
 
 
 # ---------------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def adapter_chain(method: str, layer: AdaptedLinear, r: int, b_trainable: int | 
     if method == "vera":
         # VeRA's A and B are shared frozen buffers; its trainable scale vectors are
         # elementwise, not matmuls. lambda_d is trainable, so B's input still needs a grad.
-        return [Matmul(layer.d_in, rl, 0), Matmul(rl, layer.d_out, 0)]
+        return [Matmul(layer.d_in, rl, 0), Matmul(rl, layer.d_out, 0, trainable_scale_before=True)]
     if method in LAMDA_LIKE:
         k = rl if b_trainable is None else min(b_trainable, rl)
         return [
@@ -276,7 +277,9 @@ def adapter_flops(
     Per matmul of the chain: forward 2 N d_in d_out; backward 2 N x (trainable weight
     elements) for the weight gradient, plus 2 N d_in d_out for the input gradient when the
     matmul's input requires grad (the layer input: ``input_requires_grad``; an inner input:
-    when anything before it in the chain is trainable or the layer input requires grad).
+    when anything before it in the chain is trainable, a trainable scale feeds it, or the
+    layer input requires grad). VeRA: fwd 2N r (d_in + d_out); bwd 2N r d_out (into its
+    scaled input, for lambda_d's gradient) [+ 2N r d_in if x needs grad].
     LoRA: fwd 2N r (d_in + d_out); bwd 2N r (2 d_out + d_in [+ d_in if x needs grad]).
     LaMDA with k trainable B columns: fwd 2N r (d_in + r + d_out);
     bwd 2N (d_out k + d_out r + r^2 [+ r^2 + r d_in if x needs grad]).
@@ -293,6 +296,7 @@ def adapter_flops(
         needs_grad = layer.input_requires_grad
         n = layer.rows(tokens)
         for mm in chain:
+            needs_grad = needs_grad or mm.trainable_scale_before
             fwd += 2 * n * mm.d_in * mm.d_out
             bwd += 2 * n * mm.trainable
             if needs_grad:

@@ -128,6 +128,9 @@ def test_flops_hand_arithmetic():
     assert A.adapter_flops("full", [leaf], r, n) == (2 * n * d_in * d_out, 2 * n * d_in * d_out)
     assert A.adapter_flops("full", [inner], r, n) == (2 * n * d_in * d_out, 4 * n * d_in * d_out)
     assert A.adapter_flops("dora", [leaf], r, n) is None
+    # VeRA: frozen shared A, B; lambda_d (trainable) scales A x, so B's input needs a grad
+    assert A.adapter_flops("vera", [leaf], r, n) == (2 * n * r * (d_in + d_out), 2 * n * r * d_out)
+    assert A.adapter_flops("vera", [inner], r, n)[1] == 2 * n * r * (d_out + d_in)
 
 
 def test_predict_block_shape():

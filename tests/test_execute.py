@@ -207,3 +207,24 @@ def test_gradient_checkpointing_saves_boundaries_and_recomputes_the_adapter_tens
 def test_gradient_checkpointing_on_a_bare_linear_is_an_error():
     rec = run_cell(linear_cell("lora", gradient_checkpointing=True))
     assert rec["status"] == "error" and "gradient_checkpointing" in rec["error"]
+
+
+@pytest.mark.parametrize(
+    "workload, method",
+    [
+        ("tiny-deberta", "lora"),  # query/key projections also run on the relative position embeddings
+        ("tiny-bart", "lamda"),  # encoder, decoder and cross attention
+        ("tiny-llama", "vera"),
+        pytest.param("tiny-llama", "lora-fa", marks=pytest.mark.slow),
+        pytest.param("tiny-llama", "full", marks=pytest.mark.slow),
+        pytest.param("tiny-llama", "pissa", marks=pytest.mark.slow),
+    ],
+)
+def test_other_models_and_methods_match_their_closed_forms(workload, method):
+    rec = ok(run_cell(tiny_cell(method, workload=workload, dtype="fp32", steps=0)))
+    p = rec["predicted"]
+    assert rec["params"]["trainable"] == p["params"]["trainable"]
+    assert rec["flops"]["adapter_forward"] == p["flops"]["adapter_forward"]
+    assert rec["flops"]["adapter_backward"] == p["flops"]["adapter_backward"]
+    if p["memory"]["saved_activations_adapter"] is not None:  # VeRA has no closed form for bytes
+        assert rec["memory"]["saved_activations_adapter"] == p["memory"]["saved_activations_adapter"]
