@@ -552,16 +552,10 @@ class _InputObserver:
             self.calls.append(analytic.AdaptedLinear(
                 d_in, d_out, r=rank, input_requires_grad=bool(x.requires_grad), input_group=group,
                 name=name, tokens=x.numel() // d_in, input_itemsize=x.element_size(),
-                input_saved_by_base=_saved_already(self.saved, storage),
+                input_saved_by_base=self.saved.has_saved(storage),
             ))
 
         return pre
-
-
-def _saved_already(saved, storage) -> bool:
-    """Whether the saved-tensor tracker has seen this storage saved for backward already."""
-    # TODO(measure/saved.py): a public SavedTensorTracker query would be cleaner than _seen.
-    return storage in saved._seen
 
 
 def _linear_shape(module: nn.Module) -> tuple[int, int]:
