@@ -84,6 +84,8 @@ def run_cell(cell: dict, artifacts_dir: str | None = None) -> dict:
         record["error"] = _one_line(e)
         if not isinstance(e, (CellError, workloads.WorkloadError, analytic.AnalyticError)) and not _is_bad_input(e):
             traceback.print_exc(file=sys.stderr)  # the launcher keeps stderr in the cell's log
+        if record["env"] is None:
+            record["env"] = _failed_cell_env()
     record["wall_s"] = round(time.perf_counter() - t0, 3)
     return record
 
@@ -116,6 +118,16 @@ def _blank_record(cell: dict) -> dict:
         "wall_s": None,
         "started_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+def _failed_cell_env() -> dict | None:
+    """The software environment for a record that failed before its device was known."""
+    from .results import environment
+
+    try:
+        return environment()
+    except Exception:  # noqa: BLE001 - a failed record must still come back
+        return None
 
 
 def _cell_id(cell: Any) -> str | None:

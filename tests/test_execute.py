@@ -173,6 +173,7 @@ def test_bad_cells_give_an_error_record_with_one_line(change, words):
     rec = run_cell({**linear_cell("lamda"), **change})
     assert rec["status"] == "error"
     assert words in rec["error"] and "\n" not in rec["error"]
+    assert rec["env"]["torch"]  # the environment is recorded for failed cells too
     json.dumps(rec)
 
 
