@@ -502,7 +502,8 @@ def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, st
     def on_timeline(name: str) -> bool:
         return name in adapted
 
-    live = LiveMemoryTracker(model, optimizer, scope=scope, timeline=timeline, timeline_filter=on_timeline)
+    live = LiveMemoryTracker(model, optimizer, scope=scope, timeline=timeline, timeline_filter=on_timeline,
+                            inputs=inputs)
     flops = FlopCounter(model, applied.is_adapter_module, scope=scope)
 
     def grads_done() -> None:

@@ -13,12 +13,12 @@ F32 = 4
 WEIGHTS = (8 * 16 + 16 + 16 * 4 + 4) * F32  # Linear(8,16) + Linear(16,4), weights and biases
 
 
-def _run(optimizer_cls=torch.optim.AdamW, **kw):
+def _run(optimizer_cls=torch.optim.AdamW, count_input=False, **kw):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     opt = optimizer_cls(model.parameters(), lr=0.1)
-    x = torch.randn(5, 8)  # created before tracking: not counted
-    with LiveMemoryTracker(model, opt, **kw) as tr:
+    x = torch.randn(5, 8)  # created before tracking: counted only when passed as inputs
+    with LiveMemoryTracker(model, opt, inputs={"x": x} if count_input else None, **kw) as tr:
         with tr.phase("forward"):
             loss = model(x).sum()
         with tr.phase("backward"):
@@ -46,6 +46,12 @@ def test_forward_peak_by_hand():
     # the first dies when Sequential moves on, so the 5x4 output never tops that
     assert fwd.by_category["activations"] == 2 * 5 * 16 * F32
     assert fwd.live_bytes == WEIGHTS + 2 * 5 * 16 * F32
+
+
+def test_the_input_batch_counts_as_activations_when_given():
+    fwd = _run(count_input=True).phase_peaks["forward"]
+    assert fwd.by_category["activations"] == 2 * 5 * 16 * F32 + 5 * 8 * F32
+    assert fwd.live_bytes == WEIGHTS + 2 * 5 * 16 * F32 + 5 * 8 * F32
 
 
 def test_grads_counted_as_grads_within_backward():
