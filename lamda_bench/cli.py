@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runner", default=None, metavar="MODULE:FUNCTION",
                      help="function run in each cell process (default lamda_bench.execute:run_cell)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                     help="override a suite key in every sweep, e.g. --set mode=estimate (repeatable; "
+                          "the cells' ids change with it)")
     run.set_defaults(func=cmd_run)
 
     lst = verbs.add_parser("list", help="methods, workloads and suites")
@@ -85,6 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--baseline", type=Path, required=True)
     chk.add_argument("--update-baseline", action="store_true")
     chk.set_defaults(func=cmd_check)
+
+    agr = verbs.add_parser("agreement", help="estimate-mode results against CUDA-measured results of the same cells")
+    agr.add_argument("measured", type=Path, help="results directory measured on a GPU")
+    agr.add_argument("estimated", type=Path, help="results directory of the same suite run with --set mode=estimate")
+    agr.add_argument("--tolerance", type=float, default=0.03, help="relative agreement goal (default 0.03)")
+    agr.add_argument("--out", type=Path, help="also write the markdown table to this file")
+    agr.set_defaults(func=cmd_agreement)
+
+    ver = verbs.add_parser("verify", help="claims ledger: run the claims suite and write claims.md")
+    ver.add_argument("--out", type=Path, default=Path("reports") / "claims",
+                     help="results directory (default reports/claims; resumes)")
+    ver.add_argument("--jobs", type=int, default=2)
+    ver.add_argument("--gpu", type=Path, default=None, metavar="DIR",
+                     help="GPU-measured results to weigh as well (default reports/gpu/measured when present)")
+    ver.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ver.set_defaults(func=cmd_verify)
     return parser
 
 
@@ -93,12 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     from .launch import DEFAULT_RUNNER, LaunchError, check_runner, run_cells
     from .results import load_results, results_path
-    from .suite import load_suite
+    from .suite import load_suite, parse_override
 
     if args.jobs < 1:
         raise LaunchError(f"--jobs: {args.jobs} is less than 1")
     runner = args.runner or DEFAULT_RUNNER
-    suite = load_suite(args.suite)
+    suite = load_suite(args.suite, overrides=dict(parse_override(o) for o in args.overrides))
     out = args.out if args.out is not None else Path("reports") / suite.name
     if out.exists() and not out.is_dir():
         raise CliError(f"{out}: --out exists and is not a directory")
@@ -283,3 +302,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     if check_cli is None:
         return _not_available("check")
     return int(check_cli(_existing_dir(args.dir), args.baseline, args.update_baseline))
+
+
+def cmd_agreement(args: argparse.Namespace) -> int:
+    from .report.agreement import agreement
+
+    if not 0 < args.tolerance < 1:
+        raise CliError(f"--tolerance: {args.tolerance} is not between 0 and 1")
+    text = agreement(_existing_dir(args.measured), _existing_dir(args.estimated), args.tolerance)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+    print(text)
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .claims import verify_cli
+
+    if args.jobs < 1:
+        raise CliError(f"--jobs: {args.jobs} is less than 1")
+    return int(verify_cli(args.out, jobs=args.jobs, gpu_dir=args.gpu, progress=not args.no_progress))

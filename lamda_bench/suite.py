@@ -175,8 +175,10 @@ class Catalog:
 
 # ---- parsing ------------------------------------------------------------------------------
 
-def load_suite(path: str | Path, catalog: Catalog | None = None) -> Suite:
-    """Read and validate a suite file."""
+def load_suite(path: str | Path, catalog: Catalog | None = None,
+               overrides: dict[str, Any] | None = None) -> Suite:
+    """Read and validate a suite file; ``overrides`` (``--set KEY=VALUE``) replace a key in
+    [defaults] and in every [[sweep]], and go through the same validation."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -184,7 +186,7 @@ def load_suite(path: str | Path, catalog: Catalog | None = None) -> Suite:
         raise SuiteError(f"{path}: no such suite file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SuiteError(f"{path}: cannot read: {e}") from None
-    return parse_suite(text, source=str(path), default_name=path.stem, catalog=catalog)
+    return parse_suite(text, source=str(path), default_name=path.stem, catalog=catalog, overrides=overrides)
 
 
 def parse_suite(
@@ -192,13 +194,34 @@ def parse_suite(
     source: str = "<suite>",
     default_name: str = "suite",
     catalog: Catalog | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Suite:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         # tomllib's message already says "(at line L, column C)".
         raise SuiteError(f"{source}: malformed TOML: {e}") from None
+    for key, value in (overrides or {}).items():
+        if isinstance(doc.get("defaults", {}), dict):
+            doc.setdefault("defaults", {})[key] = value
+        for sweep in doc.get("sweep", []) if isinstance(doc.get("sweep"), list) else []:
+            if isinstance(sweep, dict):
+                sweep[key] = value
     return _Parser(source, catalog or Catalog.default()).parse(doc, default_name)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` from the command line; VALUE is read as a TOML value (``4``, ``true``,
+    ``[8, 16]``, ``"x"``), and as a plain string when it is not one (``mode=estimate``)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SuiteError(f"--set {text!r}: expected KEY=VALUE, e.g. --set mode=estimate")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
 
 
 class _Parser:
