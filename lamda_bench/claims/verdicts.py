@@ -261,7 +261,8 @@ def claim_updates(records: list[dict], workloads_searched: Iterable[str] = ("lla
         f"Best in the grid: {_describe(best)}: {_x(best.ratio)}.",
     ]
     return ClaimRow(key, claim, LAMDA_SOURCE,
-                    f"LLaMA2-7B, DeBERTa-v3-base, BART-large; records over {rows[0][1]} steps + closed-form search",
+                    f"LLaMA2-7B, DeBERTa-v3-base, BART-large; records over {'/'.join(str(x) for x in sorted(_uniq(r[1] for r in rows)))} "
+                    "steps + closed-form search",
                     f"{claimed}x", f"records: {min(measured_ratios):.2f}x..{max(measured_ratios):.2f}x; "
                     f"search at freeze_fraction 0.3: up to {_x(best_default.ratio) if best_default else 'n/a'}",
                     verdict, reason, details)
@@ -307,7 +308,7 @@ def claim_layer_activations(records: list[dict]) -> ClaimRow:
     lo, hi = min(rows, key=lambda r: r[0] * 1000 + r[1]), max(rows, key=lambda r: r[0] * 1000 - r[1])
     return ClaimRow(key, claim, LAMDA_SOURCE, f"one linear layer, d {', '.join(map(str, ds))}, r "
                     f"{', '.join(str(r) for r, _ in sorted(per_r))}, measured on real tensors where mode says so",
-                    "LaMDA: 2 r x itemsize B/token; LoRA: (d + r) x itemsize",
+                    "LaMDA: r (B frozen) or 2 r (B training) x itemsize B/token; LoRA: (d + r) x itemsize",
                     f"LoRA / LaMDA per token: {lo[7]} (d {lo[0]}, r {lo[1]}) .. {hi[7]} (d {hi[0]}, r {hi[1]})",
                     verdict, reason, details)
 
@@ -373,9 +374,10 @@ def claim_peak(records: list[dict], gpu_records: list[dict] | None = None) -> Cl
     else:
         verdict, reason = NOT, f"{judged_on}: LaMDA's peak is never lower (best {_x(best[0])})"
     if not gpu:
-        modes = _uniq(f"{get(r, 'cell.mode')} on fake {get(r, 'cell.device')}" for _, _, r, _ in est)
-        reason += ("; estimate on fake tensors (" + ", ".join(map(str, modes)) + ", this torch build cannot fake cuda so "
-                   "kernels follow the cpu ones): a GPU run (reports/gpu/) is the judge")
+        modes = _uniq(f"{get(r, 'cell.mode')} on {get(r, 'cell.device')}" for _, _, r, _ in est)
+        reason += ("; no GPU records: peaks from the live-bytes tracker (" + ", ".join(map(str, modes)) + "; estimates "
+                   "run on fake tensors and this torch build cannot fake cuda, so kernels follow the cpu ones): "
+                   "a GPU run (reports/gpu/) is the judge")
     details = []
     for label, items, field in (("Estimate", est, "memory.peak"), ("GPU", gpu, "memory.cuda_max_allocated")):
         if items:
