@@ -60,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the planned cells and write nothing")
     run.add_argument("--retry-failed", action="store_true",
                      help="re-run cells recorded as error or timeout (ok and oom are kept)")
-    run.add_argument("--launcher", choices=["local"], default="local",
-                     help="where cells run (local: a spawned process per cell on this machine)")
+    run.add_argument("--launcher", choices=["local", "ray"], default="local",
+                     help="where cells run (local: a spawned process per cell on this machine; "
+                          "ray: a Ray task per cell, needs pip install 'lamda-bench[ray]')")
+    run.add_argument("--address", default=None, metavar="ADDR",
+                     help="with --launcher ray: the cluster to use (auto, HEAD:6379 or ray://HEAD:10001); "
+                          "default: a local Ray instance with --jobs CPUs")
     run.add_argument("--runner", default=None, metavar="MODULE:FUNCTION",
                      help="function run in each cell process (default lamda_bench.execute:run_cell)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -129,8 +133,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     check_runner(runner)
-    summary = run_cells(list(suite.cells), out, suite=suite.name, runner=runner, jobs=args.jobs,
-                        retry_failed=args.retry_failed, progress=not args.no_progress)
+    if args.launcher == "ray":
+        from .launch_ray import run_cells_ray
+
+        summary = run_cells_ray(list(suite.cells), out, suite=suite.name, runner=runner, jobs=args.jobs,
+                                retry_failed=args.retry_failed, progress=not args.no_progress,
+                                address=args.address)
+    else:
+        if args.address is not None:
+            raise CliError("--address is for --launcher ray")
+        summary = run_cells(list(suite.cells), out, suite=suite.name, runner=runner, jobs=args.jobs,
+                            retry_failed=args.retry_failed, progress=not args.no_progress)
     for warning in summary.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     latest = {}

@@ -120,20 +120,9 @@ def check_runner(path: str) -> None:
         raise LaunchError(f"runner {path!r}: no module named {module_name!r}")
 
 
-def _child_main(runner: str, cell: dict, artifacts_dir: str | None, conn, log_path: str,
-                cuda_index: int | None) -> None:
-    """Entry point of a cell process: run the cell, send back exactly one record."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    import faulthandler
-
-    faulthandler.enable()
-    if cuda_index is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(cuda_index)
+def run_runner(runner: str, cell: dict, artifacts_dir: str | None) -> dict[str, Any]:
+    """Run the cell through the runner in this process; an exception becomes a record (its
+    traceback printed to this process's stderr, i.e. the cell's log). Shared by launchers."""
     try:
         record = resolve_runner(runner)(cell, artifacts_dir)
     except Exception as e:  # run_cell never raises; a fake or a broken runner might
@@ -144,7 +133,33 @@ def _child_main(runner: str, cell: dict, artifacts_dir: str | None, conn, log_pa
         first = (str(e).strip().splitlines() or [""])[0]
         record = {"status": "oom" if oom else "error",
                   "error": f"runner raised {type(e).__name__}: {first}".rstrip(": ")}
-    conn.send(record)
+    if not isinstance(record, dict):
+        record = {"status": "error", "error": f"runner returned {type(record).__name__}, not a record dict"}
+    return record
+
+
+def redirect_output(log_path: str) -> None:
+    """Send this process's fd 1 and 2 to the cell's log; faulthandler on, so a crash leaves
+    its traceback there. Only for a process that runs one cell and exits."""
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    import faulthandler
+
+    faulthandler.enable()
+
+
+def _child_main(runner: str, cell: dict, artifacts_dir: str | None, conn, log_path: str,
+                cuda_index: int | None) -> None:
+    """Entry point of a cell process: run the cell, send back exactly one record."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    redirect_output(log_path)
+    if cuda_index is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(cuda_index)
+    conn.send(run_runner(runner, cell, artifacts_dir))
     conn.close()
 
 
@@ -163,6 +178,58 @@ class _Running:
     low_memory: bool = False
 
 
+class Sweep:
+    """What every launcher shares: the cells still to run (resume), the one writer of
+    ``results.jsonl``, the progress bar and the summary. ``open`` checks everything before
+    any write; ``record`` completes and appends one cell's record; ``close`` tidies up."""
+
+    def __init__(self, cells: Sequence[Cell], out_dir: str | Path, suite: str, runner: str,
+                 retry_failed: bool, progress: bool):
+        check_runner(runner)
+        self.out_dir = Path(out_dir)
+        self.suite = suite
+        self.path = results_path(self.out_dir)
+        loaded = load_results(self.path)  # raises ResultsError on an incompatible file, before any write
+        self.summary = RunSummary(out_dir=self.out_dir, planned=len(cells), warnings=loaded.warnings(self.path))
+        done = completed_ids(self.path, retry_failed=retry_failed)
+        self.pending: list[Cell] = [c for c in cells if c.id not in done]
+        self.summary.skipped = len(cells) - len(self.pending)
+        self.progress = progress
+        self.bar = None
+        self.env: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        """Called once there is something to run: logs folder, environment, progress bar."""
+        from tqdm import tqdm
+
+        (self.out_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.env = environment()
+        self.bar = tqdm(total=len(self.pending), unit="cell", file=sys.stderr, disable=not self.progress,
+                        dynamic_ncols=True, desc=self.suite)
+
+    def log_path(self, cell: Cell) -> Path:
+        return self.out_dir / "logs" / f"{cell.id}.log"
+
+    def record(self, cell: Cell, record: dict[str, Any], started_at: str, started: float,
+               launch: dict[str, Any]) -> dict[str, Any]:
+        """Complete the runner's record (``complete_record``), append it, advance the bar."""
+        record = complete_record(record, cell, self.suite, self.env or environment(), started_at,
+                                 round(time.monotonic() - started, 3), launch, self.log_path(cell))
+        append_record(self.path, record)
+        self.summary.records.append(record)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: v for k, v in self.summary.statuses.items()}, refresh=True)
+        return record
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        logs = self.out_dir / "logs"
+        if logs.is_dir() and not any(logs.iterdir()):
+            logs.rmdir()  # only empty logs: nothing worth keeping
+
+
 def run_cells(
     cells: Sequence[Cell],
     out_dir: str | Path,
@@ -176,36 +243,18 @@ def run_cells(
     """Run the cells not yet recorded in ``out_dir/results.jsonl``; append one record each."""
     if jobs < 1:
         raise LaunchError(f"jobs: {jobs} is less than 1")
-    check_runner(runner)
-    out_dir = Path(out_dir)
-    path = results_path(out_dir)
-    loaded = load_results(path)  # raises ResultsError on an incompatible file, before any write
-    summary = RunSummary(out_dir=out_dir, planned=len(cells), warnings=loaded.warnings(path))
-    done = completed_ids(path, retry_failed=retry_failed)
-    pending = [c for c in cells if c.id not in done]
-    summary.skipped = len(cells) - len(pending)
+    sweep = Sweep(cells, out_dir, suite, runner, retry_failed, progress)
+    summary, pending = sweep.summary, sweep.pending
     if not pending:
         return summary
     gpus = cuda_device_count() if gpus is None else gpus
-    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
-    env = environment()
+    sweep.start()
 
     import multiprocessing as mp
 
-    from tqdm import tqdm
-
     ctx = mp.get_context("spawn")
-    bar = tqdm(total=len(pending), unit="cell", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True, desc=suite)
     running: list[_Running] = []
     free_gpus = list(range(gpus))
-
-    def finish(run: _Running, record: dict[str, Any]) -> None:
-        record = _complete(record, run, suite, env)
-        append_record(path, record)
-        summary.records.append(record)
-        bar.update(1)
-        bar.set_postfix({k: v for k, v in summary.statuses.items()}, refresh=True)
 
     previous_term = _raise_interrupt_on_sigterm()
     try:
@@ -219,7 +268,7 @@ def run_cells(
                     break
                 cell = pending.pop(index)
                 gpu = free_gpus.pop(0) if gpus and is_gpu_cell(cell, gpus) else None
-                running.append(_start(ctx, runner, cell, out_dir, gpu))
+                running.append(_start(ctx, runner, cell, sweep.out_dir, gpu))
             wait([r.conn for r in running] + [r.process.sentinel for r in running], timeout=POLL_S)
             for run in list(running):
                 record = _poll(run)
@@ -229,7 +278,8 @@ def run_cells(
                 if run.gpu is not None:
                     free_gpus.append(run.gpu)
                     free_gpus.sort()
-                finish(run, record)
+                sweep.record(run.cell, record, run.started_at, run.started,
+                             {"launcher": "local"})
     except KeyboardInterrupt:
         summary.interrupted = True
         for run in running:
@@ -237,10 +287,7 @@ def run_cells(
     finally:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
-        bar.close()
-        logs = out_dir / "logs"
-        if logs.is_dir() and not any(logs.iterdir()):
-            logs.rmdir()  # only empty logs: nothing worth keeping
+        sweep.close()
     return summary
 
 
@@ -343,30 +390,31 @@ def _stop(process) -> None:
         process.join(timeout=5)
 
 
-def _complete(record: dict[str, Any], run: _Running, suite: str, env: dict[str, Any]) -> dict[str, Any]:
-    """The record as written: the suite cell's id, the suite, timing, an env, the log path."""
+def complete_record(record: dict[str, Any], cell: Cell, suite: str, env: dict[str, Any], started_at: str,
+                    launch_wall: float, launch: dict[str, Any], log_path: Path) -> dict[str, Any]:
+    """The record as written: the suite cell's id, the suite, timing, an env, the log path.
+    ``launch`` names the launcher (plus where the cell ran); its wall_s is filled here."""
     record = dict(record)
-    record["id"] = run.cell.id  # the id of the suite's (unresolved) cell: what resume matches
+    record["id"] = cell.id  # the id of the suite's (unresolved) cell: what resume matches
     record["suite"] = suite
     if record.get("status") not in STATUSES:
         record["error"] = f"runner returned status {record.get('status')!r} (not one of {list(STATUSES)})"
         record["status"] = "error"
     record.setdefault("error", None)
-    record.setdefault("cell", run.cell.to_dict())
+    record.setdefault("cell", cell.to_dict())
     if not record.get("env"):  # a runner that failed early may leave env null
         record["env"] = env
-    record.setdefault("started_at", run.started_at)
+    record.setdefault("started_at", started_at)
     # wall_s is the runner's own; the launcher's includes process start and imports.
-    launch_wall = round(time.monotonic() - run.started, 3)
     record.setdefault("wall_s", launch_wall)
-    record["launch"] = {"launcher": "local", "wall_s": launch_wall}
-    if run.log_path.exists():
-        if run.log_path.stat().st_size:
+    record["launch"] = {**launch, "wall_s": launch_wall}
+    if log_path.exists():
+        if log_path.stat().st_size:
             artifacts = dict(record.get("artifacts") or {})
-            artifacts.setdefault("log", _rel(run))
+            artifacts.setdefault("log", f"logs/{log_path.name}")
             record["artifacts"] = artifacts
         else:
-            run.log_path.unlink()
+            log_path.unlink()
     return record
 
 
