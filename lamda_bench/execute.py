@@ -738,13 +738,14 @@ def _env(device: str, mode: str, applied) -> dict:
     from .results import environment
 
     if mode == "estimate":
-        name = f"fake {device} (estimate)"
+        name = device_class = f"fake {device} (estimate)"
     elif device == "cuda":
-        name = devmem.device_name(device)
+        name = device_class = devmem.device_name(device)
     else:
-        name = _cpu_name()
+        name, device_class = _cpu_name(), "cpu"
     return environment(
         device_name=name,
+        device_class=device_class,
         driver=devmem.driver_version() if device == "cuda" and mode == "measure" else None,
         cuda=torch.version.cuda,
         autocast_adapter_dtype=applied.info.get("autocast_adapter_dtype"),

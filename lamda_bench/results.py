@@ -33,12 +33,14 @@ STATUSES = ("ok", "oom", "error", "timeout")
 RETRYABLE_STATUSES = ("error", "timeout")
 
 # The environment fields that can change measured numbers. Not the git commit (a docs
-# change must not make old baselines incomparable) and not the hostname.
+# change must not make old baselines incomparable) and not the hostname. ``device_class``
+# is the GPU model for CUDA measurements but only "cpu" / "fake cpu" / "fake cuda" otherwise:
+# the CPU model changes step times, never the bytes and FLOPs the trackers count.
 FINGERPRINT_FIELDS = (
     "torch",
     "transformers",
     "peft",
-    "device_name",
+    "device_class",
     "cuda",
     "PYTORCH_CUDA_ALLOC_CONF",
 )
@@ -85,9 +87,13 @@ def environment(
     device_name: str | None = None,
     driver: str | None = None,
     cuda: str | None = None,
+    device_class: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """The software environment of this process, plus the device fields the caller knows.
+
+    ``device_class`` (default: ``device_name``) is what the fingerprint keys on; see
+    ``FINGERPRINT_FIELDS``.
 
     The launcher parent never touches CUDA, so ``device_name``/``driver``/``cuda`` come from
     the cell process (which knows which device it ran on). ``extra`` keys are added as is.
@@ -110,6 +116,7 @@ def environment(
         "driver": driver,
         "cuda": cuda,
         "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+        "device_class": device_class if device_class is not None else device_name,
     }
     env.update(extra)
     env["fingerprint"] = fingerprint(env)

@@ -119,7 +119,10 @@ def test_environment_fields_and_fingerprint(tmp_path, monkeypatch):
     assert env["fingerprint"] == fingerprint(env)
     # The commit does not change the fingerprint; the device and the allocator settings do.
     assert fingerprint({**env, "git_commit": "abc"}) == env["fingerprint"]
-    assert fingerprint({**env, "device_name": "NVIDIA H100"}) != env["fingerprint"]
+    assert fingerprint({**env, "device_class": "NVIDIA H100"}) != env["fingerprint"]
+    # The CPU model is reported but does not change byte counts, so it is not fingerprinted.
+    cpu = environment(device_name="Intel Xeon", device_class="cpu")
+    assert cpu["fingerprint"] == environment(device_name="AMD EPYC", device_class="cpu")["fingerprint"]
     assert fingerprint({**env, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}) != env["fingerprint"]
     assert "hostname" not in json.dumps(env).lower()
     assert os.uname().nodename not in json.dumps(env) or os.uname().nodename in ("", "localhost")
