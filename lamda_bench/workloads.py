@@ -98,6 +98,9 @@ def _deberta(hidden, inter, layers, heads, vocab=128100):
         max_position_embeddings=512, relative_attention=True, position_buckets=256,
         norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type="p2c|c2p",
         position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7, num_labels=2,
+        # Plain cross-entropy: without a problem_type, DeBERTa's loss selects labelled rows
+        # with nonzero(), a data-dependent shape that fake tensors (estimate mode) cannot run.
+        problem_type="single_label_classification",
     ), layers
 
 

@@ -105,8 +105,9 @@ def test_tiny_llama_measured_matches_closed_forms(method, tmp_path):
     json.dumps(rec)  # the record is JSON-serializable
 
 
-def test_measure_and_estimate_give_the_same_category_bytes():
-    cell = tiny_cell("lamda", options={"init": "lora"})
+@pytest.mark.parametrize("workload", ["tiny-llama", "tiny-deberta", "tiny-bart"])
+def test_measure_and_estimate_give_the_same_category_bytes(workload):
+    cell = tiny_cell("lamda", workload=workload, options={"init": "lora"})
     real = ok(run_cell(cell))
     fake = ok(run_cell({**cell, "mode": "estimate"}))
     assert fake["cell"]["mode"] == "estimate" and real["cell"]["mode"] == "measure"
