@@ -24,7 +24,7 @@ from .verdicts import VERDICTS, ClaimRow, all_claims
 REPO = Path(__file__).resolve().parents[2]
 CLAIMS_SUITE = REPO / "suites" / "claims.toml"
 DEFAULT_OUT = Path("reports") / "claims"
-DEFAULT_GPU_DIR = Path("reports") / "gpu"
+DEFAULT_GPU_DIR = Path("reports") / "gpu" / "measured"
 PROBES_DIR = "probes"
 CLAIMS_FILE = "claims.md"
 
