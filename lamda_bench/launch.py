@@ -19,6 +19,8 @@ Why this shape:
   ``interrupted`` is set (the CLI exits 130) and the next run resumes.
 - Each cell's stdout/stderr go to ``<out>/logs/<id>.log`` (kept only when non-empty), so a
   crash leaves its traceback (faulthandler is on) without garbling the progress bar.
+- ``Sweep`` (resume, the one writer, progress bar, summary), ``run_runner`` and
+  ``complete_record`` are shared with the Ray launcher (``launch_ray.py``).
 """
 
 from __future__ import annotations

@@ -45,6 +45,11 @@ def runner_by_r(cell, artifacts_dir):
     return runner_ok(cell, artifacts_dir)
 
 
+def runner_slow(cell, artifacts_dir):
+    time.sleep(1.0 + 0.1 * cell["r"])
+    return runner_ok(cell, artifacts_dir)
+
+
 # ---- fixtures ----------------------------------------------------------------------------
 
 
@@ -182,3 +187,27 @@ def test_worker_without_the_output_dir_sends_its_log_back_and_writes_no_artifact
     record, tail = local_ray.get(next(gen))
     assert record["status"] == "ok" and record["artifacts_dir"] is None
     assert "hello from 3" in tail and not os.path.exists(marker["log"])  # temp log cleaned up
+
+
+@needs_ray
+def test_sigterm_stops_the_sweep_keeps_what_finished_and_the_next_run_resumes(local_ray, tmp_path):
+    import threading
+
+    from lamda_bench.launch_ray import run_cells_ray
+
+    before = signal.getsignal(signal.SIGTERM)
+    todo = cells(1, 2, 3, 4, 5, 6)
+    timer = threading.Timer(2.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        summary = run_cells_ray(todo, tmp_path, suite="t", runner="test_launch_ray:runner_slow", jobs=2,
+                                progress=False)
+    finally:
+        timer.cancel()
+    assert summary.interrupted and signal.getsignal(signal.SIGTERM) is before
+    recorded = load_results(results_path(tmp_path)).records
+    assert len(recorded) == len(summary.records) < 6
+    rest = run_cells_ray(todo, tmp_path, suite="t", runner="test_launch_ray:runner_ok", jobs=2, progress=False)
+    assert rest.skipped == len(recorded) and len(rest.records) == 6 - len(recorded)
+    ids = [r["id"] for r in load_results(results_path(tmp_path)).records]
+    assert sorted(ids) == sorted(c.id for c in todo)  # each cell once: nothing lost, nothing twice
