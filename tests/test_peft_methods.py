@@ -249,3 +249,24 @@ def test_methods_declare_their_options():
         assert options["autocast_adapter_dtype"].default is True and options["dropout"].default == 0.0
     assert REGISTRY["pissa"].options["niter"].default is None
     assert {"d_initial", "projection_prng_key"} <= set(REGISTRY["vera"].options)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "lora-fa"])
+def test_adapters_in_model_dtype_without_autocast_also_under_meta_device(method):
+    """PEFT skips moving new adapters to the base dtype when they are built under
+    torch.device("meta") (how estimates build): the method must do it, or an estimate counts
+    fp32 adapter copies a real run never makes."""
+    import torch
+
+    from lamda_bench.cell import Cell
+    from lamda_bench.methods import AdapterSpec, get_method
+    from lamda_bench.workloads import build_model
+
+    for device in ("meta", "cpu"):
+        model = build_model(Cell(workload="tiny-llama", method=method, dtype="bf16"), device)
+        spec = AdapterSpec(r=4, alpha=16, targets=["q_proj", "v_proj"], dtype=torch.bfloat16,
+                           options={"autocast_adapter_dtype": False})
+        with torch.device(device):
+            applied = get_method(method).apply(model, spec)
+        dtypes = {p.dtype for n, p in applied.model.named_parameters() if p.requires_grad}
+        assert dtypes == {torch.bfloat16}, (device, dtypes)
