@@ -239,3 +239,18 @@ def test_other_models_and_methods_match_their_closed_forms(workload, method):
     assert rec["flops"]["adapter_backward"] == p["flops"]["adapter_backward"]
     if p["memory"]["saved_activations_adapter"] is not None:  # VeRA has no closed form for bytes
         assert rec["memory"]["saved_activations_adapter"] == p["memory"]["saved_activations_adapter"]
+
+
+def test_the_linear_inputs_gradient_does_not_outlive_a_step():
+    """x requires grad (an activation deep in a network); keeping x.grad between steps is a
+    buffer no network keeps, and one the trackers (started at the instrumented step) miss."""
+    from lamda_bench import execute
+    from lamda_bench.cell import Cell
+
+    x = torch.ones(2, 3, requires_grad=True)
+    (x * 2).sum().backward()
+    inputs = {"x": x, "labels": torch.zeros(2)}
+    execute._drop_input_grads(inputs)
+    assert x.grad is None
+    c = Cell.from_dict(linear_cell("lora", d=16, warmup=1, steps=1))
+    assert c.workload == "linear"
