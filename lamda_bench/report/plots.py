@@ -169,12 +169,15 @@ def plot_saved_per_token_vs_d(records: list[dict[str, Any]], out_dir: Path) -> P
         series: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for rec in rs:
             series[_label(rec, fields)].append(rec)
-        for label, srs in sorted(series.items()):
+        # Methods with identical figures (LoRA and PiSSA share an architecture) would hide
+        # each other: shrink each later series' markers so every one stays visible.
+        for k, (label, srs) in enumerate(sorted(series.items())):
             srs.sort(key=width)
             xs = [width(x) for x in srs]
             ys = [get(x, "memory.saved_activations_adapter") / tokens(x) for x in srs]
             estimate = mode(srs[0]) == "estimate"
-            (line,) = ax.plot(xs, ys, "x" if estimate else "o", label=label, markersize=7)
+            (line,) = ax.plot(xs, ys, "x" if estimate else "o", label=label, markersize=max(3, 10 - 2 * k),
+                              zorder=2 + k)
             pred = [(width(x), get(x, "predicted.memory.saved_activations_adapter") / tokens(x))
                     for x in srs if (get(x, "predicted.memory.saved_activations_adapter") or 0) > 0]
             if pred:
