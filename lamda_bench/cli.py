@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where cells run (local: a spawned process per cell on this machine; "
                           "ray: a Ray task per cell, needs pip install 'lamda-bench[ray]')")
     run.add_argument("--address", default=None, metavar="ADDR",
-                     help="with --launcher ray: the cluster to use (auto, HEAD:6379 or ray://HEAD:10001); "
+                     help="with --launcher ray: the cluster to join (auto, or HEAD_IP:6379 from a node of it); "
                           "default: a local Ray instance with --jobs CPUs")
     run.add_argument("--runner", default=None, metavar="MODULE:FUNCTION",
                      help="function run in each cell process (default lamda_bench.execute:run_cell)")

@@ -104,9 +104,9 @@ def run_cells_ray(
 ) -> RunSummary:
     """Run the cells not yet recorded in ``out_dir/results.jsonl`` as Ray tasks.
 
-    ``address``: an existing cluster (``"auto"``, ``"ray://head:10001"``, ``"head:6379"``); without
-    it, an already initialised Ray connection is used, else a local instance with ``jobs`` CPUs
-    is started (and shut down at the end)."""
+    ``address``: an existing cluster (``"auto"`` or ``"HEAD:6379"``, the driver running on a node of
+    it); without it, an already initialised Ray connection is used, else a local instance with
+    ``jobs`` CPUs is started (and shut down at the end)."""
     if jobs < 1:
         raise LaunchError(f"jobs: {jobs} is less than 1")
     ray = import_ray()
@@ -159,14 +159,19 @@ def run_cells_ray(
 
 def connect(address: str | None, jobs: int) -> bool:
     """Connect to ``address``, reuse a live connection, or start a local instance with ``jobs``
-    CPUs (and the GPUs NVML sees). Returns whether the instance was started here (and so
-    must be shut down by the caller)."""
+    CPUs (and the GPUs NVML sees). Returns whether ``ray.init`` was called here, so that the
+    caller shuts down (local instance) or disconnects (cluster) when done."""
     ray = import_ray()
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=False)
-        return False
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except Exception as e:  # ConnectionError, RuntimeError, ...: say which address, in one line
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise LaunchError(f"--address {address}: cannot connect to a Ray cluster ({type(e).__name__}: "
+                              f"{first})") from None
+        return True
     # Workers of a local instance inherit the driver's environment: hand them this sys.path,
     # as the local launcher's spawn does, so a runner importable here imports there.
     import sys
