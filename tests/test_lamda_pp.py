@@ -17,13 +17,8 @@ from lamda_bench.workloads import build_model, compute_loss, make_inputs
 BERT_ALL = ["query", "key", "value", "dense"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """LAPACK's SVD with 2 threads on this busy 2-core machine runs ~10x slower than with 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# LAPACK's SVD runs ~10x slower with 2 threads than 1 on a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def apply(model, r=8, targets=BERT_ALL, **options):

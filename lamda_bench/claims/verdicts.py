@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from ..report.records import get
 from ..report.units import fmt_bytes, fmt_count, fmt_flops, fmt_seconds
 from . import updates_search
 
@@ -57,15 +58,6 @@ def cannot(key: str, claim: str, source: str, why: str) -> ClaimRow:
 
 
 # ---- record helpers ---------------------------------------------------------------------------
-
-def get(record: dict, dotted: str, default: Any = None) -> Any:
-    node: Any = record
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or node.get(part) is None:
-            return default
-        node = node[part]
-    return node
-
 
 def ok(records: Iterable[dict]) -> list[dict]:
     return [r for r in records if r.get("status") == "ok"]
