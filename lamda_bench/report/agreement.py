@@ -88,7 +88,7 @@ def agreement(measured_dir: Path, estimated_dir: Path, tolerance: float = DEFAUL
         ])
     compared = [r for r in rows if r["rel"] is not None]
     agree = sum(1 for r in compared if r["verdict"] == "agrees")
-    devices = sorted({str(get(r["measured"], "env.device_name")) for r in rows})
+    devices = sorted({str(get(r["measured"], "env.device_name")) for r in rows} - {"None"})
     est_devices = sorted({str(get(r["estimated"], "info.estimate_device") or get(r["estimated"], "cell.device"))
                           for r in rows})
     out = [
