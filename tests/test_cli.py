@@ -190,7 +190,10 @@ def test_ctrl_c_keeps_finished_cells_and_the_next_run_resumes(tmp_path, capsys):
     proc = subprocess.Popen(
         [sys.executable, "-m", "lamda_bench", "run", str(suite), "--out", str(out), "--no-progress",
          "--runner", "test_launch:runner_slow"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell without job control starts background jobs with SIGINT ignored, and Python
+        # keeps an inherited SIG_IGN: give the CLI the disposition a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     results = out / "results.jsonl"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and not (results.exists() and results.read_bytes().count(b"\n") >= 1):
