@@ -184,6 +184,17 @@ class LamdaB(nn.Module):
         return f"out_features={self.out_features}, rank={self.rank}, n_frozen={self.n_frozen}, mode={self.mode}"
 
 
+def check_rank(r: int, weight_shape: torch.Size, layer: str) -> None:
+    """One-line MethodError unless 1 <= r <= min(d_in, d_out) of the layer's (d_out, d_in) weight."""
+    d_out, d_in = weight_shape
+    if r < 1:
+        raise MethodError(f"LaMDA rank r must be >= 1, got {r} (layer {layer})")
+    if r > min(d_in, d_out):
+        raise MethodError(
+            f"LaMDA rank r={r} exceeds min(d_in, d_out)={min(d_in, d_out)} of layer {layer} (weight {d_out}x{d_in})"
+        )
+
+
 def _param(t: torch.Tensor, requires_grad: bool) -> nn.Parameter:
     # clone: a slice would keep the old, wider storage alive.
     return nn.Parameter(t.detach().clone(), requires_grad=requires_grad)
@@ -240,13 +251,7 @@ class LamdaLinear(nn.Module):
     ):
         super().__init__()
         d_out, d_in = base_layer.weight.shape
-        if r < 1:
-            raise MethodError(f"LaMDA rank r must be >= 1, got {r} (layer {name or '?'})")
-        if r > min(d_in, d_out):
-            raise MethodError(
-                f"LaMDA rank r={r} exceeds min(d_in, d_out)={min(d_in, d_out)} of layer {name or '?'} "
-                f"(weight {d_out}x{d_in})"
-            )
+        check_rank(r, base_layer.weight.shape, name or "?")
         if init not in INITS:
             raise MethodError(f"LaMDA init must be one of {list(INITS)}, got {init!r}")
         if freeze_order not in FREEZE_ORDERS:
@@ -399,14 +404,7 @@ def apply_lamda(
     targets = find_targets(model, spec.targets)
     ranks = ranks if ranks is not None else {n: spec.r for n in targets}
     for n, lin in targets.items():  # validate everything before touching the model
-        r = ranks[n]
-        d_out, d_in = lin.weight.shape
-        if r < 1:
-            raise MethodError(f"LaMDA rank r must be >= 1, got {r} (layer {n})")
-        if r > min(d_in, d_out):
-            raise MethodError(
-                f"LaMDA rank r={r} exceeds min(d_in, d_out)={min(d_in, d_out)} of layer {n} (weight {d_out}x{d_in})"
-            )
+        check_rank(ranks[n], lin.weight.shape, n)
     frac = options["freeze_fraction"]
     if not 0.0 <= float(frac) <= 1.0:
         raise MethodError(f"LaMDA freeze_fraction must be in [0, 1], got {frac}")
