@@ -13,7 +13,6 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -270,22 +269,7 @@ def _suite_files() -> list[Path]:
     return files
 
 
-# ---- verbs implemented elsewhere -----------------------------------------------------------
-
-def _lazy(verb: str, module: str, attr: str):
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name and (e.name == module or module.startswith(e.name + ".")):
-            return None
-        raise
-    return getattr(mod, attr, None)
-
-
-def _not_available(verb: str) -> int:
-    print(f"{PROG} {verb}: not yet available", file=sys.stderr)
-    return EXIT_USAGE
-
+# ---- verbs implemented elsewhere (imported when used: `list` and `run` stay quick) -------
 
 def _existing_dir(path: Path) -> Path:
     if not path.is_dir():
@@ -294,26 +278,23 @@ def _existing_dir(path: Path) -> Path:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    write_report = _lazy("report", "lamda_bench.report", "write_report")
-    if write_report is None:
-        return _not_available("report")
+    from .report import write_report
+
     written = write_report(_existing_dir(args.dir))
     print(f"report written to {written}")
     return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    compare = _lazy("compare", "lamda_bench.report", "compare")
-    if compare is None:
-        return _not_available("compare")
+    from .report import compare
+
     print(compare(_existing_dir(args.a), _existing_dir(args.b)))
     return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    check_cli = _lazy("check", "lamda_bench.gate", "check_cli")
-    if check_cli is None:
-        return _not_available("check")
+    from .gate import check_cli
+
     return int(check_cli(_existing_dir(args.dir), args.baseline, args.update_baseline))
 
 
