@@ -458,12 +458,38 @@ def _drop_input_grads(inputs: dict) -> None:
 
 
 def _prime_optimizer(applied, optimizer: torch.optim.Optimizer) -> None:
-    """Create the optimizer state a first step creates (zero gradients, no forward/backward)."""
-    params = applied.trainable_parameters()
-    for p in params:
+    """Create the optimizer state a first step leaves behind, without a forward or backward.
+
+    torch's Adam and AdamW get their state written directly, as their ``_init_group``
+    creates it and their first step leaves it (``step`` = 1, zero moments): on a fake
+    full-size model a real step costs about a second of fake kernels for state that is
+    all zeros anyway. Any other optimizer (LoRA-FA's, SGD) takes one step on zero gradients.
+    """
+    if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
+        _prime_adam(optimizer)
+        return
+    for p in applied.trainable_parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def _prime_adam(optimizer: torch.optim.Optimizer) -> None:
+    """Adam/AdamW state after one step on zero gradients (tests compare it with a real step)."""
+    default_scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    for group in optimizer.param_groups:
+        on_device = group["capturable"] or group["fused"]
+        for p in group["params"]:
+            if not p.requires_grad or optimizer.state[p]:
+                continue
+            state = optimizer.state[p]
+            # step: a cpu scalar unless capturable or fused (then on the parameter's device)
+            state["step"] = (torch.ones((), dtype=torch.float32 if group["fused"] else default_scalar, device=p.device)
+                             if on_device else torch.tensor(1.0, dtype=default_scalar, device="cpu"))
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 # ---- one step --------------------------------------------------------------------------

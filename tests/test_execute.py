@@ -254,3 +254,38 @@ def test_the_linear_inputs_gradient_does_not_outlive_a_step():
     assert x.grad is None
     c = Cell.from_dict(linear_cell("lora", d=16, warmup=1, steps=1))
     assert c.workload == "linear"
+
+
+@pytest.mark.parametrize("cls", [torch.optim.AdamW, torch.optim.Adam])
+@pytest.mark.parametrize("kwargs", [{}, {"amsgrad": True}, {"foreach": True}, {"fused": True}])
+def test_primed_adam_state_is_the_state_a_first_zero_grad_step_leaves(cls, kwargs):
+    """Estimates write Adam's state directly instead of stepping on fake tensors: it must be
+    exactly what torch's own first step creates (keys, shapes, dtypes, devices, values)."""
+    from types import SimpleNamespace
+
+    from lamda_bench.execute import _prime_optimizer
+
+    def model():
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 2))
+        m[0].bias.requires_grad_(False)
+        return m
+
+    stepped, primed = model(), model()
+    real = cls(stepped.parameters(), lr=1e-3, **kwargs)
+    for p in stepped.parameters():
+        p.grad = torch.zeros_like(p) if p.requires_grad else None
+    real.step()
+    direct = cls(primed.parameters(), lr=1e-3, **kwargs)
+    _prime_optimizer(SimpleNamespace(trainable_parameters=lambda: [p for p in primed.parameters() if p.requires_grad]),
+                     direct)
+    expected = [real.state[p] for p in stepped.parameters() if p.requires_grad]
+    got = [direct.state[p] for p in primed.parameters() if p.requires_grad]
+    assert len(direct.state) == len(real.state) == 3
+    for want, have in zip(expected, got):
+        assert want.keys() == have.keys()
+        for key in want:
+            a, b = want[key], have[key]
+            assert (a.shape, a.dtype, a.device, a.stride()) == (b.shape, b.dtype, b.device, b.stride()), key
+            assert torch.equal(a, b), key
+    assert all(p.grad is None for p in primed.parameters())
