@@ -172,10 +172,11 @@ class LamdaB(nn.Module):
             return
         delta = n_frozen - self.n_frozen
         old = self.trainable
-        moving = old.detach()[:, :delta]
-        frozen = moving if self.frozen is None else torch.cat([self.frozen.detach(), moving], dim=1)
-        self.frozen = _param(frozen, False)
-        self.trainable = _param(old.detach()[:, delta:], True) if n_frozen < self.rank else None
+        with torch.no_grad():  # slices without autograd history; new storages, so the old one is freed
+            moving = old[:, :delta]
+            frozen = moving.clone() if self.frozen is None else torch.cat([self.frozen, moving], dim=1)
+            self.frozen = nn.Parameter(frozen, requires_grad=False)
+            self.trainable = nn.Parameter(old[:, delta:].clone()) if n_frozen < self.rank else None
         self.n_frozen = n_frozen
         if optimizer is not None:
             swap_optimizer_parameter(optimizer, old, self.trainable, drop_columns=delta)
