@@ -496,7 +496,7 @@ def _prime_adam(optimizer: torch.optim.Optimizer) -> None:
 
 
 def _train_step(c: Cell, applied, inputs, optimizer, res: _StepResult, step: int, flops,
-                live=None, on_grads: Callable[[], None] | None = None, finish: bool = True) -> None:
+                live=None, saved=None, on_grads: Callable[[], None] | None = None, finish: bool = True) -> None:
     """forward, loss, backward, optimizer step; trackers' phases marked where given.
 
     ``finish=False`` leaves the method's ``on_step`` and the series entry to the caller
@@ -505,7 +505,7 @@ def _train_step(c: Cell, applied, inputs, optimizer, res: _StepResult, step: int
 
     def phase(name: str):
         stack = contextlib.ExitStack()
-        for tracker in (live, flops):
+        for tracker in (live, flops, saved):
             if tracker is not None:
                 stack.enter_context(tracker.phase(name))
         return stack
@@ -558,7 +558,8 @@ def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, st
         res.grads_bytes = _unique_bytes(p.grad for p in model.parameters() if p.grad is not None)
 
     with observer, saved, flops, live:
-        _train_step(c, applied, inputs, optimizer, res, step, flops, live=live, on_grads=grads_done, finish=False)
+        _train_step(c, applied, inputs, optimizer, res, step, flops, live=live, saved=saved, on_grads=grads_done,
+                    finish=False)
     # Read now: the live tracker's free callbacks outlive it, and on_step replaces parameters.
     res.weights_bytes = live.current["weights"]
     _finish_step(applied, optimizer, res, step, flops)
@@ -702,6 +703,9 @@ def _fill_record(record: dict, c: Cell, res: _StepResult, mode: str, device: str
         "nvml_used": res.device_memory.get("nvml_used"),
         "host_rss_peak": res.device_memory.get("host_rss_peak"),
     }
+    if saved.discarded_bytes:  # graphs dropped in forward (DoRA's weight-norm path): saved, never kept
+        record["memory"]["saved_discarded"] = saved.discarded_bytes
+        record["memory"]["saved_discarded_adapter"] = saved.discarded_adapter_bytes
     if c.gradient_checkpointing:
         record["memory"]["saved_recomputed"] = saved.recomputed_bytes
         record["memory"]["saved_recomputed_adapter"] = saved.recomputed_adapter_bytes

@@ -289,3 +289,21 @@ def test_primed_adam_state_is_the_state_a_first_zero_grad_step_leaves(cls, kwarg
             assert (a.shape, a.dtype, a.device, a.stride()) == (b.shape, b.dtype, b.device, b.stride()), key
             assert torch.equal(a, b), key
     assert all(p.grad is None for p in primed.parameters())
+
+
+@pytest.mark.parametrize("mode", ["measure", "estimate"])
+def test_dora_weight_norm_graph_is_discarded_not_counted_as_saved(mode):
+    """PEFT's DoRA builds lora_B(lora_A(eye(d_in))) every forward and uses it detached: that
+    graph saves the d_in x d_in eye and the d_in x r product, then dies before backward. They
+    are reported as discarded, and what stays saved never exceeds the step's peak."""
+    rec = ok(run_cell(tiny_cell("dora", mode=mode)))
+    calls = rec["info"]["tracked_adapted_calls"]
+    model = workloads.build_model(Cell.from_dict(tiny_cell("dora")), "meta")
+    shapes = [(m.in_features, m.out_features) for name, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] != "lm_head"]
+    assert len(shapes) == calls == 14
+    fp32 = 4  # PEFT keeps the adapter (and so the eye) in fp32
+    r = 4
+    assert rec["memory"]["saved_discarded"] == rec["memory"]["saved_discarded_adapter"] \
+        == sum((d_in * d_in + d_in * r) * fp32 for d_in, _ in shapes)
+    assert rec["memory"]["saved_activations"] < rec["memory"]["peak"]

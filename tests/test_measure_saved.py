@@ -120,3 +120,50 @@ def test_checkpoint_hook_restored_after_exit():
     with SavedTensorTracker(nn.Linear(2, 2), lambda n: False):
         assert cp._recomputation_hook is not before
     assert cp._recomputation_hook is before
+
+
+class _DroppedSideGraph(nn.Module):
+    """Like PEFT's DoRA weight norm: a graph through a trainable layer, used only detached."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.side = nn.Linear(8, 4, bias=False)
+
+    def forward(self, x):
+        side = self.side(torch.eye(8))  # saves the 8x8 eye for side.weight's grad
+        scale = side.detach().norm()  # the side graph dies when this returns
+        return self.lin(x) * scale
+
+
+@pytest.mark.parametrize("phases", [False, True])
+def test_graph_dropped_in_forward_is_discarded_not_kept(phases):
+    torch.manual_seed(0)
+    model = _DroppedSideGraph()
+    x = torch.randn(5, 8)
+    with SavedTensorTracker(model, lambda n: n == "side") as tr:
+        if phases:
+            with tr.phase("forward"):
+                loss = model(x).sum()
+            with tr.phase("backward"):
+                loss.backward()
+        else:
+            model(x).sum().backward()
+    # kept for backward: lin's input x (5x8) and the 0-dim scale the product saves
+    assert tr.total_bytes == (5 * 8 + 1) * F32
+    assert tr.adapter_bytes == 0
+    assert tr.discarded_bytes == tr.discarded_adapter_bytes == 8 * 8 * F32
+    assert sum(tr.by_module.values()) == tr.total_bytes and "side" not in tr.by_module
+    assert [t.shape for t in tr.tensors if t.discarded] == [(8, 8)]
+
+
+def test_storages_released_by_backward_stay_counted():
+    """Backward frees what it used: that must not read as forward dropping it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with SavedTensorTracker(model, lambda n: False) as tr:
+        h = model(torch.randn(5, 8))
+        h.sum().backward()
+        del h
+    # x, and ReLU's output (saved by ReLU and by the second linear: one storage)
+    assert tr.total_bytes == (5 * 8 + 5 * 16) * F32 and tr.discarded_bytes == 0

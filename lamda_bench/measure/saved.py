@@ -6,6 +6,13 @@ input, are one allocation) and the storages of the model's parameters and buffer
 registered first and excluded: a frozen linear saves a transposed *view of its weight*,
 which is no new memory.
 
+Saved is not the same as kept: a graph built in forward whose output is then dropped
+(PEFT's DoRA builds ``lora_B(lora_A(eye))`` and uses it detached) frees what it saved
+before backward ever runs. Such storages are subtracted again when they die during forward
+and reported apart (``discarded_bytes``), so ``total_bytes`` is what forward leaves held
+for backward. Forward ends where the caller enters ``phase("backward")`` (or any phase
+other than forward); without phase marks, at the first storage released inside backward.
+
 Gradient checkpointing (``torch.utils.checkpoint``, non-reentrant, the transformers
 default) saves through its own inner hooks, hiding those tensors from ours. Its forward
 still stores each region's inputs through our hook (counted, phase ``forward``). Tensors
@@ -17,8 +24,10 @@ leaves saved for backward.
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.utils.checkpoint as _checkpoint
@@ -40,6 +49,7 @@ class SavedTensor:
     phase: str  # "forward" or "backward" (checkpoint recomputation)
     storage_bytes: int
     new_bytes: int
+    discarded: bool = False  # its graph was dropped in forward: freed before backward
 
 
 class SavedTensorTracker:
@@ -66,6 +76,10 @@ class SavedTensorTracker:
         self.tensors: list[SavedTensor] = []
         self.bytes = {"forward": {"adapter": 0, "base": 0}, "backward": {"adapter": 0, "base": 0}}
         self.by_module: dict[str, int] = {}
+        self.discarded = {"adapter": 0, "base": 0}
+        self._held: dict[int, weakref.ref] = {}  # forward's counted storages, until they die
+        self._forward_done = False
+        self._open = False
         self._hooks = None
         self._patched = None
 
@@ -83,6 +97,15 @@ class SavedTensorTracker:
     @property
     def base_bytes(self) -> int:
         return self.bytes["forward"]["base"]
+
+    @property
+    def discarded_bytes(self) -> int:
+        """Bytes saved in forward by graphs dropped before backward (not in ``total_bytes``)."""
+        return self.discarded["adapter"] + self.discarded["base"]
+
+    @property
+    def discarded_adapter_bytes(self) -> int:
+        return self.discarded["adapter"]
 
     @property
     def recomputed_bytes(self) -> int:
@@ -108,12 +131,22 @@ class SavedTensorTracker:
             "base_bytes": self.base_bytes,
             "recomputed_bytes": self.recomputed_bytes,
             "recomputed_adapter_bytes": self.recomputed_adapter_bytes,
+            "discarded_bytes": self.discarded_bytes,
+            "discarded_adapter_bytes": self.discarded_adapter_bytes,
             "by_module": dict(self.by_module),
             "tensors": [asdict(t) for t in self.tensors],
         }
 
-    # ---- context ------------------------------------------------------------------------
+    # ---- phases / context ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Mark a phase of the step; any phase other than ``forward`` ends forward."""
+        if name != "forward":
+            self._forward_done = True
+        yield
+
     def __enter__(self) -> "SavedTensorTracker":
+        self._open = True
         for t in list(self.model.parameters()) + list(self.model.buffers()):
             self._excluded[t.untyped_storage()] = True
         self.scope.__enter__()
@@ -124,6 +157,8 @@ class SavedTensorTracker:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._open = False
+        self._held.clear()
         tracker_active.exit(self)
         self._hooks.__exit__(*exc)
         self._unpatch_checkpoint()
@@ -147,16 +182,40 @@ class SavedTensorTracker:
         phase = "backward" if self.scope.in_backward else "forward"
         nbytes = st.nbytes()
         new = 0
+        entry = None
+        if self.keep_tensors:
+            entry = SavedTensor(tuple(t.shape), str(t.dtype).replace("torch.", ""), module, adapter, phase, nbytes, 0)
+            self.tensors.append(entry)
         if st not in self._seen:
             self._seen[st] = True
-            new = nbytes
-            self.bytes[phase]["adapter" if adapter else "base"] += new
+            kind = "adapter" if adapter else "base"
             key = module if module is not None else "<outside>"
-            self.by_module[key] = self.by_module.get(key, 0) + new
-        if self.keep_tensors:
-            self.tensors.append(
-                SavedTensor(tuple(t.shape), str(t.dtype).replace("torch.", ""), module, adapter, phase, nbytes, new)
-            )
+            self.bytes[phase][kind] += nbytes
+            self.by_module[key] = self.by_module.get(key, 0) + nbytes
+            if entry is not None:
+                entry.new_bytes = nbytes
+            if phase == "forward" and not self._forward_done:
+                self._held[id(st)] = weakref.ref(st, self._on_free(id(st), nbytes, kind, key, entry))
+
+    def _on_free(self, storage_id: int, nbytes: int, kind: str, key: str, entry: SavedTensor | None):
+        """A counted storage died: during forward its graph was dropped, so it was never kept."""
+
+        def freed(_ref) -> None:
+            self._held.pop(storage_id, None)
+            if not self._open or self._forward_done:
+                return
+            if torch._C._current_graph_task_id() != -1:  # backward is releasing what it used
+                self._forward_done = True
+                return
+            self.bytes["forward"][kind] -= nbytes
+            self.discarded[kind] += nbytes
+            self.by_module[key] -= nbytes
+            if self.by_module[key] == 0:
+                del self.by_module[key]
+            if entry is not None:
+                entry.discarded = True
+
+        return freed
 
     # ---- checkpoint recomputation -------------------------------------------------------
     def _patch_checkpoint(self) -> None:
