@@ -801,6 +801,7 @@ def _env(device: str, mode: str, applied) -> dict:
         driver=devmem.driver_version() if device == "cuda" and mode == "measure" else None,
         cuda=torch.version.cuda,
         autocast_adapter_dtype=applied.info.get("autocast_adapter_dtype"),
+        cpu_threads=torch.get_num_threads(),
     )
 
 

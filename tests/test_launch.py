@@ -55,6 +55,15 @@ def runner_log_times(cell, artifacts_dir):
     return runner_ok(cell, artifacts_dir)
 
 
+def runner_threads(cell, artifacts_dir):
+    """Reports the thread settings the cell process started with, and torch's pool size."""
+    import torch
+
+    return {**runner_ok(cell, artifacts_dir),
+            "threads": [os.environ.get("OMP_NUM_THREADS"), os.environ.get("MKL_NUM_THREADS"),
+                        torch.get_num_threads()]}
+
+
 def runner_slow(cell, artifacts_dir):
     time.sleep(0.5 + 0.1 * cell["r"])
     return runner_ok(cell, artifacts_dir)
@@ -202,3 +211,24 @@ def test_cuda_cells_without_a_gpu_still_get_a_record(tmp_path):
     summary = run_cells(cells(1, 2, device="cuda"), tmp_path, suite="t", runner="test_launch:runner_ok",
                         jobs=2, gpus=0, progress=False)
     assert len(summary.records) == 2 and not summary.interrupted
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 64])
+def test_concurrent_cells_share_the_cores_for_their_thread_pools(tmp_path, monkeypatch, jobs):
+    from lamda_bench.launch import cpu_threads_per_cell
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    want = max(1, cores // jobs)
+    assert cpu_threads_per_cell(jobs) == want
+    summary = run_cells(cells(1, 2), tmp_path, suite="t", runner="test_launch:runner_threads", jobs=jobs,
+                        progress=False)
+    assert [r["threads"] for r in summary.records] == [[str(want), str(want), want]] * 2
+
+
+def test_a_thread_count_the_user_set_is_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    summary = run_cells(cells(1), tmp_path, suite="t", runner="test_launch:runner_threads", jobs=1, progress=False)
+    assert summary.records[0]["threads"] == ["1", None, 1]
