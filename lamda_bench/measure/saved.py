@@ -181,7 +181,6 @@ class SavedTensorTracker:
             self._adapter_cache[module] = adapter
         phase = "backward" if self.scope.in_backward else "forward"
         nbytes = st.nbytes()
-        new = 0
         entry = None
         if self.keep_tensors:
             entry = SavedTensor(tuple(t.shape), str(t.dtype).replace("torch.", ""), module, adapter, phase, nbytes, 0)
