@@ -165,6 +165,7 @@ def connect(address: str | None, jobs: int) -> bool:
     if ray.is_initialized():
         return False
     if address:
+        check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=False)
         except Exception as e:  # ConnectionError, RuntimeError, ...: say which address, in one line
@@ -187,6 +188,22 @@ def connect(address: str | None, jobs: int) -> bool:
         else:
             os.environ["PYTHONPATH"] = saved
     return True
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on a HOST:PORT (or ray://HOST:PORT) where nothing listens: ``ray.init``
+    retries such an address for minutes. ``auto`` and other names are left to Ray."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise LaunchError(f"--address {address}: nothing answers at {host}:{port} "
+                          f"({type(e).__name__}: {e.strerror or e})") from None
 
 
 def _ready(ray, gens: list) -> list:

@@ -107,6 +107,17 @@ def test_address_without_the_ray_launcher_is_refused(tmp_path, capsys):
     assert not results_path(tmp_path / "o").exists()
 
 
+def test_an_address_where_nothing_listens_fails_in_one_line_not_after_minutes(tmp_path, capsys):
+    pytest.importorskip("ray")
+    suite = tmp_path / "s.toml"
+    suite.write_text('[suite]\nname = "x"\n[[sweep]]\nworkload = "linear"\nmethod = "lora"\nr = 4\n')
+    out = tmp_path / "o"
+    assert main(["run", str(suite), "--out", str(out), "--launcher", "ray", "--address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--address 127.0.0.1:1: nothing answers at 127.0.0.1:1" in err
+    assert not results_path(out).exists()
+
+
 # With a local Ray instance.
 
 
