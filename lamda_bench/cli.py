@@ -46,9 +46,16 @@ def _is_user_error(e: BaseException) -> bool:
     return isinstance(e, FileNotFoundError) or type(e).__module__.startswith("lamda_bench")
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Memory, FLOP and throughput benchmarks for LaMDA, LoRA, PiSSA and peers.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     run = verbs.add_parser("run", help="run a suite (resumes an earlier run of the same --out)")
@@ -89,7 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     chk = verbs.add_parser("check", help="memory regression gate: non-zero exit on a regression")
     chk.add_argument("dir", type=Path)
     chk.add_argument("--baseline", type=Path, required=True)
-    chk.add_argument("--update-baseline", action="store_true")
+    chk.add_argument("--allow-env-drift", action="store_true",
+                     help="compare cells whose environment fingerprint differs from the baseline's (named "
+                          "field by field) and exit by the comparison instead of 4")
+    chk.add_argument("--update-baseline", action="store_true",
+                     help="re-record the baseline from this run (refuses on a regression, a failed or missing cell)")
+    chk.add_argument("--accept-regressions", action="store_true",
+                     help="with --update-baseline: record regressed metrics as the new baseline")
+    chk.add_argument("--drop-missing", action="store_true",
+                     help="with --update-baseline: leave out cells that failed or have no result")
     chk.set_defaults(func=cmd_check)
 
     agr = verbs.add_parser("agreement", help="estimate-mode results against CUDA-measured results of the same cells")
@@ -295,7 +310,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from .gate import check_cli
 
-    return int(check_cli(_existing_dir(args.dir), args.baseline, args.update_baseline))
+    if (args.accept_regressions or args.drop_missing) and not args.update_baseline:
+        raise CliError("--accept-regressions and --drop-missing only apply with --update-baseline")
+    return int(check_cli(_existing_dir(args.dir), args.baseline, args.update_baseline,
+                         allow_env_drift=args.allow_env_drift, accept_regressions=args.accept_regressions,
+                         drop_missing=args.drop_missing))
 
 
 def cmd_agreement(args: argparse.Namespace) -> int:

@@ -123,6 +123,28 @@ def environment(
     return env
 
 
+# What a baseline or a comparison stores next to the hash, so a drift can be named: the
+# hashed fields plus the Python version (shown, not hashed: it has not changed a byte yet).
+ENV_FIELDS = FINGERPRINT_FIELDS + ("python",)
+
+
+def env_fields(env: dict[str, Any]) -> dict[str, Any]:
+    """The named environment fields of a record's ``env`` (``ENV_FIELDS``), in a fixed order."""
+    return {k: env.get(k) for k in ENV_FIELDS}
+
+
+def env_drift(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``[(field, before, after)]`` for each ``ENV_FIELDS`` entry that differs; fields absent
+    from ``before`` (a baseline written before fields were stored) are not compared."""
+    return [(k, before.get(k), after.get(k)) for k in ENV_FIELDS
+            if k in before and before.get(k) != after.get(k)]
+
+
+def describe_drift(drift: list[tuple[str, Any, Any]]) -> str:
+    """``transformers 5.23.0 -> 5.24.0, device_class cpu -> fake cpu``."""
+    return ", ".join(f"{k} {a} -> {b}" for k, a, b in drift)
+
+
 def fingerprint(env: dict[str, Any]) -> str:
     """Short hash of the fields that change measured numbers (see ``FINGERPRINT_FIELDS``)."""
     picked = {k: env.get(k) for k in FINGERPRINT_FIELDS}
