@@ -159,23 +159,28 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 @functools.lru_cache(maxsize=None)
-def _presets_of(name: str) -> tuple[str, ...]:
+def _meta_summary(name: str) -> tuple[int, int, tuple[str, ...]]:
+    """(parameters at 1 layer, at 2 layers, presets that select something), from meta builds."""
     workload = get_workload(name)
-    if workload.task == "linear":
-        return ("all",)
-    model = build_model(Cell(workload=name, method="lora", layers=2), "meta")
-    return tuple(available_presets(model, workload.family))
+    counts, presets = [], ("all",)
+    for layers in (1, 2):
+        model = build_model(Cell(workload=name, method="lora", layers=layers), "meta")
+        counts.append(sum(p.numel() for p in model.parameters()))
+        if layers == 2 and workload.task != "linear":
+            presets = tuple(available_presets(model, workload.family))
+    return counts[0], counts[1], presets
+
+
+def _presets_of(name: str) -> tuple[str, ...]:
+    return _meta_summary(name)[2]
 
 
 def parameter_count(name: str, layers: int | None = None) -> int:
     """Parameters of the model at ``layers`` depth (default: its own), from two small meta
     builds: blocks are identical, so P(L) = P(1) + (L - 1) * (P(2) - P(1))."""
-    workload = get_workload(name)
-    depth = workload.default_layers if layers is None else layers
-    counts = [sum(p.numel() for p in build_model(Cell(workload=name, method="lora", layers=n), "meta").parameters())
-              for n in (1, 2)]
-    return counts[0] + (depth - 1) * (counts[1] - counts[0])
-
+    depth = get_workload(name).default_layers if layers is None else layers
+    one, two, _ = _meta_summary(name)
+    return one + (depth - 1) * (two - one)
 
 # ---- building ----------------------------------------------------------------------------
 
@@ -373,3 +378,22 @@ def resolve_targets(cell: Cell, model: nn.Module) -> list[str]:
 def _hint(name: str, choices) -> str:
     close = difflib.get_close_matches(str(name), list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def workload_rows() -> list[list[str]]:
+    """``lamda-bench list workloads``: name, parameter count, shape, what it is, presets."""
+    from .report.units import fmt_count
+
+    rows = []
+    for name, workload in WORKLOADS.items():
+        if workload.task == "linear":
+            rows.append([name, "d_in x d_out x layers", "", workload.description, ", ".join(workload.target_presets)])
+            continue
+        f = model_config.shape_facts(hf_config(name, workload.default_layers))
+        kv = f" ({f['kv_heads']} kv)" if f["kv_heads"] != f["heads"] else ""
+        shape = (f"{workload.task}, hidden {f['hidden_size']}, MLP {f['intermediate_size']}, {f['layers']} layers, "
+                 f"{f['heads']} heads{kv} x {f['head_dim']}, vocab {f['vocab_size']}"
+                 + (", tied" if f["tie_word_embeddings"] and workload.task == "causal-lm" else ""))
+        rows.append([name, fmt_count(parameter_count(name)), shape, workload.description,
+                     ", ".join(workload.target_presets)])
+    return rows
