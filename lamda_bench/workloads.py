@@ -129,7 +129,8 @@ def resolve_reference(name: str, base_dir: Path | None = None) -> str:
     WorkloadError), so a bad workload fails when the suite is parsed."""
     if name in WORKLOADS:
         return name
-    if not model_config.looks_like_reference(name):
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    if not model_config.looks_like_reference(name) and not (base / name).exists():
         raise WorkloadError(f"unknown workload {name!r}{_hint(name, WORKLOADS)}; known: {', '.join(sorted(WORKLOADS))}, "
                             "or a path to a config.json / its folder, or a cached Hugging Face hub id")
     source = model_config.locate(name, base_dir)
