@@ -69,10 +69,10 @@ def locate(ref: str, base_dir: Path | None = None) -> ConfigSource:
         if not path.is_file():
             raise WorkloadError(f"workload {ref!r}: no config.json at {path}")
         return ConfigSource("file", str(path.resolve()), path.resolve())
-    return ConfigSource("hub", ref, _hub_cached_config(ref))
+    return ConfigSource("hub", ref, _hub_cached_config(ref, path))
 
 
-def _hub_cached_config(repo_id: str) -> Path:
+def _hub_cached_config(repo_id: str, tried: Path) -> Path:
     """config.json of a hub model from the local cache only (never a download)."""
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.constants import HF_HUB_CACHE
@@ -81,7 +81,8 @@ def _hub_cached_config(repo_id: str) -> Path:
     if not isinstance(found, str):
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0") else ""
         raise WorkloadError(
-            f"workload {repo_id!r}: its config.json is not in the local Hugging Face cache {HF_HUB_CACHE}{offline}; "
+            f"workload {repo_id!r}: no file or folder {tried}, and as a hub id its config.json is not in the "
+            f"local Hugging Face cache {HF_HUB_CACHE}{offline}; "
             f"lamda-bench never downloads: fetch it with `hf download {repo_id} config.json` "
             f"(only the config is needed) or point workload at a config.json path"
         )

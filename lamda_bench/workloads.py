@@ -35,6 +35,7 @@ Targets and presets: ``lamda_bench.targets``.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 from dataclasses import dataclass, field
@@ -240,7 +241,7 @@ def build_model(cell: Cell, device: str | torch.device = "cpu") -> nn.Module:
         return _load_pretrained(workload, cell, layers, dtype, device).train()
 
     model_class = model_config.model_class(workload.class_name)
-    config = hf_config(cell.workload, layers)
+    config = copy.deepcopy(hf_config(cell.workload, layers))  # _from_config writes dtype/attention into it
     attn = _choose_attention(model_class, cell.attn_implementation, workload.name)
     with torch.device(device):
         model = model_class._from_config(config, dtype=dtype, attn_implementation=attn)
