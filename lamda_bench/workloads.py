@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,17 +112,37 @@ def _from_config(name: str, description: str, source: model_config.ConfigSource,
     return Workload(name, config["model_type"], task, description, class_name, pretrained, int(layers), config, source)
 
 
-def _catalogue() -> dict[str, Workload]:
-    out = {}
-    for name, what in CATALOGUE.items():
-        path = CONFIG_DIR / f"{name}.json"
-        out[name] = _from_config(name, what, model_config.ConfigSource("catalogue", name, path), name in PRETRAINED)
-    out["linear"] = Workload("linear", "linear", "linear",
-                             f"`layers` stacked nn.Linear(d_in, d_out) (default {LINEAR_DEFAULT_DIM})")
-    return out
+class _Catalogue(Mapping):
+    """Name -> Workload, each config read on first use: importing this module (every cell
+    process, every suite parse) stays free of transformers imports and config parsing."""
+
+    def __init__(self) -> None:
+        self._names = [*CATALOGUE, "linear"]
+        self._loaded: dict[str, Workload] = {}
+
+    def __getitem__(self, name: str) -> Workload:
+        if name not in self._names:
+            raise KeyError(name)
+        if name not in self._loaded:
+            if name == "linear":
+                self._loaded[name] = Workload("linear", "linear", "linear",
+                                              f"`layers` stacked nn.Linear(d_in, d_out) (default {LINEAR_DEFAULT_DIM})")
+            else:
+                source = model_config.ConfigSource("catalogue", name, CONFIG_DIR / f"{name}.json")
+                self._loaded[name] = _from_config(name, CATALOGUE[name], source, name in PRETRAINED)
+        return self._loaded[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
-WORKLOADS: dict[str, Workload] = _catalogue()
+WORKLOADS: Mapping[str, Workload] = _Catalogue()
 
 
 def resolve_reference(name: str, base_dir: Path | None = None) -> str:
