@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,4 +93,18 @@ class Cell:
         d.pop("timeout_s", None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-        return f"{self.workload}-{self.method}-r{self.r}-{digest}"
+        return f"{workload_label(self.workload)}-{self.method}-r{self.r}-{digest}"
+
+
+def workload_label(workload: str) -> str:
+    """A workload as a file-name-safe word for ids: a catalogue name as is; for a config path or
+    hub id, its folder or file stem (``/x/qwen/config.json`` -> ``qwen``, ``Qwen/Qwen2.5-7B`` -> ``Qwen2.5-7B``)."""
+    if "/" not in workload and "\\" not in workload and not workload.endswith(".json"):
+        return workload
+    parts = [p for p in re.split(r"[/\\]", workload) if p]
+    name = parts[-1] if parts else "config"
+    if name == "config.json" and len(parts) > 1:
+        name = parts[-2]
+    elif name.endswith(".json"):
+        name = name[: -len(".json")]
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name).strip(".") or "config"

@@ -251,12 +251,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["method", "description", "options"], maxcolwidths=[None, 60, 60]))
         print()
     if "workloads" in parts:
-        from .workloads import WORKLOADS
+        from .workloads import workload_rows
 
-        rows = [[name, getattr(w, "description", ""),
-                 ", ".join(f"{p}" for p in getattr(w, "target_presets", {}))] for name, w in WORKLOADS.items()]
-        print("Workloads:")
-        print(tabulate(rows, headers=["workload", "description", "target presets"], maxcolwidths=[None, 70, None]))
+        print("Workloads (catalogue configs in lamda_bench/configs/; a suite may also name a config.json path "
+              "or a cached hub id):")
+        print(tabulate(workload_rows(), headers=["workload", "params", "shape", "description", "target presets"],
+                       maxcolwidths=[None, None, 44, 44, None]))
         print()
     if "suites" in parts:
         from .suite import SuiteError, load_suite

@@ -776,6 +776,7 @@ def _info(c: Cell, res: _StepResult) -> dict:
     applied = res.applied
     info = dict(res.info)
     info["attn_implementation"] = workloads.attention_implementation(applied.model)
+    info["model"] = workloads.model_facts(c)  # config source + hash + the shape fields that decide memory
     info["attention_kernels"] = sorted(res.flops.attention_ops)
     info["autocast_adapter_dtype"] = applied.info.get("autocast_adapter_dtype")
     info["method"] = applied.info

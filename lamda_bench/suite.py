@@ -7,11 +7,13 @@ sweep wins), then expanded:
 - A list value is an axis; a sweep is the product of its axes (the last key varies
   fastest); the suite is the union of its sweeps, deduplicated by cell id, order kept.
   A list in ``[defaults]`` is an axis of every sweep that does not override the key.
-- ``targets``: a string is a preset of the workload (``"all"``, ``"attn"``) or a single
-  module-name suffix, checked when the model is built; a list is an
-  axis like any other, whose elements are presets or *lists* of module-name suffixes.
-  So ``targets = ["all", "attn"]`` gives two cells and ``targets = [["q_proj", "v_proj"]]``
-  gives one cell adapting q_proj and v_proj.
+- ``workload``: a catalogue name, or a config.json path (file or folder; relative to the
+  suite file's folder) or a cached hub id, read and checked here; the cell carries the
+  absolute path (``workloads.resolve_reference``).
+- ``targets``: a string is a preset (``"all"``, ``"attn"``, ``"mlp"``, ``"peft"``) or a single
+  module-name suffix, checked when the model is built; a list of module names is ONE setting
+  (PEFT's ``target_modules``); an axis is a list of presets or of lists, and an ambiguous
+  mix is refused (``suite_conventions``). ``dtype`` takes torch's names as aliases.
 - ``zip = [["r", "alpha"]]``: the named axes advance together (equal lengths required)
   instead of forming a product.
 - ``exclude = [{method = "full", r = 16}]``: drop combinations where every named key has
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, Cell
+from .suite_conventions import AmbiguousTargets, canonical_dtype, key_hint, targets_settings
 
 LINEAR_WORKLOAD = "linear"
 # Methods whose result does not depend on r or alpha: their cells get the Cell defaults for
@@ -127,7 +130,7 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "d_out": _int(1),
     "batch": _int(1),
     "seq": _int(1),
-    "dtype": _choice(DTYPES),
+    "dtype": lambda v: _choice(DTYPES)(canonical_dtype(v)),
     "device": _choice(DEVICES),
     "mode": _choice(MODES),
     "steps": _int(1),
@@ -161,13 +164,16 @@ class Catalog:
     methods: Mapping[str, Any]
     workloads: Mapping[str, Any]
     linear_default_dim: int = 4096
+    # (reference, suite folder) -> what the cell carries, for a workload that is no catalogue name
+    resolve_workload: Callable[[str, Path], str] | None = None
 
     @classmethod
     def default(cls) -> "Catalog":
         from .methods import all_methods
-        from .workloads import LINEAR_DEFAULT_DIM, WORKLOADS
+        from .workloads import LINEAR_DEFAULT_DIM, WORKLOADS, resolve_reference
 
-        return cls(methods=all_methods(), workloads=WORKLOADS, linear_default_dim=LINEAR_DEFAULT_DIM)
+        return cls(methods=all_methods(), workloads=WORKLOADS, linear_default_dim=LINEAR_DEFAULT_DIM,
+                   resolve_workload=resolve_reference)
 
     def option_names(self) -> set[str]:
         return {k for m in self.methods.values() for k in getattr(m, "options", {})}
@@ -229,6 +235,8 @@ class _Parser:
         self.source = source
         self.catalog = catalog
         self.option_names = catalog.option_names()
+        # Relative config paths resolve against the suite file's folder (the cwd for inline text).
+        self.base_dir = Path(source).parent if Path(source).is_file() else Path.cwd()
 
     def fail(self, where: str, key: str, problem: str) -> SuiteError:
         parts = [self.source] + [p for p in (where, key) if p] + [problem]
@@ -278,7 +286,7 @@ class _Parser:
             if key in SWEEP_ONLY_KEYS and not allow_sweep_only:
                 raise self.fail(where, key, "only allowed in a [[sweep]] table")
             if key not in known:
-                raise self.fail(where, key, f"unknown key{_hint(key, known)}")
+                raise self.fail(where, key, f"unknown key{key_hint(key, known)}")
 
     # -- one sweep
     def expand(self, where: str, table: dict[str, Any], own_keys: set[str]) -> list[Cell]:
@@ -291,7 +299,7 @@ class _Parser:
 
         axes: dict[str, list[Any]] = {}
         for key, value in table.items():
-            values = value if isinstance(value, list) else [value]
+            values = self.axis_values(where, key, value)
             if not values:
                 raise self.fail(where, key, "empty list: an axis needs at least one value")
             axes[key] = [self.check_value(where, key, v) for v in values]
@@ -346,10 +354,26 @@ class _Parser:
             if key == "method" and value not in self.catalog.methods:
                 raise self.fail(where, key, f"unknown method {value!r}{_hint(value, self.catalog.methods)}; "
                                 f"known: {', '.join(sorted(self.catalog.methods))}")
+            if key == "workload" and value not in self.catalog.workloads and self.catalog.resolve_workload:
+                from .workloads import WorkloadError
+
+                try:
+                    return self.catalog.resolve_workload(value, self.base_dir)
+                except WorkloadError as e:
+                    raise self.fail(where, key, str(e)) from None
             if key == "workload" and value not in self.catalog.workloads:
                 raise self.fail(where, key, f"unknown workload {value!r}{_hint(value, self.catalog.workloads)}; "
-                                f"known: {', '.join(sorted(self.catalog.workloads))}")
+                                f"known: {', '.join(sorted(self.catalog.workloads))}, or a config.json path")
         return value  # method options are checked per cell, by their method
+
+    def axis_values(self, where: str, key: str, value: Any) -> list[Any]:
+        """The values a key takes: a list is an axis, except for targets (``targets_settings``)."""
+        if key.rsplit(".", 1)[-1] != "targets":
+            return value if isinstance(value, list) else [value]
+        try:
+            return targets_settings(value)
+        except AmbiguousTargets as e:
+            raise self.fail(where, key, str(e)) from None
 
     def zip_groups(self, where: str, zips: Any, axes: dict[str, list[Any]]) -> list[tuple[str, ...]]:
         if not isinstance(zips, list) or not all(
@@ -382,8 +406,8 @@ class _Parser:
             parsed = {}
             for key, value in rule.items():
                 if key not in known:
-                    raise self.fail(where, f"exclude.{key}", f"unknown key{_hint(key, known)}")
-                values = value if isinstance(value, list) else [value]
+                    raise self.fail(where, f"exclude.{key}", f"unknown key{key_hint(key, known)}")
+                values = self.axis_values(where, f"exclude.{key}", value)
                 parsed[key] = [self.check_value(where, f"exclude.{key}", v) if key in CELL_KEYS else v
                                for v in values]
             rules.append(parsed)
