@@ -9,10 +9,12 @@ settings give the same id in every run (that is what resume relies on).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 DTYPES = ("fp32", "bf16", "fp16")
@@ -91,9 +93,23 @@ class Cell:
         """
         d = self.to_dict()
         d.pop("timeout_s", None)
+        d["workload"] = workload_identity(self.workload)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
         return f"{workload_label(self.workload)}-{self.method}-r{self.r}-{digest}"
+
+
+@functools.lru_cache(maxsize=256)
+def workload_identity(workload: str) -> str:
+    """What a cell id hashes for its workload: a catalogue name or hub id as is; for a config
+    file, its content (``config-sha256:...``), so the same config.json gives the same id in any
+    checkout or folder, and an edited one a new id."""
+    from .model_config import config_sha256, read_config, ConfigSource
+
+    path = Path(workload)
+    if not (path.is_absolute() and path.is_file()):
+        return workload
+    return "config-sha256:" + config_sha256(read_config(ConfigSource("file", workload, path)))
 
 
 def workload_label(workload: str) -> str:

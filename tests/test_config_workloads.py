@@ -56,6 +56,23 @@ workload = "models/tiny-qwen/config.json"
 """
 
 
+def test_a_config_path_cell_id_follows_the_config_content_not_its_location(tmp_path):
+    """Baselines and merged runs key on ids: the same config.json in another checkout or folder
+    must give the same id; an edited config (another shape) a new one."""
+    def ids(folder: Path) -> list[str]:
+        write_config(folder / "models" / "tiny-qwen", TINY_QWEN)
+        (folder / "suite.toml").write_text(SUITE)
+        return [c.id for c in load_suite(folder / "suite.toml").cells]
+
+    here, there = ids(tmp_path / "checkout-a"), ids(tmp_path / "elsewhere" / "checkout-b")
+    assert here == there and len(set(here)) == 2
+    edited = dict(TINY_QWEN, intermediate_size=64)
+    write_config(tmp_path / "checkout-c" / "models" / "tiny-qwen", edited)
+    (tmp_path / "checkout-c" / "suite.toml").write_text(SUITE)
+    changed = [c.id for c in load_suite(tmp_path / "checkout-c" / "suite.toml").cells]
+    assert not set(changed) & set(here)
+
+
 def test_a_suite_naming_a_config_path_runs_lora_and_lamda_with_formula_counts(tmp_path, capsys):
     config_path = write_config(tmp_path / "models" / "tiny-qwen", TINY_QWEN)
     suite_file = tmp_path / "suite.toml"
