@@ -302,10 +302,19 @@ def _load_timeline(results_dir: Path, rec: dict[str, Any]) -> list[dict[str, Any
     rel = get(rec, "artifacts.timeline")
     if not rel:
         return None
-    path = results_dir / rel
+    path = results_dir / str(rel)
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # a damaged side file
+        import warnings
+
+        from ..results import DataWarning
+
+        warnings.warn(f"{path}: unreadable timeline ({type(e).__name__}: {e}); left out of the plot",
+                      DataWarning, stacklevel=2)
+        return None
     # execute.py writes {"id", "unit": "bytes", "events": [...]}; a bare list is accepted too
     events = data.get("events") if isinstance(data, dict) else data
     return events if isinstance(events, list) and events else None
