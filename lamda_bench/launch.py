@@ -231,11 +231,13 @@ class Sweep:
         self.out_dir = Path(out_dir)
         self.suite = suite
         self.path = results_path(self.out_dir)
-        # Writable and ours alone before anything is read for resume or run (outdir.py).
+        # Writable, compatible (ResultsError raised before anything is written), then ours
+        # alone (outdir.py); the results are read again under the lock for resume.
         prepare_out_dir(self.out_dir, self.path)
+        load_results(self.path)
         self.lock = OutDirLock(self.out_dir, wait=wait_for_lock).acquire()
         try:
-            loaded = load_results(self.path)  # raises ResultsError on an incompatible file, before any write
+            loaded = load_results(self.path)
         except BaseException:
             self.lock.release()
             raise

@@ -249,7 +249,7 @@ def _parse_line(raw: bytes, is_last: bool) -> tuple[Any, str | None]:
         open_at_end = e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string")
         if open_at_end and text.lstrip().startswith("{"):
             if is_last:
-                return None, "incomplete last record (a run was killed while writing it; its cell runs again)"
+                return None, "incomplete record on the last line (a run was killed while writing it; its cell runs again)"
             return None, "incomplete record (a run was killed while writing it)"
         return None, f"not a JSON record ({e.msg} at column {e.colno})"
 

@@ -21,6 +21,10 @@ class UnsafeFileError(ValueError):
     """A named file that is missing, not a regular file, or too large; one line."""
 
 
+class MissingFileError(UnsafeFileError):
+    """The named file does not exist (callers often word this case their own way)."""
+
+
 def check_small_file(path: str | Path, what: str, limit: int = DEFAULT_LIMIT) -> None:
     """``UnsafeFileError`` unless ``path`` is a regular file of at most ``limit`` bytes; reads nothing."""
     _open_checked(path, what, limit, read=False)
@@ -39,7 +43,7 @@ def _open_checked(path: str | Path, what: str, limit: int, read: bool) -> bytes:
         # O_NONBLOCK: opening a FIFO without a writer must not hang before the type check.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise UnsafeFileError(f"{label}: no such file") from None
+        raise MissingFileError(f"{label}: no such file") from None
     except IsADirectoryError:
         raise UnsafeFileError(f"{label}: is a directory, not a file") from None
     except OSError as e:

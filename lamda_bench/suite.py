@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, Cell
+from .suite_text import MAX_NESTING, TooDeep, read_suite_text, toml_loads
 
 LINEAR_WORKLOAD = "linear"
 # Methods whose result does not depend on r or alpha: their cells get the Cell defaults for
@@ -55,11 +56,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # used with fullmatch: "$
 # readers, pandas, torch); a value beyond either is refused here rather than written as
 # something no standard JSON reader takes back.
 INT64_MAX = 2**63 - 1
-# TOML nesting deeper than this is no suite (tomllib recurses and would raise RecursionError).
-MAX_NESTING = 50
 
-
-MAX_SUITE_BYTES = 1 << 20  # a suite is a few KiB of TOML
 
 
 class SuiteError(ValueError):
@@ -193,19 +190,8 @@ def load_suite(path: str | Path, catalog: Catalog | None = None,
                overrides: dict[str, Any] | None = None) -> Suite:
     """Read and validate a suite file; ``overrides`` (``--set KEY=VALUE``) replace a key in
     [defaults] and in every [[sweep]], and go through the same validation."""
-    from .safe_files import UnsafeFileError, read_small_file
-
     path = Path(path)
-    try:
-        data = read_small_file(path, "suite file", limit=MAX_SUITE_BYTES)
-    except UnsafeFileError as e:
-        raise SuiteError(str(e)) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SuiteError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
-    # A UTF-8 byte-order mark (some Windows editors write one) is not TOML; it carries no meaning.
-    text = text.removeprefix("\ufeff")
+    text = read_suite_text(path, SuiteError)
     return parse_suite(text, source=str(path), default_name=path.stem, catalog=catalog, overrides=overrides)
 
 
@@ -216,14 +202,13 @@ def parse_suite(
     catalog: Catalog | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Suite:
-    if text.startswith("\ufeff"):
-        text = text[1:]  # a byte-order mark: see load_suite
+    text = text.removeprefix("\ufeff")  # a byte-order mark: see suite_text
     try:
-        doc = _toml_loads(text)
+        doc = toml_loads(text)
     except tomllib.TOMLDecodeError as e:
         # tomllib's message already says "(at line L, column C)".
         raise SuiteError(f"{source}: malformed TOML: {e}") from None
-    except _TooDeep:
+    except TooDeep:
         raise SuiteError(f"{source}: arrays or tables nested more than {MAX_NESTING} deep; "
                          f"not a suite") from None
     for key, value in (overrides or {}).items():
@@ -233,41 +218,6 @@ def parse_suite(
             if isinstance(sweep, dict):
                 sweep[key] = value
     return _Parser(source, catalog or Catalog.default()).parse(doc, default_name)
-
-
-class _TooDeep(Exception):
-    """Internal: TOML nested beyond MAX_NESTING."""
-
-
-def _toml_loads(text: str) -> dict[str, Any]:
-    """``tomllib.loads``, refusing nesting deeper than MAX_NESTING before tomllib recurses
-    into it (a RecursionError would escape as a traceback)."""
-    depth = deepest = 0
-    in_string: str | None = None
-    escaped = False
-    for ch in text:  # a cheap over-estimate: brackets and braces outside strings and comments
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\" and in_string == '"':
-                escaped = True
-            elif ch == in_string:
-                in_string = None
-        elif ch in "\"'":
-            in_string = ch
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth = max(0, depth - 1)
-        elif ch == "#":
-            in_string = "\n"  # skip the comment up to the end of its line
-    if deepest > MAX_NESTING:
-        raise _TooDeep
-    try:
-        return tomllib.loads(text)
-    except RecursionError:
-        raise _TooDeep from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -281,11 +231,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     if any(ch in raw for ch in "\n\r\x00") or any(ch in key for ch in "\n\r\x00"):
         raise SuiteError(f"--set {text!r}: a line break in KEY=VALUE; give each key its own --set")
     try:
-        doc = _toml_loads(f"v = {raw}")
+        doc = toml_loads(f"v = {raw}")
         value = doc["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
-    except _TooDeep:
+    except TooDeep:
         raise SuiteError(f"--set {key}: value nested more than {MAX_NESTING} deep") from None
     return key, value
 

@@ -16,7 +16,7 @@ import pytest
 
 from lamda_bench import cli
 from lamda_bench.cell import Cell
-from lamda_bench.launch import MAX_TEXT_CHARS, complete_record
+from lamda_bench import launch
 from lamda_bench.results import encode_record, load_results
 
 
@@ -46,7 +46,7 @@ def results_dir(tmp_path: Path, data: bytes) -> Path:
 DAMAGED = {
     # name: (file bytes, line skipped, words in its reason)
     "non-utf8 byte": (line(record(1)) + line(record(2))[:20] + b"\xff" + line(record(2))[20:], 2, "not UTF-8"),
-    "torn last line": (line(record(1)) + line(record(2))[:57], 2, "incomplete last record"),
+    "torn last line": (line(record(1)) + line(record(2))[:57], 2, "incomplete record on the last line"),
     "garbage middle line": (line(record(1)) + b"hello there\n" + line(record(2)), 2, "not a JSON record"),
     "torn middle line": (line(record(1)) + line(record(2))[:40] + b"\n" + line(record(3)), 2, "incomplete record"),
     "record without id": (line(record(1)) + line({k: v for k, v in record(2).items() if k != "id"}), 2, "no id"),
@@ -61,6 +61,7 @@ def test_loader_names_file_line_and_reason_and_counts(tmp_path, name):
     assert loaded.skipped_lines == [skipped_line]
     warnings = loaded.warnings(path)
     assert f"{path}: line {skipped_line}: " in warnings[0] and reason in warnings[0], warnings
+    assert ("on the last line" in warnings[0]) == (name == "torn last line")
     assert warnings[-1].endswith("1 line skipped, " + str(len(loaded.records)) + " records read")
 
 
@@ -75,7 +76,7 @@ def test_torn_last_line_and_garbage_are_told_apart_in_runs_resume(tmp_path):
     path = results_dir(tmp_path, line(record(1)) + b"garbage\n" + line(record(2))[:30]) / "results.jsonl"
     warnings = load_results(path).warnings(path)
     assert "line 2: not a JSON record" in warnings[0]
-    assert "line 3: incomplete last record" in warnings[1] and "runs again" in warnings[1]
+    assert "line 3: incomplete record on the last line" in warnings[1] and "runs again" in warnings[1]
 
 
 @pytest.mark.parametrize("name", list(DAMAGED))
@@ -103,7 +104,7 @@ def test_compare_and_check_warn_about_skipped_lines(tmp_path, capsys):
     capsys.readouterr()
     cli.main(["check", str(b), "--baseline", str(baseline)])
     _, err = capsys.readouterr()
-    assert f"{b / 'results.jsonl'}: line 2: incomplete last record" in err
+    assert f"{b / 'results.jsonl'}: line 2: incomplete record on the last line" in err
 
 
 # ---- 3. bad values ----------------------------------------------------------------------------
@@ -238,7 +239,7 @@ def test_report_md_that_cannot_be_written_is_one_line_exit_2(tmp_path, capsys):
 def test_a_huge_error_message_is_bounded_in_the_record(tmp_path):
     cell = Cell(workload="linear", method="lora", r=1, d_in=64, d_out=64)
     huge = "x" * (8 * 2**20)
-    rec = complete_record({"status": "error", "error": huge}, cell, "s", {"fingerprint": "f"},
+    rec = launch.complete_record({"status": "error", "error": huge}, cell, "s", {"fingerprint": "f"},
                           "2026-01-01T00:00:00Z", 1.0, {"launcher": "local"}, tmp_path / "none.log")
-    assert len(rec["error"]) < MAX_TEXT_CHARS + 100 and "more characters: see the cell's log" in rec["error"]
+    assert len(rec["error"]) < launch.MAX_TEXT_CHARS + 100 and "more characters: see the cell's log" in rec["error"]
     assert len(encode_record(rec)) < 16 * 1024

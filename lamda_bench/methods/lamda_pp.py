@@ -110,10 +110,12 @@ class Allocation:
 
     @classmethod
     def load(cls, path: str | Path) -> "Allocation":
-        from ..safe_files import UnsafeFileError, read_small_file
+        from ..safe_files import MissingFileError, UnsafeFileError, read_small_file
 
         try:  # a regular file of bounded size only: a suite must not make us read /dev/zero
             blob = json.loads(read_small_file(path, "LaMDA++ allocation file", limit=ALLOCATION_MAX_BYTES))
+        except MissingFileError:
+            raise MethodError(f"LaMDA++ allocation file not found: {path}") from None
         except UnsafeFileError as e:
             raise MethodError(str(e)) from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
