@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .terminal import printable
+from .terminal import printable, printable_lines
 
 PROG = "lamda-bench"
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -289,6 +289,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             except SuiteError as e:
                 rows.append([str(path), "", "invalid", str(e)])
         print("Suites:")
+        rows = [[printable(v) if isinstance(v, str) else v for v in row] for row in rows]
         print(tabulate(rows, headers=["file", "name", "cells", "description"], maxcolwidths=[None, None, None, 70]))
     return EXIT_OK
 
@@ -324,7 +325,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report import compare
 
-    print(compare(_existing_dir(args.a), _existing_dir(args.b)))
+    print(printable_lines(compare(_existing_dir(args.a), _existing_dir(args.b))))
     return EXIT_OK
 
 
@@ -343,7 +344,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text, encoding="utf-8")
-    print(text)
+    print(printable_lines(text))
     return EXIT_OK
 
 

@@ -31,8 +31,14 @@ TABLE_SECTIONS = ("cell", "params", "memory", "flops", "time", "series", "predic
                   "env", "launch")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool); an int too large for a float is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond 1.8e308: no reader's arithmetic survives it
+        return False
 
 
 def _shown(value: Any) -> str:
@@ -61,7 +67,7 @@ def check_values(record: dict[str, Any]) -> list[str]:
                 numeric(value, path)
             elif value is None or path in TEXT_FIELDS and isinstance(value, str):
                 continue
-            elif not _is_number(value):
+            elif not is_number(value):
                 bad(path, value)
                 node[key] = None
 
@@ -72,7 +78,7 @@ def check_values(record: dict[str, Any]) -> list[str]:
     if isinstance(cell, dict):
         for key in NUMERIC_CELL_KEYS:
             value = cell.get(key)
-            if value is not None and not _is_number(value):
+            if value is not None and not is_number(value):
                 bad(f"cell.{key}", value)
                 cell[key] = None
     series = record.get("series")
@@ -83,7 +89,7 @@ def check_values(record: dict[str, Any]) -> list[str]:
                 series[key] = []
                 continue
             for i, value in enumerate(values):
-                if value is not None and not isinstance(value, bool) and not _is_number(value):
+                if value is not None and not isinstance(value, bool) and not is_number(value):
                     bad(f"series.{key}[{i}]", value)
                     values[i] = None
     # Anywhere else, only non-finite numbers (a reader's arithmetic turns them into nonsense).

@@ -31,3 +31,8 @@ def printable(value: Any) -> str:
     """``str(value)`` with control characters escaped (``"a\\x1b[31mb"`` -> ``a\\x1b[31mb`` shown
     literally); safe to print on one terminal line."""
     return _CONTROL.sub(_escape, str(value))
+
+
+def printable_lines(text: str) -> str:
+    """``printable`` line by line: multi-line output (a table) keeps its line breaks."""
+    return "\n".join(printable(line) for line in str(text).split("\n"))

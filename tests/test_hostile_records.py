@@ -113,6 +113,7 @@ BAD_VALUES = {
     "string bytes": ("memory", {"peak": "12 GB", "saved_activations": 100}, "memory.peak: '12 GB' is not a number"),
     "NaN bytes": ("memory", {"peak": float("nan"), "saved_activations": 100}, "memory.peak: nan is not a number"),
     "infinite rate": ("time", {"tokens_per_s": float("inf")}, "time.tokens_per_s: inf is not a number"),
+    "int beyond any float": ("flops", {"forward": 10**400}, "flops.forward: 1000000000"),
     "list params": ("params", {"trainable": [1, 2]}, "params.trainable: [1, 2] is not a number"),
     "string batch": ("cell", None, "cell.batch: 'two' is not a number"),
     "memory not a table": ("memory", "lots", "memory: 'lots' is not a table"),
@@ -214,6 +215,13 @@ def test_corrupt_timeline_is_a_warning_not_a_crash(tmp_path, capsys):
     _, err = capsys.readouterr()
     assert "lora-x.json: unreadable timeline" in err and "lamda-x.json: unreadable timeline" in err
     assert "Traceback" not in err
+    # Well-formed JSON, wrong contents: a string where bytes belong, an event that is not a table.
+    (out / "timelines" / "lora-x.json").write_text('{"events": [{"live_bytes": "lots"}]}')
+    (out / "timelines" / "lamda-x.json").write_text('{"events": [1, 2]}')
+    assert cli.main(["report", str(out)]) == 0
+    _, err = capsys.readouterr()
+    assert "lora-x.json: event 0: live_bytes = 'lots' is not a number" in err
+    assert "lamda-x.json: event 0 is not a table" in err
 
 
 def test_plots_existing_as_a_file_is_one_line_exit_2(tmp_path, capsys):

@@ -173,13 +173,16 @@ def test_errors_and_summary_print_no_control_sequences(tmp_path, capsys):
     recs = []
     for c in cells:
         recs.append(json.dumps({"schema": 1, "id": c.id, "suite": "hostile", "status": "error",
-                                "error": "boom " + ESC, "cell": {**c.to_dict(), "workload": ESC}}))
+                                "error": "boom " + ESC, "cell": {**c.to_dict(), "workload": ESC, "method": ESC}}))
     (out / "results.jsonl").write_text("\n".join(recs) + "\n" + "\x1b[31mgarbage\n")
     code = cli.main(["run", str(suite), "--out", str(out), "--runner", "test_launch:runner_ok"])
     stdout, err = capsys.readouterr()
     assert code == 1
     assert "\x1b" not in stdout and "\x1b" not in err and "\x07" not in err
     assert "boom \\x1b]8;;" in err
+    assert cli.main(["compare", str(out), str(out)]) == 0
+    stdout, err = capsys.readouterr()
+    assert "\x1b" not in stdout + err and "\\x1b]8;;" in stdout
 
 
 def test_unknown_method_with_escapes_is_one_safe_line(tmp_path, capsys):
