@@ -185,8 +185,10 @@ def _resolve_device(c: Cell) -> str:
     if c.device == "cuda" and c.mode != "estimate" and not torch.cuda.is_available():
         why = (f"this torch build ({torch.__version__}) has no CUDA support" if torch.version.cuda is None
                else "no CUDA device is visible here")
-        raise CellError(f"device 'cuda' (mode {c.mode}): {why}; use device = 'cpu' or 'auto', "
-                        f"or mode = 'estimate'")
+        from .fake import fake_device_supported
+
+        estimate = ", or mode = 'estimate'" if fake_device_supported("cuda") else ""
+        raise CellError(f"device 'cuda' (mode {c.mode}): {why}; use device = 'cpu' or 'auto'{estimate}")
     return c.device
 
 

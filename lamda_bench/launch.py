@@ -20,6 +20,9 @@ Why this shape:
   set are kept). Without it, ``jobs`` processes each running one thread per core made small
   LAPACK calls spin against each other: PiSSA's SVD of MiniLM took 127 s instead of 7 s at
   ``jobs=2`` on 2 cores. The record's ``env.cpu_threads`` says what a cell ran with.
+- One run per output directory at a time (``outdir.OutDirLock``, taken before resume reads
+  the results), and a cell process dies with its runner (``lifeline.die_with_parent``): a
+  killed runner leaves no orphan running without its timeout.
 - Ctrl-C (or SIGTERM): children are stopped, the cells already recorded stay,
   ``interrupted`` is set (the CLI exits 130) and the next run resumes.
 - Each cell's stdout/stderr go to ``<out>/logs/<id>.log`` (kept only when non-empty), so a

@@ -89,6 +89,9 @@ class OutDirLock:
             os.close(self.fd)  # closing the only descriptor drops the flock
             self.fd = None
 
+    def __del__(self) -> None:  # a Sweep dropped without close (an exception before its run)
+        self.release()
+
     def __enter__(self) -> "OutDirLock":
         return self.acquire()
 
