@@ -13,9 +13,13 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
+
+from .terminal import printable, printable_lines
 
 PROG = "lamda-bench"
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -30,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with _data_warnings_printed():
+            return args.func(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -38,8 +43,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _is_user_error(e):
             raise
         message = " ".join(str(e).split("\n"))  # one line, whatever the message
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        print(f"{PROG}: error: {printable(message)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+# Data warnings printed during this command (a results line skipped, a value unusable).
+_data_warnings: list[str] = []
+
+
+@contextlib.contextmanager
+def _data_warnings_printed():
+    """Print each ``results.DataWarning`` as ``lamda-bench: warning: ...`` (one line, control
+    characters escaped) as it happens, and count them in ``_data_warnings``."""
+    from .results import DataWarning
+
+    _data_warnings.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, DataWarning):
+                return previous(message, category, filename, lineno, file, line)
+            _data_warnings.append(str(message))
+            print(f"{PROG}: warning: {printable(message)}", file=sys.stderr)
+
+        warnings.showwarning = show
+        yield
 
 
 def _is_user_error(e: BaseException) -> bool:
@@ -75,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runner", default=None, metavar="MODULE:FUNCTION",
                      help="function run in each cell process (default lamda_bench.execute:run_cell)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--wait", action="store_true",
+                     help="if another run holds --out, wait for it to finish (default: exit 2 naming it)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                      help="override a suite key in every sweep, e.g. --set mode=estimate (repeatable; "
                           "the cells' ids change with it)")
@@ -142,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = results_path(out)
 
     if args.dry_run:
-        loaded = load_results(path)  # checks the schema; writes nothing
+        loaded = load_results(path).warn(path)  # checks the schema; writes nothing
         _print_plan(suite, {r["id"]: r for r in loaded.records if "id" in r}, out)
         return EXIT_OK
 
@@ -157,9 +189,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.address is not None:
             raise CliError("--address is for --launcher ray")
         summary = run_cells(list(suite.cells), out, suite=suite.name, runner=runner, jobs=args.jobs,
-                            retry_failed=args.retry_failed, progress=not args.no_progress)
+                            retry_failed=args.retry_failed, progress=not args.no_progress,
+                            wait_for_lock=args.wait)
     for warning in summary.warnings:
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+        print(f"{PROG}: warning: {printable(warning)}", file=sys.stderr)
     latest = {}
     for rec in load_results(path).records:
         latest[rec.get("id")] = rec
@@ -172,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     failed = [r for r in records if r.get("status") in ("error", "timeout")]
     for rec in failed:
-        print(f"{PROG}: {rec.get('status')}: {rec.get('id')}: {rec.get('error')}", file=sys.stderr)
+        print(printable(f"{PROG}: {rec.get('status')}: {rec.get('id')}: {rec.get('error')}"), file=sys.stderr)
     return EXIT_FAILED_CELLS if failed else EXIT_OK
 
 
@@ -196,10 +229,11 @@ def _print_plan(suite, recorded: dict[str, dict[str, Any]], out: Path) -> None:
                      rec.get("status") if rec else "", cell.id])
     headers = ["#", "workload", "d_in x d_out", "layers", "method", "r", "targets", "batch", "seq",
                "dtype", "device", "mode", "options", "recorded", "id"]
-    print(f"{suite.name}: {suite.description}".rstrip(": "))
-    print(tabulate(rows, headers=headers))
+    print(printable(f"{suite.name}: {suite.description}".rstrip(": ")))
+    print(tabulate([[printable(v) if isinstance(v, str) else v for v in row] for row in rows], headers=headers))
     todo = sum(1 for c in suite.cells if c.id not in recorded)
-    print(f"{len(suite.cells)} cells planned, {todo} to run into {out / 'results.jsonl'} (dry run: nothing written)")
+    print(printable(f"{len(suite.cells)} cells planned, {todo} to run into {out / 'results.jsonl'} "
+                    f"(dry run: nothing written)"))
 
 
 def summary_table(records: list[dict[str, Any]]) -> str:
@@ -229,6 +263,7 @@ def summary_table(records: list[dict[str, Any]]) -> str:
         ])
     headers = ["status", "workload", "method", "r", "batch", "seq", "mode/device", "trainable params",
                "saved act. (adapter)", "peak memory", "throughput"]
+    rows = [[printable(v) if isinstance(v, str) else v for v in row] for row in rows]
     return tabulate(rows, headers=headers) + "\n" + UNITS_NOTE
 
 
@@ -269,6 +304,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             except SuiteError as e:
                 rows.append([str(path), "", "invalid", str(e)])
         print("Suites:")
+        rows = [[printable(v) if isinstance(v, str) else v for v in row] for row in rows]
         print(tabulate(rows, headers=["file", "name", "cells", "description"], maxcolwidths=[None, None, None, 70]))
     return EXIT_OK
 
@@ -296,14 +332,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     written = write_report(_existing_dir(args.dir))
-    print(f"report written to {written}")
+    problems = f"; {len(_data_warnings)} warning(s) above: lines skipped or values unusable" if _data_warnings else ""
+    print(printable(f"report written to {written}{problems}"))
     return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report import compare
 
-    print(compare(_existing_dir(args.a), _existing_dir(args.b)))
+    print(printable_lines(compare(_existing_dir(args.a), _existing_dir(args.b))))
     return EXIT_OK
 
 
@@ -326,7 +363,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text, encoding="utf-8")
-    print(text)
+    print(printable_lines(text))
     return EXIT_OK
 
 

@@ -45,6 +45,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
@@ -181,8 +182,13 @@ def _validate(c: Cell) -> None:
 def _resolve_device(c: Cell) -> str:
     if c.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if c.device == "cuda" and c.mode == "measure" and not torch.cuda.is_available():
-        raise CellError("device 'cuda' asked for measure mode, but torch.cuda.is_available() is False here")
+    if c.device == "cuda" and c.mode != "estimate" and not torch.cuda.is_available():
+        why = (f"this torch build ({torch.__version__}) has no CUDA support" if torch.version.cuda is None
+               else "no CUDA device is visible here")
+        from .fake import fake_device_supported
+
+        estimate = ", or mode = 'estimate'" if fake_device_supported("cuda") else ""
+        raise CellError(f"device 'cuda' (mode {c.mode}): {why}; use device = 'cpu' or 'auto'{estimate}")
     return c.device
 
 
@@ -830,7 +836,14 @@ def _write_artifacts(out: Path, cell_id: str, res: _StepResult) -> dict:
     for key, payload in (("timeline", timeline), ("detail", detail)):
         path = out / paths[key]
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(payload, separators=(",", ":"), default=str))
-        os.replace(tmp, path)
+        # A temp name of this process alone, renamed into place: a reader never sees half a
+        # file, and two processes never write through one temp file.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(payload, separators=(",", ":"), default=str))
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; side files are ordinary shared files
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     return paths

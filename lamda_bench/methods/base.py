@@ -8,6 +8,7 @@ measurement code to tell adapter-path modules from the frozen base.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,6 +31,7 @@ class Option:
     type: type | tuple[type, ...]
     doc: str
     choices: tuple[Any, ...] | None = None
+    path: bool = False  # a file the cell reads: checked (regular, bounded size) when a suite loads
 
 
 @dataclass
@@ -105,10 +107,17 @@ class Method:
         out = {}
         for key, opt in self.options.items():
             value = given.get(key, opt.default)
-            if value is not None and not isinstance(value, opt.type):
+            types = opt.type if isinstance(opt.type, tuple) else (opt.type,)
+            # bool is an int subclass in Python: `true` is not a number for a numeric option.
+            wrong_bool = isinstance(value, bool) and bool not in types
+            if value is not None and (wrong_bool or not isinstance(value, opt.type)):
                 raise MethodError(
                     f"method {self.name!r} option {key!r}: expected {_type_name(opt.type)}, got {value!r}"
                 )
+            if isinstance(value, float) and not math.isfinite(value) or (
+                    isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63 - 1):
+                raise MethodError(f"method {self.name!r} option {key!r}: {value!r} is not a finite "
+                                  f"number that fits in 64 bits")
             if opt.choices is not None and value not in opt.choices:
                 raise MethodError(
                     f"method {self.name!r} option {key!r}: {value!r} is not one of {list(opt.choices)}"
