@@ -7,18 +7,20 @@ What a run is (``W`` = ``cell.warmup``, ``S`` = ``cell.steps``):
   timeline, FLOPs), then S timed steps with every tracker off. That is W + 1 + S optimizer
   steps, and it is the horizon LaMDA's freezing schedule is laid over (``total_steps``,
   unless the cell's options set ``total_steps``): the instrumented step is a real training
-  step too. On CUDA the BLAS workspaces are warmed and the allocator peaks reset before the
-  instrumented step; the allocator peaks cover the instrumented and the timed steps. With
+  step too. Warmup steps that can hold the run's peak (``peaks.py``) run with the live-bytes
+  tracker (no timeline); timed steps never do. On CUDA the BLAS workspaces are warmed and the
+  allocator peaks reset before the first step: they cover the whole run. With
   ``LAMDA_BENCH_CUDA_SNAPSHOT=1`` and an artifacts dir, the instrumented step's allocator
   history is dumped to ``snapshots/<id>.pickle`` (for pytorch.org/memory_viz).
 - ``estimate``: the model is built and the method applied on the meta device, then turned
   into fake tensors on the target device (``fake.to_fake``) and the instrumented step runs
-  there: bytes and FLOPs without memory or time. Only the instrumented step runs forward
-  and backward. Warmup is replaced by one optimizer step on zero gradients (so the step sees
-  the optimizer state a real run has after its first step), and the schedule is advanced
-  through the method's own ``on_step`` for the steps that do not run, so ``params.updates``
-  and the ``series`` cover the same W + 1 + S steps as a measurement (``series.ran`` says
-  which steps ran). Time fields are null.
+  there: bytes and FLOPs without memory or time. Only the instrumented step and the steps
+  that can hold the run's peak (``peaks.py``: LaMDA's steps 1 and 2) run forward and backward.
+  Where step 1 does not run, it is replaced by one optimizer step on zero gradients (so later
+  steps see the optimizer state a real run has after its first step), and the schedule is
+  advanced through the method's own ``on_step`` for the steps that do not run, so
+  ``params.updates`` and the ``series`` cover the same W + 1 + S steps as a measurement
+  (``series.ran`` says which steps ran). Time fields are null.
 - ``auto`` mode: measure on CUDA. On CPU measure only when the cell fits this machine: a
   bound of 6 N P FLOPs (N tokens, P parameters) decides without running anything; below it
   the estimate itself runs and the cell is measured only if its peak is under 25% of RAM

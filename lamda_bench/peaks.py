@@ -47,16 +47,16 @@ def steps_to_track(trainable_shrinks: bool, total_steps: int, instrumented: int,
     cannot be tracked). ``trackable``: the steps this run may track (None: all)."""
     extra, untracked = [], []
     for step in candidate_steps(trainable_shrinks, total_steps):
-        if step == instrumented:
+        if step == instrumented or _same_as_instrumented(trainable_shrinks, step, instrumented):
             continue
         if trackable is None or step in trackable:
             extra.append(step)
-        elif not _dominated_by_instrumented(trainable_shrinks, step, instrumented):
+        else:
             untracked.append(step)
     return extra, untracked
 
 
-def _dominated_by_instrumented(trainable_shrinks: bool, step: int, instrumented: int) -> bool:
+def _same_as_instrumented(trainable_shrinks: bool, step: int, instrumented: int) -> bool:
     """With a fixed trainable set every step from 2 on is the same: any of them stands for step 2."""
     return not trainable_shrinks and step >= 2 and instrumented >= 2
 

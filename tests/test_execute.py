@@ -51,6 +51,16 @@ def test_lamda_linear_saved_bytes_and_flops_by_hand(dtype):
     assert rec["params"]["trainable"] == 4 * 4 + 32 * 4
 
 
+def test_lamda_inits_change_values_not_bytes_or_flops():
+    records = [ok(run_cell(linear_cell("lamda", warmup=1, steps=0, options={"init": init})))
+               for init in ("svd", "svd-sigma", "lora")]
+    assert [r["info"]["method"]["init"].split(" ")[0] for r in records] == ["svd", "svd-sigma", "lora"]
+    for rec in records[1:]:
+        assert {k: v for k, v in rec["memory"].items() if k != "host_rss_peak"} == \
+            {k: v for k, v in records[0]["memory"].items() if k != "host_rss_peak"}
+        assert rec["flops"] == records[0]["flops"] and rec["series"] == records[0]["series"]
+
+
 def test_lamda_saves_only_ax_once_b_is_frozen():
     # warmup 1, horizon 3 steps, freeze_fraction 0.3: B is frozen from the second step on
     rec = ok(run_cell(linear_cell("lamda", warmup=1, steps=1, options={"init": "lora"})))
@@ -224,6 +234,7 @@ def test_no_step_exceeds_the_candidate_steps(monkeypatch, method):
 
     candidates = peaks.candidate_steps(method == "lamda", 10)
     monkeypatch.setattr(peaks, "candidate_steps", lambda shrinks, total: list(range(1, total + 1)))
+    monkeypatch.setattr(peaks, "_same_as_instrumented", lambda *args: False)
     options = {"init": "lora"} if method == "lamda" else {}
     rec = ok(run_cell(linear_cell(method, d=64, r=8, layers=2, warmup=8, steps=1, options=options)))
     step_peaks = rec["series"]["peak"][:9]  # 8 warmup steps and the instrumented one, all tracked
