@@ -7,18 +7,20 @@ What a run is (``W`` = ``cell.warmup``, ``S`` = ``cell.steps``):
   timeline, FLOPs), then S timed steps with every tracker off. That is W + 1 + S optimizer
   steps, and it is the horizon LaMDA's freezing schedule is laid over (``total_steps``,
   unless the cell's options set ``total_steps``): the instrumented step is a real training
-  step too. On CUDA the BLAS workspaces are warmed and the allocator peaks reset before the
-  instrumented step; the allocator peaks cover the instrumented and the timed steps. With
+  step too. Warmup steps that can hold the run's peak (``peaks.py``) run with the live-bytes
+  tracker (no timeline); timed steps never do. On CUDA the BLAS workspaces are warmed and the
+  allocator peaks reset before the first step: they cover the whole run. With
   ``LAMDA_BENCH_CUDA_SNAPSHOT=1`` and an artifacts dir, the instrumented step's allocator
   history is dumped to ``snapshots/<id>.pickle`` (for pytorch.org/memory_viz).
 - ``estimate``: the model is built and the method applied on the meta device, then turned
   into fake tensors on the target device (``fake.to_fake``) and the instrumented step runs
-  there: bytes and FLOPs without memory or time. Only the instrumented step runs forward
-  and backward. Warmup is replaced by one optimizer step on zero gradients (so the step sees
-  the optimizer state a real run has after its first step), and the schedule is advanced
-  through the method's own ``on_step`` for the steps that do not run, so ``params.updates``
-  and the ``series`` cover the same W + 1 + S steps as a measurement (``series.ran`` says
-  which steps ran). Time fields are null.
+  there: bytes and FLOPs without memory or time. Only the instrumented step and the steps
+  that can hold the run's peak (``peaks.py``: LaMDA's steps 1 and 2) run forward and backward.
+  Where step 1 does not run, it is replaced by one optimizer step on zero gradients (so later
+  steps see the optimizer state a real run has after its first step), and the schedule is
+  advanced through the method's own ``on_step`` for the steps that do not run, so
+  ``params.updates`` and the ``series`` cover the same W + 1 + S steps as a measurement
+  (``series.ran`` says which steps ran). Time fields are null.
 - ``auto`` mode: measure on CUDA. On CPU measure only when the cell fits this machine: a
   bound of 6 N P FLOPs (N tokens, P parameters) decides without running anything; below it
   the estimate itself runs and the cell is measured only if its peak is under 25% of RAM
@@ -61,6 +63,7 @@ from .cell import DEVICES, MODES, OPTIMIZERS, Cell
 CPU_MEASURE_MAX_RAM_FRACTION = 0.25  # measure on CPU only when the predicted peak is below this share of RAM
 CPU_MEASURE_MAX_FLOPS = 3e10  # forward + backward FLOPs per step: a few seconds on 2 CPU cores
 SNAPSHOT_ENV = "LAMDA_BENCH_CUDA_SNAPSHOT"  # =1: write the instrumented step's CUDA memory snapshot
+SERIES_KEYS = ("step", "trainable", "optimizer", "backward_flops", "peak", "ran")
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "cannot allocate memory")
 
 
@@ -105,13 +108,13 @@ def _blank_record(cell: dict) -> dict:
         "memory": {k: None for k in (
             "weights", "trainable_weights", "grads", "optimizer", "saved_activations",
             "saved_activations_adapter", "peak_forward", "peak_backward", "peak_step", "peak",
-            "at_peak", "cuda_max_allocated", "cuda_max_reserved", "cuda_max_active", "nvml_used",
+            "at_peak", "peak_steady", "cuda_max_allocated", "cuda_max_reserved", "cuda_max_active", "nvml_used",
             "host_rss_peak")},
         "flops": {"forward": None, "backward": None, "adapter_forward": None, "adapter_backward": None,
                   "attention_counting": None},
         "time": {"step_median_s": None, "step_min_s": None, "step_max_s": None, "steps_timed": 0,
                  "tokens_per_s": None},
-        "series": {"step": [], "trainable": [], "optimizer": [], "backward_flops": [], "ran": []},
+        "series": {k: [] for k in SERIES_KEYS},
         "predicted": None,
         "info": {},
         "artifacts": {},
@@ -277,7 +280,7 @@ def _auto_on_cpu(c: Cell, timeline: bool) -> tuple[str, str, "_StepResult | None
                             f"{CPU_MEASURE_MAX_FLOPS:.3g} a few-second CPU step allows"), None
     probe = _estimate(c, "cpu", timeline)
     flops = probe.flops.forward + probe.flops.backward
-    peak = probe.live.peak.live_bytes
+    peak = max(p.live_bytes for p in probe.step_peaks.values())
     if peak < CPU_MEASURE_MAX_RAM_FRACTION * ram and flops <= CPU_MEASURE_MAX_FLOPS:
         return "measure", (f"auto on cpu: estimated peak {peak} B < {CPU_MEASURE_MAX_RAM_FRACTION:.0%} of RAM "
                            f"and {flops:.3g} step FLOPs: fits this machine"), None
@@ -298,13 +301,15 @@ class _StepResult:
         self.layers: list[analytic.AdaptedLinear] = []
         self.grads_bytes = 0
         self.weights_bytes = 0
-        self.series: dict[str, list] = {"step": [], "trainable": [], "optimizer": [], "backward_flops": [], "ran": []}
+        self.series: dict[str, list] = {k: [] for k in SERIES_KEYS}
         self.timing = None
         self.snapshot: str | None = None
         self.device_memory: dict[str, int | None] = {}
         self.info: dict[str, Any] = {}
         self.horizon = 1
         self.instrumented_step = 1
+        self.step_peaks: dict[int, Any] = {}  # step -> live.Peak, for the steps tracked (peaks.py)
+        self.untracked_peak_steps: list[int] = []
 
 
 def _prepare(c: Cell, build_device: str) -> tuple[Any, Any, int]:
@@ -374,15 +379,21 @@ def _measure(c: Cell, device: str, artifacts_dir: str | None = None) -> _StepRes
     devmem.warm_up_blas(dev, workloads.torch_dtype(c.dtype))
     timeline = artifacts_dir is not None
 
+    # Allocator peaks cover the whole run: its first steps can be its worst (peaks.py).
+    devmem.reset_peaks(dev)
+    res.instrumented_step = c.warmup + 1
+    # Timed steps are never tracked (the trackers would be timed too).
+    tracked = set(_extra_peak_steps(c, applied, res, trackable=set(range(1, c.warmup + 1))))
     step = 0
     for _ in range(c.warmup):
         step += 1
+        if step in tracked:
+            _tracked_step(c, applied, inputs, optimizer, res, step)
+            continue
         with FlopCounter(applied.model, applied.is_adapter_module) as fc:
             _train_step(c, applied, inputs, optimizer, res, step, fc)
 
-    devmem.reset_peaks(dev)
     step += 1
-    res.instrumented_step = step
     snapshot = _snapshot_path(c, artifacts_dir) if dev.type == "cuda" else None
     if snapshot is not None and devmem.start_memory_history(dev):
         _instrumented_step(c, applied, inputs, optimizer, res, step, timeline)
@@ -431,25 +442,23 @@ def _estimate(c: Cell, device: str, timeline: bool = True) -> _StepResult:
         # build can only fake cpu tensors (info.estimate_device says which kernels ran).
         optimizer = _make_optimizer(c, applied, for_cuda=c.device != "cpu")
         res.info["optimizer_foreach"] = c.device != "cpu"
-        step = 0
-        for _ in range(c.warmup):  # not run: the schedule advances, the optimizer state is primed once
-            step += 1
-            _record_before(res, applied, step, ran=False)
-            if step == 1:
-                _prime_optimizer(applied, optimizer)
-            applied.on_step(step, optimizer)
-            _record_after(res, optimizer, None)
-        step += 1
-        res.instrumented_step = step
-        _instrumented_step(c, applied, inputs, optimizer, res, step, timeline)
-        for _ in range(c.steps):
-            step += 1
-            _record_before(res, applied, step, ran=False)
-            applied.on_step(step, optimizer)
-            _record_after(res, optimizer, None)
+        res.instrumented_step = c.warmup + 1
+        tracked = set(_extra_peak_steps(c, applied, res, trackable=None))
+        for step in range(1, c.warmup + c.steps + 2):
+            if step == res.instrumented_step:
+                _instrumented_step(c, applied, inputs, optimizer, res, step, timeline)
+            elif step in tracked:  # a step that can hold the run's peak
+                _tracked_step(c, applied, inputs, optimizer, res, step)
+            else:  # not run: the schedule advances; the optimizer state is primed once
+                _record_before(res, applied, step, ran=False)
+                if step == 1:
+                    _prime_optimizer(applied, optimizer)
+                _record_after(res, optimizer, None)
+                applied.on_step(step, optimizer)
     res.info["estimate"] = (
-        "fake tensors: forward and backward ran for the instrumented step only; warmup replaced by "
-        "one optimizer step on zero gradients; other steps advance the method's schedule without running"
+        "fake tensors: forward and backward ran for the instrumented step and the steps that can hold "
+        "the run's peak (info.peak_steps) only; optimizer state before the first step that ran primed as "
+        "one optimizer step on zero gradients leaves it; other steps advance the method's schedule without running"
     )
     return res
 
@@ -533,13 +542,42 @@ def _train_step(c: Cell, applied, inputs, optimizer, res: _StepResult, step: int
 
 
 def _finish_step(applied, optimizer, res: _StepResult, step: int, flops) -> None:
-    """The method's per-step hook, then the series entry (optimizer state after the step).
+    """The series entry (optimizer state as the step left it, while it is live), then the
+    method's per-step hook.
 
     LaMDA's freezing moves parameters and releases optimizer state here: run it outside
     the live tracker, or the new parameter storages would count as step temporaries.
     """
-    applied.on_step(step, optimizer)
     _record_after(res, optimizer, flops.backward if flops is not None else None)
+    applied.on_step(step, optimizer)
+
+
+def _tracked_step(c: Cell, applied, inputs, optimizer, res: _StepResult, step: int) -> None:
+    """A step that can hold the run's peak (``peaks.py``): live bytes and FLOPs tracked, no
+    timeline, no saved-tensor tracker."""
+    from .measure import FlopCounter, LiveMemoryTracker, ModuleScope
+
+    scope = ModuleScope(applied.model)
+    live = LiveMemoryTracker(applied.model, optimizer, scope=scope, timeline=False, inputs=inputs)
+    flops = FlopCounter(applied.model, applied.is_adapter_module, scope=scope)
+    with flops, live:
+        _train_step(c, applied, inputs, optimizer, res, step, flops, live=live, finish=False)
+    _finish_step(applied, optimizer, res, step, flops)
+    _note_step_peak(res, step, live.peak)
+
+
+def _note_step_peak(res: _StepResult, step: int, peak) -> None:
+    res.step_peaks[step] = peak
+    res.series["peak"][res.series["step"].index(step)] = peak.live_bytes
+
+
+def _extra_peak_steps(c: Cell, applied, res: _StepResult, trackable: set[int] | None) -> list[int]:
+    """The steps besides the instrumented one that can hold the run's peak and can be tracked."""
+    from .peaks import steps_to_track
+
+    extra, res.untracked_peak_steps = steps_to_track(
+        applied.trainable_shrinks, c.warmup + 1 + c.steps, res.instrumented_step, trackable)
+    return extra
 
 
 def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, step: int, timeline: bool) -> None:
@@ -569,6 +607,7 @@ def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, st
     # Read now: the live tracker's free callbacks outlive it, and on_step replaces parameters.
     res.weights_bytes = live.current["weights"]
     _finish_step(applied, optimizer, res, step, flops)
+    _note_step_peak(res, step, live.peak)
     res.saved, res.live, res.flops = saved, live, flops
     res.calls, res.layers = observer.calls, observer.layers
 
@@ -653,6 +692,7 @@ def _adapter_itemsize(applied) -> int | None:
 def _record_before(res: _StepResult, applied, step: int, ran: bool) -> None:
     res.series["step"].append(step)
     res.series["trainable"].append(applied.num_trainable())
+    res.series["peak"].append(None)  # set for the steps run with the live tracker
     res.series["ran"].append(ran)
 
 
@@ -689,8 +729,11 @@ def _fill_record(record: dict, c: Cell, res: _StepResult, mode: str, device: str
         "trainable": series["trainable"][0],
         "updates": sum(series["trainable"]),
     }
+    from .peaks import run_peak_fields
+
     peaks = live.phase_peaks
-    at = live.peak.by_category
+    run_peak, res.info["peak_steps"] = run_peak_fields(res.step_peaks, res.instrumented_step,
+                                                       applied.trainable_shrinks, res.untracked_peak_steps)
     record["memory"] = {
         "weights": res.weights_bytes,
         "trainable_weights": live.trainable_weights,
@@ -701,8 +744,7 @@ def _fill_record(record: dict, c: Cell, res: _StepResult, mode: str, device: str
         "peak_forward": peaks["forward"].live_bytes if "forward" in peaks else None,
         "peak_backward": peaks["backward"].live_bytes if "backward" in peaks else None,
         "peak_step": peaks["optimizer"].live_bytes if "optimizer" in peaks else None,
-        "peak": live.peak.live_bytes,
-        "at_peak": {k: at.get(k, 0) for k in ("weights", "grads", "optimizer", "activations", "temporaries")},
+        **run_peak,  # peak and at_peak over the run's steps, peak_steady the instrumented step's
         "cuda_max_allocated": res.device_memory.get("cuda_max_allocated"),
         "cuda_max_reserved": res.device_memory.get("cuda_max_reserved"),
         "cuda_max_active": res.device_memory.get("cuda_max_active"),

@@ -63,6 +63,9 @@ class AppliedMethod:
     - ``on_step(step, optimizer)``: call after every ``optimizer.step()`` with the number of
       steps completed; LaMDA's freezing schedule advances here. No-op for most methods.
     - ``info``: JSON-able facts to record (init used, autocast setting, LaMDA++ ranks...).
+    - ``trainable_shrinks``: True when ``on_step`` freezes parameters during the run (LaMDA's
+      split freezing): then the first steps, not the steady state, can hold the run's peak
+      (see ``lamda_bench/peaks.py``).
     """
 
     model: nn.Module
@@ -71,6 +74,7 @@ class AppliedMethod:
     make_optimizer: Callable[[float], torch.optim.Optimizer]
     on_step: Callable[[int, torch.optim.Optimizer], None] = lambda step, opt: None
     info: dict[str, Any] = field(default_factory=dict)
+    trainable_shrinks: bool = False
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]

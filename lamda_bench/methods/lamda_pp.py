@@ -43,7 +43,8 @@ from torch import nn
 
 from . import register
 from .base import AdapterSpec, AppliedMethod, Method, MethodError, Option
-from .lamda import LAMDA_OPTIONS, apply_lamda, find_targets, is_shape_only
+from .lamda import LAMDA_OPTIONS, apply_lamda, find_targets
+from .lamda_init import is_shape_only
 
 RULES = {
     "max-min": (
