@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, Cell
+from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, PRECISIONS, Cell
 
 LINEAR_WORKLOAD = "linear"
 # Methods whose result does not depend on r or alpha: their cells get the Cell defaults for
@@ -138,6 +138,7 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "attn_implementation": _choice(ATTENTION),
     "seed": _int(0),
     "timeout_s": _number(),
+    "precision": _choice(PRECISIONS),
 }
 assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
 
