@@ -188,3 +188,30 @@ def test_amp_measure_trains():
     inputs = workloads.make_inputs(c, "cpu")
     execute._train_step(c, applied, inputs, opt, res, 1, None)
     assert any(not torch.equal(a, b) for a, b in zip(before, applied.model.parameters()))
+
+
+def test_state_bytes_closed_form_by_hand_for_lamda_under_amp():
+    from lamda_bench import analytic
+
+    layer = analytic.AdaptedLinear(32, 32)
+    schedule = {0: 4, 1: 2, 2: 0}  # B's trainable columns after each step
+
+    got = analytic.state_bytes(
+        "lamda", [layer], 4, total_params=1000 + 272, total_tensors=0, buffer_bytes=64, base_itemsize=2,
+        adapter_itemsize=2, trainable_itemsize=4, optimizer="adamw", step=1,
+        b_schedule=lambda r, step: schedule[min(step, 2)])
+    # during step 1: S (16) + 2 B columns (64) train; 2 B columns froze during the run (fp32 masters),
+    # A (128) is frozen from the start in the adapter dtype; base 1000 bf16
+    assert got["weights"] == 1000 * 2 + 128 * 2 + (16 + 64 + 64) * 4 + 64
+    assert got["grads"] == (16 + 64) * 4
+    # after step 2 only S trains: its two fp32 moments and one step scalar
+    assert got["optimizer"] == 2 * 16 * 4 + 4
+
+
+def test_a_device_without_autocast_is_refused_in_one_line():
+    from lamda_bench import precision
+
+    assert not torch.amp.is_autocast_available("meta")
+    with pytest.raises(precision.PrecisionError, match=r"^precision 'amp-bf16': torch .* has no autocast for device 'meta'$"):
+        precision.start("amp-bf16", "meta", fake=True)
+    precision.start("pure", "meta", fake=True)  # no autocast asked: nothing to refuse
