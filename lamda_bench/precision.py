@@ -18,6 +18,9 @@ A cell's ``precision`` key names one policy:
 
 Autocast's low-precision copies of weights are neither weights nor activations: the live-bytes
 tracker counts them as temporaries and reports them apart (``memory.autocast_weight_copies``).
+It knows a cast is autocast's by the policy's own region flag (``autocast_enabled``): under
+gradient checkpointing, a region recomputed in backward runs outside that flag, so its weight
+casts count as plain backward temporaries (and as ``saved_recomputed`` when saved).
 
 On fake tensors (estimate mode) ``GradScaler.step`` cannot run as written (it reads the
 found-inf flag with ``.item()``, which has no value on a fake tensor): there the scaler
