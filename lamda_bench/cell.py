@@ -22,6 +22,10 @@ DEVICES = ("auto", "cpu", "cuda")
 MODES = ("auto", "measure", "estimate")
 OPTIMIZERS = ("adamw", "sgd")
 ATTENTION = ("auto", "sdpa", "eager")
+PRECISIONS = ("pure", "amp-bf16", "amp-fp16", "fp32")  # lamda_bench/precision.py says what each means
+# Keys added after cell ids were first recorded: at their default they are left out of the id's
+# hash, so every cell written before the key existed keeps its id (resume, baselines).
+ID_NEUTRAL_DEFAULTS = {"precision": "pure"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class Cell:
     attn_implementation: str = "auto"
     seed: int = 0
     timeout_s: float = 900.0
+    precision: str = "pure"  # precision policy (PRECISIONS)
     options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
 
     # ---- conversion -------------------------------------------------------------------
@@ -89,11 +94,14 @@ class Cell:
         """Stable id: method-workload-r prefix for humans, hash of the resolved cell for uniqueness.
 
         ``timeout_s`` is excluded: changing how long we are willing to wait does not change
-        what is measured.
+        what is measured. Keys of ``ID_NEUTRAL_DEFAULTS`` are excluded at their default.
         """
         d = self.to_dict()
         d.pop("timeout_s", None)
         d["workload"] = workload_identity(self.workload)
+        for key, default in ID_NEUTRAL_DEFAULTS.items():
+            if d.get(key) == default:
+                d.pop(key)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
         return f"{workload_label(self.workload)}-{self.method}-r{self.r}-{digest}"

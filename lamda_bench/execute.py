@@ -57,8 +57,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import analytic, workloads
-from .cell import DEVICES, MODES, OPTIMIZERS, Cell
+from . import analytic, precision, workloads
+from .cell import DEVICES, MODES, OPTIMIZERS, PRECISIONS, Cell
 
 CPU_MEASURE_MAX_RAM_FRACTION = 0.25  # measure on CPU only when the predicted peak is below this share of RAM
 CPU_MEASURE_MAX_FLOPS = 3e10  # forward + backward FLOPs per step: a few seconds on 2 CPU cores
@@ -86,7 +86,8 @@ def run_cell(cell: dict, artifacts_dir: str | None = None) -> dict:
     except Exception as e:  # noqa: BLE001 - the contract: a record, whatever happened
         record["status"] = "oom" if _is_oom(e) else "error"
         record["error"] = _one_line(e)
-        if not isinstance(e, (CellError, workloads.WorkloadError, analytic.AnalyticError)) and not _is_bad_input(e):
+        if not isinstance(e, (CellError, workloads.WorkloadError, analytic.AnalyticError,
+                              precision.PrecisionError)) and not _is_bad_input(e):
             traceback.print_exc(file=sys.stderr)  # the launcher keeps stderr in the cell's log
         if record["env"] is None:
             record["env"] = _failed_cell_env()
@@ -156,7 +157,8 @@ def _is_bad_input(e: BaseException) -> bool:
 def _one_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     first = lines[0] if lines else ""
-    if isinstance(e, (CellError, workloads.WorkloadError, analytic.AnalyticError)) or _is_bad_input(e):
+    if isinstance(e, (CellError, workloads.WorkloadError, analytic.AnalyticError, precision.PrecisionError)) \
+            or _is_bad_input(e):
         return first or type(e).__name__
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
@@ -168,7 +170,7 @@ def _one_line(e: BaseException) -> str:
 
 def _validate(c: Cell) -> None:
     for key, value, allowed in (("device", c.device, DEVICES), ("mode", c.mode, MODES),
-                                ("optimizer", c.optimizer, OPTIMIZERS)):
+                                ("optimizer", c.optimizer, OPTIMIZERS), ("precision", c.precision, PRECISIONS)):
         if value not in allowed:
             raise CellError(f"cell {key} {value!r} is not one of {list(allowed)}")
     for key in ("batch", "seq", "r"):
@@ -232,6 +234,9 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
         raise CellError(f"invalid cell: {_one_line(e)}") from None
     record["id"] = c.id
     _validate(c)
+    requested = c
+    # The fp32 policy builds the model in fp32 whatever the dtype; the record keeps the cell as asked.
+    c = dataclasses.replace(c, dtype=precision.build_dtype(precision.get_policy(c.precision), c.dtype))
     workloads.get_workload(c.workload)  # unknown workload: one line, before any build
     device = _resolve_device(c)
     mode_reason = f"the cell asks for {c.mode}"
@@ -257,7 +262,7 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
         result.info["estimate_device_reason"] = why
         run_device = est_device
 
-    resolved = c.to_dict()
+    resolved = requested.to_dict()
     resolved["device"], resolved["mode"] = run_device, mode
     record["cell"] = resolved
     result.info["mode_reason"] = mode_reason
@@ -310,6 +315,7 @@ class _StepResult:
         self.instrumented_step = 1
         self.step_peaks: dict[int, Any] = {}  # step -> live.Peak, for the steps tracked (peaks.py)
         self.untracked_peak_steps: list[int] = []
+        self.precision = precision.PrecisionRun()  # the cell's policy: forward context, backward, step
 
 
 def _prepare(c: Cell, build_device: str) -> tuple[Any, Any, int]:
@@ -330,6 +336,7 @@ def _prepare(c: Cell, build_device: str) -> tuple[Any, Any, int]:
     ctx = torch.device("meta") if build_device == "meta" else contextlib.nullcontext()
     with ctx:
         applied = method.apply(model, spec)
+    precision.cast_trainable(applied.model, precision.get_policy(c.precision))  # before the optimizer exists
     return applied, spec, horizon
 
 
@@ -372,6 +379,7 @@ def _measure(c: Cell, device: str, artifacts_dir: str | None = None) -> _StepRes
     res = _StepResult()
     res.device = device
     dev = torch.device(device)
+    res.precision = precision.start(c.precision, dev.type, fake=False)
     applied, spec, res.horizon = _prepare(c, device)
     res.applied = applied
     inputs = workloads.make_inputs(c, device)
@@ -433,6 +441,7 @@ def _estimate(c: Cell, device: str, timeline: bool = True) -> _StepResult:
 
     res = _StepResult()
     res.device = device
+    res.precision = precision.start(c.precision, torch.device(device).type, fake=True)
     applied, spec, res.horizon = _prepare(c, "meta")
     res.applied = applied
     fake_mode = to_fake(applied.model, device)
@@ -526,15 +535,15 @@ def _train_step(c: Cell, applied, inputs, optimizer, res: _StepResult, step: int
         return stack
 
     _record_before(res, applied, step, ran=True)
-    with phase("forward"):
+    with phase("forward"), res.precision.forward():
         loss = workloads.compute_loss(c, applied.model, inputs)
     with phase("backward"):
-        loss.backward()
+        res.precision.backward(loss)
     del loss
     if on_grads is not None:
         on_grads()
     with phase("optimizer"):
-        optimizer.step()
+        res.precision.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         _drop_input_grads(inputs)
     if finish:
@@ -596,6 +605,7 @@ def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, st
 
     live = LiveMemoryTracker(model, optimizer, scope=scope, timeline=timeline, timeline_filter=on_timeline,
                             inputs=inputs)
+    saved.is_weight_copy = live.is_weight_copy  # autocast's weight casts: saved apart from activations
     flops = FlopCounter(model, applied.is_adapter_module, scope=scope)
 
     def grads_done() -> None:
@@ -610,6 +620,7 @@ def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, st
     _note_step_peak(res, step, live.peak)
     res.saved, res.live, res.flops = saved, live, flops
     res.calls, res.layers = observer.calls, observer.layers
+    res.info["optimizer_class"] = type(optimizer).__name__
 
 
 class _InputObserver:
@@ -757,6 +768,10 @@ def _fill_record(record: dict, c: Cell, res: _StepResult, mode: str, device: str
     if c.gradient_checkpointing:
         record["memory"]["saved_recomputed"] = saved.recomputed_bytes
         record["memory"]["saved_recomputed_adapter"] = saved.recomputed_adapter_bytes
+    if res.precision.policy.autocast_dtype is not None:  # autocast's weight casts: temporaries, said apart
+        record["memory"].update(autocast_weight_copies=live.weight_copies_peak,
+                                autocast_weight_copies_at_peak=live.weight_copies_at_peak,
+                                saved_autocast_weight_copies=saved.weight_copy_bytes)
     from .measure import ATTENTION_COUNTING
 
     record["flops"] = {
@@ -816,6 +831,9 @@ def _predicted(c: Cell, res: _StepResult) -> dict:
         )
     except analytic.AnalyticError as e:
         return {"error": str(e)}
+    pred["memory"].update(precision.predict_state(c, res, b_schedule))
+    if res.precision.policy.autocast_dtype is not None:  # autocast's casts in the adapter path: not modelled
+        pred["memory"]["saved_activations_adapter"] = None
     pred["assumptions"] = "see lamda_bench/analytic.py; structure (shared inputs, input grads, tokens per call) observed"
     return pred
 
@@ -827,6 +845,7 @@ def _info(c: Cell, res: _StepResult) -> dict:
     info["model"] = workloads.model_facts(c)  # config source + hash + the shape fields that decide memory
     info["attention_kernels"] = sorted(res.flops.attention_ops)
     info["autocast_adapter_dtype"] = applied.info.get("autocast_adapter_dtype")
+    info["precision"] = res.precision.policy.to_info()
     info["method"] = applied.info
     info["steps"] = {"warmup": c.warmup, "instrumented_step": res.instrumented_step, "timed": c.steps,
                      "total_steps": res.horizon}

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, Cell
+from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, PRECISIONS, Cell
 from .suite_conventions import AmbiguousTargets, canonical_dtype, key_hint, targets_settings
 from .suite_text import MAX_NESTING, TooDeep, read_suite_text, toml_loads
 
@@ -152,6 +152,7 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "attn_implementation": _choice(ATTENTION),
     "seed": _int(0),
     "timeout_s": _number(),
+    "precision": _choice(PRECISIONS),
 }
 assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
 
