@@ -357,9 +357,10 @@ def state_bytes(
     optimizer_step: int | None = None,
     b_schedule: Callable[[int, int], int] | None = None,
 ) -> dict:
-    """Weights and gradients during 0-based optimizer step ``step``, optimizer state once
-    ``optimizer_step`` steps are done (default ``step + 1``: after that step and the method's
-    ``on_step``, which may freeze LaMDA columns and drop their state). P = ``total_params``,
+    """Weights and gradients during 0-based optimizer step ``step``, optimizer state for the
+    trainable set of 0-based step ``optimizer_step`` (default ``step + 1``: after that step and
+    the method's ``on_step``, which may freeze LaMDA columns and drop their state; the record's
+    ``memory.optimizer`` is read before that freeze, so its closed form passes ``step``). P = ``total_params``,
     T = trainable parameters at the step in question:
 
     - weights: (P - adapter) x base itemsize + frozen adapter x adapter itemsize + T x trainable

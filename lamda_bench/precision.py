@@ -129,7 +129,8 @@ def cast_trainable(model: torch.nn.Module, policy: Policy) -> int:
 
 def predict_state(c, res, b_schedule) -> dict:
     """The closed forms of ``analytic.state_bytes`` for a finished run (``c``: the cell as run,
-    ``res``: execute's step result): weights, grads and optimizer bytes at the instrumented step."""
+    ``res``: execute's step result): weights, grads and optimizer bytes at the instrumented step
+    (the optimizer state as its step left it, before the freeze that follows: ``memory.optimizer``)."""
     from . import analytic, workloads
 
     applied = res.applied
@@ -148,7 +149,7 @@ def predict_state(c, res, b_schedule) -> dict:
             c.method, res.layers, c.r, total_params=applied.num_total(), total_tensors=len(params),
             buffer_bytes=sum(buffers.values()), base_itemsize=base, adapter_itemsize=adapter,
             trainable_itemsize=trainable, optimizer="adamw" if adamw else None,
-            step=res.instrumented_step - 1, optimizer_step=res.instrumented_step, b_schedule=b_schedule)
+            step=res.instrumented_step - 1, optimizer_step=res.instrumented_step - 1, b_schedule=b_schedule)
     except analytic.AnalyticError:
         return {"weights": None, "grads": None, "optimizer": None}
 
