@@ -125,11 +125,14 @@ def test_an_address_where_nothing_listens_fails_in_one_line_not_after_minutes(tm
 def test_killed_raising_and_hung_cells_are_recorded_and_the_sweep_goes_on(local_ray, tmp_path):
     from lamda_bench.launch_ray import run_cells_ray
 
-    todo = cells(1, 2, 4, 5, timeout_s=3.0) + cells(6, device="cuda")  # no GPU here: runs on a CPU
+    # Only the hung cell 5 gets the short timeout: on a loaded machine a worker's start and
+    # imports alone can take seconds, and the other cells must not time out.
+    todo = (cells(1, 2, 4, timeout_s=120.0) + cells(5, timeout_s=3.0)
+            + cells(6, device="cuda"))  # no GPU here: runs on a CPU
     t0 = time.monotonic()
     summary = run_cells_ray(todo, tmp_path, suite="t", runner="test_launch_ray:runner_by_r", jobs=2,
                             progress=False)
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < 120
     recs = by_r(load_results(results_path(tmp_path)).records)
     assert len(summary.records) == 5 and set(recs) == {1, 2, 4, 5, 6}
     assert recs[1]["status"] == "ok" and recs[1]["params"]["trainable"] == 1000
