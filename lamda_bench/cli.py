@@ -357,6 +357,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise CliError(f"--jobs: {args.jobs} is less than 1")
+    for flag, value in (("--multiple", args.multiple), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            raise CliError(f"{flag} {value}: expected an integer >= 1")
     budget = parse_budget(args.budget, reserve=parse_size(args.reserve, "--reserve"))
     axis, fixed = ("batch", "seq") if args.seq is not None else ("seq", "batch")
     multiple = args.multiple if args.multiple is not None else DEFAULT_MULTIPLE[axis]

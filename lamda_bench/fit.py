@@ -32,7 +32,6 @@ from .cell import Cell
 AXES = ("batch", "seq")
 DEFAULT_MULTIPLE = {"batch": 1, "seq": 128}
 DEFAULT_LIMIT = {"batch": 4096, "seq": 131072}  # seq: the workload's max positions when it has them
-INTERPOLATED_ROUNDS = 2  # rounds of line interpolation inside a bracket before bisecting
 SUITE_NAME = "fit"
 
 
@@ -65,7 +64,6 @@ class MethodSearch:
     limit: int
     budget: Budget
     probes: dict[int, Probe] = field(default_factory=dict)
-    rounds: int = 0
     bracketed_rounds: int = 0
 
     @property
@@ -114,37 +112,32 @@ class MethodSearch:
             return [self.multiple]
         lo = fit[-1]
         hi = next((n for n in over if n > lo), None)
-        if hi is None:
-            guess = self._extrapolate(fit)
-        else:
-            self.bracketed_rounds += 1
-            guess = self._interpolate(lo, hi) if self.bracketed_rounds <= INTERPOLATED_ROUNDS else (lo + hi) // 2
-        pair = [guess, guess + 1]
         top = hi if hi is not None else self.limit_n + 1
-        return [n * self.multiple for n in pair if lo < n < top and n * self.multiple not in self.probes]
+        if hi is not None:
+            self.bracketed_rounds += 1
+        if hi is not None and self.bracketed_rounds % 2 == 0:
+            # Every other round in a bracket: one probe at its middle, so the search always ends.
+            return [((lo + hi) // 2) * self.multiple]
+        guess = max(lo + 1, min(self._model_guess(lo, hi), top - 1))
+        return [n * self.multiple for n in (guess, guess + 1) if n < top and n * self.multiple not in self.probes]
 
     def _peak(self, n: int) -> int:
         return self.probes[n * self.multiple].peak
 
-    def _line_guess(self, a: int, b: int) -> int | None:
-        """Largest n on the line through the peaks at a and b that fits; None without a slope."""
-        slope = (self._peak(b) - self._peak(a)) / (b - a)
-        if slope <= 0:
-            return None
-        return a + int((self.budget.usable - self._peak(a)) // slope)
-
-    def _extrapolate(self, fit: list[int]) -> int:
-        lo = fit[-1]
-        guess = self._line_guess(fit[-2], lo) if len(fit) >= 2 else None
-        if guess is None:
-            guess = 2 * lo
-        return max(lo + 1, min(guess, self.limit_n))
-
-    def _interpolate(self, lo: int, hi: int) -> int:
-        guess = self._line_guess(lo, hi)
-        if guess is None:
-            guess = (lo + hi) // 2
-        return max(lo + 1, min(guess, hi - 1))
+    def _model_guess(self, lo: int, hi: int | None) -> int:
+        """Largest n whose peak, on a curve through the probes nearest the answer, is usable:
+        a line through two points, a parabola through three (attention can be quadratic in
+        seq). Without a usable curve (peaks flat so far): 4 x lo, or the bracket's middle."""
+        probed = sorted(v // self.multiple for v in self.probes)
+        near = sorted(probed, key=lambda n: (abs(n - lo) if hi is None else min(abs(n - lo), abs(n - hi)), n))
+        points = sorted(near[:3])
+        root = _largest_root([(n, self._peak(n)) for n in points], self.budget.usable)
+        if root is None and len(points) == 3:
+            two = [lo, hi] if hi is not None else sorted(near[:2])
+            root = _largest_root([(n, self._peak(n)) for n in two], self.budget.usable)
+        if root is None or (hi is None and root <= lo) or (hi is not None and not lo <= root < hi):
+            return 4 * lo if hi is None else (lo + hi) // 2
+        return int(root)
 
     # -- the answer
     def answer(self) -> dict[str, Any]:
@@ -238,3 +231,28 @@ def probe_runner(out_dir: Path, jobs: int, progress: bool) -> RunProbes:
         return latest_by_id(load_results(results_path(out_dir)).records)
 
     return run
+
+
+def _largest_root(points: list[tuple[int, int]], usable: int) -> float | None:
+    """The largest x >= the first point's where the curve through ``points`` (2: a line, 3: a
+    parabola, Newton's form) reaches ``usable``; None where it never rises to it."""
+    if len(points) < 2:
+        return None
+    (x0, y0), (x1, y1) = points[0], points[1]
+    d01 = (y1 - y0) / (x1 - x0)
+    c = 0.0
+    if len(points) == 3:
+        x2, y2 = points[2]
+        c = ((y2 - y1) / (x2 - x1) - d01) / (x2 - x0)
+    # y0 + d01 (x - x0) + c (x - x0)(x - x1) = usable  ->  c x^2 + b x + a = 0
+    b = d01 - c * (x0 + x1)
+    a = y0 - d01 * x0 + c * x0 * x1 - usable
+    if c == 0:
+        return None if b <= 0 else -a / b
+    disc = b * b - 4 * c * a
+    if disc < 0:
+        return None
+    q = -0.5 * (b + (disc**0.5 if b >= 0 else -(disc**0.5)))  # the stable form of the two roots
+    roots = [r for r in ((q / c) if c else None, (a / q) if q else None) if r is not None]
+    rising = sorted(x for x in roots if 2 * c * x + b > 0)  # where the curve crosses upwards
+    return rising[-1] if rising else None
