@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", default=None, metavar="ADDR",
                      help="with --launcher ray: the cluster to join (auto, or HEAD_IP:6379 from a node of it); "
                           "default: a local Ray instance with --jobs CPUs")
+    run.add_argument("--start", choices=["auto", "spawn"], default="auto",
+                     help="how local cell processes start (auto: forked from a server that imported torch, "
+                          "transformers and peft once, except cells that may use CUDA; spawn: a new interpreter each)")
     run.add_argument("--runner", default=None, metavar="MODULE:FUNCTION",
                      help="function run in each cell process (default lamda_bench.execute:run_cell)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -146,7 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.address is not None:
             raise CliError("--address is for --launcher ray")
         summary = run_cells(list(suite.cells), out, suite=suite.name, runner=runner, jobs=args.jobs,
-                            retry_failed=args.retry_failed, progress=not args.no_progress)
+                            retry_failed=args.retry_failed, progress=not args.no_progress, start=args.start)
     for warning in summary.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     latest = {}

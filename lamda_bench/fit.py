@@ -97,9 +97,10 @@ class MethodSearch:
         if not fit:
             return False
         lo = fit[-1]
-        if over and over[0] == lo + 1:
+        hi = next((n for n in over if n > lo), None)
+        if hi == lo + 1:
             return True  # certified: lo fits, lo + 1 does not
-        return lo >= self.limit_n and not [n for n in over if n > lo]
+        return hi is None and lo >= self.limit_n
 
     def next_values(self) -> list[int]:
         """The values to estimate next (the certification pair of the current guess)."""
