@@ -14,7 +14,10 @@ Scenarios (LLaMA2-7B, bf16, all 7 projections, batch 4 x seq 1024, estimate mode
   fresh directory; target <= 120 s on an idle 2-core machine.
 
 Prints each wall time with the 1-minute load average before and after (a shared machine makes
-every figure slower; say so when you quote one). Exit status 1 when a target is missed or a
+every figure slower; say so when you quote one), and for the launcher scenarios the CPU time
+they cost, which load does not inflate as much: each cell process's own user + system time
+(a forked cell's count starts at its fork; a spawned cell's includes its imports), plus the fork
+server's own time (its imports, paid once per run). Exit status 1 when a target is missed or a
 cell fails. Not collected by pytest.
 """
 
@@ -35,15 +38,39 @@ CELL = dict(workload="llama2-7b", method="lora", r=16, batch=4, seq=1024, dtype=
 FIVE_RANKS = (8, 16, 24, 32, 64)
 
 
+def timed_run_cell(cell: dict, artifacts_dir: str | None) -> dict:
+    """The runner of the bench's cells: execute.run_cell, plus this process's CPU seconds."""
+    from lamda_bench.execute import run_cell
+
+    record = run_cell(cell, artifacts_dir)
+    t = os.times()
+    record["bench_cpu_s"] = t.user + t.system
+    return record
+
+
+def _server_cpu_s() -> float:
+    """CPU seconds the fork server has used itself (its imports), 0 when none is running."""
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _driver(ranks: list[int], start: str, out: str) -> None:
     """Run in the child interpreter: one launcher run of the given LoRA ranks; prints statuses."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from lamda_bench.cell import Cell
     from lamda_bench.launch import run_cells
 
     cells = [Cell.from_dict({**CELL, "r": r}) for r in ranks]
-    summary = run_cells(cells, out, "bench", jobs=1, progress=False, start=start)
-    print(json.dumps([[r["status"], r.get("error"), r["launch"]["start"], r["launch"]["wall_s"]]
-                      for r in summary.records]))
+    summary = run_cells(cells, out, "bench", runner="bench_fast_estimates:timed_run_cell", jobs=1,
+                        progress=False, start=start)
+    print(json.dumps({"server_cpu_s": _server_cpu_s(),
+                      "cells": [[r["status"], r.get("error"), r["launch"]["start"], r["launch"]["wall_s"],
+                                 r.get("bench_cpu_s")] for r in summary.records]}))
 
 
 def _timed(cmd: list[str]) -> tuple[float, str, float, float]:
@@ -56,11 +83,12 @@ def _timed(cmd: list[str]) -> tuple[float, str, float, float]:
     return wall, out.stdout, load0, os.getloadavg()[0]
 
 
-def launcher_run(ranks: list[int], start: str) -> tuple[float, list, float, float]:
+def launcher_run(ranks: list[int], start: str) -> tuple[float, list, float, float, float]:
     with tempfile.TemporaryDirectory() as out:
         wall, stdout, l0, l1 = _timed([sys.executable, __file__, "--_driver", ",".join(map(str, ranks)), start, out])
-    statuses = json.loads(stdout.strip().splitlines()[-1])
-    return wall, statuses, l0, l1
+    result = json.loads(stdout.strip().splitlines()[-1])
+    cpu = result["server_cpu_s"] + sum(c[4] or 0 for c in result["cells"])
+    return wall, result["cells"], cpu, l0, l1
 
 
 def cli_run(args: list[str]) -> tuple[float, float, float]:
@@ -83,17 +111,20 @@ def main() -> int:
 
     missed = False
     for i in range(args.repeat):
-        cold, st, a0, a1 = launcher_run([16], "auto")
-        print(f"one cold (fork server): {cold:.1f} s  {st}  load {a0:.1f} -> {a1:.1f}", flush=True)
-        spawn, st2, b0, b1 = launcher_run([16], "spawn")
-        print(f"one cold, spawn:        {spawn:.1f} s  {st2}  load {b0:.1f} -> {b1:.1f}", flush=True)
-        five, st5, c0, c1 = launcher_run(list(FIVE_RANKS), "auto")
-        per = five / len(FIVE_RANKS)
-        ratio = per / cold
-        print(f"five in one run:        {five:.1f} s = {per:.1f} s/cell = {ratio:.2f} x one cold "
-              f"({per / spawn:.2f} x spawn)  target <= 0.60  load {c0:.1f} -> {c1:.1f}", flush=True)
-        print("  per cell (launch wall s):", [round(s[3], 1) for s in st5], flush=True)
-        failed = [s for s in st + st2 + st5 if s[0] != "ok"]
+        cold, st, cold_cpu, a0, a1 = launcher_run([16], "auto")
+        print(f"one cold (fork server): {cold:.1f} s wall, {cold_cpu:.1f} s cpu  load {a0:.1f} -> {a1:.1f}", flush=True)
+        spawn, st2, spawn_cpu, b0, b1 = launcher_run([16], "spawn")
+        print(f"one cold, spawn:        {spawn:.1f} s wall, {spawn_cpu:.1f} s cpu  load {b0:.1f} -> {b1:.1f}",
+              flush=True)
+        five, st5, five_cpu, c0, c1 = launcher_run(list(FIVE_RANKS), "auto")
+        n = len(FIVE_RANKS)
+        ratio, cpu_ratio = five / n / cold, five_cpu / n / spawn_cpu
+        print(f"five in one run:        {five:.1f} s wall = {five / n:.1f} s/cell = {ratio:.2f} x one cold "
+              f"(target <= 0.60); cpu {five_cpu:.1f} s = {five_cpu / n:.1f} s/cell = {cpu_ratio:.2f} x a spawned "
+              f"cell's  load {c0:.1f} -> {c1:.1f}", flush=True)
+        print("  per cell [launch wall s, cell cpu s]:", [[round(c[3], 1), round(c[4] or 0, 1)] for c in st5],
+              flush=True)
+        failed = [c for c in st + st2 + st5 if c[0] != "ok"]
         missed |= ratio > 0.6 or bool(failed)
         if not args.skip_fit:
             fit, d0, d1 = cli_run(["fit", "--workload", "llama2-7b", "--method", "lora", "lamda",
