@@ -40,6 +40,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing.connection import wait
@@ -319,8 +320,9 @@ def run_cells(
                 cell = pending.pop(index)
                 gpu = free_gpus.pop(0) if gpus and is_gpu_cell(cell, gpus) else None
                 forked = fork is not None and not is_gpu_cell(cell, gpus)
-                running.append(_start(fork if forked else spawn, runner, cell, sweep.out_dir, gpu, threads,
-                                      forkserver.parent_state() if forked else None))
+                with _interrupts_held():
+                    running.append(_start(fork if forked else spawn, runner, cell, sweep.out_dir, gpu, threads,
+                                          forkserver.parent_state() if forked else None))
             wait([r.conn for r in running] + [r.process.sentinel for r in running], timeout=POLL_S)
             for run in list(running):
                 record = _poll(run)
@@ -355,6 +357,28 @@ def _raise_interrupt_on_sigterm():
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, handler)
+
+
+@contextmanager
+def _interrupts_held():
+    """Hold Ctrl-C and SIGTERM while a cell process starts, then raise KeyboardInterrupt: one
+    arriving inside ``Process.start`` (a round trip to the fork server) left a started cell
+    outside ``running``, never stopped, writing to a log folder already removed."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if any(previous[sig] is not signal.SIG_IGN for sig in caught):
+        raise KeyboardInterrupt
 
 
 def _start(ctx, runner: str, cell: Cell, out_dir: Path, gpu: int | None, threads: int,
