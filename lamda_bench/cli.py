@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_ = verbs.add_parser("compare", help="compare two results directories")
     cmp_.add_argument("a", type=Path)
     cmp_.add_argument("b", type=Path)
+    cmp_.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                      help="only cells whose KEY (a cell key such as method or r, a method option, or a "
+                           "dotted record path) equals VALUE; repeat to require several")
+    cmp_.add_argument("--threshold", type=float, default=0.0, metavar="PCT",
+                      help="only cells where some metric changed by more than PCT percent")
+    cmp_.add_argument("--sort", default="change", choices=("change", "order", "peak", "throughput"),
+                      help="row order: largest change first (default), results order, or by B's peak/throughput")
     cmp_.set_defaults(func=cmd_compare)
 
     chk = verbs.add_parser("check", help="memory regression gate: non-zero exit on a regression")
@@ -188,33 +195,9 @@ def _print_plan(suite, recorded: dict[str, dict[str, Any]], out: Path) -> None:
 
 
 def summary_table(records: list[dict[str, Any]]) -> str:
-    """One row per record, figures in human units that say their unit."""
-    from tabulate import tabulate
+    from .report.summary import summary_table as table
 
-    from .report.units import UNITS_NOTE, fmt_bytes, fmt_count, fmt_rate
-
-    def get(rec, dotted):
-        node = rec
-        for key in dotted.split("."):
-            if not isinstance(node, dict):
-                return None
-            node = node.get(key)
-        return node
-
-    rows = []
-    for rec in records:
-        cell = rec.get("cell") or {}
-        rows.append([
-            rec.get("status"), cell.get("workload"), cell.get("method"), cell.get("r"), cell.get("batch"),
-            cell.get("seq"), f"{cell.get('mode')}/{cell.get('device')}",
-            fmt_count(get(rec, "params.trainable")),
-            fmt_bytes(get(rec, "memory.saved_activations_adapter")),
-            fmt_bytes(get(rec, "memory.peak")),
-            fmt_rate(get(rec, "time.tokens_per_s")),
-        ])
-    headers = ["status", "workload", "method", "r", "batch", "seq", "mode/device", "trainable params",
-               "saved act. (adapter)", "peak memory", "throughput"]
-    return tabulate(rows, headers=headers) + "\n" + UNITS_NOTE
+    return table(records)
 
 
 # ---- list ------------------------------------------------------------------------------
@@ -288,7 +271,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report import compare
 
-    print(compare(_existing_dir(args.a), _existing_dir(args.b)))
+    print(compare(_existing_dir(args.a), _existing_dir(args.b), where=args.where, threshold=args.threshold,
+                  sort=args.sort))
     return EXIT_OK
 
 

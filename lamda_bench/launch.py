@@ -230,6 +230,10 @@ class Sweep:
         self.progress = progress
         self.bar = None
         self.env: dict[str, Any] | None = None
+        self.running: dict[str, str] = {}  # cell id -> its label on the progress bar
+        from .report.axes import Axes
+
+        self.axes = Axes.of([{"cell": c.to_dict()} for c in cells])
 
     def start(self) -> None:
         """Called once there is something to run: logs folder, environment, progress bar."""
@@ -239,6 +243,18 @@ class Sweep:
         self.env = environment()
         self.bar = tqdm(total=len(self.pending), unit="cell", file=sys.stderr, disable=not self.progress,
                         dynamic_ncols=True, desc=self.suite)
+
+    def started(self, cell: Cell) -> None:
+        """Name the cell on the progress bar while it runs (settings that vary in the suite)."""
+        self.running[cell.id] = self.axes.label({"cell": cell.to_dict()}, skip=()) or cell.id
+        self._describe()
+
+    def _describe(self) -> None:
+        if self.bar is None:
+            return
+        names = list(self.running.values())
+        shown = ", ".join(names[:2]) + (f" +{len(names) - 2} more" if len(names) > 2 else "")
+        self.bar.set_description(f"{self.suite}: {shown}" if shown else self.suite, refresh=True)
 
     def log_path(self, cell: Cell) -> Path:
         return self.out_dir / "logs" / f"{cell.id}.log"
@@ -250,6 +266,8 @@ class Sweep:
                                  round(time.monotonic() - started, 3), launch, self.log_path(cell))
         append_record(self.path, record)
         self.summary.records.append(record)
+        self.running.pop(cell.id, None)
+        self._describe()
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix({k: v for k, v in self.summary.statuses.items()}, refresh=True)
@@ -303,6 +321,7 @@ def run_cells(
                 cell = pending.pop(index)
                 gpu = free_gpus.pop(0) if gpus and is_gpu_cell(cell, gpus) else None
                 running.append(_start(ctx, runner, cell, sweep.out_dir, gpu, threads))
+                sweep.started(cell)
             wait([r.conn for r in running] + [r.process.sentinel for r in running], timeout=POLL_S)
             for run in list(running):
                 record = _poll(run)
