@@ -226,7 +226,7 @@ def test_compare_matches_cells_by_id_and_gives_ratios(tmp_path):
     a = [make_record("lora", d=128), make_record("lamda", d=128), make_record("full", d=64)]
     b = [make_record("lora", d=128), make_record("lamda", d=128, scale=0.5), make_record("lora", d=256)]
     text = compare(write_results(tmp_path / "a", a), write_results(tmp_path / "b", b))
-    assert "2 cells in both, 1 only in A, 1 only in B." in text
+    assert "2 cells in both, 1 only in A, 1 only in B;" in text
     lamda_row = next(line for line in text.splitlines() if f"`{a[1]['id']}`" in line)
     assert "(-50.0%)" in lamda_row  # peak halved
     lora_row = next(line for line in text.splitlines() if f"`{a[0]['id']}`" in line)

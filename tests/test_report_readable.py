@@ -65,7 +65,7 @@ def test_rows_and_labels_that_differ_only_in_one_setting_are_told_apart(tmp_path
     plots = {p.key: p for p in draw_all(recs, tmp_path, tmp_path / "plots")}
     ticks = [t.get_text() for ax in plots["peak_memory_by_category"].figure.axes for t in ax.get_yticklabels()]
     assert len(ticks) == len(recs) and len(set(ticks)) == len(ticks)
-    assert "adapter dtype=model dtype" in " ".join(ticks) and "freeze=mask" in " ".join(ticks)
+    assert "adapters=fp32 (no autocast)" in " ".join(ticks) and "freeze=mask" in " ".join(ticks)
 
 
 def test_headline_ranks_by_peak_with_ratios_against_lora_and_full():
@@ -184,9 +184,9 @@ def test_plot_text_does_not_overlap(which, tmp_path):
         results_dir, records = _large_set()
     plots = [p for p in draw_all(records, results_dir, tmp_path / "plots") if p.figure is not None]
     assert len(plots) >= 5
-    for plot in plots:
-        assert _overlaps(plot.figure) == [], f"{plot.key}: overlapping text"
-        assert _legend_clear_of_data(plot.figure), f"{plot.key}: legend over a panel"
+    overlapping = {p.key: _overlaps(p.figure)[:3] for p in plots if _overlaps(p.figure)}
+    assert overlapping == {}
+    assert [p.key for p in plots if not _legend_clear_of_data(p.figure)] == []
 
 
 def test_layers_report_flags_the_two_step_outlier():

@@ -26,7 +26,7 @@ CELL_AXES = ("workload", "d_in", "d_out", "layers", "method", "r", "alpha", "tar
 SHAPE_AXES = ("workload", "d_in", "d_out", "layers", "batch", "seq", "dtype", "device", "mode")
 
 AXIS_TITLES = {"gradient_checkpointing": "checkpointing", "attn_implementation": "attention"}
-OPTION_TITLES = {"autocast_adapter_dtype": "adapter dtype", "freeze_mode": "freeze"}
+OPTION_TITLES = {"autocast_adapter_dtype": "adapters", "freeze_mode": "freeze"}
 # Short prefixes for plot labels ("r16 b4 s1024").
 SHORT = {"r": "r", "batch": "b", "seq": "s", "layers": "L", "d_in": "d", "d_out": "d_out="}
 
@@ -35,9 +35,21 @@ def _key(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+# Keys a method ignores: full fine-tuning has no rank, scaling or target set, so its
+# recorded r=8 is shown as "-" rather than read as a setting.
+IGNORED_BY = {"full": ("r", "alpha", "targets")}
+
+
 def cell_value(record: dict[str, Any], axis: str) -> Any:
     cell = record.get("cell") or {}
     return cell.get(axis)
+
+
+def shown_value(record: dict[str, Any], axis: str) -> Any:
+    """The cell value a table shows: None where the record's method ignores the key."""
+    if axis in IGNORED_BY.get(str(cell_value(record, "method")), ()):
+        return None
+    return cell_value(record, axis)
 
 
 def option_value(record: dict[str, Any], name: str) -> Any:
@@ -55,10 +67,13 @@ def show(value: Any) -> str:
     return str(value)
 
 
-def show_option(name: str, value: Any) -> str:
-    """``autocast_adapter_dtype`` reads as the dtype the adapters train in."""
+def show_option(name: str, value: Any, dtype: Any = None) -> str:
+    """``autocast_adapter_dtype`` reads as the dtype the adapters train in (PEFT's autocast
+    keeps them in fp32; without it they take the model's ``dtype``)."""
     if name == "autocast_adapter_dtype":
-        return "fp32 (autocast)" if value else "model dtype"
+        if value:
+            return "fp32"
+        return f"{dtype} (no autocast)" if dtype in (None, "fp32") else str(dtype)
     return show(value)
 
 
@@ -106,14 +121,15 @@ class Axes:
         return [AXIS_TITLES.get(a, a) for a in self.varying] + (["method options"] if self.has_options else [])
 
     def row(self, record: dict[str, Any]) -> list[str]:
-        values = [show(cell_value(record, a)) for a in self.varying]
+        values = [show(shown_value(record, a)) for a in self.varying]
         if self.has_options:
             values.append(self.options_text(record) or "-")
         return values
 
     def options_text(self, record: dict[str, Any]) -> str:
         method = str(cell_value(record, "method"))
-        return " ".join(f"{OPTION_TITLES.get(n, n)}={show_option(n, option_value(record, n))}"
+        dtype = cell_value(record, "dtype")
+        return " ".join(f"{OPTION_TITLES.get(n, n)}={show_option(n, option_value(record, n), dtype)}"
                         for n in self.varying_options.get(method, []))
 
     def label(self, record: dict[str, Any], skip: Iterable[str] = ("mode",)) -> str:
@@ -123,7 +139,9 @@ class Axes:
         for axis in self.varying:
             if axis in skipped or axis == "method":
                 continue
-            value = cell_value(record, axis)
+            value = shown_value(record, axis)
+            if value is None and axis in ("r", "alpha", "targets"):
+                continue
             if axis in SHORT and value is not None:
                 parts.append(f"{SHORT[axis]}{value}")
             elif axis == "gradient_checkpointing":
@@ -139,10 +157,11 @@ class Axes:
 
     def header(self) -> str:
         """'Held fixed: dtype=bf16, ...; method options held fixed: lora dropout=0.0; ...'."""
-        fixed = ", ".join(f"{AXIS_TITLES.get(a, a)}={show(v)}" for a, v in self.constant.items())
-        opts = "; ".join(f"{m}: " + ", ".join(f"{OPTION_TITLES.get(n, n)}={show_option(n, v)}"
-                                             for n, v in sorted(o.items()))
-                         for m, o in sorted(self.constant_options.items()) if o)
+        fixed = ", ".join(f"{AXIS_TITLES.get(a, a)}={show(v)}" for a, v in self.constant.items() if v is not None)
+        dtype = self.constant.get("dtype")
+        opts = "; ".join(f"{m}: " + ", ".join(f"{OPTION_TITLES.get(n, n)}={show_option(n, v, dtype)}"
+                                             for n, v in sorted(o.items()) if v is not None)
+                         for m, o in sorted(self.constant_options.items()) if any(v is not None for v in o.values()))
         out = f"Held fixed: {fixed or 'nothing'}."
         if opts:
             out += f" Method options held fixed: {opts}."
@@ -160,7 +179,7 @@ def shape_title(record: dict[str, Any], axes: Axes) -> str:
         if axis not in axes.varying:
             continue
         value = cell_value(record, axis)
-        if value is None:
+        if value is None or (axis == "d_out" and value == cell_value(record, "d_in")):
             continue
         parts.append(f"{SHORT[axis]}{value}" if axis in SHORT else show(value))
     return " ".join(parts) or "all cells"

@@ -152,7 +152,7 @@ def compare(dir_a: Path, dir_b: Path, where: Iterable[str] = (), threshold: floa
         filters.append("where " + ", ".join(f"{k}={v}" for k, v in conditions))
     if threshold:
         filters.append(f"changes above {threshold:g}%")
-    out = [f"# Comparison: A = `{md(dir_a)}`, B = `{md(dir_b)}`", "",
+    out = [f"# Comparison: A = {md_code(dir_a)}, B = {md_code(dir_b)}", "",
            f"{len(common)} cells in both, {len(only_a)} only in A, {len(only_b)} only in B"
            + (f" ({'; '.join(filters)}: {len(pairs)} shown)" if filters else "") + f"; sorted by {sort}.", ""]
     out += _env_summary([(recs_a[i], recs_b[i]) for i in common])

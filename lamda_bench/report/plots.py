@@ -19,8 +19,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from .axes import Axes, cell_value, shape_key, shape_title
-from .plotstyle import (CATEGORIES, CATEGORY_COLORS, ESTIMATE_HATCH, FLAGGED_COLOR, Plot, byte_scale, figure,
-                        flop_scale, legend_outside, method_color, method_marker, save, unique_handles)
+from .plotstyle import (CATEGORIES, CATEGORY_COLORS, ESTIMATE_HATCH, FLAGGED_COLOR, METHOD_COLORS, Plot,
+                        byte_scale, figure,
+                        flop_scale, legend_outside, log_axis, method_color, method_marker, save, unique_handles)
 from .plots_timeline import plot_step_timeline
 from .records import get, is_ok, mode, tokens, width
 from .timing import flagged_step_times
@@ -43,7 +44,11 @@ def shape_groups(records: list[dict[str, Any]]) -> list[tuple[str, list[dict[str
 
 
 def _method_order(rec: dict[str, Any]) -> tuple:
-    return (str(cell_value(rec, "method")), json.dumps(rec.get("cell"), sort_keys=True, default=str))
+    """Methods in a fixed order (full last), then by r, targets and the rest of the cell."""
+    method = str(cell_value(rec, "method"))
+    order = list(METHOD_COLORS)
+    return (order.index(method) if method in order else len(order), method, cell_value(rec, "r") or 0,
+            str(cell_value(rec, "targets")), json.dumps(rec.get("cell"), sort_keys=True, default=str))
 
 
 def _color_ticklabels(ax: Any, recs: list[dict[str, Any]], axis: str = "y") -> None:
@@ -95,6 +100,7 @@ def plot_peak_by_category(records: list[dict[str, Any]], out_dir: Path) -> Plot:
             lefts = [a + b for a, b in zip(lefts, widths)]
         ax.set_yticks(ys, [labels.label(r) for r in group], fontsize=8)
         _color_ticklabels(ax, group)
+        ax.set_ylim(len(group) - 0.5, -0.5)  # lowest peak on top, as the headline ranks
         ax.set_xlabel(f"memory at peak ({unit})", fontsize=8)
         ax.set_title(title, fontsize=9, loc="left")
     handles = [Patch(color=CATEGORY_COLORS[c], label=c) for c in CATEGORIES]
@@ -128,7 +134,6 @@ def plot_saved_per_token_vs_d(records: list[dict[str, Any]], out_dir: Path) -> P
                         "the r-dimensional claim")
         return plot
     panels = _limit(panels, plot)
-    every = Axes.of([r for rs in panels for r in rs])
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig = figure(4.2 * cols + 2.6, 3.6 * rows)
@@ -153,12 +158,13 @@ def plot_saved_per_token_vs_d(records: list[dict[str, Any]], out_dir: Path) -> P
                     for x in srs if (get(x, "predicted.memory.saved_activations_adapter") or 0) > 0]
             if pred:
                 ax.plot(*zip(*pred), "--", color=color, linewidth=1)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log", base=2)
+        log_axis(ax, "x", base=2)
+        log_axis(ax, "y", base=2)
         ax.set_xlabel("d (layer width)", fontsize=8)
         ax.set_ylabel("adapter saved bytes / token", fontsize=8)
-        ax.set_title(every.label(rs[0], skip=("method", "d_in", "d_out", "batch", "seq"))
-                     .split(" ", 1)[-1] if len(panels) > 1 else f"r = {cell_value(rs[0], 'r')}", fontsize=9)
+        ax.set_title(f"{cell_value(rs[0], 'workload')}, r={cell_value(rs[0], 'r')}, {cell_value(rs[0], 'dtype')}, "
+                     f"targets={cell_value(rs[0], 'targets')}" + (" (estimate)" if mode(rs[0]) == "estimate" else ""),
+                     fontsize=9)
     handles, labels = unique_handles(axs)
     handles.append(Line2D([], [], linestyle="--", color="black"))
     labels.append("closed form")
@@ -185,7 +191,8 @@ def plot_params_vs_r(records: list[dict[str, Any]], out_dir: Path) -> Plot:
         plot.skipped = "no model and target set was run at two or more ranks r"
         return plot
     panels = _limit(panels, plot)
-    every = Axes.of([r for g in panels for r in g])
+    inner = Axes.of([r for g in panels for r in g], exclude=_PARAM_FIXED + (
+        "r", "batch", "seq", "dtype", "mode", "device", "steps", "warmup", "gradient_checkpointing"))
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig = figure(4.2 * cols + 2.6, 3.6 * rows)
@@ -193,7 +200,6 @@ def plot_params_vs_r(records: list[dict[str, Any]], out_dir: Path) -> Plot:
     for i, group in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
         axs.append(ax)
-        inner = Axes.of(group, exclude=("r", "batch", "seq", "dtype", "mode", "device", "steps", "warmup"))
         lines: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
         for rec in group:  # parameter counts do not depend on batch/seq: one point per r
             lines[inner.label(rec)].setdefault(cell_value(rec, "r"), (get(rec, "params.trainable"),
@@ -206,12 +212,11 @@ def plot_params_vs_r(records: list[dict[str, Any]], out_dir: Path) -> Plot:
             upd = [(x, pts[x][1]) for x in xs if pts[x][1]]
             if upd:
                 ax.plot(*zip(*upd), ":", color=method_color(method), linewidth=1)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        log_axis(ax, "x", base=2)
+        log_axis(ax, "y")
         ax.set_xlabel("r", fontsize=8)
         ax.set_ylabel("parameters", fontsize=8)
-        ax.set_title(every.label(group[0], skip=("method", "r", "batch", "seq", "mode", "device", "dtype"))
-                     .split(" ", 1)[-1] if len(panels) > 1 else str(cell_value(group[0], "workload")), fontsize=9)
+        ax.set_title(_model_title(group[0]), fontsize=9)
     handles, labels = unique_handles(axs)
     handles += [Line2D([], [], color="black"), Line2D([], [], color="black", linestyle=":")]
     labels += ["trainable (start of run)", "updates (sum over steps)"]
@@ -219,48 +224,59 @@ def plot_params_vs_r(records: list[dict[str, Any]], out_dir: Path) -> Plot:
     return save(fig, out_dir, plot)
 
 
+def _model_title(rec: dict[str, Any]) -> str:
+    """'llama2-7b, targets=attn' or 'linear 4096x4096 L2, targets=all'."""
+    d_in, d_out, layers = (cell_value(rec, k) for k in ("d_in", "d_out", "layers"))
+    shape = f" {d_in}x{d_out or d_in}" if d_in else ""
+    shape += f" L{layers}" if layers else ""
+    return f"{cell_value(rec, 'workload')}{shape}, targets={cell_value(rec, 'targets')}"
+
+
 # ---- 4. adapter FLOPs and throughput -----------------------------------------------------------
 
 
 def plot_throughput_and_flops(records: list[dict[str, Any]], out_dir: Path) -> Plot:
     plot = Plot("throughput_and_flops", "Adapter FLOPs and throughput, per shape",
-                "Left: the adapter's own FLOPs in one step (flops.adapter_forward + adapter_backward; the "
-                "frozen base's FLOPs are the same for every method and left out). Right, for timed cells: "
-                "tokens/s of the median step, the whisker spanning the slowest to the fastest timed step. "
-                "Hatched: estimate.")
-    recs = [r for r in records if is_ok(r) and (get(r, "flops.adapter_forward") is not None
-                                                or get(r, "time.tokens_per_s"))]
+                "Left: the adapter's own FLOPs in one step (flops.adapter_forward, solid, + adapter_backward, "
+                "light); the frozen base's FLOPs are the same for every method and left out, and full "
+                "fine-tuning (no adapter) is not drawn. Right, for shapes with timed cells: tokens/s of the "
+                "median step, the whisker spanning the slowest to the fastest timed step. Hatched: estimate.")
+    recs = [r for r in records if is_ok(r) and cell_value(r, "method") != "full"
+            and (get(r, "flops.adapter_forward") is not None or get(r, "time.tokens_per_s"))]
     if not recs:
-        plot.skipped = "no ok record has adapter FLOP counts or tokens/s"
+        plot.skipped = "no ok adapter record has adapter FLOP counts or tokens/s"
         return plot
     flagged = flagged_step_times(recs)
     groups = _limit(shape_groups(recs), plot)
-    timed = any(get(r, "time.tokens_per_s") for r in recs)
+    timed_any = any(get(r, "time.tokens_per_s") for r in recs)
     heights = [max(1.4, 0.28 * len(g) + 0.9) for _, g in groups]
-    fig = figure(13.0 if timed else 9.0, sum(heights) + 0.6)
-    grid = fig.add_gridspec(len(groups), 2 if timed else 1, height_ratios=heights)
+    fig = figure(13.0 if timed_any else 9.0, sum(heights) + 0.6)
+    grid = fig.add_gridspec(len(groups), 2 if timed_any else 1, height_ratios=heights)
     for i, (title, group) in enumerate(groups):
         group = sorted(group, key=_method_order)
         labels = Axes.of(group)
         ys = list(range(len(group)))
-        ax = fig.add_subplot(grid[i, 0])
+        timed = [r for r in group if get(r, "time.tokens_per_s")]
+        ax = fig.add_subplot(grid[i, 0] if timed or not timed_any else grid[i, :])
         fwd = [get(r, "flops.adapter_forward") or 0 for r in group]
         bwd = [get(r, "flops.adapter_backward") or 0 for r in group]
         div, unit = flop_scale(max(max(f + b for f, b in zip(fwd, bwd)), 1))
         colors = [method_color(str(cell_value(r, "method"))) for r in group]
-        for left, values, alpha, name in ((None, fwd, 1.0, "forward"), (fwd, bwd, 0.45, "backward")):
+        for left, values, alpha in ((None, fwd, 1.0), (fwd, bwd, 0.45)):
             bars = ax.barh(ys, [v / div for v in values], left=None if left is None else [v / div for v in left],
-                           color=colors, alpha=alpha, label=f"adapter {name}")
+                           color=colors, alpha=alpha)
             for bar, rec in zip(bars, group):
                 if mode(rec) == "estimate":
                     bar.set_hatch(ESTIMATE_HATCH)
         ax.set_yticks(ys, [labels.label(r) for r in group], fontsize=8)
+        ax.set_ylim(len(group) - 0.5, -0.5)
         _color_ticklabels(ax, group)
         ax.set_xlabel(f"adapter FLOPs per step ({unit}); solid forward, light backward", fontsize=8)
-        ax.set_title(title, fontsize=9, loc="left")
+        ax.set_title(title + ("" if timed or not timed_any else "  (not timed)"), fontsize=9, loc="left")
         if timed:
             tax = fig.add_subplot(grid[i, 1], sharey=ax)
             tax.tick_params(labelleft=False)
+            scale = 1e6 if max(get(r, "time.tokens_per_s") for r in timed) >= 1e6 else 1e3
             for y, rec in zip(ys, group):
                 rate = get(rec, "time.tokens_per_s")
                 if not rate:
@@ -269,14 +285,16 @@ def plot_throughput_and_flops(records: list[dict[str, Any]], out_dir: Path) -> P
                 lo = n / get(rec, "time.step_max_s") if get(rec, "time.step_max_s") else rate
                 hi = n / get(rec, "time.step_min_s") if get(rec, "time.step_min_s") else rate
                 bad = rec.get("id") in flagged
-                tax.barh([y], [rate], color=FLAGGED_COLOR if bad else method_color(str(cell_value(rec, "method"))),
-                         hatch="xx" if bad else None, xerr=[[rate - lo], [hi - rate]], capsize=3,
+                tax.barh([y], [rate / scale], color=FLAGGED_COLOR if bad else method_color(str(cell_value(rec, "method"))),
+                         hatch="xx" if bad else None,
+                         xerr=[[max(rate - lo, 0) / scale], [max(hi - rate, 0) / scale]], capsize=3,
                          error_kw={"elinewidth": 1})
-            tax.set_xlabel("tokens/s (median step; whisker: slowest to fastest)", fontsize=8)
+            unit = "million" if scale == 1e6 else "thousand"
+            tax.set_xlabel(f"{unit} tokens/s (median step; whisker: slowest to fastest)", fontsize=8)
     if flagged:
         plot.description += (" Grey cross-hatched bars are flagged, not findings: " + "; ".join(flagged.values())
                              + ".")
-    if not timed:
+    if not timed_any:
         plot.description += " No record was timed (estimate mode only), so there is no throughput panel."
     return save(fig, out_dir, plot)
 
@@ -308,7 +326,7 @@ def plot_pareto(records: list[dict[str, Any]], out_dir: Path) -> Plot:
             ax.plot([get(rec, "params.trainable")], [get(rec, "memory.peak") / divisor], method_marker(method),
                     color=color, markerfacecolor="none" if mode(rec) == "estimate" else color, markersize=8,
                     linestyle="none", label=method)
-        ax.set_xscale("log")
+        log_axis(ax, "x")
         ax.set_xlabel("trainable parameters", fontsize=8)
         ax.set_ylabel(f"peak ({unit})", fontsize=8)
         ax.set_title(title, fontsize=9)
@@ -326,42 +344,44 @@ SERIES_FIELDS = (("trainable", "trainable parameters", "count"),
 
 def plot_freezing(records: list[dict[str, Any]], out_dir: Path) -> Plot:
     plot = Plot("lamda_gradual_freezing", "LaMDA gradual freezing over training steps: split vs mask",
-                "Per step (record.series): trainable parameters, optimizer state and backward FLOPs "
-                "while B's rank components freeze. 'split' (solid) really freezes them (fewer parameters, "
-                "optimizer state released, less backward work); 'mask' (dashed) zeroes their gradients as "
-                "the authors' code does, which saves nothing.")
+                "Per step (record.series), as a fraction of the first step's value: trainable parameters, "
+                "optimizer state and backward FLOPs while B's rank components freeze; one line per cell, "
+                "coloured by method. 'split' (solid) really freezes them (fewer parameters, optimizer state "
+                "released, less backward work); 'mask' (dashed) zeroes their gradients as the authors' code "
+                "does, which saves nothing. Fractions let cells of every size share one axis.")
     recs = sorted((r for r in records if is_ok(r) and str(get(r, "cell.method", "")).startswith("lamda")
                    and get(r, "series.step")), key=_method_order)
     if not recs:
         plot.skipped = "no ok LaMDA record has a per-step series"
         return plot
-    labels = Axes.of(recs)
-    fig = figure(15, 4.2)
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for rec in recs:
+        counts[(str(cell_value(rec, "method")), str(get(rec, "cell.options.freeze_mode", "split")))] += 1
+    fig = figure(14, 3.8)
     axs = []
-    for i, (field, ylabel, kind) in enumerate(SERIES_FIELDS):
+    for i, (field, ylabel, _) in enumerate(SERIES_FIELDS):
         ax = fig.add_subplot(1, len(SERIES_FIELDS), i + 1)
         axs.append(ax)
-        values_seen = [v for r in recs for v in (get(r, f"series.{field}") or []) if v is not None]
-        scaler = {"bytes": byte_scale, "flops": flop_scale}.get(kind)
-        div, unit = scaler(max(values_seen, default=0)) if scaler else (1.0, "")
+        drawn = 0
         for rec in recs:
             steps, ys = get(rec, "series.step") or [], get(rec, f"series.{field}") or []
-            pts = [(s, y / div) for s, y in zip(steps, ys) if y is not None]
-            if pts:
-                split = get(rec, "cell.options.freeze_mode", "split") == "split"
-                ax.plot(*zip(*pts), "o-" if split else "s--", markersize=3, label=labels.label(rec),
-                        color=method_color(str(cell_value(rec, "method"))), alpha=1.0 if split else 0.7)
-        ax.set_xlabel("training step")
+            pts = [(s, y) for s, y in zip(steps, ys) if y is not None]
+            if len(pts) < 2 or not pts[0][1]:
+                continue  # an estimate counts FLOPs at its one instrumented step: no line to draw
+            method, freeze = str(cell_value(rec, "method")), str(get(rec, "cell.options.freeze_mode", "split"))
+            ax.plot([p[0] for p in pts], [p[1] / pts[0][1] for p in pts], "-" if freeze == "split" else "--",
+                    marker="o" if freeze == "split" else "s", markersize=3, color=method_color(method),
+                    alpha=0.8, label=f"{method}, {freeze} ({counts[(method, freeze)]} cells)")
+            drawn += 1
+        ax.set_xlabel("training step", fontsize=8)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        positive = [v for v in values_seen if v > 0]
-        if positive and max(positive) / min(positive) > 100:  # cells of very different sizes
-            ax.set_yscale("log")
-        ax.set_ylabel(f"{ylabel} ({unit})" if unit else ylabel)
-        if not ax.lines:
-            ax.text(0.5, 0.5, f"no series.{field} recorded", ha="center", transform=ax.transAxes)
+        ax.set_ylabel(f"{ylabel} / step 1", fontsize=8)
+        ax.set_title(ylabel, fontsize=9)
+        if not drawn:
+            ax.text(0.5, 0.5, f"no cell has series.{field}\nat two or more steps", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)
     handles, names = unique_handles(axs)
     legend_outside(fig, handles, names)
-    fig.suptitle(plot.title)
     modes = {get(r, "cell.options.freeze_mode", "split") for r in recs}
     if len(modes) < 2:
         plot.description += f" Only freeze_mode {sorted(modes)} was run, so there is nothing to contrast."

@@ -96,3 +96,29 @@ def save(fig: Figure, out_dir: Path, plot: Plot) -> Plot:
     fig.savefig(path, dpi=110)
     plot.path, plot.figure = path, fig
     return plot
+
+
+def _compact(value: float, _pos: Any = None) -> str:
+    """200000 -> '200k', 3e9 -> '3G': short tick labels that do not run into each other."""
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= div:
+            return f"{value / div:g}{suffix}"
+    return f"{value:g}"
+
+
+def log_axis(ax: Any, which: str = "x", base: int = 10) -> None:
+    """A log axis whose labels cannot collide: only major ticks are labelled (1, 2, 5 per
+    decade over a short range, every decade or fewer over a long one), in compact form."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log", base=base)
+    lo, hi = (ax.get_xlim() if which == "x" else ax.get_ylim())
+    import math
+
+    decades = math.log(max(hi, 1e-300) / max(lo, 1e-300), base) if lo > 0 else 99
+    subs = (1.0, 2.0, 5.0) if base == 10 and decades < 2 else (1.0,)
+    axis.set_major_locator(LogLocator(base=base, subs=subs, numticks=6))
+    axis.set_minor_formatter(NullFormatter())
+    if base == 10:
+        axis.set_major_formatter(FuncFormatter(_compact))

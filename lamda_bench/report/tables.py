@@ -101,6 +101,9 @@ def predicted_summary(records: list[dict[str, Any]]) -> str:
                 for rec, o, p in pairs]
         worst, rec, o, p = max(devs, key=lambda t: t[0])
         exact = sum(1 for d, *_ in devs if d == 0)
+        if worst == 0:
+            rows.append([label, str(len(pairs)), str(exact), "0% (every cell exact)", "-", "-", "-"])
+            continue
         rows.append([label, str(len(pairs)), str(exact), f"{worst * 100:.3g}%",
                      f"{method_label(rec)} ({mode(rec)})", f"{fmt(o)} vs {fmt(p)}", Raw(md_code(rec.get("id")))])
     if not rows:
