@@ -220,3 +220,28 @@ def test_import_lamda_bench_is_cheap():
     code = "import sys, lamda_bench; print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_progress_bar_names_running_cells_and_summary_follows_suite_order(tmp_path):
+    from lamda_bench.cell import Cell
+    from lamda_bench.launch import Sweep
+
+    cells = [Cell(workload="linear", method=m, r=4, d_in=64, d_out=64, targets=t)
+             for m in ("lora", "lamda") for t in ("all", "attn")]
+    sweep = Sweep(cells, tmp_path, "t", "test_launch:runner_ok", retry_failed=False, progress=True)
+    sweep.start()
+    try:
+        sweep.started(cells[1])
+        assert sweep.bar.desc == "t: lora targets=attn"
+        sweep.started(cells[2])
+        sweep.started(cells[3])
+        sweep.started(cells[0])
+        assert sweep.bar.desc.endswith("+2 more")
+    finally:
+        sweep.close()
+    # the end-of-run table: suite order, varying columns only
+    recs = [make_record(m, d=d) for m, d in (("lamda", 64), ("lora", 128), ("lora", 64))]
+    lines = summary_table(recs).splitlines()
+    assert lines[0].startswith("Held fixed:") and "r=4" in lines[0]
+    assert lines[1].split()[:3] == ["status", "d_in", "d_out"] and "method" in lines[1]
+    assert [line.split()[3] for line in lines[3:6]] == ["lamda", "lora", "lora"]

@@ -73,6 +73,14 @@ def results_table(records: list[dict[str, Any]], axes: Axes | None = None) -> st
     axes = axes or Axes.of(ok)
     timed = any(get(r, "time.step_median_s") is not None for r in ok)
     columns = MEMORY_COLUMNS + (TIME_COLUMNS if timed else ())
+    if timed:
+        from .timing import flagged_step_times
+
+        flagged = flagged_step_times(ok)
+        columns = tuple((h, (lambda r, read=read: read(r) + (" (flagged: far off its shape's median)"
+                                                             if r.get("id") in flagged else "")))
+                        if h == TIME_COLUMNS[0][0] else (h, read) for h, read in columns)
+
     rows = [axes.row(rec) + [read(rec) for _, read in columns] + [Raw(md_code(rec.get("id")))] for rec in ok]
     return md_table(axes.columns() + [h for h, _ in columns] + ["id"], rows)
 
