@@ -232,11 +232,11 @@ def test_progress_bar_names_running_cells_and_summary_follows_suite_order(tmp_pa
     sweep.start()
     try:
         sweep.started(cells[1])
-        assert sweep.bar.desc == "t: lora targets=attn"
+        assert sweep.bar.desc.startswith("t: lora targets=attn")
         sweep.started(cells[2])
         sweep.started(cells[3])
         sweep.started(cells[0])
-        assert sweep.bar.desc.endswith("+2 more")
+        assert "+2 more" in sweep.bar.desc
     finally:
         sweep.close()
     # the end-of-run table: suite order, varying columns only
