@@ -92,7 +92,7 @@ def test_markup_and_formulas_are_escaped(tmp_path):
     ok["cell"]["targets"] = ["q|k", "<b>v</b>"]
     results_dir = write_results(tmp_path, [rec, ok])
     text = write_report(results_dir).read_text()
-    assert "<script>" not in text and "<img" not in text and "&lt;script&gt;" in text
+    assert "<script>" not in text and "<img" not in text and "&lt;script>" in text
     failed = [line for line in text.split("## Cells that did not finish")[1].splitlines() if "boom" in line][0]
     header = text.split("## Cells that did not finish")[1].splitlines()[2]
     assert failed.replace("\\|", "").count("|") == header.count("|")  # the pipe does not split the row

@@ -8,20 +8,26 @@ live HTML in a Markdown viewer; in ``results.csv`` a field starting with ``=``, 
 
 from __future__ import annotations
 
-import html
 import re
 from typing import Any
 
-# Characters Markdown gives meaning to inside a table cell or inline text.
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]|])")
+# Characters Markdown gives meaning to inside a table cell or inline text. ``_`` is left
+# alone: GitHub does not emphasise inside words (d_in), and escaping it would clutter the
+# same text printed to a terminal.
+_MD_SPECIAL = re.compile(r"([\\`*\[\]|])")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
+def _no_tags(text: str) -> str:
+    """``&`` and ``<`` as entities: no tag can open (``>`` alone is harmless and kept)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;")
+
+
 def md(text: Any) -> str:
-    """Text safe inside a Markdown table cell: HTML escaped (``<`` -> ``&lt;``), Markdown
-    punctuation backslash-escaped, newlines folded to spaces."""
-    s = html.escape(str(text), quote=False)
+    """Text safe inside a Markdown table cell: no HTML tag can open (``<`` -> ``&lt;``),
+    Markdown punctuation backslash-escaped, newlines folded to spaces."""
+    s = _no_tags(str(text))
     s = s.replace("\r", " ").replace("\n", " ")
     return _MD_SPECIAL.sub(r"\\\1", s)
 
@@ -29,7 +35,7 @@ def md(text: Any) -> str:
 def md_code(text: Any) -> str:
     """Text shown as inline code (ids, paths): backticks and pipes cannot close or split it."""
     s = str(text).replace("\r", " ").replace("\n", " ").replace("`", "'").replace("|", "\\|")
-    return f"`{html.escape(s, quote=False)}`"
+    return f"`{s}`"
 
 
 def csv_field(value: Any) -> Any:
