@@ -129,8 +129,9 @@ def compare(dir_a: Path, dir_b: Path, where: Iterable[str] = (), threshold: floa
     elif sort in ("peak", "throughput"):
         field = "memory.peak" if sort == "peak" else "time.tokens_per_s"
         pairs.sort(key=lambda p: -(get(p[1], field) or 0))
+    # peak always; every other metric only where it changed in some shown cell
     shown_metrics = [(t, f, fmt) for t, f, fmt in COMPARED_METRICS
-                     if any(p[2][f] is not None and abs(p[2][f]) > 1e-9 for p in pairs)]
+                     if f == "memory.peak" or any(p[2][f] is not None and abs(p[2][f]) > 1e-9 for p in pairs)]
     axes = Axes.of([p[0] for p in pairs])
     rows = []
     for a, b, changes, notes, _ in pairs:

@@ -71,7 +71,7 @@ def render_markdown(records: list[dict[str, Any]], plots: list[Plot], results_di
             "`memory.at_peak` that differ most from that LoRA cell. Measured and estimated shapes are "
             "separate tables.", "", headline(ok), ""]
 
-    for m in sorted(modes):
+    for m in sorted(modes, key=lambda m: (m != "measure", m)):  # measured first, as in the headline
         heading = "Measured results" if m == "measure" else f"{m.capitalize()}d results (not measured)" \
             if m == "estimate" else f"Results (mode {m})"
         in_mode = [r for r in ok if mode(r) == m]
