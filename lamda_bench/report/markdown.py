@@ -77,8 +77,9 @@ def render_markdown(records: list[dict[str, Any]], plots: list[Plot], results_di
         in_mode = [r for r in ok if mode(r) == m]
         axes = Axes.of(in_mode)
         out += [f"## {heading}", "", md(axes.header()), "",
-                "`peak` is the highest live total over the run's steps (`memory.peak`); `peak (optimizer "
-                "phase)` is the live total during the optimizer step (`memory.peak_step`).", "",
+                "`peak` is the highest live total the tracker saw (`memory.peak`, the larger of the forward, "
+                "backward and optimizer phases); `peak (optimizer phase)` is the highest during the optimizer "
+                "step only (`memory.peak_step`).", "",
                 results_table(in_mode, axes), ""]
     if not ok:
         out += ["## Results", "", "No cell finished with status ok.", ""]
