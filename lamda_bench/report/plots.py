@@ -326,6 +326,9 @@ def plot_pareto(records: list[dict[str, Any]], out_dir: Path) -> Plot:
             ax.plot([get(rec, "params.trainable")], [get(rec, "memory.peak") / divisor], method_marker(method),
                     color=color, markerfacecolor="none" if mode(rec) == "estimate" else color, markersize=8,
                     linestyle="none", label=method)
+        ax.set_ylim(0, 1.12 * max(get(r, "memory.peak") for r in group) / divisor)  # from zero: a 0.4%
+        # difference must not look like a factor of two
+        ax.margins(x=0.15)
         log_axis(ax, "x")
         ax.set_xlabel("trainable parameters", fontsize=8)
         ax.set_ylabel(f"peak ({unit})", fontsize=8)

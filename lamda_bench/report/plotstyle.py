@@ -117,8 +117,13 @@ def log_axis(ax: Any, which: str = "x", base: int = 10) -> None:
     import math
 
     decades = math.log(max(hi, 1e-300) / max(lo, 1e-300), base) if lo > 0 else 99
-    subs = (1.0, 2.0, 5.0) if base == 10 and decades < 2 else (1.0,)
-    axis.set_major_locator(LogLocator(base=base, subs=subs, numticks=6))
+    if decades < 1:  # within a decade LogLocator falls back to dense linear ticks: ask for few
+        from matplotlib.ticker import MaxNLocator
+
+        axis.set_major_locator(MaxNLocator(nbins=4))
+    else:
+        subs = (1.0, 2.0, 5.0) if base == 10 and decades < 2 else (1.0,)
+        axis.set_major_locator(LogLocator(base=base, subs=subs, numticks=6))
     axis.set_minor_formatter(NullFormatter())
     if base == 10:
         axis.set_major_formatter(FuncFormatter(_compact))
