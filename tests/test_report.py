@@ -187,7 +187,7 @@ def test_report_labels_estimates_and_lists_failures(full_report):
     failed = text.split("## Cells that did not finish")[1].split("\n## ")[0]
     assert "oom" in failed and "planted failure for the test" in failed
     # human units with the unit named
-    assert " KiB" in text and "GFLOP" in text or "MFLOP" in text
+    assert " KiB" in text and ("GFLOP" in text or "MFLOP" in text)
 
 
 def test_csv_has_one_row_per_record_with_raw_numbers(full_report):

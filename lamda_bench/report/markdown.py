@@ -11,7 +11,7 @@ from .plots import Plot, draw_all
 from .axes import Axes
 from .escape import md
 from .headline import headline
-from .records import device, get, is_ok, load_dir, mode
+from .records import ReportError, device, get, is_ok, load_dir, mode
 from .tables import failures_table, predicted_summary, results_table
 from .units import UNITS_NOTE
 
@@ -33,10 +33,16 @@ def write_report(results_dir: Path) -> Path:
     ``results.csv`` there; return the path of ``report.md``."""
     results_dir = Path(results_dir)
     records = load_dir(results_dir)
-    plots = draw_all(records, results_dir, results_dir / PLOTS_DIR)
-    write_csv(records, results_dir / CSV_FILE)
-    path = results_dir / REPORT_FILE
-    path.write_text(render_markdown(records, plots, results_dir), encoding="utf-8")
+    plots_dir = results_dir / PLOTS_DIR
+    if plots_dir.exists() and not plots_dir.is_dir():
+        raise ReportError(f"{plots_dir}: exists and is not a directory (the report writes its plots there)")
+    try:
+        plots = draw_all(records, results_dir, plots_dir)
+        write_csv(records, results_dir / CSV_FILE)
+        path = results_dir / REPORT_FILE
+        path.write_text(render_markdown(records, plots, results_dir), encoding="utf-8")
+    except OSError as e:  # a read-only directory, report.md that is a directory, a full disk
+        raise ReportError(f"{e.filename or results_dir}: cannot write the report: {e.strerror or e}") from None
     return path
 
 

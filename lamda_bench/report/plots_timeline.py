@@ -7,10 +7,13 @@ per method by category, phases shaded.
 from __future__ import annotations
 
 import json
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..record_values import is_number
+from ..results import DataWarning
 from .plotstyle import CATEGORIES, CATEGORY_COLORS, Plot, byte_scale, method_color, save
 from .records import get, is_ok, mode, tokens, width
 
@@ -22,13 +25,40 @@ def _load_timeline(results_dir: Path, rec: dict[str, Any]) -> list[dict[str, Any
     rel = get(rec, "artifacts.timeline")
     if not rel:
         return None
-    path = results_dir / rel
+    path = results_dir / str(rel)
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # a damaged side file
+        warnings.warn(f"{path}: unreadable timeline ({type(e).__name__}: {e}); left out of the plot",
+                      DataWarning, stacklevel=2)
+        return None
     # execute.py writes {"id", "unit": "bytes", "events": [...]}; a bare list is accepted too
     events = data.get("events") if isinstance(data, dict) else data
-    return events if isinstance(events, list) and events else None
+    if not isinstance(events, list) or not events:
+        return None
+    problem = _timeline_problem(events)
+    if problem:
+        warnings.warn(f"{path}: {problem}; left out of the plot", DataWarning, stacklevel=2)
+        return None
+    return events
+
+
+def _timeline_problem(events: list[Any]) -> str | None:
+    """Why these events cannot be drawn (the first bad one), or None."""
+    for i, event in enumerate(events):
+        if not isinstance(event, dict):
+            return f"event {i} is not a table"
+        values = [("live_bytes", event.get("live_bytes", 0))]
+        cats = event.get("by_category") or {}
+        if not isinstance(cats, dict):
+            return f"event {i}: by_category is not a table"
+        values += [(f"by_category.{k}", v) for k, v in cats.items()]
+        for key, value in values:
+            if not is_number(value):
+                return f"event {i}: {key} = {value!r} is not a number"
+    return None
 
 
 def _pair_key(rec: dict[str, Any]) -> tuple:
