@@ -9,9 +9,12 @@ settings give the same id in every run (that is what resume relies on).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 DTYPES = ("fp32", "bf16", "fp16")
@@ -19,6 +22,10 @@ DEVICES = ("auto", "cpu", "cuda")
 MODES = ("auto", "measure", "estimate")
 OPTIMIZERS = ("adamw", "sgd")
 ATTENTION = ("auto", "sdpa", "eager")
+PRECISIONS = ("pure", "amp-bf16", "amp-fp16", "fp32")  # lamda_bench/precision.py says what each means
+# Keys added after cell ids were first recorded: at their default they are left out of the id's
+# hash, so every cell written before the key existed keeps its id (resume, baselines).
+ID_NEUTRAL_DEFAULTS = {"precision": "pure"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class Cell:
     attn_implementation: str = "auto"
     seed: int = 0
     timeout_s: float = 900.0
+    precision: str = "pure"  # precision policy (PRECISIONS)
     options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
 
     # ---- conversion -------------------------------------------------------------------
@@ -86,10 +94,41 @@ class Cell:
         """Stable id: method-workload-r prefix for humans, hash of the resolved cell for uniqueness.
 
         ``timeout_s`` is excluded: changing how long we are willing to wait does not change
-        what is measured.
+        what is measured. Keys of ``ID_NEUTRAL_DEFAULTS`` are excluded at their default.
         """
         d = self.to_dict()
         d.pop("timeout_s", None)
+        d["workload"] = workload_identity(self.workload)
+        for key, default in ID_NEUTRAL_DEFAULTS.items():
+            if d.get(key) == default:
+                d.pop(key)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-        return f"{self.workload}-{self.method}-r{self.r}-{digest}"
+        return f"{workload_label(self.workload)}-{self.method}-r{self.r}-{digest}"
+
+
+@functools.lru_cache(maxsize=256)
+def workload_identity(workload: str) -> str:
+    """What a cell id hashes for its workload: a catalogue name or hub id as is; for a config
+    file, its content (``config-sha256:...``), so the same config.json gives the same id in any
+    checkout or folder, and an edited one a new id."""
+    from .model_config import config_sha256, read_config, ConfigSource
+
+    path = Path(workload)
+    if not (path.is_absolute() and path.is_file()):
+        return workload
+    return "config-sha256:" + config_sha256(read_config(ConfigSource("file", workload, path)))
+
+
+def workload_label(workload: str) -> str:
+    """A workload as a file-name-safe word for ids: a catalogue name as is; for a config path or
+    hub id, its folder or file stem (``/x/qwen/config.json`` -> ``qwen``, ``Qwen/Qwen2.5-7B`` -> ``Qwen2.5-7B``)."""
+    if "/" not in workload and "\\" not in workload and not workload.endswith(".json"):
+        return workload
+    parts = [p for p in re.split(r"[/\\]", workload) if p]
+    name = parts[-1] if parts else "config"
+    if name == "config.json" and len(parts) > 1:
+        name = parts[-2]
+    elif name.endswith(".json"):
+        name = name[: -len(".json")]
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name).strip(".") or "config"

@@ -13,9 +13,13 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
+
+from .terminal import printable, printable_lines
 
 PROG = "lamda-bench"
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -30,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with _data_warnings_printed():
+            return args.func(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -38,17 +43,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _is_user_error(e):
             raise
         message = " ".join(str(e).split("\n"))  # one line, whatever the message
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        print(f"{PROG}: error: {printable(message)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+# Data warnings printed during this command (a results line skipped, a value unusable).
+_data_warnings: list[str] = []
+
+
+@contextlib.contextmanager
+def _data_warnings_printed():
+    """Print each ``results.DataWarning`` as ``lamda-bench: warning: ...`` (one line, control
+    characters escaped) as it happens, and count them in ``_data_warnings``."""
+    from .results import DataWarning
+
+    _data_warnings.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, DataWarning):
+                return previous(message, category, filename, lineno, file, line)
+            _data_warnings.append(str(message))
+            print(f"{PROG}: warning: {printable(message)}", file=sys.stderr)
+
+        warnings.showwarning = show
+        yield
 
 
 def _is_user_error(e: BaseException) -> bool:
     return isinstance(e, FileNotFoundError) or type(e).__module__.startswith("lamda_bench")
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Memory, FLOP and throughput benchmarks for LaMDA, LoRA, PiSSA and peers.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     run = verbs.add_parser("run", help="run a suite (resumes an earlier run of the same --out)")
@@ -71,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runner", default=None, metavar="MODULE:FUNCTION",
                      help="function run in each cell process (default lamda_bench.execute:run_cell)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--wait", action="store_true",
+                     help="if another run holds --out, wait for it to finish (default: exit 2 naming it)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                      help="override a suite key in every sweep, e.g. --set mode=estimate (repeatable; "
                           "the cells' ids change with it)")
@@ -87,12 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_ = verbs.add_parser("compare", help="compare two results directories")
     cmp_.add_argument("a", type=Path)
     cmp_.add_argument("b", type=Path)
+    cmp_.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                      help="only cells whose KEY (a cell key such as method or r, a method option, or a "
+                           "dotted record path) equals VALUE; repeat to require several")
+    cmp_.add_argument("--threshold", type=float, default=0.0, metavar="PCT",
+                      help="only cells where some metric changed by more than PCT percent")
+    cmp_.add_argument("--sort", default="change", choices=("change", "order", "peak", "throughput"),
+                      help="row order: largest change first (default), results order, or by B's peak/throughput")
     cmp_.set_defaults(func=cmd_compare)
 
     chk = verbs.add_parser("check", help="memory regression gate: non-zero exit on a regression")
     chk.add_argument("dir", type=Path)
     chk.add_argument("--baseline", type=Path, required=True)
-    chk.add_argument("--update-baseline", action="store_true")
+    chk.add_argument("--allow-env-drift", action="store_true",
+                     help="compare cells whose environment fingerprint differs from the baseline's (named "
+                          "field by field) and exit by the comparison instead of 4")
+    chk.add_argument("--update-baseline", action="store_true",
+                     help="re-record the baseline from this run (refuses on a regression, a failed or missing cell)")
+    chk.add_argument("--accept-regressions", action="store_true",
+                     help="with --update-baseline: record regressed metrics as the new baseline")
+    chk.add_argument("--drop-missing", action="store_true",
+                     help="with --update-baseline: leave out cells that failed or have no result")
     chk.set_defaults(func=cmd_check)
 
     agr = verbs.add_parser("agreement", help="estimate-mode results against CUDA-measured results of the same cells")
@@ -134,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = results_path(out)
 
     if args.dry_run:
-        loaded = load_results(path)  # checks the schema; writes nothing
+        loaded = load_results(path).warn(path)  # checks the schema; writes nothing
         _print_plan(suite, {r["id"]: r for r in loaded.records if "id" in r}, out)
         return EXIT_OK
 
@@ -149,9 +203,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.address is not None:
             raise CliError("--address is for --launcher ray")
         summary = run_cells(list(suite.cells), out, suite=suite.name, runner=runner, jobs=args.jobs,
-                            retry_failed=args.retry_failed, progress=not args.no_progress, start=args.start)
+                            retry_failed=args.retry_failed, progress=not args.no_progress, start=args.start,
+                            wait_for_lock=args.wait)
     for warning in summary.warnings:
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+        print(f"{PROG}: warning: {printable(warning)}", file=sys.stderr)
     latest = {}
     for rec in load_results(path).records:
         latest[rec.get("id")] = rec
@@ -164,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     failed = [r for r in records if r.get("status") in ("error", "timeout")]
     for rec in failed:
-        print(f"{PROG}: {rec.get('status')}: {rec.get('id')}: {rec.get('error')}", file=sys.stderr)
+        print(printable(f"{PROG}: {rec.get('status')}: {rec.get('id')}: {rec.get('error')}"), file=sys.stderr)
     return EXIT_FAILED_CELLS if failed else EXIT_OK
 
 
@@ -184,44 +239,21 @@ def _print_plan(suite, recorded: dict[str, dict[str, Any]], out: Path) -> None:
         shape = f"{cell.d_in}x{cell.d_out}" if cell.d_in is not None else ""
         options = " ".join(f"{k}={v}" for k, v in cell.options)
         rows.append([i, cell.workload, shape, cell.layers or "", cell.method, cell.r, targets, cell.batch,
-                     cell.seq, cell.dtype, cell.device, cell.mode, options,
+                     cell.seq, cell.dtype if cell.precision == "pure" else f"{cell.dtype} {cell.precision}", cell.device, cell.mode, options,
                      rec.get("status") if rec else "", cell.id])
     headers = ["#", "workload", "d_in x d_out", "layers", "method", "r", "targets", "batch", "seq",
                "dtype", "device", "mode", "options", "recorded", "id"]
-    print(f"{suite.name}: {suite.description}".rstrip(": "))
-    print(tabulate(rows, headers=headers))
+    print(printable(f"{suite.name}: {suite.description}".rstrip(": ")))
+    print(tabulate([[printable(v) if isinstance(v, str) else v for v in row] for row in rows], headers=headers))
     todo = sum(1 for c in suite.cells if c.id not in recorded)
-    print(f"{len(suite.cells)} cells planned, {todo} to run into {out / 'results.jsonl'} (dry run: nothing written)")
+    print(printable(f"{len(suite.cells)} cells planned, {todo} to run into {out / 'results.jsonl'} "
+                    f"(dry run: nothing written)"))
 
 
 def summary_table(records: list[dict[str, Any]]) -> str:
-    """One row per record, figures in human units that say their unit."""
-    from tabulate import tabulate
+    from .report.summary import summary_table as table
 
-    from .report.units import UNITS_NOTE, fmt_bytes, fmt_count, fmt_rate
-
-    def get(rec, dotted):
-        node = rec
-        for key in dotted.split("."):
-            if not isinstance(node, dict):
-                return None
-            node = node.get(key)
-        return node
-
-    rows = []
-    for rec in records:
-        cell = rec.get("cell") or {}
-        rows.append([
-            rec.get("status"), cell.get("workload"), cell.get("method"), cell.get("r"), cell.get("batch"),
-            cell.get("seq"), f"{cell.get('mode')}/{cell.get('device')}",
-            fmt_count(get(rec, "params.trainable")),
-            fmt_bytes(get(rec, "memory.saved_activations_adapter")),
-            fmt_bytes(get(rec, "memory.peak")),
-            fmt_rate(get(rec, "time.tokens_per_s")),
-        ])
-    headers = ["status", "workload", "method", "r", "batch", "seq", "mode/device", "trainable params",
-               "saved act. (adapter)", "peak memory", "throughput"]
-    return tabulate(rows, headers=headers) + "\n" + UNITS_NOTE
+    return printable_lines(table(records))
 
 
 # ---- list ------------------------------------------------------------------------------
@@ -243,12 +275,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["method", "description", "options"], maxcolwidths=[None, 60, 60]))
         print()
     if "workloads" in parts:
-        from .workloads import WORKLOADS
+        from .workloads import workload_rows
 
-        rows = [[name, getattr(w, "description", ""),
-                 ", ".join(f"{p}" for p in getattr(w, "target_presets", {}))] for name, w in WORKLOADS.items()]
-        print("Workloads:")
-        print(tabulate(rows, headers=["workload", "description", "target presets"], maxcolwidths=[None, 70, None]))
+        print("Workloads (catalogue configs in lamda_bench/configs/; a suite may also name a config.json path "
+              "or a cached hub id):")
+        print(tabulate(workload_rows(), headers=["workload", "params", "shape", "description", "target presets"],
+                       maxcolwidths=[None, None, 44, 44, None]))
         print()
     if "suites" in parts:
         from .suite import SuiteError, load_suite
@@ -261,6 +293,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             except SuiteError as e:
                 rows.append([str(path), "", "invalid", str(e)])
         print("Suites:")
+        rows = [[printable(v) if isinstance(v, str) else v for v in row] for row in rows]
         print(tabulate(rows, headers=["file", "name", "cells", "description"], maxcolwidths=[None, None, None, 70]))
     return EXIT_OK
 
@@ -288,21 +321,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     written = write_report(_existing_dir(args.dir))
-    print(f"report written to {written}")
+    problems = f"; {len(_data_warnings)} warning(s) above: lines skipped or values unusable" if _data_warnings else ""
+    print(printable(f"report written to {written}{problems}"))
     return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report import compare
 
-    print(compare(_existing_dir(args.a), _existing_dir(args.b)))
+    print(printable_lines(compare(_existing_dir(args.a), _existing_dir(args.b), where=args.where,
+                                  threshold=args.threshold, sort=args.sort)))
     return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from .gate import check_cli
 
-    return int(check_cli(_existing_dir(args.dir), args.baseline, args.update_baseline))
+    if (args.accept_regressions or args.drop_missing) and not args.update_baseline:
+        raise CliError("--accept-regressions and --drop-missing only apply with --update-baseline")
+    return int(check_cli(_existing_dir(args.dir), args.baseline, args.update_baseline,
+                         allow_env_drift=args.allow_env_drift, accept_regressions=args.accept_regressions,
+                         drop_missing=args.drop_missing))
 
 
 def cmd_agreement(args: argparse.Namespace) -> int:
@@ -314,7 +353,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text, encoding="utf-8")
-    print(text)
+    print(printable_lines(text))
     return EXIT_OK
 
 

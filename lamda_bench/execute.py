@@ -7,18 +7,20 @@ What a run is (``W`` = ``cell.warmup``, ``S`` = ``cell.steps``):
   timeline, FLOPs), then S timed steps with every tracker off. That is W + 1 + S optimizer
   steps, and it is the horizon LaMDA's freezing schedule is laid over (``total_steps``,
   unless the cell's options set ``total_steps``): the instrumented step is a real training
-  step too. On CUDA the BLAS workspaces are warmed and the allocator peaks reset before the
-  instrumented step; the allocator peaks cover the instrumented and the timed steps. With
+  step too. Warmup steps that can hold the run's peak (``peaks.py``) run with the live-bytes
+  tracker (no timeline); timed steps never do. On CUDA the BLAS workspaces are warmed and the
+  allocator peaks reset before the first step: they cover the whole run. With
   ``LAMDA_BENCH_CUDA_SNAPSHOT=1`` and an artifacts dir, the instrumented step's allocator
   history is dumped to ``snapshots/<id>.pickle`` (for pytorch.org/memory_viz).
 - ``estimate``: the model is built and the method applied on the meta device, then turned
   into fake tensors on the target device (``fake.to_fake``) and the instrumented step runs
-  there: bytes and FLOPs without memory or time. Only the instrumented step runs forward
-  and backward. Warmup is replaced by one optimizer step on zero gradients (so the step sees
-  the optimizer state a real run has after its first step), and the schedule is advanced
-  through the method's own ``on_step`` for the steps that do not run, so ``params.updates``
-  and the ``series`` cover the same W + 1 + S steps as a measurement (``series.ran`` says
-  which steps ran). Time fields are null.
+  there: bytes and FLOPs without memory or time. Only the instrumented step and the steps
+  that can hold the run's peak (``peaks.py``: LaMDA's steps 1 and 2) run forward and backward.
+  Where step 1 does not run, it is replaced by one optimizer step on zero gradients (so later
+  steps see the optimizer state a real run has after its first step), and the schedule is
+  advanced through the method's own ``on_step`` for the steps that do not run, so
+  ``params.updates`` and the ``series`` cover the same W + 1 + S steps as a measurement
+  (``series.ran`` says which steps ran). Time fields are null.
 - ``auto`` mode: measure on CUDA. On CPU measure only when the cell fits this machine: a
   bound of 6 N P FLOPs (N tokens, P parameters) decides without running anything; below it
   the estimate itself runs and the cell is measured only if its peak is under 25% of RAM
@@ -45,6 +47,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
@@ -54,12 +57,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import analytic, workloads
-from .cell import DEVICES, MODES, OPTIMIZERS, Cell
+from . import analytic, precision, workloads
+from .cell import DEVICES, MODES, OPTIMIZERS, PRECISIONS, Cell
 
 CPU_MEASURE_MAX_RAM_FRACTION = 0.25  # measure on CPU only when the predicted peak is below this share of RAM
 CPU_MEASURE_MAX_FLOPS = 3e10  # forward + backward FLOPs per step: a few seconds on 2 CPU cores
 SNAPSHOT_ENV = "LAMDA_BENCH_CUDA_SNAPSHOT"  # =1: write the instrumented step's CUDA memory snapshot
+SERIES_KEYS = ("step", "trainable", "optimizer", "backward_flops", "peak", "ran")
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "cannot allocate memory")
 
 
@@ -82,7 +86,8 @@ def run_cell(cell: dict, artifacts_dir: str | None = None) -> dict:
     except Exception as e:  # noqa: BLE001 - the contract: a record, whatever happened
         record["status"] = "oom" if _is_oom(e) else "error"
         record["error"] = _one_line(e)
-        if not isinstance(e, (CellError, workloads.WorkloadError, analytic.AnalyticError)) and not _is_bad_input(e):
+        if not isinstance(e, (CellError, workloads.WorkloadError, analytic.AnalyticError,
+                              precision.PrecisionError)) and not _is_bad_input(e):
             traceback.print_exc(file=sys.stderr)  # the launcher keeps stderr in the cell's log
         if record["env"] is None:
             record["env"] = _failed_cell_env()
@@ -104,13 +109,13 @@ def _blank_record(cell: dict) -> dict:
         "memory": {k: None for k in (
             "weights", "trainable_weights", "grads", "optimizer", "saved_activations",
             "saved_activations_adapter", "peak_forward", "peak_backward", "peak_step", "peak",
-            "at_peak", "cuda_max_allocated", "cuda_max_reserved", "cuda_max_active", "nvml_used",
+            "at_peak", "peak_steady", "cuda_max_allocated", "cuda_max_reserved", "cuda_max_active", "nvml_used",
             "host_rss_peak")},
         "flops": {"forward": None, "backward": None, "adapter_forward": None, "adapter_backward": None,
                   "attention_counting": None},
         "time": {"step_median_s": None, "step_min_s": None, "step_max_s": None, "steps_timed": 0,
                  "tokens_per_s": None},
-        "series": {"step": [], "trainable": [], "optimizer": [], "backward_flops": [], "ran": []},
+        "series": {k: [] for k in SERIES_KEYS},
         "predicted": None,
         "info": {},
         "artifacts": {},
@@ -152,7 +157,8 @@ def _is_bad_input(e: BaseException) -> bool:
 def _one_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     first = lines[0] if lines else ""
-    if isinstance(e, (CellError, workloads.WorkloadError, analytic.AnalyticError)) or _is_bad_input(e):
+    if isinstance(e, (CellError, workloads.WorkloadError, analytic.AnalyticError, precision.PrecisionError)) \
+            or _is_bad_input(e):
         return first or type(e).__name__
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
@@ -164,7 +170,7 @@ def _one_line(e: BaseException) -> str:
 
 def _validate(c: Cell) -> None:
     for key, value, allowed in (("device", c.device, DEVICES), ("mode", c.mode, MODES),
-                                ("optimizer", c.optimizer, OPTIMIZERS)):
+                                ("optimizer", c.optimizer, OPTIMIZERS), ("precision", c.precision, PRECISIONS)):
         if value not in allowed:
             raise CellError(f"cell {key} {value!r} is not one of {list(allowed)}")
     for key in ("batch", "seq", "r"):
@@ -181,8 +187,13 @@ def _validate(c: Cell) -> None:
 def _resolve_device(c: Cell) -> str:
     if c.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if c.device == "cuda" and c.mode == "measure" and not torch.cuda.is_available():
-        raise CellError("device 'cuda' asked for measure mode, but torch.cuda.is_available() is False here")
+    if c.device == "cuda" and c.mode != "estimate" and not torch.cuda.is_available():
+        why = (f"this torch build ({torch.__version__}) has no CUDA support" if torch.version.cuda is None
+               else "no CUDA device is visible here")
+        from .fake import fake_device_supported
+
+        estimate = ", or mode = 'estimate'" if fake_device_supported("cuda") else ""
+        raise CellError(f"device 'cuda' (mode {c.mode}): {why}; use device = 'cpu' or 'auto'{estimate}")
     return c.device
 
 
@@ -223,6 +234,9 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
         raise CellError(f"invalid cell: {_one_line(e)}") from None
     record["id"] = c.id
     _validate(c)
+    requested = c
+    # The fp32 policy builds the model in fp32 whatever the dtype; the record keeps the cell as asked.
+    c = dataclasses.replace(c, dtype=precision.build_dtype(precision.get_policy(c.precision), c.dtype))
     workloads.get_workload(c.workload)  # unknown workload: one line, before any build
     device = _resolve_device(c)
     mode_reason = f"the cell asks for {c.mode}"
@@ -248,7 +262,7 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
         result.info["estimate_device_reason"] = why
         run_device = est_device
 
-    resolved = c.to_dict()
+    resolved = requested.to_dict()
     resolved["device"], resolved["mode"] = run_device, mode
     record["cell"] = resolved
     result.info["mode_reason"] = mode_reason
@@ -271,7 +285,7 @@ def _auto_on_cpu(c: Cell, timeline: bool) -> tuple[str, str, "_StepResult | None
                             f"{CPU_MEASURE_MAX_FLOPS:.3g} a few-second CPU step allows"), None
     probe = _estimate(c, "cpu", timeline)
     flops = probe.flops.forward + probe.flops.backward
-    peak = probe.live.peak.live_bytes
+    peak = max(p.live_bytes for p in probe.step_peaks.values())
     if peak < CPU_MEASURE_MAX_RAM_FRACTION * ram and flops <= CPU_MEASURE_MAX_FLOPS:
         return "measure", (f"auto on cpu: estimated peak {peak} B < {CPU_MEASURE_MAX_RAM_FRACTION:.0%} of RAM "
                            f"and {flops:.3g} step FLOPs: fits this machine"), None
@@ -292,13 +306,16 @@ class _StepResult:
         self.layers: list[analytic.AdaptedLinear] = []
         self.grads_bytes = 0
         self.weights_bytes = 0
-        self.series: dict[str, list] = {"step": [], "trainable": [], "optimizer": [], "backward_flops": [], "ran": []}
+        self.series: dict[str, list] = {k: [] for k in SERIES_KEYS}
         self.timing = None
         self.snapshot: str | None = None
         self.device_memory: dict[str, int | None] = {}
         self.info: dict[str, Any] = {}
         self.horizon = 1
         self.instrumented_step = 1
+        self.step_peaks: dict[int, Any] = {}  # step -> live.Peak, for the steps tracked (peaks.py)
+        self.untracked_peak_steps: list[int] = []
+        self.precision = precision.PrecisionRun()  # the cell's policy: forward context, backward, step
 
 
 def _prepare(c: Cell, build_device: str) -> tuple[Any, Any, int]:
@@ -319,6 +336,7 @@ def _prepare(c: Cell, build_device: str) -> tuple[Any, Any, int]:
     ctx = torch.device("meta") if build_device == "meta" else contextlib.nullcontext()
     with ctx:
         applied = method.apply(model, spec)
+    precision.cast_trainable(applied.model, precision.get_policy(c.precision))  # before the optimizer exists
     return applied, spec, horizon
 
 
@@ -361,6 +379,7 @@ def _measure(c: Cell, device: str, artifacts_dir: str | None = None) -> _StepRes
     res = _StepResult()
     res.device = device
     dev = torch.device(device)
+    res.precision = precision.start(c.precision, dev.type, fake=False)
     applied, spec, res.horizon = _prepare(c, device)
     res.applied = applied
     inputs = workloads.make_inputs(c, device)
@@ -368,15 +387,21 @@ def _measure(c: Cell, device: str, artifacts_dir: str | None = None) -> _StepRes
     devmem.warm_up_blas(dev, workloads.torch_dtype(c.dtype))
     timeline = artifacts_dir is not None
 
+    # Allocator peaks cover the whole run: its first steps can be its worst (peaks.py).
+    devmem.reset_peaks(dev)
+    res.instrumented_step = c.warmup + 1
+    # Timed steps are never tracked (the trackers would be timed too).
+    tracked = set(_extra_peak_steps(c, applied, res, trackable=set(range(1, c.warmup + 1))))
     step = 0
     for _ in range(c.warmup):
         step += 1
+        if step in tracked:
+            _tracked_step(c, applied, inputs, optimizer, res, step)
+            continue
         with FlopCounter(applied.model, applied.is_adapter_module) as fc:
             _train_step(c, applied, inputs, optimizer, res, step, fc)
 
-    devmem.reset_peaks(dev)
     step += 1
-    res.instrumented_step = step
     snapshot = _snapshot_path(c, artifacts_dir) if dev.type == "cuda" else None
     if snapshot is not None and devmem.start_memory_history(dev):
         _instrumented_step(c, applied, inputs, optimizer, res, step, timeline)
@@ -416,6 +441,7 @@ def _estimate(c: Cell, device: str, timeline: bool = True) -> _StepResult:
 
     res = _StepResult()
     res.device = device
+    res.precision = precision.start(c.precision, torch.device(device).type, fake=True)
     applied, spec, res.horizon = _prepare(c, "meta")
     res.applied = applied
     fake_mode = to_fake(applied.model, device)
@@ -425,25 +451,23 @@ def _estimate(c: Cell, device: str, timeline: bool = True) -> _StepResult:
         # build can only fake cpu tensors (info.estimate_device says which kernels ran).
         optimizer = _make_optimizer(c, applied, for_cuda=c.device != "cpu")
         res.info["optimizer_foreach"] = c.device != "cpu"
-        step = 0
-        for _ in range(c.warmup):  # not run: the schedule advances, the optimizer state is primed once
-            step += 1
-            _record_before(res, applied, step, ran=False)
-            if step == 1:
-                _prime_optimizer(applied, optimizer)
-            applied.on_step(step, optimizer)
-            _record_after(res, optimizer, None)
-        step += 1
-        res.instrumented_step = step
-        _instrumented_step(c, applied, inputs, optimizer, res, step, timeline)
-        for _ in range(c.steps):
-            step += 1
-            _record_before(res, applied, step, ran=False)
-            applied.on_step(step, optimizer)
-            _record_after(res, optimizer, None)
+        res.instrumented_step = c.warmup + 1
+        tracked = set(_extra_peak_steps(c, applied, res, trackable=None))
+        for step in range(1, c.warmup + c.steps + 2):
+            if step == res.instrumented_step:
+                _instrumented_step(c, applied, inputs, optimizer, res, step, timeline)
+            elif step in tracked:  # a step that can hold the run's peak
+                _tracked_step(c, applied, inputs, optimizer, res, step)
+            else:  # not run: the schedule advances; the optimizer state is primed once
+                _record_before(res, applied, step, ran=False)
+                if step == 1:
+                    _prime_optimizer(applied, optimizer)
+                _record_after(res, optimizer, None)
+                applied.on_step(step, optimizer)
     res.info["estimate"] = (
-        "fake tensors: forward and backward ran for the instrumented step only; warmup replaced by "
-        "one optimizer step on zero gradients; other steps advance the method's schedule without running"
+        "fake tensors: forward and backward ran for the instrumented step and the steps that can hold "
+        "the run's peak (info.peak_steps) only; optimizer state before the first step that ran primed as "
+        "one optimizer step on zero gradients leaves it; other steps advance the method's schedule without running"
     )
     return res
 
@@ -511,15 +535,15 @@ def _train_step(c: Cell, applied, inputs, optimizer, res: _StepResult, step: int
         return stack
 
     _record_before(res, applied, step, ran=True)
-    with phase("forward"):
+    with phase("forward"), res.precision.forward():
         loss = workloads.compute_loss(c, applied.model, inputs)
     with phase("backward"):
-        loss.backward()
+        res.precision.backward(loss)
     del loss
     if on_grads is not None:
         on_grads()
     with phase("optimizer"):
-        optimizer.step()
+        res.precision.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         _drop_input_grads(inputs)
     if finish:
@@ -527,13 +551,42 @@ def _train_step(c: Cell, applied, inputs, optimizer, res: _StepResult, step: int
 
 
 def _finish_step(applied, optimizer, res: _StepResult, step: int, flops) -> None:
-    """The method's per-step hook, then the series entry (optimizer state after the step).
+    """The series entry (optimizer state as the step left it, while it is live), then the
+    method's per-step hook.
 
     LaMDA's freezing moves parameters and releases optimizer state here: run it outside
     the live tracker, or the new parameter storages would count as step temporaries.
     """
-    applied.on_step(step, optimizer)
     _record_after(res, optimizer, flops.backward if flops is not None else None)
+    applied.on_step(step, optimizer)
+
+
+def _tracked_step(c: Cell, applied, inputs, optimizer, res: _StepResult, step: int) -> None:
+    """A step that can hold the run's peak (``peaks.py``): live bytes and FLOPs tracked, no
+    timeline, no saved-tensor tracker."""
+    from .measure import FlopCounter, LiveMemoryTracker, ModuleScope
+
+    scope = ModuleScope(applied.model)
+    live = LiveMemoryTracker(applied.model, optimizer, scope=scope, timeline=False, inputs=inputs)
+    flops = FlopCounter(applied.model, applied.is_adapter_module, scope=scope)
+    with flops, live:
+        _train_step(c, applied, inputs, optimizer, res, step, flops, live=live, finish=False)
+    _finish_step(applied, optimizer, res, step, flops)
+    _note_step_peak(res, step, live.peak)
+
+
+def _note_step_peak(res: _StepResult, step: int, peak) -> None:
+    res.step_peaks[step] = peak
+    res.series["peak"][res.series["step"].index(step)] = peak.live_bytes
+
+
+def _extra_peak_steps(c: Cell, applied, res: _StepResult, trackable: set[int] | None) -> list[int]:
+    """The steps besides the instrumented one that can hold the run's peak and can be tracked."""
+    from .peaks import steps_to_track
+
+    extra, res.untracked_peak_steps = steps_to_track(
+        applied.trainable_shrinks, c.warmup + 1 + c.steps, res.instrumented_step, trackable)
+    return extra
 
 
 def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, step: int, timeline: bool) -> None:
@@ -552,6 +605,7 @@ def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, st
 
     live = LiveMemoryTracker(model, optimizer, scope=scope, timeline=timeline, timeline_filter=on_timeline,
                             inputs=inputs)
+    saved.is_weight_copy = live.is_weight_copy  # autocast's weight casts: saved apart from activations
     flops = FlopCounter(model, applied.is_adapter_module, scope=scope)
 
     def grads_done() -> None:
@@ -563,8 +617,10 @@ def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, st
     # Read now: the live tracker's free callbacks outlive it, and on_step replaces parameters.
     res.weights_bytes = live.current["weights"]
     _finish_step(applied, optimizer, res, step, flops)
+    _note_step_peak(res, step, live.peak)
     res.saved, res.live, res.flops = saved, live, flops
     res.calls, res.layers = observer.calls, observer.layers
+    res.info["optimizer_class"] = type(optimizer).__name__
 
 
 class _InputObserver:
@@ -647,6 +703,7 @@ def _adapter_itemsize(applied) -> int | None:
 def _record_before(res: _StepResult, applied, step: int, ran: bool) -> None:
     res.series["step"].append(step)
     res.series["trainable"].append(applied.num_trainable())
+    res.series["peak"].append(None)  # set for the steps run with the live tracker
     res.series["ran"].append(ran)
 
 
@@ -683,8 +740,11 @@ def _fill_record(record: dict, c: Cell, res: _StepResult, mode: str, device: str
         "trainable": series["trainable"][0],
         "updates": sum(series["trainable"]),
     }
+    from .peaks import run_peak_fields
+
     peaks = live.phase_peaks
-    at = live.peak.by_category
+    run_peak, res.info["peak_steps"] = run_peak_fields(res.step_peaks, res.instrumented_step,
+                                                       applied.trainable_shrinks, res.untracked_peak_steps)
     record["memory"] = {
         "weights": res.weights_bytes,
         "trainable_weights": live.trainable_weights,
@@ -695,8 +755,7 @@ def _fill_record(record: dict, c: Cell, res: _StepResult, mode: str, device: str
         "peak_forward": peaks["forward"].live_bytes if "forward" in peaks else None,
         "peak_backward": peaks["backward"].live_bytes if "backward" in peaks else None,
         "peak_step": peaks["optimizer"].live_bytes if "optimizer" in peaks else None,
-        "peak": live.peak.live_bytes,
-        "at_peak": {k: at.get(k, 0) for k in ("weights", "grads", "optimizer", "activations", "temporaries")},
+        **run_peak,  # peak and at_peak over the run's steps, peak_steady the instrumented step's
         "cuda_max_allocated": res.device_memory.get("cuda_max_allocated"),
         "cuda_max_reserved": res.device_memory.get("cuda_max_reserved"),
         "cuda_max_active": res.device_memory.get("cuda_max_active"),
@@ -709,6 +768,10 @@ def _fill_record(record: dict, c: Cell, res: _StepResult, mode: str, device: str
     if c.gradient_checkpointing:
         record["memory"]["saved_recomputed"] = saved.recomputed_bytes
         record["memory"]["saved_recomputed_adapter"] = saved.recomputed_adapter_bytes
+    if res.precision.policy.autocast_dtype is not None:  # autocast's weight casts: temporaries, said apart
+        record["memory"].update(autocast_weight_copies=live.weight_copies_peak,
+                                autocast_weight_copies_at_peak=live.weight_copies_at_peak,
+                                saved_autocast_weight_copies=saved.weight_copy_bytes)
     from .measure import ATTENTION_COUNTING
 
     record["flops"] = {
@@ -768,6 +831,9 @@ def _predicted(c: Cell, res: _StepResult) -> dict:
         )
     except analytic.AnalyticError as e:
         return {"error": str(e)}
+    pred["memory"].update(precision.predict_state(c, res, b_schedule))
+    if res.precision.policy.autocast_dtype is not None:  # autocast's casts in the adapter path: not modelled
+        pred["memory"]["saved_activations_adapter"] = None
     pred["assumptions"] = "see lamda_bench/analytic.py; structure (shared inputs, input grads, tokens per call) observed"
     return pred
 
@@ -776,8 +842,10 @@ def _info(c: Cell, res: _StepResult) -> dict:
     applied = res.applied
     info = dict(res.info)
     info["attn_implementation"] = workloads.attention_implementation(applied.model)
+    info["model"] = workloads.model_facts(c)  # config source + hash + the shape fields that decide memory
     info["attention_kernels"] = sorted(res.flops.attention_ops)
     info["autocast_adapter_dtype"] = applied.info.get("autocast_adapter_dtype")
+    info["precision"] = res.precision.policy.to_info()
     info["method"] = applied.info
     info["steps"] = {"warmup": c.warmup, "instrumented_step": res.instrumented_step, "timed": c.steps,
                      "total_steps": res.horizon}
@@ -829,7 +897,14 @@ def _write_artifacts(out: Path, cell_id: str, res: _StepResult) -> dict:
     for key, payload in (("timeline", timeline), ("detail", detail)):
         path = out / paths[key]
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(payload, separators=(",", ":"), default=str))
-        os.replace(tmp, path)
+        # A temp name of this process alone, renamed into place: a reader never sees half a
+        # file, and two processes never write through one temp file.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(payload, separators=(",", ":"), default=str))
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; side files are ordinary shared files
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     return paths

@@ -23,6 +23,9 @@ Why this shape:
   set are kept). Without it, ``jobs`` processes each running one thread per core made small
   LAPACK calls spin against each other: PiSSA's SVD of MiniLM took 127 s instead of 7 s at
   ``jobs=2`` on 2 cores. The record's ``env.cpu_threads`` says what a cell ran with.
+- One run per output directory at a time (``outdir.OutDirLock``, taken before resume reads
+  the results), and a cell process dies with its runner (``lifeline.die_with_parent``): a
+  killed runner leaves no orphan running without its timeout.
 - Ctrl-C (or SIGTERM): children are stopped, the cells already recorded stay,
   ``interrupted`` is set (the CLI exits 130) and the next run resumes.
 - Each cell's stdout/stderr go to ``<out>/logs/<id>.log`` (kept only when non-empty), so a
@@ -49,7 +52,9 @@ from typing import Any, Callable, Sequence
 
 from . import forkserver
 from .cell import Cell
-from .results import STATUSES, append_record, completed_ids, environment, load_results, results_path
+from .lifeline import die_with_parent
+from .outdir import OutDirLock, prepare_out_dir
+from .results import STATUSES, append_record, completed_ids_of, environment, load_results, results_path
 
 DEFAULT_RUNNER = "lamda_bench.execute:run_cell"
 POLL_S = 0.25
@@ -57,6 +62,9 @@ POLL_S = 0.25
 # memory available, or the cell process held more than OOM_RSS_SHARE of it, at the last sample.
 OOM_AVAILABLE_SHARE = 0.10
 OOM_RSS_SHARE = 0.50
+# A record's error message is cut to this many characters (the full text is in the cell's
+# log): records stay a few KiB, so a kill mid-append can tear at most the line being written.
+MAX_TEXT_CHARS = 4000
 
 
 class LaunchError(ValueError):
@@ -186,6 +194,13 @@ def _child_main(runner: str, cell: dict, artifacts_dir: str | None, conn, log_pa
                 cuda_index: int | None, threads: int, parent: dict | None = None) -> None:
     """Entry point of a cell process: run the cell, send back exactly one record. ``parent``:
     the launcher's state, for a child forked from the preloaded server (``forkserver.py``)."""
+    if parent is None:  # spawned: the launcher is our parent
+        import multiprocessing
+
+        launcher = multiprocessing.parent_process()
+        die_with_parent(launcher.pid if launcher is not None else None)  # no orphan outlives the runner
+    else:  # forked from the preloaded server, which exits when the launcher does
+        die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     if parent is not None:
         forkserver.adopt(parent)
@@ -228,19 +243,34 @@ class Sweep:
     any write; ``record`` completes and appends one cell's record; ``close`` tidies up."""
 
     def __init__(self, cells: Sequence[Cell], out_dir: str | Path, suite: str, runner: str,
-                 retry_failed: bool, progress: bool):
+                 retry_failed: bool, progress: bool, wait_for_lock: bool = False):
         check_runner(runner)
         self.out_dir = Path(out_dir)
         self.suite = suite
         self.path = results_path(self.out_dir)
-        loaded = load_results(self.path)  # raises ResultsError on an incompatible file, before any write
+        # Writable, compatible (ResultsError raised before anything is written), then ours
+        # alone (outdir.py); the results are read again under the lock for resume.
+        prepare_out_dir(self.out_dir, self.path)
+        load_results(self.path)
+        self.lock = OutDirLock(self.out_dir, wait=wait_for_lock).acquire()
+        try:
+            loaded = load_results(self.path)
+        except BaseException:
+            self.lock.release()
+            raise
         self.summary = RunSummary(out_dir=self.out_dir, planned=len(cells), warnings=loaded.warnings(self.path))
-        done = completed_ids(self.path, retry_failed=retry_failed)
+        done = completed_ids_of(loaded.records, retry_failed=retry_failed)
         self.pending: list[Cell] = [c for c in cells if c.id not in done]
         self.summary.skipped = len(cells) - len(self.pending)
+        if not self.pending:
+            self.lock.release()
         self.progress = progress
         self.bar = None
         self.env: dict[str, Any] | None = None
+        self.running: dict[str, str] = {}  # cell id -> its label on the progress bar
+        from .report.axes import Axes
+
+        self.axes = Axes.of([{"cell": c.to_dict()} for c in cells])
 
     def start(self) -> None:
         """Called once there is something to run: logs folder, environment, progress bar."""
@@ -250,6 +280,18 @@ class Sweep:
         self.env = environment()
         self.bar = tqdm(total=len(self.pending), unit="cell", file=sys.stderr, disable=not self.progress,
                         dynamic_ncols=True, desc=self.suite)
+
+    def started(self, cell: Cell) -> None:
+        """Name the cell on the progress bar while it runs (settings that vary in the suite)."""
+        self.running[cell.id] = self.axes.label({"cell": cell.to_dict()}, skip=()) or cell.id
+        self._describe()
+
+    def _describe(self) -> None:
+        if self.bar is None:
+            return
+        names = list(self.running.values())
+        shown = ", ".join(names[:2]) + (f" +{len(names) - 2} more" if len(names) > 2 else "")
+        self.bar.set_description(f"{self.suite}: {shown}" if shown else self.suite, refresh=True)
 
     def log_path(self, cell: Cell) -> Path:
         return self.out_dir / "logs" / f"{cell.id}.log"
@@ -261,6 +303,8 @@ class Sweep:
                                  round(time.monotonic() - started, 3), launch, self.log_path(cell))
         append_record(self.path, record)
         self.summary.records.append(record)
+        self.running.pop(cell.id, None)
+        self._describe()
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix({k: v for k, v in self.summary.statuses.items()}, refresh=True)
@@ -272,6 +316,7 @@ class Sweep:
         logs = self.out_dir / "logs"
         if logs.is_dir() and not any(logs.iterdir()):
             logs.rmdir()  # only empty logs: nothing worth keeping
+        self.lock.release()
 
 
 def run_cells(
@@ -284,15 +329,17 @@ def run_cells(
     progress: bool = True,
     gpus: int | None = None,
     start: str = "auto",
+    wait_for_lock: bool = False,
 ) -> RunSummary:
     """Run the cells not yet recorded in ``out_dir/results.jsonl``; append one record each.
     ``start``: "auto" forks cells that do not use CUDA from the preloaded server, "spawn"
-    spawns every cell."""
+    spawns every cell. ``wait_for_lock``: block while another run holds the directory's lock
+    (else ``OutDirError``)."""
     if jobs < 1:
         raise LaunchError(f"jobs: {jobs} is less than 1")
     if start not in forkserver.START_METHODS:
         raise LaunchError(f"start: {start!r} is not one of {list(forkserver.START_METHODS)}")
-    sweep = Sweep(cells, out_dir, suite, runner, retry_failed, progress)
+    sweep = Sweep(cells, out_dir, suite, runner, retry_failed, progress, wait_for_lock=wait_for_lock)
     summary, pending = sweep.summary, sweep.pending
     if not pending:
         return summary
@@ -323,6 +370,7 @@ def run_cells(
                 with _interrupts_held():
                     running.append(_start(fork if forked else spawn, runner, cell, sweep.out_dir, gpu, threads,
                                           forkserver.parent_state() if forked else None))
+                sweep.started(cell)
             wait([r.conn for r in running] + [r.process.sentinel for r in running], timeout=POLL_S)
             for run in list(running):
                 record = _poll(run)
@@ -479,6 +527,9 @@ def complete_record(record: dict[str, Any], cell: Cell, suite: str, env: dict[st
         record["error"] = f"runner returned status {record.get('status')!r} (not one of {list(STATUSES)})"
         record["status"] = "error"
     record.setdefault("error", None)
+    if isinstance(record["error"], str) and len(record["error"]) > MAX_TEXT_CHARS:
+        cut = len(record["error"]) - MAX_TEXT_CHARS
+        record["error"] = record["error"][:MAX_TEXT_CHARS] + f" ... [{cut} more characters: see the cell's log]"
     record.setdefault("cell", cell.to_dict())
     if not record.get("env"):  # a runner that failed early may leave env null
         record["env"] = env

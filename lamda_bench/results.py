@@ -2,8 +2,12 @@
 
 Why it looks like this:
 - Each record is written with a single ``os.write`` on an ``O_APPEND`` descriptor followed
-  by ``fsync``: a crash or a kill leaves either the whole line or, at worst, a torn last
-  line that ``load_records`` skips and reports. Nothing ever rewrites earlier lines.
+  by ``fsync``, and nothing ever rewrites earlier lines. A crash or a kill can still cut
+  the line being written (Linux may stop a write of more than a page part-way on SIGKILL;
+  records are kept to a few KiB, see ``MAX_TEXT_CHARS`` in launch.py), so at worst the
+  *last* line is torn: ``load_results`` skips it with a warning, the next append starts on
+  a new line, and resume runs that cell again. Every reader warns with file and line for
+  each line it skips and each value it cannot use (``LoadedResults.warnings``).
 - Only the launcher's parent process writes, so lines from parallel cells never interleave.
 - Every record carries ``schema``; a file written by a harness with another schema is
   refused with one clear line instead of being half-understood.
@@ -23,6 +27,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
+
+from .record_values import finite_or_null
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.jsonl"
@@ -48,6 +54,11 @@ FINGERPRINT_FIELDS = (
 
 class ResultsError(ValueError):
     """A results file this harness cannot use (incompatible schema, not JSON records)."""
+
+
+class DataWarning(UserWarning):
+    """A line of a results file skipped, or a value in it not usable (file and line in the
+    message). The CLI prints each as ``lamda-bench: warning: ...`` and counts them."""
 
 
 # ---- environment ------------------------------------------------------------------------
@@ -123,6 +134,28 @@ def environment(
     return env
 
 
+# What a baseline or a comparison stores next to the hash, so a drift can be named: the
+# hashed fields plus the Python version (shown, not hashed: it has not changed a byte yet).
+ENV_FIELDS = FINGERPRINT_FIELDS + ("python",)
+
+
+def env_fields(env: dict[str, Any]) -> dict[str, Any]:
+    """The named environment fields of a record's ``env`` (``ENV_FIELDS``), in a fixed order."""
+    return {k: env.get(k) for k in ENV_FIELDS}
+
+
+def env_drift(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``[(field, before, after)]`` for each ``ENV_FIELDS`` entry that differs; fields absent
+    from ``before`` (a baseline written before fields were stored) are not compared."""
+    return [(k, before.get(k), after.get(k)) for k in ENV_FIELDS
+            if k in before and before.get(k) != after.get(k)]
+
+
+def describe_drift(drift: list[tuple[str, Any, Any]]) -> str:
+    """``transformers 5.23.0 -> 5.24.0, device_class cpu -> fake cpu``."""
+    return ", ".join(f"{k} {a} -> {b}" for k, a, b in drift)
+
+
 def fingerprint(env: dict[str, Any]) -> str:
     """Short hash of the fields that change measured numbers (see ``FINGERPRINT_FIELDS``)."""
     picked = {k: env.get(k) for k in FINGERPRINT_FIELDS}
@@ -145,7 +178,9 @@ def encode_record(record: dict[str, Any]) -> bytes:
         raise ResultsError(
             f"record {record.get('id')!r} has schema {schema!r}; this harness writes {SCHEMA_VERSION}"
         )
-    line = json.dumps(record, separators=(",", ":"), sort_keys=False, default=str)
+    # Standard JSON only: NaN/infinity become null, listed in nonfinite_fields (record_values).
+    line = json.dumps(finite_or_null(record), separators=(",", ":"), sort_keys=False, default=str,
+                      allow_nan=False)
     if "\n" in line:  # json.dumps escapes newlines inside strings; belt and braces
         raise ResultsError(f"record {record.get('id')!r} does not encode to one line")
     return (line + "\n").encode("utf-8")
@@ -185,35 +220,84 @@ def _last_byte(path: Path, size: int) -> bytes:
 
 @dataclass
 class LoadedResults:
-    """Records in file order, plus the line numbers (1-based) that were skipped as torn."""
+    """Records in file order, plus what was skipped or repaired on the way, by line number.
+
+    ``skipped``: (line, reason) of each line that gave no record (a torn write, bytes that
+    are not UTF-8 or not JSON, a file of NUL bytes, a record without an ``id``).
+    ``repaired``: (line, problem) of each value set to null because a reader cannot compute
+    with it (``record_values.check_values``); the record itself is kept.
+    """
 
     records: list[dict[str, Any]] = field(default_factory=list)
-    skipped_lines: list[int] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    repaired: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def skipped_lines(self) -> list[int]:
+        return [line for line, _ in self.skipped]
+
+    def warn(self, path: str | Path) -> "LoadedResults":
+        """Issue each of ``warnings(path)`` as a ``DataWarning``; returns self."""
+        import warnings
+
+        for text in self.warnings(path):
+            warnings.warn(text, DataWarning, stacklevel=2)
+        return self
 
     def warnings(self, path: str | Path) -> list[str]:
-        return [
-            f"{path}: line {n}: incomplete record (a run was killed while writing it); skipped"
-            for n in self.skipped_lines
-        ]
+        """One line per problem (file and line number first), then a count when any line was
+        skipped."""
+        out = [f"{path}: line {n}: {why}; skipped" for n, why in self.skipped]
+        out += [f"{path}: line {n}: {problem}" for n, problem in self.repaired]
+        if self.skipped:
+            n = len(self.skipped)
+            out.append(f"{path}: {n} line{'s' if n > 1 else ''} skipped, {len(self.records)} records read")
+        return out
+
+
+def _parse_line(raw: bytes, is_last: bool) -> tuple[Any, str | None]:
+    """(the parsed JSON value, None), or (None, why this line is not a record). A line that
+    stops while its JSON text is still open is a write cut short (a kill mid-write);
+    anything else is garbage."""
+    if not raw.strip(b"\x00"):
+        return None, f"{len(raw)} NUL bytes and nothing else (typical of a write lost when a machine crashed)"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); not a record"
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as e:
+        open_at_end = e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string")
+        if open_at_end and text.lstrip().startswith("{"):
+            if is_last:
+                return None, "incomplete record on the last line (a run was killed while writing it; its cell runs again)"
+            return None, "incomplete record (a run was killed while writing it)"
+        return None, f"not a JSON record ({e.msg} at column {e.colno})"
 
 
 def load_results(path: str | Path) -> LoadedResults:
-    """Parse a results file. Lines that are not complete JSON objects (a torn write) are
-    skipped and listed; a record from another schema version raises ``ResultsError``.
-    A missing file is an empty result (nothing has run yet)."""
+    """Parse a results file. A line that gives no record is skipped and listed with the
+    reason, a value no reader can compute with is nulled and listed (``LoadedResults``); a
+    line that is JSON but not an object, or a record from another schema version, raises
+    ``ResultsError`` (not a results file this harness can read). A missing file is an empty
+    result (nothing has run yet)."""
+    from .record_values import check_values
+
     path = Path(path)
     loaded = LoadedResults()
     if not path.exists():
         return loaded
     with open(path, "rb") as f:
-        raw_lines = f.read().split(b"\n")
+        data = f.read()
+    raw_lines = data.split(b"\n")
+    last = max((i for i, raw in enumerate(raw_lines, start=1) if raw.strip()), default=0)
     for lineno, raw in enumerate(raw_lines, start=1):
         if not raw.strip():
             continue
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            loaded.skipped_lines.append(lineno)
+        record, why = _parse_line(raw, is_last=lineno == last and not data.endswith(b"\n"))
+        if why is not None:
+            loaded.skipped.append((lineno, why))
             continue
         if not isinstance(record, dict):
             raise ResultsError(f"{path}: line {lineno}: not a JSON object; is this a lamda-bench results file?")
@@ -223,6 +307,11 @@ def load_results(path: str | Path) -> LoadedResults:
                 f"{path}: line {lineno}: schema: {schema!r} was written by an incompatible harness "
                 f"version (this one reads schema {SCHEMA_VERSION}); use another --out directory"
             )
+        if not isinstance(record.get("id"), str) or not record["id"]:
+            what = "no id" if "id" not in record else f"id {record['id']!r}, not a cell id"
+            loaded.skipped.append((lineno, f"record with {what} (cannot be matched to a cell)"))
+            continue
+        loaded.repaired += [(lineno, problem) for problem in check_values(record)]
         loaded.records.append(record)
     return loaded
 
@@ -243,8 +332,13 @@ def latest_by_id(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]
 
 def completed_ids(path: str | Path, retry_failed: bool = False) -> set[str]:
     """Ids a resumed run skips: every final status, or only ok/oom when ``retry_failed``."""
+    return completed_ids_of(load_records(path), retry_failed)
+
+
+def completed_ids_of(records: Iterable[dict[str, Any]], retry_failed: bool = False) -> set[str]:
+    """``completed_ids`` of records already loaded."""
     done = set()
-    for cell_id, rec in latest_by_id(load_records(path)).items():
+    for cell_id, rec in latest_by_id(records).items():
         status = rec.get("status")
         if status not in STATUSES:
             continue

@@ -7,11 +7,13 @@ sweep wins), then expanded:
 - A list value is an axis; a sweep is the product of its axes (the last key varies
   fastest); the suite is the union of its sweeps, deduplicated by cell id, order kept.
   A list in ``[defaults]`` is an axis of every sweep that does not override the key.
-- ``targets``: a string is a preset of the workload (``"all"``, ``"attn"``) or a single
-  module-name suffix, checked when the model is built; a list is an
-  axis like any other, whose elements are presets or *lists* of module-name suffixes.
-  So ``targets = ["all", "attn"]`` gives two cells and ``targets = [["q_proj", "v_proj"]]``
-  gives one cell adapting q_proj and v_proj.
+- ``workload``: a catalogue name, or a config.json path (file or folder; relative to the
+  suite file's folder) or a cached hub id, read and checked here; the cell carries the
+  absolute path (``workloads.resolve_reference``).
+- ``targets``: a string is a preset (``"all"``, ``"attn"``, ``"mlp"``, ``"peft"``) or a single
+  module-name suffix, checked when the model is built; a list of module names is ONE setting
+  (PEFT's ``target_modules``); an axis is a list of presets or of lists, and an ambiguous
+  mix is refused (``suite_conventions``). ``dtype`` takes torch's names as aliases.
 - ``zip = [["r", "alpha"]]``: the named axes advance together (equal lengths required)
   instead of forming a product.
 - ``exclude = [{method = "full", r = 16}]``: drop combinations where every named key has
@@ -34,13 +36,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import math
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, Cell
+from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, PRECISIONS, Cell
+from .suite_conventions import AmbiguousTargets, canonical_dtype, key_hint, targets_settings
+from .suite_text import MAX_NESTING, TooDeep, read_suite_text, toml_loads
 
 LINEAR_WORKLOAD = "linear"
 # Methods whose result does not depend on r or alpha: their cells get the Cell defaults for
@@ -49,7 +54,12 @@ RANKLESS_METHODS = ("full",)
 SWEEP_ONLY_KEYS = ("zip", "exclude")
 TOP_LEVEL_KEYS = ("suite", "defaults", "sweep")
 SUITE_KEYS = ("name", "description")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # used with fullmatch: "$" matches before "\n"
+# Integers are stored as 64-bit and numbers as finite doubles wherever a record goes (JSON
+# readers, pandas, torch); a value beyond either is refused here rather than written as
+# something no standard JSON reader takes back.
+INT64_MAX = 2**63 - 1
+
 
 
 class SuiteError(ValueError):
@@ -70,6 +80,8 @@ def _int(minimum: int) -> Callable[[Any], Any]:
     def check(v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, int):
             raise _Bad(f"expected an integer, got {v!r}")
+        if abs(v) > INT64_MAX:
+            raise _Bad(f"{v} does not fit in 64 bits")
         if v < minimum:
             raise _Bad(f"{v} is less than {minimum}")
         return v
@@ -80,6 +92,8 @@ def _number(positive: bool = True) -> Callable[[Any], Any]:
     def check(v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise _Bad(f"expected a number, got {v!r}")
+        if isinstance(v, int) and abs(v) > INT64_MAX or isinstance(v, float) and not math.isfinite(v):
+            raise _Bad(f"{v!r} is not a finite number")
         if positive and not v > 0:
             raise _Bad(f"{v} is not > 0")
         return float(v)
@@ -127,7 +141,7 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "d_out": _int(1),
     "batch": _int(1),
     "seq": _int(1),
-    "dtype": _choice(DTYPES),
+    "dtype": lambda v: _choice(DTYPES)(canonical_dtype(v)),
     "device": _choice(DEVICES),
     "mode": _choice(MODES),
     "steps": _int(1),
@@ -138,6 +152,7 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "attn_implementation": _choice(ATTENTION),
     "seed": _int(0),
     "timeout_s": _number(),
+    "precision": _choice(PRECISIONS),
 }
 assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
 
@@ -161,13 +176,16 @@ class Catalog:
     methods: Mapping[str, Any]
     workloads: Mapping[str, Any]
     linear_default_dim: int = 4096
+    # (reference, suite folder) -> what the cell carries, for a workload that is no catalogue name
+    resolve_workload: Callable[[str, Path], str] | None = None
 
     @classmethod
     def default(cls) -> "Catalog":
         from .methods import all_methods
-        from .workloads import LINEAR_DEFAULT_DIM, WORKLOADS
+        from .workloads import LINEAR_DEFAULT_DIM, WORKLOADS, resolve_reference
 
-        return cls(methods=all_methods(), workloads=WORKLOADS, linear_default_dim=LINEAR_DEFAULT_DIM)
+        return cls(methods=all_methods(), workloads=WORKLOADS, linear_default_dim=LINEAR_DEFAULT_DIM,
+                   resolve_workload=resolve_reference)
 
     def option_names(self) -> set[str]:
         return {k for m in self.methods.values() for k in getattr(m, "options", {})}
@@ -180,12 +198,7 @@ def load_suite(path: str | Path, catalog: Catalog | None = None,
     """Read and validate a suite file; ``overrides`` (``--set KEY=VALUE``) replace a key in
     [defaults] and in every [[sweep]], and go through the same validation."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SuiteError(f"{path}: no such suite file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SuiteError(f"{path}: cannot read: {e}") from None
+    text = read_suite_text(path, SuiteError)
     return parse_suite(text, source=str(path), default_name=path.stem, catalog=catalog, overrides=overrides)
 
 
@@ -196,11 +209,15 @@ def parse_suite(
     catalog: Catalog | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Suite:
+    text = text.removeprefix("\ufeff")  # a byte-order mark: see suite_text
     try:
-        doc = tomllib.loads(text)
+        doc = toml_loads(text)
     except tomllib.TOMLDecodeError as e:
         # tomllib's message already says "(at line L, column C)".
         raise SuiteError(f"{source}: malformed TOML: {e}") from None
+    except TooDeep:
+        raise SuiteError(f"{source}: arrays or tables nested more than {MAX_NESTING} deep; "
+                         f"not a suite") from None
     for key, value in (overrides or {}).items():
         if isinstance(doc.get("defaults", {}), dict):
             doc.setdefault("defaults", {})[key] = value
@@ -212,15 +229,21 @@ def parse_suite(
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` from the command line; VALUE is read as a TOML value (``4``, ``true``,
-    ``[8, 16]``, ``"x"``), and as a plain string when it is not one (``mode=estimate``)."""
+    ``[8, 16]``, ``"x"``), and as a plain string when it is not one (``mode=estimate``).
+    One value only: a line break or a second assignment in VALUE is refused, not dropped."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise SuiteError(f"--set {text!r}: expected KEY=VALUE, e.g. --set mode=estimate")
+    if any(ch in raw for ch in "\n\r\x00") or any(ch in key for ch in "\n\r\x00"):
+        raise SuiteError(f"--set {text!r}: a line break in KEY=VALUE; give each key its own --set")
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        doc = toml_loads(f"v = {raw}")
+        value = doc["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    except TooDeep:
+        raise SuiteError(f"--set {key}: value nested more than {MAX_NESTING} deep") from None
     return key, value
 
 
@@ -229,6 +252,8 @@ class _Parser:
         self.source = source
         self.catalog = catalog
         self.option_names = catalog.option_names()
+        # Relative config paths resolve against the suite file's folder (the cwd for inline text).
+        self.base_dir = Path(source).parent if Path(source).is_file() else Path.cwd()
 
     def fail(self, where: str, key: str, problem: str) -> SuiteError:
         parts = [self.source] + [p for p in (where, key) if p] + [problem]
@@ -247,7 +272,7 @@ class _Parser:
             if key not in SUITE_KEYS:
                 raise self.fail("[suite]", key, f"unknown key{_hint(key, SUITE_KEYS)}")
         name = meta.get("name", default_name)
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise self.fail("[suite]", "name", f"{name!r} must be a plain name (letters, digits, _ . + -)")
         description = meta.get("description", "")
         if not isinstance(description, str):
@@ -263,6 +288,8 @@ class _Parser:
             raise self.fail("", "sweep", "no [[sweep]] table: a suite needs at least one")
         if not isinstance(sweeps, list) or not all(isinstance(s, dict) for s in sweeps):
             raise self.fail("", "sweep", "expected [[sweep]] tables (an array of tables)")
+        if not sweeps:
+            raise self.fail("", "sweep", "empty: a suite needs at least one [[sweep]] table")
 
         cells: dict[str, Cell] = {}
         for i, sweep in enumerate(sweeps, start=1):
@@ -278,7 +305,7 @@ class _Parser:
             if key in SWEEP_ONLY_KEYS and not allow_sweep_only:
                 raise self.fail(where, key, "only allowed in a [[sweep]] table")
             if key not in known:
-                raise self.fail(where, key, f"unknown key{_hint(key, known)}")
+                raise self.fail(where, key, f"unknown key{key_hint(key, known)}")
 
     # -- one sweep
     def expand(self, where: str, table: dict[str, Any], own_keys: set[str]) -> list[Cell]:
@@ -291,7 +318,7 @@ class _Parser:
 
         axes: dict[str, list[Any]] = {}
         for key, value in table.items():
-            values = value if isinstance(value, list) else [value]
+            values = self.axis_values(where, key, value)
             if not values:
                 raise self.fail(where, key, "empty list: an axis needs at least one value")
             axes[key] = [self.check_value(where, key, v) for v in values]
@@ -346,10 +373,26 @@ class _Parser:
             if key == "method" and value not in self.catalog.methods:
                 raise self.fail(where, key, f"unknown method {value!r}{_hint(value, self.catalog.methods)}; "
                                 f"known: {', '.join(sorted(self.catalog.methods))}")
+            if key == "workload" and value not in self.catalog.workloads and self.catalog.resolve_workload:
+                from .workloads import WorkloadError
+
+                try:
+                    return self.catalog.resolve_workload(value, self.base_dir)
+                except WorkloadError as e:
+                    raise self.fail(where, key, str(e)) from None
             if key == "workload" and value not in self.catalog.workloads:
                 raise self.fail(where, key, f"unknown workload {value!r}{_hint(value, self.catalog.workloads)}; "
-                                f"known: {', '.join(sorted(self.catalog.workloads))}")
+                                f"known: {', '.join(sorted(self.catalog.workloads))}, or a config.json path")
         return value  # method options are checked per cell, by their method
+
+    def axis_values(self, where: str, key: str, value: Any) -> list[Any]:
+        """The values a key takes: a list is an axis, except for targets (``targets_settings``)."""
+        if key.rsplit(".", 1)[-1] != "targets":
+            return value if isinstance(value, list) else [value]
+        try:
+            return targets_settings(value)
+        except AmbiguousTargets as e:
+            raise self.fail(where, key, str(e)) from None
 
     def zip_groups(self, where: str, zips: Any, axes: dict[str, list[Any]]) -> list[tuple[str, ...]]:
         if not isinstance(zips, list) or not all(
@@ -382,12 +425,32 @@ class _Parser:
             parsed = {}
             for key, value in rule.items():
                 if key not in known:
-                    raise self.fail(where, f"exclude.{key}", f"unknown key{_hint(key, known)}")
-                values = value if isinstance(value, list) else [value]
-                parsed[key] = [self.check_value(where, f"exclude.{key}", v) if key in CELL_KEYS else v
-                               for v in values]
+                    raise self.fail(where, f"exclude.{key}", f"unknown key{key_hint(key, known)}")
+                values = self.axis_values(where, f"exclude.{key}", value)
+                if not values:
+                    raise self.fail(where, f"exclude.{key}", "empty list: matches nothing")
+                parsed[key] = [self.check_exclude_value(where, key, v) for v in values]
             rules.append(parsed)
         return rules
+
+    def check_exclude_value(self, where: str, key: str, value: Any) -> Any:
+        """An exclude value is checked like the key's own values: a typo (``method = "ful"``,
+        ``r = "8"``) would otherwise match nothing and keep every cell, silently."""
+        if key in CELL_KEYS:
+            try:
+                return self.check_value(where, key, value)
+            except SuiteError as e:
+                raise SuiteError(str(e).replace(f": {key}: ", f": exclude.{key}: ", 1)) from None
+        from .methods.base import MethodError
+
+        problems = []
+        for method in self.catalog.methods.values():
+            if key in getattr(method, "options", {}):
+                try:
+                    return method.resolve_options({key: value})[key]
+                except MethodError as e:
+                    problems.append(str(e))
+        raise self.fail(where, f"exclude.{key}", problems[0] if problems else "not an option of any method")
 
     # -- one combination
     def make_cell(self, where: str, combo: dict[str, Any]) -> Cell:
@@ -410,7 +473,20 @@ class _Parser:
             options = method.resolve_options(given)
         except MethodError as e:
             raise self.fail(where, "method", str(e)) from None
+        self.check_files(where, method_options, options)
         return Cell(**fields, options=tuple(sorted(options.items())))
+
+    def check_files(self, where: str, method_options: Mapping[str, Any], options: dict[str, Any]) -> None:
+        """A file a cell will read (``Option(path=True)``) must be a regular file of bounded
+        size now: ``/dev/zero`` or a FIFO is refused before anything runs."""
+        from .safe_files import UnsafeFileError, check_small_file
+
+        for key, opt in method_options.items():
+            if getattr(opt, "path", False) and options.get(key) is not None:
+                try:
+                    check_small_file(options[key], "file")
+                except UnsafeFileError as e:
+                    raise self.fail(where, key, str(e)) from None
 
     def check_shape(self, where: str, fields: dict[str, Any]) -> None:
         linear = fields["workload"] == LINEAR_WORKLOAD

@@ -1,174 +1,209 @@
-"""Named model shapes to fine-tune: transformers models built from config classes, plus a bare linear stack.
+"""Model shapes to fine-tune: transformers models built from a config.json, plus a bare linear stack.
 
-Shapes come from transformers config classes (``LlamaConfig``, ``DebertaV2Config``,
-``BartConfig``, ``BertConfig``), never from the hub: nothing is downloaded. A model can be
-built on the ``meta`` device (no memory; what full-size estimates start from), on ``cpu``
-or on ``cuda``. Only ``minilm-l6`` has real weights (``lamda_bench.pretrained``); the
-others are randomly initialised, seeded with ``cell.seed``.
+A cell's ``workload`` is
 
-What a fine-tuner would run, per family (``make_inputs`` / ``compute_loss``):
+- a catalogue name (``lamda-bench list workloads``): a committed ``config.json`` under
+  ``lamda_bench/configs/`` (shape facts from the public model cards, no weights), or ``linear``;
+- a path to a ``config.json`` or a folder holding one, or a Hugging Face hub id found in the
+  local cache (``model_config``: nothing is downloaded).
 
-- ``llama``: causal LM, ``input_ids`` of ``seq`` random tokens, ``labels = input_ids``
-  (the model shifts them); no attention mask (all tokens valid, so SDPA may take its
-  causal fast path).
-- ``bart``: summarization-style seq2seq (``BartForConditionalGeneration``): ``seq``
-  source tokens, ``seq`` target tokens as ``labels`` and explicit ``decoder_input_ids``
-  (labels shifted right, as the model would do itself).
-- ``deberta``: GLUE-style sequence classification (``DebertaV2ForSequenceClassification``,
-  2 labels), one random label per sequence. The classification head stays frozen like
-  every other non-adapter weight: the benchmark compares adapters, not heads.
-- ``bert`` (MiniLM, a bare ``BertModel`` without head): a sentence-embedding regression,
-  MSE between the mean-pooled last hidden state and a fixed random target per sequence.
+The model class comes from the config's ``architectures`` (``model_config.task_and_class``),
+``layers`` overrides the depth, and the model is built on the ``meta`` device (no memory;
+what full-size estimates start from), on ``cpu`` or on ``cuda``. Only ``minilm-l6`` has real
+weights (``lamda_bench.pretrained``); the others are randomly initialised, seeded with
+``cell.seed``.
+
+What a fine-tuner would run, per task (``make_inputs`` / ``compute_loss``):
+
+- ``causal-lm``: ``input_ids`` of ``seq`` random tokens, ``labels = input_ids`` (the model
+  shifts them); no attention mask (all tokens valid, so SDPA may take its causal fast path).
+- ``seq2seq`` (summarization style): ``seq`` source tokens, ``seq`` target tokens as
+  ``labels`` and explicit ``decoder_input_ids`` (labels shifted right after the config's
+  ``decoder_start_token_id``, as the model would do itself).
+- ``seq-cls`` (GLUE style): one random label per sequence (``num_labels`` classes; the
+  problem type is set so the loss is plain cross-entropy). The classification head stays
+  frozen like every other non-adapter weight: the benchmark compares adapters, not heads.
+- ``encoder`` (a bare model without head, e.g. MiniLM's ``BertModel``): a sentence-embedding
+  regression, MSE between the mean-pooled last hidden state and a fixed random target.
 - ``linear``: ``layers`` stacked ``nn.Linear(d_in, d_out, bias=False)`` (no nonlinearity),
   input ``x`` with ``requires_grad=True`` so each layer behaves like one deep in a
   network (its input gradient is computed); loss = mean of the squared output.
 
 Every model is returned in train mode (dropout active), as a training step runs it.
-
-Targets are module-name suffixes matched the way PEFT matches ``target_modules``: a
-module named ``n`` matches suffix ``s`` when ``n == s`` or ``n`` ends with ``"." + s``.
+Targets and presets: ``lamda_bench.targets``.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import model_config
 from .cell import Cell
+from .model_config import WorkloadError
+from .targets import PRESETS, available_presets, matches_target, target_linears  # noqa: F401 - re-exported
+from .targets import resolve_targets as _resolve_targets
 
-FAMILIES = ("llama", "deberta", "bart", "bert", "linear")
 LINEAR_DEFAULT_DIM = 4096  # LLaMA2-7B hidden size, when a linear cell gives no d_in / d_out
+CONFIG_DIR = Path(__file__).parent / "configs"
+TORCH_DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
-
-class WorkloadError(ValueError):
-    """Bad workload input (unknown name, bad layer count, unknown target...): one-line message."""
+# Catalogue: name -> what it is. Each name has CONFIG_DIR/<name>.json. The llama2/deberta/bart/
+# tiny entries reproduce the shapes this harness always used (ids and figures unchanged).
+CATALOGUE = {
+    "llama2-7b": "LLaMA-2-7B",
+    "llama2-13b": "LLaMA-2-13B",
+    "llama2-70b": "LLaMA-2-70B",
+    "llama3.1-8b": "Llama-3.1-8B (meta-llama/Llama-3.1-8B)",
+    "llama3.1-70b": "Llama-3.1-70B (meta-llama/Llama-3.1-70B)",
+    "mistral-7b-v0.3": "Mistral-7B-v0.3 (mistralai/Mistral-7B-v0.3)",
+    "qwen2.5-7b": "Qwen2.5-7B (Qwen/Qwen2.5-7B), q/k/v projections with bias",
+    "gemma2-9b": "Gemma-2-9B (google/gemma-2-9b), tied embeddings, head_dim 256",
+    "phi3-mini": "Phi-3-mini-4k (microsoft/Phi-3-mini-4k-instruct), fused qkv_proj and gate_up_proj",
+    "deberta-v3-base": "DeBERTa-v3-base shape, 2-label classifier",
+    "bart-large": "BART-large shape, seq2seq LM (layers sets encoder and decoder depth; dropout 0.1 only)",
+    "minilm-l6": "real all-MiniLM-L6-v2 BertModel, pretrained weights",
+    "tiny-llama": "tiny LLaMA for tests",
+    "tiny-deberta": "tiny DeBERTa-v2 classifier for tests",
+    "tiny-bart": "tiny BART seq2seq for tests",
+}
+PRETRAINED = ("minilm-l6",)
 
 
 @dataclass(frozen=True)
 class Workload:
-    """A named model shape. ``config`` holds the config-class kwargs (``layers`` excluded)."""
+    """A model shape: ``config`` is the config.json dict ({} for linear), ``task`` decides
+    inputs and loss, ``class_name`` the transformers class, ``source`` where the config came from."""
 
     name: str
-    family: str
+    family: str  # the config's model_type, or "linear"
+    task: str
     description: str
-    target_presets: dict[str, tuple[str, ...]]
+    class_name: str | None = None
     pretrained: bool = False
     default_layers: int = 1
     config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    source: model_config.ConfigSource | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def config_sha256(self) -> str | None:
+        return model_config.config_sha256(self.config) if self.config else None
+
+    @property
+    def target_presets(self) -> tuple[str, ...]:
+        """The presets that select something on this model (built on meta with 2 layers)."""
+        return _presets_of(self.name)
 
 
-# ---- the named shapes ---------------------------------------------------------------------
-
-_LLAMA_PRESETS = {
-    "all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "mlp": ("gate_proj", "up_proj", "down_proj"),
-}
-_DEBERTA_PRESETS = {
-    "all": ("query_proj", "key_proj", "value_proj", "attention.output.dense", "intermediate.dense", "output.dense"),
-    "attn": ("query_proj", "key_proj", "value_proj", "attention.output.dense"),
-}
-_BART_PRESETS = {
-    "all": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
-    "attn": ("q_proj", "k_proj", "v_proj", "out_proj"),
-}
-_BERT_PRESETS = {
-    "all": ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"),
-    "attn": ("query", "key", "value", "attention.output.dense"),
-}
-_LINEAR_PRESETS = {"all": ("proj",)}
+def _from_config(name: str, description: str, source: model_config.ConfigSource, pretrained: bool = False) -> Workload:
+    config = model_config.read_config(source)
+    where = f"workload {name!r}"
+    task, class_name = model_config.task_and_class(config, where)
+    cfg = model_config.build_config(config, None, task, where)
+    layers = model_config.shape_facts(cfg)["layers"] or 1
+    return Workload(name, config["model_type"], task, description, class_name, pretrained, int(layers), config, source)
 
 
-def _llama(hidden, inter, layers, heads, kv_heads, vocab=32000, max_pos=4096):
-    return dict(
-        hidden_size=hidden, intermediate_size=inter, num_attention_heads=heads,
-        num_key_value_heads=kv_heads, vocab_size=vocab, max_position_embeddings=max_pos,
-        rms_norm_eps=1e-5, tie_word_embeddings=False,
-    ), layers
+class _Catalogue(Mapping):
+    """Name -> Workload, each config read on first use: importing this module (every cell
+    process, every suite parse) stays free of transformers imports and config parsing."""
+
+    def __init__(self) -> None:
+        self._names = [*CATALOGUE, "linear"]
+        self._loaded: dict[str, Workload] = {}
+
+    def __getitem__(self, name: str) -> Workload:
+        if name not in self._names:
+            raise KeyError(name)
+        if name not in self._loaded:
+            if name == "linear":
+                self._loaded[name] = Workload("linear", "linear", "linear",
+                                              f"`layers` stacked nn.Linear(d_in, d_out) (default {LINEAR_DEFAULT_DIM})")
+            else:
+                source = model_config.ConfigSource("catalogue", name, CONFIG_DIR / f"{name}.json")
+                self._loaded[name] = _from_config(name, CATALOGUE[name], source, name in PRETRAINED)
+        return self._loaded[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
-def _deberta(hidden, inter, layers, heads, vocab=128100):
-    # deberta-v3-base's config.json: relative attention, p2c|c2p, 256 position buckets.
-    return dict(
-        hidden_size=hidden, intermediate_size=inter, num_attention_heads=heads, vocab_size=vocab,
-        max_position_embeddings=512, relative_attention=True, position_buckets=256,
-        norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type="p2c|c2p",
-        position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7, num_labels=2,
-        # Plain cross-entropy: without a problem_type, DeBERTa's loss selects labelled rows
-        # with nonzero(), a data-dependent shape that fake tensors (estimate mode) cannot run.
-        problem_type="single_label_classification",
-    ), layers
+WORKLOADS: Mapping[str, Workload] = _Catalogue()
 
 
-def _bart(d_model, ffn, layers, heads, vocab=50265):
-    return dict(
-        d_model=d_model, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn, encoder_attention_heads=heads,
-        decoder_attention_heads=heads, vocab_size=vocab, max_position_embeddings=1024,
-        dropout=0.1, attention_dropout=0.0, activation_dropout=0.0,
-    ), layers
+def resolve_reference(name: str, base_dir: Path | None = None) -> str:
+    """What a cell carries for a workload: a catalogue name as is; a config path made absolute
+    (relative to ``base_dir``); a hub id as is. The config is read and checked now (one-line
+    WorkloadError), so a bad workload fails when the suite is parsed."""
+    if name in WORKLOADS:
+        return name
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    if not model_config.looks_like_reference(name) and not (base / name).exists():
+        raise WorkloadError(f"unknown workload {name!r}{_hint(name, WORKLOADS)}; known: {', '.join(sorted(WORKLOADS))}, "
+                            "or a path to a config.json / its folder, or a cached Hugging Face hub id")
+    source = model_config.locate(name, base_dir)
+    get_workload(source.ref)
+    return source.ref
 
 
-# all-MiniLM-L6-v2's config.json (what lamda_bench.pretrained loads); used for meta builds.
-_MINILM = dict(
-    hidden_size=384, intermediate_size=1536, num_attention_heads=12, vocab_size=30522,
-    max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12,
-)
-
-
-def _make(name, family, description, presets, spec, pretrained=False):
-    config, layers = spec
-    return Workload(name, family, description, presets, pretrained, layers, config)
-
-
-WORKLOADS: dict[str, Workload] = {
-    w.name: w
-    for w in [
-        _make("llama2-7b", "llama", "LLaMA-2-7B shape (hidden 4096, MLP 11008, 32 layers, 32 heads)",
-              _LLAMA_PRESETS, _llama(4096, 11008, 32, 32, 32)),
-        _make("llama2-13b", "llama", "LLaMA-2-13B shape (hidden 5120, MLP 13824, 40 layers, 40 heads)",
-              _LLAMA_PRESETS, _llama(5120, 13824, 40, 40, 40)),
-        _make("llama2-70b", "llama", "LLaMA-2-70B shape (hidden 8192, MLP 28672, 80 layers, 64 heads, GQA 8 kv heads)",
-              _LLAMA_PRESETS, _llama(8192, 28672, 80, 64, 8)),
-        _make("deberta-v3-base", "deberta", "DeBERTa-v3-base shape, 2-label classifier (hidden 768, 12 layers)",
-              _DEBERTA_PRESETS, _deberta(768, 3072, 12, 12)),
-        _make("bart-large", "bart", "BART-large shape, seq2seq LM (d_model 1024, 12+12 layers; layers sets both)",
-              _BART_PRESETS, _bart(1024, 4096, 12, 16)),
-        _make("tiny-llama", "llama", "tiny LLaMA for tests (hidden 64, MLP 176, 2 layers, 4 heads, 2 kv heads)",
-              _LLAMA_PRESETS, _llama(64, 176, 2, 4, 2, vocab=256, max_pos=512)),
-        _make("tiny-deberta", "deberta", "tiny DeBERTa-v2 classifier for tests (hidden 64, 2 layers)",
-              _DEBERTA_PRESETS, _deberta(64, 160, 2, 4, vocab=256)),
-        _make("tiny-bart", "bart", "tiny BART seq2seq for tests (d_model 64, 2+2 layers)",
-              _BART_PRESETS, _bart(64, 160, 2, 4, vocab=256)),
-        Workload("minilm-l6", "bert", "real all-MiniLM-L6-v2 BertModel (hidden 384, 6 layers), pretrained weights",
-                 _BERT_PRESETS, True, 6, _MINILM),
-        Workload("linear", "linear", f"`layers` stacked nn.Linear(d_in, d_out) (default {LINEAR_DEFAULT_DIM})",
-                 _LINEAR_PRESETS, False, 1, {}),
-    ]
-}
-
-
+@functools.lru_cache(maxsize=64)
 def get_workload(name: str) -> Workload:
-    try:
+    """A catalogue workload, or one from a config reference (absolute path or cached hub id)."""
+    if name in WORKLOADS:
         return WORKLOADS[name]
-    except KeyError:
+    if not model_config.looks_like_reference(name):
         raise WorkloadError(
             f"unknown workload {name!r}{_hint(name, WORKLOADS)}; known: {', '.join(sorted(WORKLOADS))}"
-        ) from None
-
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        )
+    source = model_config.locate(name)
+    return _from_config(name, f"{source.kind} config {source.path}", source)
 
 
 def torch_dtype(name: str) -> torch.dtype:
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     try:
-        return _DTYPES[name]
+        return dtypes[TORCH_DTYPE_ALIASES.get(name, name)]
     except KeyError:
-        raise WorkloadError(f"unknown dtype {name!r}; known: {', '.join(_DTYPES)}") from None
+        raise WorkloadError(f"unknown dtype {name!r}; known: {', '.join(dtypes)}") from None
 
+
+@functools.lru_cache(maxsize=None)
+def _meta_summary(name: str) -> tuple[int, int, tuple[str, ...]]:
+    """(parameters at 1 layer, at 2 layers, presets that select something), from meta builds."""
+    workload = get_workload(name)
+    counts, presets = [], ("all",)
+    for layers in (1, 2):
+        model = build_model(Cell(workload=name, method="lora", layers=layers), "meta")
+        counts.append(sum(p.numel() for p in model.parameters()))
+        if layers == 2 and workload.task != "linear":
+            presets = tuple(available_presets(model, workload.family))
+    return counts[0], counts[1], presets
+
+
+def _presets_of(name: str) -> tuple[str, ...]:
+    return _meta_summary(name)[2]
+
+
+def parameter_count(name: str, layers: int | None = None) -> int:
+    """Parameters of the model at ``layers`` depth (default: its own), from two small meta
+    builds: blocks are identical, so P(L) = P(1) + (L - 1) * (P(2) - P(1))."""
+    depth = get_workload(name).default_layers if layers is None else layers
+    one, two, _ = _meta_summary(name)
+    return one + (depth - 1) * (two - one)
 
 # ---- building ----------------------------------------------------------------------------
 
@@ -192,19 +227,31 @@ class _LinearBlock(nn.Module):
         self.proj = nn.Linear(d_in, d_out, bias=False)
 
 
+def _layers(workload: Workload, cell: Cell) -> int:
+    layers = workload.default_layers if cell.layers is None else cell.layers
+    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
+        raise WorkloadError(f"layers must be an integer >= 1, got {layers!r}")
+    return layers
+
+
+@functools.lru_cache(maxsize=32)
+def hf_config(name: str, layers: int):
+    """The transformers config object of a workload at ``layers`` depth."""
+    workload = get_workload(name)
+    return model_config.build_config(workload.config, layers, workload.task, f"workload {name!r}")
+
+
 def build_model(cell: Cell, device: str | torch.device = "cpu") -> nn.Module:
     """The cell's model in ``cell.dtype`` on ``device`` (``meta``: shapes only, no memory), train mode."""
     workload = get_workload(cell.workload)
     dtype = torch_dtype(cell.dtype)
     device = torch.device(device)
-    if workload.family != "linear" and (cell.d_in is not None or cell.d_out is not None):
+    if workload.task != "linear" and (cell.d_in is not None or cell.d_out is not None):
         raise WorkloadError(f"d_in / d_out apply to the linear workload only, not {workload.name!r}")
-    layers = workload.default_layers if cell.layers is None else cell.layers
-    if not isinstance(layers, int) or layers < 1:
-        raise WorkloadError(f"layers must be an integer >= 1, got {layers!r}")
+    layers = _layers(workload, cell)
 
     torch.manual_seed(cell.seed)
-    if workload.family == "linear":
+    if workload.task == "linear":
         d_in, d_out = _linear_dims(cell)
         if layers > 1 and d_in != d_out:
             raise WorkloadError(f"a linear stack of {layers} layers needs d_in == d_out, got {d_in} and {d_out}")
@@ -214,7 +261,8 @@ def build_model(cell: Cell, device: str | torch.device = "cpu") -> nn.Module:
     if workload.pretrained and device.type != "meta":
         return _load_pretrained(workload, cell, layers, dtype, device).train()
 
-    model_class, config = _config(workload, layers)
+    model_class = model_config.model_class(workload.class_name)
+    config = copy.deepcopy(hf_config(cell.workload, layers))  # _from_config writes dtype/attention into it
     attn = _choose_attention(model_class, cell.attn_implementation, workload.name)
     with torch.device(device):
         model = model_class._from_config(config, dtype=dtype, attn_implementation=attn)
@@ -228,21 +276,6 @@ def _linear_dims(cell: Cell) -> tuple[int, int]:
         if not isinstance(value, int) or value < 1:
             raise WorkloadError(f"{key} must be an integer >= 1, got {value!r}")
     return d_in, d_out
-
-
-def _config(workload: Workload, layers: int):
-    import transformers as tf
-
-    kw = dict(workload.config)
-    if workload.family == "llama":
-        return tf.LlamaForCausalLM, tf.LlamaConfig(num_hidden_layers=layers, **kw)
-    if workload.family == "deberta":
-        return tf.DebertaV2ForSequenceClassification, tf.DebertaV2Config(num_hidden_layers=layers, **kw)
-    if workload.family == "bart":
-        return tf.BartForConditionalGeneration, tf.BartConfig(encoder_layers=layers, decoder_layers=layers, **kw)
-    if workload.family == "bert":
-        return tf.BertModel, tf.BertConfig(num_hidden_layers=layers, **kw)
-    raise WorkloadError(f"workload {workload.name!r} has unknown family {workload.family!r}")
 
 
 def _choose_attention(model_class, requested: str, workload_name: str) -> str:
@@ -280,11 +313,30 @@ def attention_implementation(model: nn.Module) -> str:
     return str(impl) if impl else "none"
 
 
+def model_facts(cell: Cell) -> dict[str, Any]:
+    """What the record stores about the model: where its config came from, the config's hash
+    and the fields that decide memory (at the cell's depth), so two runs of "the same model"
+    can be checked to be the same shape."""
+    workload = get_workload(cell.workload)
+    if workload.task == "linear":
+        d_in, d_out = _linear_dims(cell)
+        return {"source": "builtin", "task": "linear", "d_in": d_in, "d_out": d_out, "layers": _layers(workload, cell)}
+    facts = {
+        "source": workload.source.kind if workload.source else None,
+        "config_sha256": workload.config_sha256,
+        "model_type": workload.family,
+        "class": workload.class_name,
+        "task": workload.task,
+    }
+    facts.update(model_config.shape_facts(hf_config(cell.workload, _layers(workload, cell))))
+    return facts
+
+
 # ---- inputs and loss ----------------------------------------------------------------------
 
 
 def make_inputs(cell: Cell, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """A fixed random batch for the cell (same seed, same batch). See the module docstring per family."""
+    """A fixed random batch for the cell (same seed, same batch). See the module docstring per task."""
     workload = get_workload(cell.workload)
     device = torch.device(device)
     gen = torch.Generator().manual_seed(cell.seed + 1)
@@ -301,31 +353,36 @@ def make_inputs(cell: Cell, device: str | torch.device = "cpu") -> dict[str, tor
             return torch.zeros(shape, dtype=dtype, device=device)
         return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
 
-    if workload.family == "linear":
+    if workload.task == "linear":
         d_in, _ = _linear_dims(cell)
         return {"x": floats((b, s, d_in)).requires_grad_(True)}
-    vocab = workload.config["vocab_size"]
-    if workload.family == "llama":
+    config = hf_config(cell.workload, _layers(workload, cell))
+    facts = model_config.shape_facts(config)
+    vocab = facts["vocab_size"]
+    if workload.task == "causal-lm":
         ids = tokens((b, s), vocab)
         return {"input_ids": ids, "labels": ids.clone()}
-    if workload.family == "bart":
+    if workload.task == "seq2seq":
         labels = tokens((b, s), vocab)
-        decoder_input_ids = torch.full_like(labels, 2)  # BART's decoder_start_token_id
+        start = getattr(config, "decoder_start_token_id", None)
+        decoder_input_ids = torch.full_like(labels, 0 if start is None else start)
         decoder_input_ids[:, 1:] = labels[:, :-1]
         return {"input_ids": tokens((b, s), vocab), "decoder_input_ids": decoder_input_ids, "labels": labels}
-    if workload.family == "deberta":
-        return {"input_ids": tokens((b, s), vocab), "labels": tokens((b,), workload.config["num_labels"])}
-    if workload.family == "bert":
-        return {"input_ids": tokens((b, s), vocab), "labels": floats((b, workload.config["hidden_size"]))}
-    raise WorkloadError(f"workload {workload.name!r} has unknown family {workload.family!r}")
+    if workload.task == "seq-cls":
+        if config.num_labels == 1:
+            return {"input_ids": tokens((b, s), vocab), "labels": floats((b,))}
+        return {"input_ids": tokens((b, s), vocab), "labels": tokens((b,), config.num_labels)}
+    if workload.task == "encoder":
+        return {"input_ids": tokens((b, s), vocab), "labels": floats((b, facts["hidden_size"]))}
+    raise WorkloadError(f"workload {workload.name!r} has unknown task {workload.task!r}")
 
 
 def compute_loss(cell: Cell, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The scalar training loss of one forward pass (works on the bare model and on a PEFT wrapper)."""
-    family = get_workload(cell.workload).family
-    if family == "linear":
+    task = get_workload(cell.workload).task
+    if task == "linear":
         return model(inputs["x"]).float().pow(2).mean()
-    if family == "bert":
+    if task == "encoder":
         hidden = model(input_ids=inputs["input_ids"]).last_hidden_state
         pooled = hidden.float().mean(dim=1)
         return nn.functional.mse_loss(pooled, inputs["labels"].float())
@@ -335,48 +392,31 @@ def compute_loss(cell: Cell, model: nn.Module, inputs: dict[str, torch.Tensor]) 
 # ---- targets ------------------------------------------------------------------------------
 
 
-def matches_target(module_name: str, suffixes) -> bool:
-    """PEFT's suffix rule: the name equals a suffix or ends with "." + suffix."""
-    return any(module_name == s or module_name.endswith("." + s) for s in suffixes)
-
-
-def target_linears(model: nn.Module, suffixes) -> dict[str, nn.Linear]:
-    """Qualified name -> ``nn.Linear`` for every linear of ``model`` that a suffix matches."""
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and matches_target(name, suffixes)
-    }
-
-
 def resolve_targets(cell: Cell, model: nn.Module) -> list[str]:
-    """The cell's targets as module-name suffixes, each checked to match at least one ``nn.Linear``.
-
-    ``cell.targets`` is a preset name of the workload (``"all"``, ``"attn"``...), a single
-    suffix, or a tuple of suffixes.
-    """
+    """The cell's targets as module-name suffixes (``lamda_bench.targets.resolve_targets``)."""
     workload = get_workload(cell.workload)
-    targets = cell.targets
-    if isinstance(targets, str):
-        suffixes = list(workload.target_presets.get(targets, (targets,)))
-    else:
-        suffixes = list(dict.fromkeys(targets))
-    if not suffixes:
-        raise WorkloadError(f"no target modules given for workload {workload.name!r}")
-    linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    unknown = [s for s in suffixes if not any(matches_target(n, [s]) for n in linear_names)]
-    if unknown:
-        valid = sorted({n.rsplit(".", 1)[-1] for n in linear_names})
-        presets = ", ".join(sorted(workload.target_presets))
-        hint = _hint(unknown[0], valid + list(workload.target_presets))
-        raise WorkloadError(
-            f"unknown target module(s) {', '.join(map(repr, unknown))} for workload {workload.name!r}{hint}; "
-            f"linear modules: {', '.join(valid)}; presets: {presets}"
-        )
-    return suffixes
+    return _resolve_targets(cell.targets, model, workload.name, workload.family)
 
 
 def _hint(name: str, choices) -> str:
     close = difflib.get_close_matches(str(name), list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
+
+def workload_rows() -> list[list[str]]:
+    """``lamda-bench list workloads``: name, parameter count, shape, what it is, presets."""
+    from .report.units import fmt_count
+
+    rows = []
+    for name, workload in WORKLOADS.items():
+        if workload.task == "linear":
+            rows.append([name, "d_in x d_out x layers", "", workload.description, ", ".join(workload.target_presets)])
+            continue
+        f = model_config.shape_facts(hf_config(name, workload.default_layers))
+        kv = f" ({f['kv_heads']} kv)" if f["kv_heads"] != f["heads"] else ""
+        shape = (f"{workload.task}, hidden {f['hidden_size']}, MLP {f['intermediate_size']}, {f['layers']} layers, "
+                 f"{f['heads']} heads{kv} x {f['head_dim']}, vocab {f['vocab_size']}"
+                 + (", tied" if f["tie_word_embeddings"] and workload.task == "causal-lm" else ""))
+        rows.append([name, fmt_count(parameter_count(name)), shape, workload.description,
+                     ", ".join(workload.target_presets)])
+    return rows

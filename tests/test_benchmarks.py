@@ -19,9 +19,11 @@ LaMDA is timed with its up-projection B still trainable (the freezing horizon is
 beyond the benchmark's rounds): the step's most expensive state, not an average.
 
 Each benchmark's ``extra_info`` carries the figures ``lamda_bench.execute.run_cell`` records
-for the same cell (a separate, tracked run: trackers are off while timing): trainable
-parameters, saved activations (all and adapter path), peak live bytes and forward/backward
-FLOPs, all raw (bytes, FLOPs). They are saved with ``--benchmark-autosave`` / ``--benchmark-json``.
+for the same cell (a separate, tracked run: trackers are off while timing) over the same horizon
+(option ``total_steps``), so LaMDA's figures are those of a step with B trainable, the state it
+is timed in: trainable parameters, saved activations (all and adapter path), peak live bytes
+and forward/backward FLOPs, all raw (bytes, FLOPs). They are saved with ``--benchmark-autosave``
+/ ``--benchmark-json``.
 """
 
 from __future__ import annotations
@@ -51,17 +53,21 @@ EXTRA_FIELDS = {
 
 
 def _cell(workload: str, method: str) -> Cell:
+    """The benchmarked cell; ``total_steps`` is its horizon for the timed loop and for run_cell."""
     return Cell(workload=workload, method=method, r=4, alpha=8.0, dtype="fp32", device="cpu",
-                mode="measure", batch=2, seq=32, steps=3, warmup=1)
+                mode="measure", batch=2, seq=32, steps=3, warmup=1,
+                options=(("total_steps", TIMED_HORIZON_STEPS),))
 
 
 def _training_step(cell: Cell):
     """A closure running one full training step of ``cell``'s model with its method applied."""
     model = build_model(cell)
     method = get_method(cell.method)
+    options = dict(cell.options)
+    horizon = options.pop("total_steps")  # a run setting, not a method option
     spec = AdapterSpec(r=cell.r, alpha=cell.alpha, targets=resolve_targets(cell, model),
-                       dtype=torch_dtype(cell.dtype), options=method.resolve_options(dict(cell.options)),
-                       total_steps=TIMED_HORIZON_STEPS, seed=cell.seed)
+                       dtype=torch_dtype(cell.dtype), options=method.resolve_options(options),
+                       total_steps=horizon, seed=cell.seed)
     applied = method.apply(model, spec)
     optimizer = applied.make_optimizer(cell.lr)
     inputs = make_inputs(cell)
@@ -83,6 +89,9 @@ def _memory_figures(cell: Cell) -> dict:
 
     record = run_cell(cell.to_dict())
     assert record["status"] == "ok", f"run_cell failed: {record.get('error')}"
+    assert record["info"]["steps"]["total_steps"] == TIMED_HORIZON_STEPS  # the horizon the step is timed at
+    if cell.method.startswith("lamda"):  # B trainable in every recorded step, as while timed
+        assert len(set(record["series"]["trainable"])) == 1
     out = {"mode": record["cell"]["mode"], "device": record["cell"]["device"]}
     for dotted, key in EXTRA_FIELDS.items():
         node = record

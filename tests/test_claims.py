@@ -34,19 +34,31 @@ def rec(method: str, *, status: str = "ok", workload: str = "llama2-7b", options
     return r
 
 
-def peak_pair(lora_peak: int, lamda_peak: int, seq: int = 1024, field: str = "peak") -> list[dict]:
-    return [rec("lora", cell__seq=seq, **{f"memory__{field}": lora_peak}),
-            rec("lamda", cell__seq=seq, **{f"memory__{field}": lamda_peak})]
+def peak_pair(lora_peak: int, lamda_peak: int, seq: int = 1024, field: str = "peak", fp32: bool = True) -> list[dict]:
+    opts = {"autocast_adapter_dtype": fp32}
+    return [rec("lora", cell__seq=seq, options=opts, **{f"memory__{field}": lora_peak}),
+            rec("lamda", cell__seq=seq, options=opts, **{f"memory__{field}": lamda_peak})]
 
 
-def test_peak_holds_partly_not_and_gpu_judges():
-    assert v.claim_peak(peak_pair(140, 100) + peak_pair(105, 100, seq=256)).verdict == v.HOLDS
-    row = v.claim_peak(peak_pair(120, 100))
+def test_peak_is_judged_under_both_adapter_dtype_policies():
+    both = peak_pair(140, 100) + peak_pair(135, 100, fp32=False) + peak_pair(105, 100, seq=256)
+    row = v.claim_peak(both)
+    assert row.verdict == v.HOLDS
+    assert "fp32 adapters: up to 1.40x" in row.measured and "adapters in model dtype: up to 1.35x" in row.measured
+    # PEFT's fp32-adapter policy alone reaches it: the verdict says so
+    row = v.claim_peak(peak_pair(140, 100) + peak_pair(116, 100, fp32=False))
+    assert row.verdict == v.PARTLY and "reached only with fp32 adapters" in row.reason and "1.16x" in row.reason
+    row = v.claim_peak(peak_pair(140, 100))
+    assert row.verdict == v.PARTLY and "no record with adapters in model dtype" in row.reason
+    row = v.claim_peak(peak_pair(120, 100) + peak_pair(110, 100, fp32=False))
     assert row.verdict == v.PARTLY and "1.20x" in row.reason and "GPU run" in row.reason
-    assert v.claim_peak(peak_pair(90, 100)).verdict == v.NOT
-    gpu = peak_pair(110, 100, field="cuda_max_allocated")
-    row = v.claim_peak(peak_pair(200, 100), gpu_records=gpu)
-    assert row.verdict == v.PARTLY and "measured on a GPU" in row.reason
+    assert v.claim_peak(peak_pair(90, 100) + peak_pair(95, 100, fp32=False)).verdict == v.NOT
+
+
+def test_peak_gpu_records_judge():
+    gpu = peak_pair(110, 100, field="cuda_max_allocated") + peak_pair(105, 100, field="cuda_max_allocated", fp32=False)
+    row = v.claim_peak(peak_pair(200, 100) + peak_pair(200, 100, fp32=False), gpu_records=gpu)
+    assert row.verdict == v.PARTLY and "measured on a GPU" in row.reason and "2.00x" not in row.reason
 
 
 def test_pairs_ignore_failed_and_mismatched_cells():
@@ -121,14 +133,22 @@ def test_svd_time_extrapolates_and_judges():
     assert v.claim_svd_time(slow[:1], target_shapes=shapes).reason.startswith("randomized-SVD timings are missing")
 
 
-def init_rec(relative):
-    return rec("pissa", workload="tiny-llama", probe={"kind": "init-diff", "max_abs_diff": relative, "max_abs_output": 1.0,
-                                                    "relative": relative, "init": "pissa", "adapted_layers": 14})
+def init_rec(relative, method="pissa", init="pissa"):
+    return rec(method, workload="tiny-llama", probe={"kind": "init-diff", "max_abs_diff": relative, "max_abs_output": 1.0,
+                                                   "relative": relative, "init": init, "adapted_layers": 14})
 
 
-def test_init_unchanged():
-    assert v.claim_init_unchanged([init_rec(3e-7), init_rec(1e-6)]).verdict == v.HOLDS
+def test_init_unchanged_is_pissas_claim_and_credits_lamda_with_nothing():
+    lamda_ok = init_rec(2e-7, "lamda", "svd (full torch.linalg.svd)")
+    row = v.claim_init_unchanged([init_rec(3e-7), init_rec(1e-6), lamda_ok])
+    assert row.verdict == v.HOLDS and row.source == "PiSSA, arXiv 2404.02948"
+    assert "LaMDA's inits here also leave it unchanged" in row.reason and "credited with no more" in row.reason
+    assert "paper's A, B, S; our residual" in "\n".join(row.details)
     assert v.claim_init_unchanged([init_rec(3e-7), init_rec(0.2)]).verdict == v.NOT
+    # LaMDA's probes alone decide nothing: the unchanged output is not the LaMDA paper's claim
+    assert v.claim_init_unchanged([lamda_ok]).verdict == v.CANNOT
+    row = v.claim_init_unchanged([init_rec(3e-7), init_rec(0.5, "lamda", "svd-sigma (full torch.linalg.svd)")])
+    assert row.verdict == v.HOLDS and "not a paper claim" in row.reason
 
 
 def alloc_rec(rule, layers):
@@ -136,15 +156,32 @@ def alloc_rec(rule, layers):
                info__method__allocation={"layers": {f"l{i}": x for i, x in enumerate(layers)}})
 
 
-def test_lamda_pp_beats_uniform_on_its_objective():
-    # [rank, energy, energy_uniform]
-    max_min = alloc_rec("max-min", [[6, 0.5, 0.4], [10, 0.6, 0.7]])
-    max_total = alloc_rec("max-total", [[6, 0.5, 0.6], [10, 0.8, 0.6]])
-    row = v.claim_lamda_pp([max_min, max_total])
-    assert row.verdict == v.HOLDS and "6: 1, 10: 1" in "\n".join(row.details)
-    worse = alloc_rec("max-min", [[6, 0.3, 0.4], [10, 0.6, 0.7]])
-    assert v.claim_lamda_pp([worse]).verdict == v.NOT
-    assert v.claim_lamda_pp([worse, max_total]).verdict == v.PARTLY
+def test_lamda_pp_is_judged_on_the_papers_monotone_relation():
+    # [rank, energy, energy_uniform]: the energy score is energy_uniform, E_l(r)
+    monotone = alloc_rec("max-min", [[12, 0.5, 0.3], [8, 0.6, 0.5], [4, 0.7, 0.8]])
+    row = v.claim_lamda_pp([monotone])
+    assert row.verdict == v.HOLDS and "every one of 3 layer pairs" in row.reason
+    assert "accuracy" in row.reason and "cannot be checked by a memory harness" in row.reason
+    one_reversed = alloc_rec("max-min", [[12, 0.5, 0.3], [8, 0.6, 0.5], [10, 0.6, 0.6], [4, 0.7, 0.8]])
+    row = v.claim_lamda_pp([one_reversed])
+    assert row.verdict == v.PARTLY and "5 give the lower-scored layer the higher rank" in row.reason
+    assert "1 a lower one" in row.reason
+    assert v.claim_lamda_pp([alloc_rec("max-min", [[4, 0.5, 0.3], [12, 0.6, 0.8]])]).verdict == v.NOT
+    # max-total moves rank the other way: shown, never counted as support
+    opposite = alloc_rec("max-total", [[4, 0.5, 0.3], [12, 0.9, 0.8]])
+    assert v.claim_lamda_pp([opposite]).verdict == v.CANNOT
+    row = v.claim_lamda_pp([monotone, opposite])
+    assert row.verdict == v.HOLDS and "max-total, the other reading, is not counted" in row.reason
+    assert "max-total: 0 of 1 pairs ordered, 1 reversed" in row.measured
+
+
+def test_rank_relation_helpers():
+    from lamda_bench.claims.spectral_verdicts import monotone_pairs, spearman
+
+    assert monotone_pairs([0.1, 0.2, 0.2], [5, 4, 4]) == {"pairs": 2, "agree": 2, "tied": 0, "reversed": 0}
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4], [1, 1, 2, 2]) == pytest.approx(0.894427, rel=1e-5)
+    assert spearman([1, 2, 3], [5, 5, 5]) is None
 
 
 def updates_pair(lora_updates=None, lamda_updates=None, horizon=10, r=8):
@@ -169,6 +206,9 @@ def test_updates_verdicts_and_validation():
     assert v.claim_updates(records, names, fake_search(20.0, 30.0)).verdict == v.HOLDS
     row = v.claim_updates(records, names, fake_search(12.0, 30.0))
     assert row.verdict == v.PARTLY and "freeze_fraction <= 0.1" in row.reason
+    assert "not reproduced at the default" in row.reason and "reachable with faster freezing" in row.reason
+    ceiling = updates_search.ceiling("tiny-llama", "all", 0.3)
+    assert f"closed-form ceiling at freeze_fraction 0.3 is {ceiling:.2f}x" in row.reason
     assert v.claim_updates(records, names, fake_search(12.0, 15.0)).verdict == v.NOT
     # Records the closed form does not reproduce: no search, no verdict.
     assert v.claim_updates(updates_pair(lamda_updates=1), names, fake_search(20.0, 30.0)).verdict == v.CANNOT
@@ -177,11 +217,19 @@ def test_updates_verdicts_and_validation():
 def test_real_search_bound_at_default_fraction():
     # B trains on average at most half its columns over the first f of the steps (ceil rounds up),
     # so 2 sum(d_in + d_out) / (f sum d_out) bounds the ratio; at r = 1 ceil keeps B whole until it freezes.
-    shapes = updates_search.target_shapes("tiny-llama", "all")
-    bound = 2 * sum((i + o) * n for (i, o), n in shapes) / (0.3 * sum(o * n for (i, o), n in shapes))
-    ratios = {r: updates_search.setting("tiny-llama", "all", r, 0.3, 100).ratio for r in (1, 8)}
+    # tiny-llama per layer: sum(d_in + d_out) = 560 + 608, sum(d_out) = 608
+    bound = 2 * (560 + 608) / (0.3 * 608)
+    assert updates_search.ceiling("tiny-llama", "all", 0.3) == pytest.approx(bound)
+    ratios = {(r, h): updates_search.setting("tiny-llama", "all", r, 0.3, h).ratio
+              for r in (1, 4, 8, 16, 24, 32) for h in (10, 100, 1000)}
     assert all(x < bound for x in ratios.values())
-    assert ratios[1] < ratios[8]
+    assert ratios[(1, 100)] < ratios[(8, 100)]
+    # LLaMA2-7B attention (4096 -> 4096): the ceiling 2 x 2 / 0.3 = 13.33x; long runs come near it
+    # where r^2 and the ceil() are small next to 0.3 d_out r / 2
+    assert updates_search.ceiling("llama2-7b", "attn", 0.3) == pytest.approx(40 / 3)
+    long_runs = {r: updates_search.setting("llama2-7b", "attn", r, 0.3, 1000).ratio for r in (16, 24, 32)}
+    assert 12.2 < long_runs[32] < 40 / 3 and max(long_runs.values()) < 40 / 3
+    assert updates_search.fraction_for("tiny-llama", "all", 17.7) == pytest.approx(2 * (560 + 608) / (17.7 * 608))
 
 
 def test_no_records_cannot_be_checked():
@@ -214,7 +262,8 @@ def test_real_cells_and_probes_feed_write_claims(tmp_path):
             record = run_cell(cell.to_dict())
             assert record["status"] == "ok", record["error"]
             append_record(tmp_path / "results.jsonl", record)
-    probes = [init_probe("tiny-llama", "lamda", svd_niter=None),
+    probes = [init_probe("tiny-llama", "pissa", niter=None), init_probe("tiny-llama", "lamda", svd_niter=None),
+              init_probe("tiny-llama", "lamda", init="svd-sigma", svd_niter=None),
               svd_probe(64, 64, "lowrank", r=4), svd_probe(32, 32, "full", scale_of=(64, 64))]
     for cell in probes:
         record = run_probe(cell.to_dict())
@@ -225,7 +274,9 @@ def test_real_cells_and_probes_feed_write_claims(tmp_path):
     text = path.read_text()
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert "**holds**" in rows["2a"]  # r-dimensional at layer level, d 64 and 128, as predicted
-    assert "**holds**" in rows["6a"]  # LaMDA-svd leaves tiny-llama's output unchanged
+    assert "**holds**" in rows["6a"]  # PiSSA leaves tiny-llama's output unchanged...
+    assert "LaMDA's inits here also leave it unchanged" in rows["6a"]  # ...and so do both LaMDA SVD inits (ours)
+    assert "| svd-sigma (full torch.linalg.svd) | ours |" in text
     assert "**cannot be checked here**" in rows["3"]  # no full-model pair in this run
     assert "**cannot be checked here**" in rows["5"]  # LLaMA2-7B shapes not timed here
 

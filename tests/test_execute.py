@@ -51,6 +51,16 @@ def test_lamda_linear_saved_bytes_and_flops_by_hand(dtype):
     assert rec["params"]["trainable"] == 4 * 4 + 32 * 4
 
 
+def test_lamda_inits_change_values_not_bytes_or_flops():
+    records = [ok(run_cell(linear_cell("lamda", warmup=1, steps=0, options={"init": init})))
+               for init in ("svd", "svd-sigma", "lora")]
+    assert [r["info"]["method"]["init"].split(" ")[0] for r in records] == ["svd", "svd-sigma", "lora"]
+    for rec in records[1:]:
+        assert {k: v for k, v in rec["memory"].items() if k != "host_rss_peak"} == \
+            {k: v for k, v in records[0]["memory"].items() if k != "host_rss_peak"}
+        assert rec["flops"] == records[0]["flops"] and rec["series"] == records[0]["series"]
+
+
 def test_lamda_saves_only_ax_once_b_is_frozen():
     # warmup 1, horizon 3 steps, freeze_fraction 0.3: B is frozen from the second step on
     rec = ok(run_cell(linear_cell("lamda", warmup=1, steps=1, options={"init": "lora"})))
@@ -79,22 +89,53 @@ def tiny_cell(method, **kw):
     return cell
 
 
+# tiny-llama by hand: 2 layers of q, o 64->64; k, v 64->32 (2 kv heads of 16); gate, up 64->176;
+# down 176->64. Per layer: 7 projections, sum d_in = 560, sum d_out = 608. r 4, N = 2 x 16 = 32
+# tokens, bf16 model, fp32 adapters. Layer 0's q, k, v read the first norm's output, which needs
+# no gradient (embeddings and norms frozen): 3 of the 14 calls have no input gradient, whose
+# d_in sum is 3 x 64; the other 11 sum to 2 x 560 - 192 = 928.
+TINY_CALLS, TINY_GRAD_CALLS, TINY_D_IN, TINY_D_OUT, TINY_D_IN_GRAD, TINY_N = 14, 11, 2 * 560, 2 * 608, 928, 32
+TINY_HAND = {
+    # LoRA: (d_in + d_out) r trained; saves the fp32 copy of x (d_in) and A x (r) per call;
+    # forward x A, then B; backward dB and the grad into A x (d_out r each), dA (d_in r), and
+    # the grad into x where x needs one
+    "lora": {"params.trainable": 4 * (TINY_D_IN + TINY_D_OUT),
+             "params.updates": 3 * 4 * (TINY_D_IN + TINY_D_OUT),
+             "memory.saved_activations_adapter": TINY_N * 4 * (TINY_D_IN + TINY_CALLS * 4),
+             "flops.adapter_forward": 2 * TINY_N * 4 * (TINY_D_IN + TINY_D_OUT),
+             "flops.adapter_backward": 2 * TINY_N * 4 * (2 * TINY_D_OUT + TINY_D_IN + TINY_D_IN_GRAD)},
+    # LaMDA (horizon 3 steps, B frozen after the first: 0.3 x 3 = 0.9 steps): S (r^2) and B
+    # (d_out r) train in step 1, S alone from step 2, the instrumented step; that step saves
+    # only A x (r, fp32) per call; forward A, S, B; backward the grad into S A x (through B,
+    # d_out r), dS (r^2), and where x needs a gradient (so A x does: A is frozen) the grad into
+    # A x (r^2) and into x (d_in r)
+    "lamda": {"params.trainable": TINY_CALLS * 16 + 4 * TINY_D_OUT,
+              "params.updates": 3 * TINY_CALLS * 16 + 4 * TINY_D_OUT,
+              "memory.saved_activations_adapter": TINY_CALLS * TINY_N * 4 * 4,
+              "flops.adapter_forward": 2 * TINY_N * (4 * TINY_D_IN + TINY_CALLS * 16 + 4 * TINY_D_OUT),
+              "flops.adapter_backward": 2 * TINY_N * (4 * TINY_D_OUT + (TINY_CALLS + TINY_GRAD_CALLS) * 16
+                                                        + 4 * TINY_D_IN_GRAD)},
+}
+
+
+def dotted(record, path):
+    node = record
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
 @pytest.mark.parametrize("method", ["lora", "lamda"])
 def test_tiny_llama_measured_matches_closed_forms(method, tmp_path):
     rec = ok(run_cell(tiny_cell(method), str(tmp_path)))
-    p = rec["predicted"]
-    assert rec["params"]["trainable"] == p["params"]["trainable"]
-    assert rec["params"]["updates"] == p["params"]["updates"]
-    assert rec["memory"]["saved_activations_adapter"] == p["memory"]["saved_activations_adapter"] > 0
-    assert rec["flops"]["adapter_forward"] == p["flops"]["adapter_forward"] > 0
-    assert rec["flops"]["adapter_backward"] == p["flops"]["adapter_backward"] > 0
+    for path, expected in TINY_HAND[method].items():  # by hand, not from the run
+        assert dotted(rec, path) == expected, path
+        assert dotted(rec["predicted"], path) == expected, f"predicted {path}"
     assert rec["info"]["attn_implementation"] == "sdpa"
     assert rec["info"]["attention_kernels"]  # the attention kernel that ran is named
     assert rec["time"]["steps_timed"] == 1 and rec["time"]["step_median_s"] > 0
     assert rec["memory"]["host_rss_peak"] > 0
     if method == "lora":
-        # 2 layers; LoRA trains (d_in + d_out) r per projection: q, o 64->64; k, v 64->32
-        # (2 kv heads of 16); gate, up 64->176; down 176->64
         per_layer = (128 + 96 + 96 + 128 + 240 + 240 + 240) * 4
         assert rec["params"]["trainable"] == 2 * per_layer == 9344
     # the artifacts: a step timeline and per-module detail, named by the record
@@ -125,14 +166,18 @@ def test_measure_and_estimate_give_the_same_category_bytes(workload):
     fake = ok(run_cell({**cell, "mode": "estimate"}))
     assert fake["cell"]["mode"] == "estimate" and real["cell"]["mode"] == "measure"
     for key in ("weights", "trainable_weights", "grads", "optimizer", "saved_activations",
-                "saved_activations_adapter", "peak_forward", "peak_backward", "peak_step", "peak", "at_peak"):
+                "saved_activations_adapter", "peak_forward", "peak_backward", "peak_step", "peak", "at_peak",
+                "peak_steady"):
         assert real["memory"][key] == fake["memory"][key], key
     for key in ("forward", "backward", "adapter_forward", "adapter_backward"):
         assert real["flops"][key] == fake["flops"][key], key
     assert real["series"]["trainable"] == fake["series"]["trainable"]
     assert real["params"] == fake["params"]
     assert fake["time"]["step_median_s"] is None and fake["memory"]["host_rss_peak"] is None
-    assert fake["series"]["ran"] == [False, True, False]
+    # step 1 (B fully trainable) can hold the run's peak: the estimate runs it too
+    assert fake["series"]["ran"] == [True, True, False]
+    assert real["series"]["peak"] == fake["series"]["peak"] and real["series"]["peak"][0] is not None
+    assert real["series"]["optimizer"] == fake["series"]["optimizer"]
 
 
 def test_lamda_freezing_shows_in_series_and_updates():
@@ -144,6 +189,77 @@ def test_lamda_freezing_shows_in_series_and_updates():
     assert rec["params"]["updates"] == sum(t) == rec["predicted"]["params"]["updates"]
     opt = rec["series"]["optimizer"]
     assert opt[0] > opt[-1]  # frozen columns' Adam state is released
+
+
+# ---- peak over the run -----------------------------------------------------------------
+
+
+def test_optimizer_state_is_read_while_live_before_the_freeze():
+    # one step; horizon 1, so B (32 x 4) freezes right after it. Adam's state as the step left
+    # it: exp_avg and exp_avg_sq of B and S (fp32) and a 4-byte step scalar for each
+    rec = ok(run_cell(linear_cell("lamda", warmup=0, steps=0, options={"init": "lora"})))
+    assert rec["memory"]["optimizer"] == 2 * (32 * 4 + 4 * 4) * 4 + 2 * 4
+    assert rec["series"]["optimizer"] == [rec["memory"]["optimizer"]]
+
+
+def test_lamda_peak_is_the_worst_step_of_the_run():
+    # horizon 3 steps, B frozen after step 1: step 1 trains B and S, step 2 (instrumented) S alone
+    rec = ok(run_cell(linear_cell("lamda", warmup=1, steps=1, options={"init": "lora"})))
+    step_peaks = rec["series"]["peak"]
+    assert step_peaks[2] is None  # a timed step is never tracked
+    assert rec["memory"]["peak"] == step_peaks[0] > step_peaks[1] == rec["memory"]["peak_steady"]
+    assert sum(rec["memory"]["at_peak"].values()) == rec["memory"]["peak"]
+    info = rec["info"]["peak_steps"]
+    assert info["tracked"] == [1, 2] and info["worst"] == 1 and info["instrumented"] == 2 and info["untracked"] == []
+    # Both peaks fall in backward. Step 1 has no optimizer state yet, but B trains, so S A x
+    # (N x r, fp32) is saved too; step 2 holds S's Adam state (2 x 4 x 4 fp32 + a step scalar).
+    assert rec["memory"]["at_peak"]["optimizer"] == 0
+    assert rec["memory"]["peak"] - rec["memory"]["peak_steady"] == N * 4 * 4 - (2 * 16 * 4 + 4)
+
+
+def test_a_fixed_trainable_set_tracks_only_the_steady_step():
+    rec = ok(run_cell(linear_cell("lora", warmup=1, steps=1)))
+    assert rec["info"]["peak_steps"]["tracked"] == [2]
+    assert rec["series"]["peak"] == [None, rec["memory"]["peak"], None]
+    assert rec["memory"]["peak"] == rec["memory"]["peak_steady"]
+    # warmup 0: step 2, the steady state, is timed, so it is named as untracked
+    rec = ok(run_cell(linear_cell("lora", warmup=0, steps=1)))
+    assert rec["info"]["peak_steps"]["untracked"] == [2]
+
+
+@pytest.mark.parametrize("method", ["lamda", "lora"])
+def test_no_step_exceeds_the_candidate_steps(monkeypatch, method):
+    """peaks.py's argument, checked: track every warmup step and the worst is a candidate."""
+    from lamda_bench import peaks
+
+    candidates = peaks.candidate_steps(method == "lamda", 10)
+    monkeypatch.setattr(peaks, "candidate_steps", lambda shrinks, total: list(range(1, total + 1)))
+    monkeypatch.setattr(peaks, "_same_as_instrumented", lambda *args: False)
+    options = {"init": "lora"} if method == "lamda" else {}
+    rec = ok(run_cell(linear_cell(method, d=64, r=8, layers=2, warmup=8, steps=1, options=options)))
+    step_peaks = rec["series"]["peak"][:9]  # 8 warmup steps and the instrumented one, all tracked
+    assert None not in step_peaks
+    assert max(step_peaks) == max(step_peaks[s - 1] for s in candidates) == rec["memory"]["peak"]
+    if method == "lora":  # from step 2 on every step is the same; step 1 is not above them
+        assert len(set(step_peaks[1:])) == 1 and step_peaks[0] <= step_peaks[1]
+    else:  # B's columns freeze over steps 1-3 (horizon 0.3 x 10): the peaks fall, then stay
+        assert step_peaks[1] > step_peaks[2] > step_peaks[3] == step_peaks[8]
+
+
+def test_estimate_tracks_the_same_steps_as_a_measurement():
+    """The claims suite's shape: warmup 4, so the instrumented step 5 has B frozen; steps 1 and
+    2 run too (on fake tensors) and give the real run's peaks."""
+    cell = linear_cell("lamda", d=64, r=8, warmup=4, steps=5, options={"init": "lora"})
+    real = ok(run_cell(cell))
+    fake = ok(run_cell({**cell, "mode": "estimate"}))
+    assert fake["series"]["ran"] == [True, True, False, False, True] + [False] * 5
+    assert real["series"]["peak"] == fake["series"]["peak"]
+    assert [p is not None for p in real["series"]["peak"]] == [True, True, False, False, True] + [False] * 5
+    assert real["series"]["optimizer"] == fake["series"]["optimizer"]
+    for key in ("peak", "at_peak", "peak_steady", "optimizer", "grads"):
+        assert real["memory"][key] == fake["memory"][key], key
+    assert real["info"]["peak_steps"] == fake["info"]["peak_steps"]
+    assert real["memory"]["peak"] > real["memory"]["peak_steady"]
 
 
 # ---- modes and devices -----------------------------------------------------------------
@@ -220,6 +336,20 @@ def test_gradient_checkpointing_on_a_bare_linear_is_an_error():
     assert rec["status"] == "error" and "gradient_checkpointing" in rec["error"]
 
 
+TINY_FORWARD = 2 * TINY_N * 4 * (TINY_D_IN + TINY_D_OUT)  # x A then B on every call (fp32 cells here)
+OTHER_HAND = {
+    # 2 layers of query, key, value, attention.output.dense (64 -> 64), intermediate (64 -> 160),
+    # output (160 -> 64): (d_in + d_out) r each
+    ("tiny-deberta", "lora"): {"params.trainable": 2 * 4 * (4 * 128 + 2 * 224)},
+    # VeRA trains its two scaling vectors: lambda_b (d_out) and lambda_d (r) per projection
+    ("tiny-llama", "vera"): {"params.trainable": TINY_D_OUT + TINY_CALLS * 4, "flops.adapter_forward": TINY_FORWARD},
+    # LoRA-FA: A frozen, B (d_out r) trains; only A x (r, fp32) is saved
+    ("tiny-llama", "lora-fa"): {"params.trainable": 4 * TINY_D_OUT, "flops.adapter_forward": TINY_FORWARD,
+                                "memory.saved_activations_adapter": TINY_CALLS * TINY_N * 4 * 4},
+    ("tiny-llama", "pissa"): {"params.trainable": 4 * (TINY_D_IN + TINY_D_OUT), "flops.adapter_forward": TINY_FORWARD},
+}
+
+
 @pytest.mark.parametrize(
     "workload, method",
     [
@@ -233,6 +363,8 @@ def test_gradient_checkpointing_on_a_bare_linear_is_an_error():
 )
 def test_other_models_and_methods_match_their_closed_forms(workload, method):
     rec = ok(run_cell(tiny_cell(method, workload=workload, dtype="fp32", steps=0)))
+    for path, expected in OTHER_HAND.get((workload, method), {}).items():  # by hand, not from the run
+        assert dotted(rec, path) == expected, path
     p = rec["predicted"]
     assert rec["params"]["trainable"] == p["params"]["trainable"]
     assert rec["flops"]["adapter_forward"] == p["flops"]["adapter_forward"]
@@ -241,19 +373,30 @@ def test_other_models_and_methods_match_their_closed_forms(workload, method):
         assert rec["memory"]["saved_activations_adapter"] == p["memory"]["saved_activations_adapter"]
 
 
-def test_the_linear_inputs_gradient_does_not_outlive_a_step():
+def test_the_linear_inputs_gradient_does_not_outlive_a_step(monkeypatch):
     """x requires grad (an activation deep in a network); keeping x.grad between steps is a
     buffer no network keeps, and one the trackers (started at the instrumented step) miss."""
-    from lamda_bench import execute
-    from lamda_bench.cell import Cell
+    made = []
+    real_make_inputs = workloads.make_inputs
 
-    x = torch.ones(2, 3, requires_grad=True)
-    (x * 2).sum().backward()
-    inputs = {"x": x, "labels": torch.zeros(2)}
-    execute._drop_input_grads(inputs)
-    assert x.grad is None
-    c = Cell.from_dict(linear_cell("lora", d=16, warmup=1, steps=1))
-    assert c.workload == "linear"
+    def spy(*args, **kwargs):
+        made.append(real_make_inputs(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(workloads, "make_inputs", spy)
+    grads_seen = []
+    real_step = torch.optim.AdamW.step
+
+    def step_and_look(self, *args, **kwargs):  # x.grad exists right after backward...
+        grads_seen.append(made[-1]["x"].grad is not None)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_and_look)
+    rec = ok(run_cell(linear_cell("lora", d=16, warmup=1, steps=1)))
+    assert rec["series"]["ran"] == [True, True, True]
+    x = made[-1]["x"]
+    assert x.requires_grad and grads_seen == [True, True, True]
+    assert x.grad is None  # ...and run_cell dropped it after the last step
 
 
 @pytest.mark.parametrize("cls", [torch.optim.AdamW, torch.optim.Adam])

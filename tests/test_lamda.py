@@ -71,24 +71,42 @@ def test_trainable_params_llama2_7b_on_meta(r):
 
 
 # ---- SVD init ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("options", [{}, {"svd_niter": 2}, {"init": "lora"}, {"freeze_order": "smallest"}])
+@pytest.mark.parametrize("options", [{}, {"svd_niter": 2}, {"init": "svd-sigma"}, {"init": "svd-sigma", "svd_niter": 2},
+                                     {"init": "lora"}, {"freeze_order": "smallest"}])
 def test_init_leaves_tiny_llama_output_unchanged(options):
     cell, model = tiny_llama()
     model.eval()
     inputs = make_inputs(cell)
     before = model(input_ids=inputs["input_ids"]).logits
     w_before = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
-    applied = apply(model, **options)
+    applied = apply(model, **options)  # r 4, alpha 8: s = 2
     after = applied.model(input_ids=inputs["input_ids"]).logits
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
     layer = applied.adapted["model.layers.0.self_attn.q_proj"]
-    if options.get("init") == "lora":
+    a, s, b = layer.lamda_A.weight, layer.lamda_S.weight, layer.lamda_B.full_weight()
+    assert (a.shape, s.shape, b.shape) == ((4, 64), (4, 4), (64, 4))  # q_proj of tiny-llama: 64 -> 64
+    init = options.get("init", "svd")
+    assert layer.init_used.startswith(init)
+    if init == "lora":
         assert torch.equal(layer.base_layer.weight, w_before)  # base untouched, B zero
-        assert layer.lamda_B.full_weight().abs().max() == 0
-    else:  # base holds the residual, the adapter the top-r part, A has orthonormal rows
-        assert not torch.allclose(layer.base_layer.weight, w_before)
-        a = layer.lamda_A.weight
-        torch.testing.assert_close(a @ a.T, torch.eye(4), atol=1e-5, rtol=0)
+        assert b.abs().max() == 0
+        return
+    # A has orthonormal rows and B orthonormal columns: the top-r singular vectors of W
+    torch.testing.assert_close(a @ a.T, torch.eye(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(b.T @ b, torch.eye(4), atol=1e-5, rtol=0)
+    sigma = torch.linalg.svdvals(w_before)[:4]
+    if options.get("freeze_order") == "smallest":
+        sigma = sigma.flip(0)
+    if init == "svd":  # the paper's form: S = I; the base gives up s U_r V_r^T
+        assert torch.equal(s, torch.eye(4))
+        torch.testing.assert_close(layer.base_layer.weight, w_before - 2.0 * b @ a, atol=1e-5, rtol=0)
+    else:  # ours: S = Sigma_r / s; the base gives up U_r Sigma_r V_r^T (PiSSA's residual)
+        if "svd_niter" in options:  # randomized: approximate singular values, still a diagonal core
+            assert torch.equal(s, torch.diag(torch.diagonal(s))) and (torch.diagonal(s) > 0).all()
+        else:
+            torch.testing.assert_close(s, torch.diag(sigma / 2.0), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer.base_layer.weight, w_before - 2.0 * b @ s @ a, atol=1e-5, rtol=0)
+        assert torch.linalg.svdvals(layer.base_layer.weight)[0] < torch.linalg.svdvals(w_before)[0]
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +117,13 @@ def minilm():
 
 
 @pytest.mark.minilm
+@pytest.mark.parametrize("init", ["svd", "svd-sigma"])
 @pytest.mark.parametrize("svd_niter", [None, 2])
-def test_svd_init_leaves_real_minilm_output_unchanged(minilm_required, minilm, svd_niter):
+def test_svd_init_leaves_real_minilm_output_unchanged(minilm_required, minilm, svd_niter, init):
     model = copy.deepcopy(minilm)
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
     before = model(input_ids=ids).last_hidden_state
-    applied = apply(model, r=8, alpha=16.0, targets=BERT_ALL, svd_niter=svd_niter)
+    applied = apply(model, r=8, alpha=16.0, targets=BERT_ALL, svd_niter=svd_niter, init=init)
     after = applied.model(input_ids=ids).last_hidden_state
     assert len(applied.adapted) == 37  # 6 x (q, k, v, attn out, ffn in, ffn out) + pooler
     torch.testing.assert_close(after, before, rtol=1e-5, atol=2e-5)

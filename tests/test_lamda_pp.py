@@ -126,6 +126,26 @@ def test_real_minilm_allocation_is_non_uniform_and_keeps_the_budget(minilm_requi
 
 
 @pytest.mark.minilm
+def test_real_minilm_lower_energy_score_gets_higher_rank(minilm_required, minilm, minilm_allocation):
+    """The paper's stated relation, on real weights: layers with lower energy scores (E_l(r), the
+    energy their top r singular values hold) get higher ranks. The default rule follows it for
+    nearly every pair of layers (not all: it equalises E_l(rank_l), and spectra differ in shape);
+    max-total, the other reading, runs against it."""
+    from lamda_bench.claims.spectral_verdicts import monotone_pairs, spearman
+
+    def relation(alloc):
+        scores, ranks = [la.energy_uniform for la in alloc.layers], [la.rank for la in alloc.layers]
+        return monotone_pairs(scores, ranks), spearman(scores, ranks)
+
+    pairs, rho = relation(minilm_allocation)
+    assert pairs["pairs"] == 37 * 36 // 2  # every score distinct
+    assert pairs["agree"] > 0.85 * pairs["pairs"] and pairs["reversed"] < 0.03 * pairs["pairs"]
+    assert rho < -0.85
+    pairs, rho = relation(compute_allocation(minilm, BERT_ALL, r=8, rule="max-total"))
+    assert pairs["reversed"] > pairs["agree"] and rho > 0
+
+
+@pytest.mark.minilm
 def test_apply_on_real_minilm_uses_the_allocation(minilm_required, minilm, minilm_allocation):
     model = copy.deepcopy(minilm)
     ids = torch.randint(0, model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))

@@ -81,10 +81,12 @@ def by_r(records):
 
 
 def test_every_failure_kind_becomes_a_record_and_the_sweep_goes_on(tmp_path):
-    todo = cells(1, 2, 3, 4, 5, timeout_s=3.0)
+    # Only cell 5 (which never returns) gets the short timeout: on a loaded machine process
+    # start and imports alone can take seconds, and the other cells must not time out.
+    todo = cells(1, 2, 3, 4, timeout_s=120.0) + cells(5, timeout_s=3.0)
     t0 = time.monotonic()
     summary = run_cells(todo, tmp_path, suite="t", runner="test_launch:runner_by_r", jobs=3, progress=False)
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < 120
     recs = by_r(load_results(results_path(tmp_path)).records)
     assert len(summary.records) == 5 and set(recs) == {1, 2, 3, 4, 5}
     assert recs[1]["status"] == "ok" and recs[1]["params"]["trainable"] == 1000

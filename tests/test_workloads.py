@@ -57,7 +57,7 @@ def test_llama2_7b_meta_build_is_fast_and_has_the_paper_shape(make_cell):
 
 def test_deberta_v3_base_shape(make_cell):
     model = build_model(make_cell(workload="deberta-v3-base"), "meta")
-    linears = target_linears(model, get_workload("deberta-v3-base").target_presets["all"])
+    linears = target_linears(model, resolve_targets(make_cell(workload="deberta-v3-base"), model))
     assert len(linears) == 12 * 6
     assert model.config.hidden_size == 768 and model.config.relative_attention
 
@@ -132,7 +132,7 @@ def test_linear_workload(make_cell):
 def test_resolve_targets_presets_lists_and_errors(make_cell):
     cell = make_cell()
     model = build_model(cell, "meta")
-    assert resolve_targets(cell, model) == list(get_workload("tiny-llama").target_presets["all"])
+    assert resolve_targets(cell, model) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert resolve_targets(make_cell(targets="attn"), model) == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert resolve_targets(make_cell(targets=("q_proj", "v_proj")), model) == ["q_proj", "v_proj"]
     assert resolve_targets(make_cell(targets="down_proj"), model) == ["down_proj"]

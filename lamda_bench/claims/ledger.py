@@ -85,7 +85,7 @@ def load_dir_records(directory: Path | None) -> list[dict]:
     path = Path(directory) / RESULTS_FILE
     if not path.is_file():
         return []
-    return list(latest_by_id(load_results(path).records).values())
+    return list(latest_by_id(load_results(path).warn(path).records).values())
 
 
 def _failed(directory: Path) -> list[dict]:

@@ -10,7 +10,8 @@ cell) whose ``options`` carry ``probe`` (the kind) plus the method options it ne
   LaMDA's ``svd_niter=K``). ``threads`` torch threads; the minimum of ``repeats`` runs.
 - ``init-diff``: the model's output before and after applying the method (eval mode, no
   dropout, fp32), max absolute difference and the output's max absolute value: does the
-  SVD init leave the output unchanged?
+  SVD init leave the output unchanged? (PiSSA's claim; for LaMDA's inits, a check of this
+  harness's residual base, see ``methods/lamda_init.py``.)
 
 ``run_probe(cell_dict, artifacts_dir)`` is the launcher's runner for them; like
 ``execute.run_cell`` it returns a record and never raises. The figures sit under
@@ -69,8 +70,9 @@ def default_probes() -> list[Cell]:
     for workload in ("tiny-llama", "minilm-l6"):
         cells.append(init_probe(workload, "pissa", niter=None))
         cells.append(init_probe(workload, "pissa", niter=SVD_NITER))
-        cells.append(init_probe(workload, "lamda", svd_niter=None))
+        cells.append(init_probe(workload, "lamda", svd_niter=None))  # init "svd": the paper's S = I form
         cells.append(init_probe(workload, "lamda", svd_niter=SVD_NITER))
+        cells.append(init_probe(workload, "lamda", init="svd-sigma", svd_niter=None))  # ours: S = Sigma_r / s
     return cells
 
 

@@ -16,7 +16,11 @@ Categories:
 - ``activations``: storages created during the ``forward`` phase, and the step's input
   batch (``inputs=``: created before the tracker, but live through the step, and counted by
   the CUDA allocator; leaving it out put a bare-linear estimate 7% under the measured peak),
-- ``temporaries``: everything else created while tracking.
+- ``temporaries``: everything else created while tracking, including autocast's
+  low-precision copies of weights (an ``_to_copy`` of a weight storage while autocast is
+  on): they are neither weights nor activations. They are also counted apart
+  (``weight_copies``, ``weight_copies_peak``, ``weight_copies_at_peak``) and
+  ``is_weight_copy`` lets the saved-tensor tracker tell them from activations.
 Tensors created before the tracker entered count only if they are one of the above.
 
 When a storage changes category after a peak was recorded (a grad written just before
@@ -36,8 +40,11 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from ..precision import autocast_enabled
 from .active import tracker_active
 from .modules import ModuleScope
+
+_TO_COPY = torch.ops.aten._to_copy.default
 
 CATEGORIES = ("weights", "grads", "optimizer", "activations", "temporaries")
 
@@ -48,6 +55,7 @@ class _Storage:
     category: str
     created_at: int
     ref: weakref.ref | None = None
+    weight_copy: bool = False  # autocast's cast of a weight
 
 
 @dataclass
@@ -93,6 +101,9 @@ class LiveMemoryTracker:
         self._phase: str | None = None
         self._ops = 0
         self._grad_hooks: list = []
+        self.weight_copies = 0  # autocast weight copies live now (bytes)
+        self.weight_copies_peak = 0  # the most of them live at once
+        self.weight_copies_at_peak = 0  # live at the step's overall peak
 
     # ---- results ------------------------------------------------------------------------
     def summary(self) -> dict:
@@ -157,10 +168,24 @@ class LiveMemoryTracker:
             h.remove()
         self._grad_hooks = []
 
+    def is_weight_copy(self, storage: torch.UntypedStorage) -> bool:
+        rec = self._storages.get(id(storage))
+        return rec is not None and rec.weight_copy
+
+    def _casts_weight(self, func, args, kwargs) -> bool:
+        """An autocast cast of a weight: a dtype-changing ``_to_copy`` of a weight storage inside a
+        precision policy's autocast region (``precision.autocast_enabled``)."""
+        if func is not _TO_COPY or not args or not isinstance(args[0], torch.Tensor) or not autocast_enabled():
+            return False
+        rec = self._storages.get(id(args[0].untyped_storage()))
+        return rec is not None and rec.category == "weights" and kwargs.get("dtype", args[0].dtype) != args[0].dtype
+
     def _observe(self, func, args, kwargs, out) -> None:
         self._ops += 1
         category = "activations" if self._phase == "forward" else "temporaries"
-        if isinstance(out, torch.Tensor):
+        if isinstance(out, torch.Tensor) and self._casts_weight(func, args, kwargs or {}):
+            self._register(out, "temporaries", weight_copy=True)
+        elif isinstance(out, torch.Tensor):
             self._register(out, category)
         elif isinstance(out, (tuple, list)):
             for t in out:
@@ -172,7 +197,7 @@ class LiveMemoryTracker:
                             self._register(u, category)
 
     # ---- bookkeeping --------------------------------------------------------------------
-    def _register(self, t: torch.Tensor, category: str) -> None:
+    def _register(self, t: torch.Tensor, category: str, weight_copy: bool = False) -> None:
         st = t.untyped_storage()
         key = id(st)
         rec = self._storages.get(key)
@@ -181,11 +206,14 @@ class LiveMemoryTracker:
                 self._reclassify(rec, category)
             return
         nbytes = st.nbytes()
-        rec = _Storage(nbytes, category, self._ops)
+        rec = _Storage(nbytes, category, self._ops, weight_copy=weight_copy)
         rec.ref = weakref.ref(st, self._freer(key))
         self._storages[key] = rec
         self.current[category] += nbytes
         self.live_bytes += nbytes
+        if weight_copy:
+            self.weight_copies += nbytes
+            self.weight_copies_peak = max(self.weight_copies_peak, self.weight_copies)
         self._note_peak()
 
     def _freer(self, key: int):
@@ -194,6 +222,8 @@ class LiveMemoryTracker:
             if rec is not None:
                 self.current[rec.category] -= rec.nbytes
                 self.live_bytes -= rec.nbytes
+                if rec.weight_copy:
+                    self.weight_copies -= rec.nbytes
 
         return free
 
@@ -210,6 +240,7 @@ class LiveMemoryTracker:
         live = self.live_bytes
         if live > self.peak.live_bytes:
             self.peak = Peak(live, dict(self.current), self._ops)
+            self.weight_copies_at_peak = self.weight_copies
         if self._phase is not None:
             p = self.phase_peaks[self._phase]
             if live > p.live_bytes:

@@ -82,6 +82,11 @@ class SavedTensorTracker:
         self._open = False
         self._hooks = None
         self._patched = None
+        # is_weight_copy(storage): autocast's low-precision cast of a weight (the live tracker
+        # knows). Saved for backward, but weight bytes, not activations: counted apart.
+        self.is_weight_copy: Callable[[torch.UntypedStorage], bool] | None = None
+        self.weight_copy_bytes = 0
+        self._weight_copies = WeakIdKeyDictionary()
 
     # ---- results ------------------------------------------------------------------------
     @property
@@ -173,6 +178,11 @@ class SavedTensorTracker:
     def _record(self, t: torch.Tensor) -> None:
         st = t.untyped_storage()
         if st in self._excluded:
+            return
+        if self.is_weight_copy is not None and self.is_weight_copy(st):
+            if st not in self._weight_copies:
+                self._weight_copies[st] = True
+                self.weight_copy_bytes += st.nbytes()
             return
         module = self.scope.current()
         adapter = self._adapter_cache.get(module)

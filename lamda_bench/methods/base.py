@@ -8,6 +8,7 @@ measurement code to tell adapter-path modules from the frozen base.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,6 +31,7 @@ class Option:
     type: type | tuple[type, ...]
     doc: str
     choices: tuple[Any, ...] | None = None
+    path: bool = False  # a file the cell reads: checked (regular, bounded size) when a suite loads
 
 
 @dataclass
@@ -61,6 +63,9 @@ class AppliedMethod:
     - ``on_step(step, optimizer)``: call after every ``optimizer.step()`` with the number of
       steps completed; LaMDA's freezing schedule advances here. No-op for most methods.
     - ``info``: JSON-able facts to record (init used, autocast setting, LaMDA++ ranks...).
+    - ``trainable_shrinks``: True when ``on_step`` freezes parameters during the run (LaMDA's
+      split freezing): then the first steps, not the steady state, can hold the run's peak
+      (see ``lamda_bench/peaks.py``).
     """
 
     model: nn.Module
@@ -69,6 +74,7 @@ class AppliedMethod:
     make_optimizer: Callable[[float], torch.optim.Optimizer]
     on_step: Callable[[int, torch.optim.Optimizer], None] = lambda step, opt: None
     info: dict[str, Any] = field(default_factory=dict)
+    trainable_shrinks: bool = False
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -105,10 +111,17 @@ class Method:
         out = {}
         for key, opt in self.options.items():
             value = given.get(key, opt.default)
-            if value is not None and not isinstance(value, opt.type):
+            types = opt.type if isinstance(opt.type, tuple) else (opt.type,)
+            # bool is an int subclass in Python: `true` is not a number for a numeric option.
+            wrong_bool = isinstance(value, bool) and bool not in types
+            if value is not None and (wrong_bool or not isinstance(value, opt.type)):
                 raise MethodError(
                     f"method {self.name!r} option {key!r}: expected {_type_name(opt.type)}, got {value!r}"
                 )
+            if isinstance(value, float) and not math.isfinite(value) or (
+                    isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63 - 1):
+                raise MethodError(f"method {self.name!r} option {key!r}: {value!r} is not a finite "
+                                  f"number that fits in 64 bits")
             if opt.choices is not None and value not in opt.choices:
                 raise MethodError(
                     f"method {self.name!r} option {key!r}: {value!r} is not one of {list(opt.choices)}"

@@ -5,16 +5,14 @@
 This is our own module, not PEFT. The paper's text is not available to us, so these are the
 decisions (see docs/DESIGN, "The methods"):
 
-* Init ``"svd"`` (default): top-r SVD of the pretrained weight W = U Sigma V^T. A = V_r^T,
-  B = U_r, S = Sigma_r / s, and the base weight becomes the residual W - U_r Sigma_r V_r^T, so
-  the layer's output is unchanged at init (exactly in fp32; up to the rounding of the residual
-  in bf16/fp16). ``svd_niter=None`` uses the full ``torch.linalg.svd``; ``svd_niter=K`` uses
-  ``torch.svd_lowrank(W, q=r, niter=K)`` like PEFT's ``pissa_niter_K``, so LaMDA and PiSSA pay
-  the same init. The SVD runs in fp32 whatever the model dtype.
-* Init ``"lora"``: what the authors' public code does: A Kaiming-uniform (a = sqrt(5), as
-  nn.Linear and PEFT's lora_A), S Kaiming-uniform ("random"), B zero; the base is untouched.
-* On the meta device (or fake tensors) no SVD can run: the same shapes are built and
-  ``info["init"]`` says the init is shape-only.
+* Inits (``lamda_init.py`` has the details): ``"svd"`` (default) is the paper's form as its
+  summary states it: A = V_r^T, B = U_r from the top-r singular vectors of W, S = I; the base
+  weight becomes W - s U_r V_r^T (our choice: the paper does not say) so the output is
+  unchanged at init. ``"svd-sigma"`` is ours: S = Sigma_r / s, base W - U_r Sigma_r V_r^T
+  (PiSSA's residual). ``"lora"`` is the authors' public code: A Kaiming, S random, B zero.
+  ``svd_niter=K`` runs the randomized ``torch.svd_lowrank`` (PEFT's ``pissa_niter_K``).
+  On the meta device (or fake tensors) the same shapes are built and ``info["init"]`` says the
+  init is shape-only: the inits change values, never shapes.
 * Why the adapter saves only r-wide tensors: PyTorch saves a linear's input only when the weight
   needs a gradient. A is frozen, so ``F.linear(x, A)`` saves A (a parameter), not x. S is trainable
   and saves A x (N x r). B, while it trains, saves S A x (N x r). Once B is fully frozen only A x
@@ -55,8 +53,8 @@ from torch import nn
 
 from . import register
 from .base import AdapterSpec, AppliedMethod, Method, MethodError, Option
+from .lamda_init import INIT_DOC, INITS, initial_factors
 
-INITS = ("svd", "lora")
 FREEZE_ORDERS = ("largest", "smallest")
 FREEZE_MODES = ("split", "mask")
 ADAPTER_PREFIX = "lamda_"
@@ -267,7 +265,7 @@ class LamdaLinear(nn.Module):
         self.adapter_dtype = torch.float32 if autocast_adapter_dtype else w.dtype
         self.lamda_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-        a, s, b, self.init_used = _initial_factors(base_layer, r, self.scaling, init, svd_niter)
+        a, s, b, self.init_used = initial_factors(base_layer, r, self.scaling, init, svd_niter)
         if freeze_order == "smallest":  # components frozen first must be a contiguous prefix
             a, s, b = a.flip(0), s.flip(0, 1), b.flip(1)
         self.lamda_A = _linear(a.to(self.adapter_dtype), requires_grad=False)
@@ -302,48 +300,6 @@ def _linear(weight: torch.Tensor, requires_grad: bool) -> nn.Linear:
     lin = nn.Linear(in_f, out_f, bias=False, device="meta")
     lin.weight = nn.Parameter(weight.detach(), requires_grad=requires_grad)
     return lin
-
-
-def is_shape_only(t: torch.Tensor) -> bool:
-    """True for meta tensors and fake tensors: shapes without values."""
-    if t.is_meta:
-        return True
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return isinstance(t, FakeTensor)
-
-
-def _initial_factors(
-    base: nn.Linear, r: int, scaling: float, init: str, svd_niter: int | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    """A (r x d_in), S (r x r), B (d_out x r) in the base weight's dtype and device; for "svd" the
-    base weight is replaced by the residual in place. Returns the init actually done."""
-    w = base.weight
-    d_out, d_in = w.shape
-    if is_shape_only(w):
-        label = f"{init} (shape-only: weights on the meta device or fake, no values to initialise)"
-        return w.new_empty(r, d_in), w.new_empty(r, r), w.new_empty(d_out, r), label
-    with torch.no_grad():
-        if init == "lora":
-            a = torch.empty(r, d_in, dtype=torch.float32, device=w.device)
-            s = torch.empty(r, r, dtype=torch.float32, device=w.device)
-            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-            nn.init.kaiming_uniform_(s, a=math.sqrt(5))
-            b = torch.zeros(d_out, r, dtype=torch.float32, device=w.device)
-            return a.to(w.dtype), s.to(w.dtype), b.to(w.dtype), "lora"
-        w32 = w.detach().float()
-        if svd_niter is None:
-            u, sig, vh = torch.linalg.svd(w32, full_matrices=False)
-            u, sig, vh = u[:, :r], sig[:r], vh[:r]
-            label = "svd (full torch.linalg.svd)"
-        else:
-            u, sig, v = torch.svd_lowrank(w32, q=r, niter=svd_niter)
-            vh = v.T
-            label = f"svd (torch.svd_lowrank, niter={svd_niter})"
-        residual = w32 - (u * sig) @ vh
-        base.weight.copy_(residual.to(w.dtype))
-        # Kept in fp32 here; the caller casts to the adapter dtype (fp32 under autocast).
-        return vh.contiguous(), torch.diag(sig / scaling), u.contiguous(), label
 
 
 # ---- applying to a model --------------------------------------------------------------------
@@ -465,6 +421,7 @@ def apply_lamda(
         make_optimizer=make_optimizer,
         on_step=on_step,
         info=info,
+        trainable_shrinks=options["freeze_mode"] == "split" and float(frac) > 0,
     )
 
 
@@ -485,7 +442,7 @@ class _seeded:
 
 
 LAMDA_OPTIONS: dict[str, Option] = {
-    "init": Option("svd", str, "'svd': A, B, S from the top-r SVD, base = residual; 'lora': A Kaiming, B zero, S random", INITS),
+    "init": Option("svd", str, INIT_DOC, INITS),
     "svd_niter": Option(None, int, "None: full torch.linalg.svd; K: torch.svd_lowrank with niter=K"),
     "freeze_fraction": Option(0.3, (float, int), "fraction of the training steps over which B freezes (0: S alone)"),
     "freeze_order": Option("largest", str, "which rank components of B freeze first, by singular value", FREEZE_ORDERS),

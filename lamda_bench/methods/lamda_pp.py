@@ -43,7 +43,8 @@ from torch import nn
 
 from . import register
 from .base import AdapterSpec, AppliedMethod, Method, MethodError, Option
-from .lamda import LAMDA_OPTIONS, apply_lamda, find_targets, is_shape_only
+from .lamda import LAMDA_OPTIONS, apply_lamda, find_targets
+from .lamda_init import is_shape_only
 
 RULES = {
     "max-min": (
@@ -59,6 +60,7 @@ RULES = {
 }
 DEFAULT_RULE = "max-min"
 FORMAT = "lamda-bench/lamda++-allocation/1"
+ALLOCATION_MAX_BYTES = 16 * 2**20  # a few KiB per thousand layers; anything larger is not one
 
 
 @dataclass
@@ -109,11 +111,15 @@ class Allocation:
 
     @classmethod
     def load(cls, path: str | Path) -> "Allocation":
-        try:
-            blob = json.loads(Path(path).read_text())
-        except FileNotFoundError:
+        from ..safe_files import MissingFileError, UnsafeFileError, read_small_file
+
+        try:  # a regular file of bounded size only: a suite must not make us read /dev/zero
+            blob = json.loads(read_small_file(path, "LaMDA++ allocation file", limit=ALLOCATION_MAX_BYTES))
+        except MissingFileError:
             raise MethodError(f"LaMDA++ allocation file not found: {path}") from None
-        except (OSError, json.JSONDecodeError) as e:
+        except UnsafeFileError as e:
+            raise MethodError(str(e)) from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise MethodError(f"LaMDA++ allocation file {path} is unreadable: {e}".replace("\n", " ")) from None
         if not isinstance(blob, dict) or blob.pop("format", None) != FORMAT:
             raise MethodError(f"LaMDA++ allocation file {path} is not a {FORMAT} file")
@@ -255,7 +261,8 @@ class LamdaPlusPlusMethod(Method):
     description = "LaMDA with per-layer ranks from the pretrained weights' spectral energy (budget r x layers)"
     options = {
         **LAMDA_OPTIONS,
-        "allocation": Option(None, str, "path of a saved allocation (JSON) to use instead of computing one"),
+        "allocation": Option(None, str, "path of a saved allocation (JSON) to use instead of computing one",
+                             path=True),
         "min_rank": Option(None, int, "lower bound per layer (default max(1, r // 4))"),
         "max_rank": Option(None, int, "upper bound per layer (default 2 r, capped at min(d_in, d_out))"),
         "rule": Option(DEFAULT_RULE, str, "allocation rule (module docstring)", choices=tuple(RULES)),

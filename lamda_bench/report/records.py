@@ -21,14 +21,16 @@ class ReportError(ValueError):
 
 def load_dir(results_dir: str | Path) -> list[dict[str, Any]]:
     """Records of ``results_dir/results.jsonl``, the last record per id (a retried cell
-    supersedes its failed attempt), in first-seen order."""
+    supersedes its failed attempt), in first-seen order. Each skipped line and each unusable
+    value is reported as a ``results.DataWarning`` naming file and line (the CLI prints them
+    and counts them)."""
     results_dir = Path(results_dir)
     path = results_dir / RESULTS_FILE
     if not results_dir.is_dir():
         raise ReportError(f"{results_dir}: not a directory")
     if not path.is_file():
         raise ReportError(f"{path}: no results file (run `lamda-bench run SUITE --out {results_dir}` first)")
-    return list(latest_by_id(load_results(path).records).values())
+    return list(latest_by_id(load_results(path).warn(path).records).values())
 
 
 def get(record: dict[str, Any], dotted: str, default: Any = None) -> Any:
