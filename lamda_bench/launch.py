@@ -52,7 +52,7 @@ from typing import Any, Callable, Sequence
 
 from . import forkserver
 from .cell import Cell
-from .lifeline import die_with_parent
+from .lifeline import die_with_parent, die_with_sentinel
 from .outdir import OutDirLock, prepare_out_dir
 from .results import STATUSES, append_record, completed_ids_of, environment, load_results, results_path
 
@@ -194,13 +194,15 @@ def _child_main(runner: str, cell: dict, artifacts_dir: str | None, conn, log_pa
                 cuda_index: int | None, threads: int, parent: dict | None = None) -> None:
     """Entry point of a cell process: run the cell, send back exactly one record. ``parent``:
     the launcher's state, for a child forked from the preloaded server (``forkserver.py``)."""
-    if parent is None:  # spawned: the launcher is our parent
-        import multiprocessing
+    import multiprocessing
 
-        launcher = multiprocessing.parent_process()
-        die_with_parent(launcher.pid if launcher is not None else None)  # no orphan outlives the runner
-    else:  # forked from the preloaded server, which exits when the launcher does
+    launcher = multiprocessing.parent_process()  # no orphan outlives the runner (lifeline.py)
+    if parent is None:  # spawned: the launcher is our parent
+        die_with_parent(launcher.pid if launcher is not None else None)
+    else:  # forked from the preloaded server: watch the launcher itself, and the server
         die_with_parent()
+        if launcher is not None:
+            die_with_sentinel(launcher.sentinel)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     if parent is not None:
         forkserver.adopt(parent)
