@@ -1,3 +1,17 @@
-"""lamda-bench: how much memory and compute a fine-tuning adapter really costs."""
+"""lamda-bench: how much memory and compute a fine-tuning adapter really costs.
+
+``lamda_bench.run(suite_or_cells, out=...)`` and ``lamda_bench.load(dir)`` return results as a
+pandas DataFrame (see ``lamda_bench.api``); they are imported on first use, so ``import
+lamda_bench`` stays cheap (no torch, no pandas).
+"""
 
 __version__ = "0.1.0"
+__all__ = ["load", "run"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'lamda_bench' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The ``lamda-bench`` command: run, list, report, compare, check.
+"""The ``lamda-bench`` command: run, list, report, compare, check, fit.
 
 Exit codes: 0 done; 1 a run finished but some cells ended in ``error`` or ``timeout``
 (their records say why); 2 bad input (one line on stderr, nothing written); 130
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", default=None, metavar="ADDR",
                      help="with --launcher ray: the cluster to join (auto, or HEAD_IP:6379 from a node of it); "
                           "default: a local Ray instance with --jobs CPUs")
+    run.add_argument("--start", choices=["auto", "spawn"], default="auto",
+                     help="how local cell processes start (auto: forked from a server that imported torch, "
+                          "transformers and peft once, except cells that may use CUDA; spawn: a new interpreter each)")
     run.add_argument("--runner", default=None, metavar="MODULE:FUNCTION",
                      help="function run in each cell process (default lamda_bench.execute:run_cell)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -123,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_ = verbs.add_parser("compare", help="compare two results directories")
     cmp_.add_argument("a", type=Path)
     cmp_.add_argument("b", type=Path)
+    cmp_.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                      help="only cells whose KEY (a cell key such as method or r, a method option, or a "
+                           "dotted record path) equals VALUE; repeat to require several")
+    cmp_.add_argument("--threshold", type=float, default=0.0, metavar="PCT",
+                      help="only cells where some metric changed by more than PCT percent")
+    cmp_.add_argument("--sort", default="change", choices=("change", "order", "peak", "throughput"),
+                      help="row order: largest change first (default), results order, or by B's peak/throughput")
     cmp_.set_defaults(func=cmd_compare)
 
     chk = verbs.add_parser("check", help="memory regression gate: non-zero exit on a regression")
@@ -145,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     agr.add_argument("--tolerance", type=float, default=0.03, help="relative agreement goal (default 0.03)")
     agr.add_argument("--out", type=Path, help="also write the markdown table to this file")
     agr.set_defaults(func=cmd_agreement)
+
+    fit = verbs.add_parser("fit", help="largest batch (or seq) whose estimated step fits a memory budget")
+    add_fit_arguments(fit)
+    fit.set_defaults(func=cmd_fit)
 
     ver = verbs.add_parser("verify", help="claims ledger: run the claims suite and write claims.md")
     ver.add_argument("--out", type=Path, default=Path("reports") / "claims",
@@ -189,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.address is not None:
             raise CliError("--address is for --launcher ray")
         summary = run_cells(list(suite.cells), out, suite=suite.name, runner=runner, jobs=args.jobs,
-                            retry_failed=args.retry_failed, progress=not args.no_progress,
+                            retry_failed=args.retry_failed, progress=not args.no_progress, start=args.start,
                             wait_for_lock=args.wait)
     for warning in summary.warnings:
         print(f"{PROG}: warning: {printable(warning)}", file=sys.stderr)
@@ -237,34 +251,9 @@ def _print_plan(suite, recorded: dict[str, dict[str, Any]], out: Path) -> None:
 
 
 def summary_table(records: list[dict[str, Any]]) -> str:
-    """One row per record, figures in human units that say their unit."""
-    from tabulate import tabulate
+    from .report.summary import summary_table as table
 
-    from .report.units import UNITS_NOTE, fmt_bytes, fmt_count, fmt_rate
-
-    def get(rec, dotted):
-        node = rec
-        for key in dotted.split("."):
-            if not isinstance(node, dict):
-                return None
-            node = node.get(key)
-        return node
-
-    rows = []
-    for rec in records:
-        cell = rec.get("cell") or {}
-        rows.append([
-            rec.get("status"), cell.get("workload"), cell.get("method"), cell.get("r"), cell.get("batch"),
-            cell.get("seq"), f"{cell.get('mode')}/{cell.get('device')}",
-            fmt_count(get(rec, "params.trainable")),
-            fmt_bytes(get(rec, "memory.saved_activations_adapter")),
-            fmt_bytes(get(rec, "memory.peak")),
-            fmt_rate(get(rec, "time.tokens_per_s")),
-        ])
-    headers = ["status", "workload", "method", "r", "batch", "seq", "mode/device", "trainable params",
-               "saved act. (adapter)", "peak memory", "throughput"]
-    rows = [[printable(v) if isinstance(v, str) else v for v in row] for row in rows]
-    return tabulate(rows, headers=headers) + "\n" + UNITS_NOTE
+    return printable_lines(table(records))
 
 
 # ---- list ------------------------------------------------------------------------------
@@ -340,7 +329,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report import compare
 
-    print(printable_lines(compare(_existing_dir(args.a), _existing_dir(args.b))))
+    print(printable_lines(compare(_existing_dir(args.a), _existing_dir(args.b), where=args.where,
+                                  threshold=args.threshold, sort=args.sort)))
     return EXIT_OK
 
 
@@ -373,3 +363,65 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise CliError(f"--jobs: {args.jobs} is less than 1")
     return int(verify_cli(args.out, jobs=args.jobs, gpu_dir=args.gpu, progress=not args.no_progress))
+
+
+def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workload", required=True, help="e.g. llama2-7b (lamda-bench list workloads)")
+    parser.add_argument("--method", required=True, nargs="+", help="one or more methods, e.g. lora lamda")
+    parser.add_argument("--budget", required=True,
+                        help="device memory: a size (24GiB, 24GB = 24e9 bytes, 81559MiB) or a card (H100-80GB, ...)")
+    axis = parser.add_mutually_exclusive_group(required=True)
+    axis.add_argument("--seq", type=int, help="fixed sequence length: find the largest batch")
+    axis.add_argument("--batch", type=int, help="fixed batch: find the largest sequence length")
+    parser.add_argument("--r", type=int, default=None, help="rank (default: the cell default, 8)")
+    parser.add_argument("--targets", default=None, help="target preset or module suffix (default all)")
+    parser.add_argument("--multiple", type=int, default=None,
+                        help="search in multiples of K (default 1 for batch, 128 for seq)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="largest value searched (default 4096 for batch; for seq the model's max positions)")
+    parser.add_argument("--reserve", default="0", help="extra memory held back from the budget, e.g. 2GiB (default 0)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="any other cell key, e.g. --set gradient_checkpointing=true (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path("reports") / "fit",
+                        help="probe records, fit.json and fit.png (default reports/fit; recorded probes are reused)")
+    parser.add_argument("--jobs", type=int, default=2, help="probe cells estimated at once (default 2)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+FIT_RESERVED_KEYS = ("batch", "seq", "mode", "method", "workload")
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .budgets import parse_budget, parse_size
+    from .fit import DEFAULT_MULTIPLE, plan, probe_runner
+    from .fit_output import table, write_json, write_plot
+    from .suite import parse_override, parse_suite
+
+    if args.jobs < 1:
+        raise CliError(f"--jobs: {args.jobs} is less than 1")
+    for flag, value in (("--multiple", args.multiple), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            raise CliError(f"{flag} {value}: expected an integer >= 1")
+    budget = parse_budget(args.budget, reserve=parse_size(args.reserve, "--reserve"))
+    axis, fixed = ("batch", "seq") if args.seq is not None else ("seq", "batch")
+    multiple = args.multiple if args.multiple is not None else DEFAULT_MULTIPLE[axis]
+    overrides = dict(parse_override(o) for o in args.overrides)
+    for key in FIT_RESERVED_KEYS:
+        if key in overrides:
+            raise CliError(f"--set {key}: fit sets {key} itself (use --workload, --method, --seq or --batch)")
+    overrides.update(workload=args.workload, method=list(args.method), mode="estimate",
+                     **{fixed: getattr(args, fixed), axis: multiple})
+    if args.r is not None:
+        overrides["r"] = args.r
+    if args.targets is not None:
+        overrides["targets"] = args.targets
+    if args.out.exists() and not args.out.is_dir():
+        raise CliError(f"{args.out}: --out exists and is not a directory")
+    suite = parse_suite("[[sweep]]\n", source="lamda-bench fit", default_name="fit", overrides=overrides)
+    rows = plan(list(suite.cells), axis, budget, probe_runner(args.out, args.jobs, not args.no_progress),
+                multiple=args.multiple, limit=args.limit)
+    print(table(rows, budget))
+    written = [write_json(rows, budget, args.out), write_plot(rows, budget, args.out)]
+    print("written: " + ", ".join(str(p) for p in written if p is not None)
+          + f"; probe records in {args.out / 'results.jsonl'}")
+    return EXIT_FAILED_CELLS if any(r["verdict"] == "error" for r in rows) else EXIT_OK

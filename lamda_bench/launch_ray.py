@@ -132,6 +132,7 @@ def run_cells_ray(
                 gen = task.options(**options, name=f"lamda-bench-{cell.id}").remote(
                     runner, cell.to_dict(), cell.id, str(sweep.out_dir), token.name)
                 in_flight[gen] = _InFlight(cell=cell, submitted=time.monotonic())
+                sweep.started(cell)
             for gen in _ready(ray, list(in_flight)):
                 record = _advance(ray, gen, in_flight[gen], sweep)
                 if record is not None:

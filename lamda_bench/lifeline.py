@@ -53,3 +53,20 @@ def _watch(parent_pid: int, poll_s: float) -> None:
     while os.getppid() == parent_pid:
         time.sleep(poll_s)
     os._exit(1)
+
+
+def die_with_sentinel(sentinel: int) -> None:
+    """End this process when ``sentinel`` becomes ready: the read end of a pipe whose write end
+    only the launcher holds, so the kernel closes it when the launcher dies however it dies.
+
+    For a cell forked from a fork server, whose parent is the server, not the launcher: the
+    server exits only when every holder of its "alive" pipe is gone, and each forked cell
+    holds one, so the parent-death signal alone would never fire."""
+    def watch() -> None:
+        from multiprocessing.connection import wait
+
+        wait([sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lamda-bench-lifeline", daemon=True).start()
+

@@ -46,7 +46,7 @@ def runner_by_r(cell, artifacts_dir):
 def runner_log_times(cell, artifacts_dir):
     """Logs [start, end, CUDA_VISIBLE_DEVICES] to artifacts_dir/times/<r>.json."""
     start = time.time()
-    time.sleep(0.4)
+    time.sleep(1.0)  # wide enough for start-up jitter on a loaded machine
     folder = os.path.join(artifacts_dir, "times")
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, f"{cell['r']}.json"), "w") as f:

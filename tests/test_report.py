@@ -30,19 +30,23 @@ FP32 = 4
 def make_record(method: str = "lora", d: int = 128, r: int = 4, batch: int = 2, seq: int = 16,
                 status: str = "ok", mode: str = "estimate", layers: int = 2, freeze_mode: str | None = None,
                 series_steps: int = 0, fingerprint: str = "fp-cpu-test", timeline: bool = False,
-                scale: float = 1.0) -> dict[str, Any]:
+                scale: float = 1.0, targets: str = "all", gradient_checkpointing: bool = False,
+                options: dict[str, Any] | None = None) -> dict[str, Any]:
     """A record of a linear workload (``layers`` d x d linears, all adapted) in fp32.
 
     Figures follow the methods' closed forms (LoRA saves x and A x per layer, LaMDA two
     r-wide tensors, full x); ``scale`` multiplies the memory figures (to plant changes).
     ``timeline=True`` sets artifacts.timeline (write the file with ``write_timeline``).
+    ``targets``, ``gradient_checkpointing`` and ``options`` only change the cell (and id).
     """
-    options = {"freeze_mode": freeze_mode} if freeze_mode else {}
+    options = {**({"freeze_mode": freeze_mode} if freeze_mode else {}), **(options or {})}
     cell = Cell(workload="linear", method=method, r=r, d_in=d, d_out=d, layers=layers, batch=batch,
-                seq=seq, dtype="fp32", device="cpu", mode=mode, options=tuple(options.items()))
+                seq=seq, dtype="fp32", device="cpu", mode=mode, targets=targets,
+                gradient_checkpointing=gradient_checkpointing, options=tuple(sorted(options.items())))
     n = batch * seq
-    trainable = {"lora": 2 * d * r, "lamda": r * r + d * r, "full": d * d}[method] * layers
-    saved_adapter = {"lora": n * (d + r), "lamda": 2 * n * r, "full": n * d}[method] * layers * FP32
+    family = {"pissa": "lora", "dora": "lora", "lora-fa": "lora", "vera": "lora", "lamda++": "lamda"}.get(method, method)
+    trainable = {"lora": 2 * d * r, "lamda": r * r + d * r, "full": d * d}[family] * layers
+    saved_adapter = {"lora": n * (d + r), "lamda": 2 * n * r, "full": n * d}[family] * layers * FP32
     at_peak = {"weights": int(layers * d * d * FP32 * scale), "grads": int(trainable * FP32 * scale),
                "optimizer": int(2 * trainable * FP32 * scale), "activations": int((saved_adapter + n * d * FP32) * scale),
                "temporaries": int(n * d * FP32 * scale)}
@@ -61,7 +65,8 @@ def make_record(method: str = "lora", d: int = 128, r: int = 4, batch: int = 2, 
         "flops": {"forward": 2 * n * d * d * layers, "backward": 4 * n * d * d * layers,
                   "adapter_forward": 4 * n * d * r * layers, "adapter_backward": 8 * n * d * r * layers,
                   "attention_counting": "none (linear workload)"},
-        "time": {"step_median_s": 0.01 if mode == "measure" else None, "step_min_s": None, "step_max_s": None,
+        "time": {"step_median_s": 0.01 if mode == "measure" else None,
+                 "step_min_s": 0.009 if mode == "measure" else None, "step_max_s": 0.012 if mode == "measure" else None,
                  "steps_timed": 3 if mode == "measure" else 0,
                  "tokens_per_s": n / 0.01 if mode == "measure" else None},
         "series": {"step": [], "trainable": [], "optimizer": [], "backward_flops": []},
@@ -132,8 +137,8 @@ def full_result_set() -> list[dict[str, Any]]:
     return recs
 
 
-ALL_PLOTS = ("peak_memory_by_category", "saved_activations_per_token_vs_d", "params_vs_d_and_r",
-             "throughput_and_flops", "memory_over_step_lora_vs_lamda", "lamda_gradual_freezing")
+ALL_PLOTS = ("peak_memory_by_category", "pareto_peak_vs_trainable", "saved_activations_per_token_vs_d",
+             "params_vs_r", "throughput_and_flops", "memory_over_step_lora_vs_lamda", "lamda_gradual_freezing")
 
 
 def _assert_valid_png(path: Path) -> None:
@@ -173,11 +178,12 @@ def test_report_labels_estimates_and_lists_failures(full_report):
     assert "## Estimated results (not measured)" in text
     measured = text.split("## Measured results")[1].split("\n## ")[0]
     estimated = text.split("## Estimated results (not measured)")[1].split("\n## ")[0]
-    measured_rows = [line for line in measured.splitlines() if line.startswith("| lora")]
-    assert len(measured_rows) == 1 and "| measure |" in measured_rows[0]
+    measured_rows = [line for line in measured.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(measured_rows) == 1 and "mode=measure" in measured  # the held-fixed line names the mode
+    assert "throughput (min-max)" in measured and "throughput" not in estimated  # no always-n/a columns
     est_rows = [line for line in estimated.splitlines() if line.startswith("| ") and "`" in line]
     assert len(est_rows) == sum(1 for r in records if r["status"] == "ok" and r["cell"]["mode"] == "estimate")
-    assert all("| estimate |" in row and "| measure |" not in row for row in est_rows)
+    assert "mode=estimate" in estimated and "mode=measure" not in estimated
     failed = text.split("## Cells that did not finish")[1].split("\n## ")[0]
     assert "oom" in failed and "planted failure for the test" in failed
     # human units with the unit named
@@ -207,12 +213,12 @@ def test_skipped_plots_are_explained_and_stale_pngs_removed(tmp_path):
     (results_dir / RESULTS_FILE).unlink()
     write_results(results_dir, [make_record("lora", d=64, r=4)])
     text = write_report(results_dir).read_text()
-    for key in ("saved_activations_per_token_vs_d", "params_vs_d_and_r",
+    for key in ("saved_activations_per_token_vs_d", "params_vs_r",
                 "memory_over_step_lora_vs_lamda", "lamda_gradual_freezing"):
         assert not (results_dir / PLOTS_DIR / f"{key}.png").exists()
         assert f"{key}.png" not in text
     assert text.count("*Skipped: ") == 4
-    assert "two or more values of d" in text and "timeline file" in text and "per-step series" in text
+    assert "no sweep over d" in text and "timeline file" in text and "per-step series" in text
     _assert_valid_png(results_dir / PLOTS_DIR / "peak_memory_by_category.png")
 
 
@@ -220,11 +226,11 @@ def test_compare_matches_cells_by_id_and_gives_ratios(tmp_path):
     a = [make_record("lora", d=128), make_record("lamda", d=128), make_record("full", d=64)]
     b = [make_record("lora", d=128), make_record("lamda", d=128, scale=0.5), make_record("lora", d=256)]
     text = compare(write_results(tmp_path / "a", a), write_results(tmp_path / "b", b))
-    assert "2 cells in both, 1 only in A, 1 only in B." in text
-    lamda_row = next(line for line in text.splitlines() if line.startswith(f"| `{a[1]['id']}`"))
-    assert "(0.500x)" in lamda_row  # peak halved
-    lora_row = next(line for line in text.splitlines() if line.startswith(f"| `{a[0]['id']}`"))
-    assert "(1.000x)" in lora_row
+    assert "2 cells in both, 1 only in A, 1 only in B;" in text
+    lamda_row = next(line for line in text.splitlines() if f"`{a[1]['id']}`" in line)
+    assert "(-50.0%)" in lamda_row  # peak halved
+    lora_row = next(line for line in text.splitlines() if f"`{a[0]['id']}`" in line)
+    assert "(same)" in lora_row and "%" not in lora_row  # nothing changed: no change shown
     assert a[2]["id"] in text.split("Only in A:")[1]
 
 

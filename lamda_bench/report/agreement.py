@@ -18,9 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
-
+from .escape import md, md_code
 from .records import get, is_ok, load_dir, method_label
+from .tables import md_table
 from .units import UNITS_NOTE, fmt_bytes
 
 DEFAULT_TOLERANCE = 0.03
@@ -92,16 +92,15 @@ def agreement(measured_dir: Path, estimated_dir: Path, tolerance: float = DEFAUL
     est_devices = sorted({str(get(r["estimated"], "info.estimate_device") or get(r["estimated"], "cell.device"))
                           for r in rows})
     out = [
-        f"# Estimate vs measured: `{estimated_dir}` against `{measured_dir}`",
+        f"# Estimate vs measured: {md_code(estimated_dir)} against {md_code(measured_dir)}",
         "",
-        f"Measured on: {', '.join(devices) or 'n/a'}. Estimates ran on fake tensors for: {', '.join(est_devices) or 'n/a'}.",
+        md(f"Measured on: {', '.join(devices) or 'n/a'}. Estimates ran on fake tensors for: "
+           f"{', '.join(est_devices) or 'n/a'}."),
         f"{len(rows)} cells paired; {len(compared)} compared; {agree} agree within {tolerance * 100:g}% "
         "(estimate `memory.peak` vs measured `cuda_max_allocated`).",
         "",
-        tabulate(table, headers=["method", "r", "cell", "estimated peak", "measured tracker peak",
-                                 "CUDA max allocated", "CUDA max reserved", "estimate vs allocated",
-                                 "allocated - estimate", "verdict"],
-                 tablefmt="github", disable_numparse=True),
+        md_table(["method", "r", "cell", "estimated peak", "measured tracker peak", "CUDA max allocated",
+                  "CUDA max reserved", "estimate vs allocated", "allocated - estimate", "verdict"], table),
         "",
         "The gap column is what the CUDA allocator held beyond the tensors the step created: "
         "a gap that is the same in every cell is a per-process constant (cuBLAS / cuBLASLt "

@@ -6,18 +6,20 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from .escape import csv_field
 from .records import flat_columns, flatten
 
 
 def write_csv(records: list[dict[str, Any]], path: str | Path) -> Path:
     """Write ``records`` flattened (see ``records.flatten``) to ``path``; raw units, empty
-    cells where a field is null or absent."""
+    cells where a field is null or absent. Text that a spreadsheet would run as a formula
+    is neutralised (``escape.csv_field``), header names included."""
     path = Path(path)
     rows = [flatten(r) for r in records]
     columns = flat_columns(rows)
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
+        writer = csv.writer(f)
+        writer.writerow([csv_field(c) for c in columns])
         for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+            writer.writerow([csv_field("" if row.get(c) is None else row[c]) for c in columns])
     return path

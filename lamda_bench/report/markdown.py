@@ -8,8 +8,11 @@ from typing import Any
 
 from .csv_export import write_csv
 from .plots import Plot, draw_all
+from .axes import Axes
+from .escape import md
+from .headline import headline
 from .records import ReportError, device, get, is_ok, load_dir, mode
-from .tables import failures_table, predicted_table, results_table
+from .tables import failures_table, predicted_summary, results_table
 from .units import UNITS_NOTE
 
 REPORT_FILE = "report.md"
@@ -49,11 +52,11 @@ def render_markdown(records: list[dict[str, Any]], plots: list[Plot], results_di
     ok = [r for r in records if is_ok(r)]
     modes = Counter(mode(r) for r in ok)
     devices = sorted({device(r) for r in ok})
-    out: list[str] = [f"# lamda-bench report: {', '.join(suites) or 'results'}", ""]
+    out: list[str] = [f"# lamda-bench report: {md(', '.join(suites) or 'results')}", ""]
     out.append(f"{len(records)} cells from `results.jsonl` ("
                + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + "). "
                + (f"Modes: {', '.join(f'{n} {m}' for m, n in sorted(modes.items()))}. " if modes else "")
-               + (f"Devices: {', '.join(devices)}. " if devices else "")
+               + (f"Devices: {md(', '.join(devices))}. " if devices else "")
                + f"Flat table: [`{CSV_FILE}`]({CSV_FILE}).")
     out += ["", UNITS_NOTE, ""]
     for m in sorted(modes):
@@ -64,37 +67,47 @@ def render_markdown(records: list[dict[str, Any]], plots: list[Plot], results_di
         key = (get(r, "env.torch"), get(r, "env.transformers"), get(r, "env.peft"))
         commits.setdefault(key, set()).add(str(get(r, "env.git_commit", "unknown"))[:12])
     for (torch_v, tf_v, peft_v), shas in sorted(commits.items(), key=str):
-        out.append(f"- Software: torch {torch_v}, transformers {tf_v}, peft {peft_v}; harness commit"
-                   f"{'s' if len(shas) > 1 else ''} " + ", ".join(f"`{c}`" for c in sorted(shas)) + ".")
+        out.append(md(f"- Software: torch {torch_v}, transformers {tf_v}, peft {peft_v}; harness commit"
+                      f"{'s' if len(shas) > 1 else ''} " + ", ".join(sorted(shas)) + "."))
     out.append("")
+    out += ["## Headline: least memory per shape", "",
+            "Per shape (model, batch, sequence, dtype, device, mode), the variants ranked by peak memory "
+            "(`memory.peak`), with ratios against LoRA at the same r, targets and checkpointing (PEFT's "
+            "default fp32 adapters) and against full fine-tuning; the last column names the categories of "
+            "`memory.at_peak` that differ most from that LoRA cell. Measured and estimated shapes are "
+            "separate tables.", "", headline(ok), ""]
 
-    for m in sorted(modes):
+    for m in sorted(modes, key=lambda m: (m != "measure", m)):  # measured first, as in the headline
         heading = "Measured results" if m == "measure" else f"{m.capitalize()}d results (not measured)" \
             if m == "estimate" else f"Results (mode {m})"
-        out += [f"## {heading}", "", results_table([r for r in ok if mode(r) == m]), ""]
+        in_mode = [r for r in ok if mode(r) == m]
+        axes = Axes.of(in_mode)
+        out += [f"## {heading}", "", md(axes.header()), "",
+                "`peak` is the highest live total the tracker saw (`memory.peak`, the larger of the forward, "
+                "backward and optimizer phases); `peak (optimizer phase)` is the highest during the optimizer "
+                "step only (`memory.peak_step`).", "",
+                results_table(in_mode, axes), ""]
     if not ok:
         out += ["## Results", "", "No cell finished with status ok.", ""]
 
-    predicted = predicted_table(ok)
-    if predicted.count("\n") > 1:
+    predicted = predicted_summary(ok)
+    if predicted:
         out += ["## Observed vs closed form", "",
-                "Observed is measured or estimated as the mode column says; the closed form comes from "
-                "`lamda_bench.analytic`.", "", predicted, ""]
+                "One line per figure `lamda_bench.analytic` predicts: the cell whose observed (measured or "
+                "estimated) figure deviates most from its closed form. Every cell's pair is in "
+                f"[`{CSV_FILE}`]({CSV_FILE}) (columns `predicted.*`).", "", predicted, ""]
 
     failed = [r for r in records if not is_ok(r)]
     out += ["## Cells that did not finish", ""]
-    out += [failures_table(failed) if failed else "None: every cell finished with status ok.", ""]
+    out += [failures_table(failed, Axes.of(records)) if failed else "None: every cell finished with status ok.", ""]
 
     out += ["## Plots", ""]
     for i, plot in enumerate(plots, start=1):
-        out.append(f"### {i}. {plot.title}")
+        out.append(f"### {i}. {md(plot.title)}")
         out.append("")
         if plot.path is not None:
             rel = plot.path.relative_to(results_dir).as_posix()
-            out += [plot.description, "", f"![{plot.title}]({rel})", ""]
+            out += [md(plot.description), "", f"![{md(plot.title)}]({rel})", ""]
         else:
-            out += [f"*Skipped: {plot.skipped}.*", ""]
-    skipped = [p for p in plots if p.path is None]
-    if skipped:
-        out += ["Skipped plots: " + "; ".join(f"{p.title} ({p.skipped})" for p in skipped) + ".", ""]
+            out += [f"*Skipped: {md(plot.skipped)}.*", ""]
     return "\n".join(out)

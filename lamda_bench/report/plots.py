@@ -1,432 +1,345 @@
-"""The report's six plots, each drawn only when its data exists.
+"""The report's plots, each drawn only when its data exists.
 
-Every ``plot_*`` function takes the records (and where needed the results directory) and
-returns a ``Plot``: the PNG it wrote, or the reason it was skipped. Figures are drawn with
-matplotlib's object API on an Agg canvas (no pyplot state, no display needed).
-
-Estimates are marked as such in every figure: hollow/"x" markers, hatched bars and
-"(estimate)" in the legend, never the same style as a measurement.
+Every ``plot_*`` function takes the records and returns a ``Plot``: the PNG it wrote, or
+the reason it was skipped. Figures use matplotlib's object API on an Agg canvas (no pyplot
+state). Conventions (``plotstyle``): small multiples, one panel per shape group
+(``axes.SHAPE_AXES``), so methods are compared only where they train the same thing; one
+fixed colour per method; legends in the figure margin; labels built by ``axes.Axes`` show
+every setting that varies in the panel. Estimates are hatched or hollow and say so.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
-from dataclasses import dataclass
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .records import get, is_ok, method_label, mode, tokens, width
+from .axes import Axes, cell_value, shape_key, shape_title
+from .plotstyle import (CATEGORIES, CATEGORY_COLORS, ESTIMATE_HATCH, FLAGGED_COLOR, METHOD_COLORS, Plot,
+                        byte_scale, figure,
+                        flop_scale, legend_outside, log_axis, method_color, method_marker, save, unique_handles)
+from .plots_timeline import plot_step_timeline
+from .records import get, is_ok, mode, tokens, width
+from .timing import flagged_step_times
 
-CATEGORIES = ("weights", "grads", "optimizer", "activations", "temporaries")
-CATEGORY_COLORS = {
-    "weights": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868",
-    "activations": "#c44e52", "temporaries": "#8172b3",
-}
-ESTIMATE_HATCH = "//"
-
-
-@dataclass
-class Plot:
-    """One plot of the report: written to ``path``, or skipped for ``skipped`` (a reason)."""
-
-    key: str
-    title: str
-    description: str
-    path: Path | None = None
-    skipped: str | None = None
+MAX_PANELS = 12
 
 
-# ---- helpers ------------------------------------------------------------------------------
+def shape_groups(records: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(panel title, records) per shape group, measured groups first, in record order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        groups.setdefault(shape_key(rec), []).append(rec)
+    axes = Axes.of(records)
+    ordered = sorted(groups.values(), key=lambda g: mode(g[0]) != "measure")
+    out = []
+    for g in ordered:
+        title = shape_title(g[0], axes)
+        out.append((title + (" (estimate)" if mode(g[0]) == "estimate" and "mode" not in axes.varying else ""), g))
+    return out
 
 
-def _byte_scale(max_bytes: float) -> tuple[float, str]:
-    """Divisor and unit that put ``max_bytes`` between 1 and 1024 (GiB = 2^30 bytes)."""
-    for power, unit in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
-        if max_bytes >= 1024**power:
-            return float(1024**power), unit
-    return 1.0, "bytes"
+def _method_order(rec: dict[str, Any]) -> tuple:
+    """Methods in a fixed order (full last), then by r, targets and the rest of the cell."""
+    method = str(cell_value(rec, "method"))
+    order = list(METHOD_COLORS)
+    return (order.index(method) if method in order else len(order), method, cell_value(rec, "r") or 0,
+            str(cell_value(rec, "targets")), json.dumps(rec.get("cell"), sort_keys=True, default=str))
 
 
-def _flop_scale(max_flops: float) -> tuple[float, str]:
-    """Divisor and unit for FLOP axes (GFLOP = 10^9, TFLOP = 10^12)."""
-    for power, unit in ((15, "PFLOP"), (12, "TFLOP"), (9, "GFLOP"), (6, "MFLOP"), (3, "kFLOP")):
-        if max_flops >= 10**power:
-            return float(10**power), f"{unit}, 10^{power}"
-    return 1.0, "FLOP"
+def _color_ticklabels(ax: Any, recs: list[dict[str, Any]], axis: str = "y") -> None:
+    labels = ax.get_yticklabels() if axis == "y" else ax.get_xticklabels()
+    for label, rec in zip(labels, recs):
+        label.set_color(method_color(str(cell_value(rec, "method"))))
 
 
-def _estimate_legend_entry(ax: Any, records: list[dict[str, Any]]) -> None:
-    """Add 'hatched = estimate' to the legend when any bar is an estimate."""
-    if any(mode(r) == "estimate" for r in records):
-        handles, labels = ax.get_legend_handles_labels()
-        handles.append(Patch(facecolor="white", edgecolor="black", hatch=ESTIMATE_HATCH))
-        labels.append("hatched: estimate (not measured)")
-        ax.legend(handles, labels, fontsize=8)
-    else:
-        ax.legend(fontsize=8)
+def _bar_panels(groups: list[tuple[str, list]], width_in: float = 9.0):
+    """A figure with one horizontal-bar panel per group, heights by bar count."""
+    heights = [max(1.4, 0.28 * len(g) + 0.9) for _, g in groups]
+    fig = figure(width_in, sum(heights) + 0.6)
+    grid = fig.add_gridspec(len(groups), 1, height_ratios=heights)
+    return fig, [fig.add_subplot(grid[i, 0]) for i in range(len(groups))]
 
 
-def _varying(records: list[dict[str, Any]], fields: tuple[str, ...]) -> list[str]:
-    """The fields (dotted) whose values differ among ``records``: what a label must show."""
-    return [f for f in fields if len({json.dumps(get(r, f), default=str) for r in records}) > 1]
-
-
-_SHORT = {"cell.workload": "", "cell.r": "r", "cell.batch": "b", "cell.seq": "s",
-          "cell.dtype": "", "cell.layers": "L", "cell.d_in": "d", "cell.targets": ""}
-
-
-def _label(rec: dict[str, Any], fields: list[str], with_method: bool = True) -> str:
-    parts = [method_label(rec)] if with_method else []
-    for f in fields:
-        if f == "cell.mode":
-            continue
-        value = get(rec, f)
-        if value is None:
-            continue
-        parts.append(f"{_SHORT.get(f, f.split('.')[-1] + '=')}{value}")
-    if mode(rec) == "estimate":
-        parts.append("(estimate)")
-    return " ".join(parts)
-
-
-def _save(fig: Figure, out_dir: Path, key: str) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{key}.png"
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
-
-
-def _sort_key(rec: dict[str, Any]) -> tuple:
-    return (str(get(rec, "cell.workload", "")), method_label(rec), get(rec, "cell.r", 0),
-            width(rec) or 0, get(rec, "cell.batch", 0), get(rec, "cell.seq", 0), mode(rec))
-
-
-BAR_FIELDS = ("cell.workload", "cell.r", "cell.batch", "cell.seq", "cell.dtype", "cell.layers", "cell.d_in")
+def _limit(groups: list, plot: Plot) -> list:
+    if len(groups) > MAX_PANELS:
+        plot.description += f" Only the first {MAX_PANELS} of {len(groups)} shape groups are drawn."
+    return groups[:MAX_PANELS]
 
 
 # ---- 1. peak memory by category -----------------------------------------------------------
 
 
 def plot_peak_by_category(records: list[dict[str, Any]], out_dir: Path) -> Plot:
-    plot = Plot("peak_memory_by_category", "Peak memory per method, by category",
-                "Live bytes at the step's peak (memory.at_peak), stacked by what holds them, "
-                "for each method across batch and sequence length. Hatched bars are estimates.")
-    recs = sorted((r for r in records if is_ok(r) and get(r, "memory.at_peak")), key=_sort_key)
+    plot = Plot("peak_memory_by_category", "Peak memory by category, per shape",
+                "Live bytes at the run's peak (memory.at_peak), stacked by what holds them; one panel per "
+                "shape (model, batch, sequence, dtype, device, mode), variants sorted by peak. Tick labels "
+                "are coloured by method. Hatched bars are estimates (fake tensors, not measured).")
+    recs = [r for r in records if is_ok(r) and get(r, "memory.at_peak")]
     if not recs:
         plot.skipped = "no ok record has memory.at_peak"
         return plot
-    divisor, unit = _byte_scale(max(sum(get(r, f"memory.at_peak.{c}", 0) for c in CATEGORIES) for r in recs))
-    fields = _varying(recs, BAR_FIELDS)
-    fig = Figure(figsize=(max(6.0, 0.55 * len(recs) + 2), 4.8))
-    ax = fig.add_subplot()
-    xs = range(len(recs))
-    bottoms = [0.0] * len(recs)
-    for cat in CATEGORIES:
-        heights = [get(r, f"memory.at_peak.{cat}", 0) / divisor for r in recs]
-        bars = ax.bar(xs, heights, bottom=bottoms, color=CATEGORY_COLORS[cat], label=cat)
-        for bar, rec in zip(bars, recs):
-            if mode(rec) == "estimate":
-                bar.set_hatch(ESTIMATE_HATCH)
-        bottoms = [b + h for b, h in zip(bottoms, heights)]
-    ax.set_xticks(list(xs), [_label(r, fields) for r in recs], rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel(f"memory at peak ({unit})")
-    ax.set_title(plot.title)
-    _estimate_legend_entry(ax, recs)
-    plot.path = _save(fig, out_dir, plot.key)
-    return plot
+    groups = _limit(shape_groups(recs), plot)
+    fig, axs = _bar_panels(groups)
+    for ax, (title, group) in zip(axs, groups):
+        group = sorted(group, key=lambda r: get(r, "memory.peak") or 0)
+        labels = Axes.of(group)
+        divisor, unit = byte_scale(max(sum(get(r, f"memory.at_peak.{c}", 0) for c in CATEGORIES) for r in group))
+        ys = list(range(len(group)))
+        lefts = [0.0] * len(group)
+        for cat in CATEGORIES:
+            widths = [get(r, f"memory.at_peak.{cat}", 0) / divisor for r in group]
+            bars = ax.barh(ys, widths, left=lefts, color=CATEGORY_COLORS[cat], label=cat)
+            for bar, rec in zip(bars, group):
+                if mode(rec) == "estimate":
+                    bar.set_hatch(ESTIMATE_HATCH)
+            lefts = [a + b for a, b in zip(lefts, widths)]
+        ax.set_yticks(ys, [labels.label(r) for r in group], fontsize=8)
+        _color_ticklabels(ax, group)
+        ax.set_ylim(len(group) - 0.5, -0.5)  # lowest peak on top, as the headline ranks
+        ax.set_xlabel(f"memory at peak ({unit})", fontsize=8)
+        ax.set_title(title, fontsize=9, loc="left")
+    handles = [Patch(color=CATEGORY_COLORS[c], label=c) for c in CATEGORIES]
+    if any(mode(r) == "estimate" for r in recs):
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch=ESTIMATE_HATCH, label="estimate"))
+    legend_outside(fig, handles, [h.get_label() for h in handles], "at peak")
+    return save(fig, out_dir, plot)
 
 
-# ---- 2. adapter saved activations per token vs d --------------------------------------------
+# ---- 2. adapter saved activations per token vs d ---------------------------------------------
+
+_SWEEP_FIXED = ("workload", "layers", "r", "dtype", "targets", "gradient_checkpointing", "device", "mode")
 
 
 def plot_saved_per_token_vs_d(records: list[dict[str, Any]], out_dir: Path) -> Plot:
     plot = Plot("saved_activations_per_token_vs_d",
                 "Adapter saved-activation bytes per token vs d, at fixed r",
-                "memory.saved_activations_adapter / (batch x seq), log-log. Markers: observed "
-                "(filled circles measured, x estimated with fake tensors); dashed lines: the closed "
-                "form (predicted.memory.saved_activations_adapter). LoRA's grows with d (it saves x); "
-                "LaMDA's stays flat (it saves only r-wide tensors).")
+                "memory.saved_activations_adapter / (batch x seq) against the layer width d, log-log, "
+                "for sweeps over d with everything else (workload, r, dtype, targets, ...) fixed. "
+                "Markers: observed (filled measured, hollow estimated); dashed: the closed form. "
+                "LoRA's grows with d (it saves x); LaMDA's stays flat (it saves only r-wide tensors).")
     recs = [r for r in records if is_ok(r) and width(r) and tokens(r)
             and (get(r, "memory.saved_activations_adapter") or 0) > 0]
-    by_r: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    sweeps: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rec in recs:
-        by_r[get(rec, "cell.r")].append(rec)
-    panels = {r: rs for r, rs in sorted(by_r.items()) if len({width(x) for x in rs}) >= 2}
+        sweeps[json.dumps([cell_value(rec, a) for a in _SWEEP_FIXED], default=str)].append(rec)
+    panels = [rs for rs in sweeps.values() if len({width(x) for x in rs}) >= 3]
     if not panels:
-        plot.skipped = "no rank r has ok records at two or more values of d with saved adapter activations"
+        plot.skipped = ("no sweep over d (three or more widths at one workload, r, dtype and targets, as "
+                        "suites/layers.toml runs): points from different models or dtypes cannot show "
+                        "the r-dimensional claim")
         return plot
-    panels = dict(list(panels.items())[:4])
-    fig = Figure(figsize=(5.2 * len(panels), 4.6))
-    for i, (r, rs) in enumerate(panels.items()):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        fields = _varying(rs, ("cell.workload", "cell.dtype", "cell.layers", "cell.targets"))
+    panels = _limit(panels, plot)
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = figure(4.2 * cols + 2.6, 3.6 * rows)
+    axs = []
+    for i, rs in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        axs.append(ax)
+        inner = Axes.of(rs, exclude=("d_in", "d_out", "batch", "seq"))
         series: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for rec in rs:
-            series[_label(rec, fields)].append(rec)
-        # Methods with identical figures (LoRA and PiSSA share an architecture) would hide
-        # each other: shrink each later series' markers so every one stays visible.
+            series[inner.label(rec)].append(rec)
+        # LoRA and PiSSA share an architecture: shrink each later series' markers so all stay visible.
         for k, (label, srs) in enumerate(sorted(series.items())):
             srs.sort(key=width)
-            xs = [width(x) for x in srs]
-            ys = [get(x, "memory.saved_activations_adapter") / tokens(x) for x in srs]
-            estimate = mode(srs[0]) == "estimate"
-            (line,) = ax.plot(xs, ys, "x" if estimate else "o", label=label, markersize=max(3, 10 - 2 * k),
-                              zorder=2 + k)
+            method = str(cell_value(srs[0], "method"))
+            color = method_color(method)
+            hollow = mode(srs[0]) == "estimate"
+            ax.plot([width(x) for x in srs], [get(x, "memory.saved_activations_adapter") / tokens(x) for x in srs],
+                    method_marker(method), color=color, markerfacecolor="none" if hollow else color,
+                    markersize=max(4, 10 - 2 * k), zorder=2 + k, linestyle="none", label=label)
             pred = [(width(x), get(x, "predicted.memory.saved_activations_adapter") / tokens(x))
                     for x in srs if (get(x, "predicted.memory.saved_activations_adapter") or 0) > 0]
             if pred:
-                ax.plot(*zip(*pred), "--", color=line.get_color(), linewidth=1,
-                        label=label.replace(" (estimate)", "") + " predicted")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log", base=2)
-        ax.set_xlabel("d (model width)")
-        ax.set_ylabel("adapter saved activations (bytes per token)")
-        ax.set_title(f"r = {r}")
-        ax.legend(fontsize=7)
-    fig.suptitle(plot.title)
-    if len(by_r) > len(panels):
-        plot.description += f" Only the first {len(panels)} ranks with a sweep over d are drawn."
-    plot.path = _save(fig, out_dir, plot.key)
-    return plot
+                ax.plot(*zip(*pred), "--", color=color, linewidth=1)
+        log_axis(ax, "x", base=2)
+        log_axis(ax, "y", base=2)
+        ax.set_xlabel("d (layer width)", fontsize=8)
+        ax.set_ylabel("adapter saved bytes / token", fontsize=8)
+        ax.set_title(f"{cell_value(rs[0], 'workload')}, r={cell_value(rs[0], 'r')}, {cell_value(rs[0], 'dtype')}, "
+                     f"targets={cell_value(rs[0], 'targets')}" + (" (estimate)" if mode(rs[0]) == "estimate" else ""),
+                     fontsize=9)
+    handles, labels = unique_handles(axs)
+    handles.append(Line2D([], [], linestyle="--", color="black"))
+    labels.append("closed form")
+    legend_outside(fig, handles, labels)
+    return save(fig, out_dir, plot)
 
 
-# ---- 3. trainable parameters and updates vs d and r -----------------------------------------
+# ---- 3. trainable parameters and updates vs r -------------------------------------------------
+
+_PARAM_FIXED = ("workload", "d_in", "d_out", "layers", "targets")
 
 
-def _most_common(values: list[Any]) -> Any:
-    return Counter(values).most_common(1)[0][0]
-
-
-def plot_params_vs_d_and_r(records: list[dict[str, Any]], out_dir: Path) -> Plot:
-    plot = Plot("params_vs_d_and_r", "Trainable parameters and parameter updates vs d and r",
-                "params.trainable (at the end of the run) and params.updates (trainable parameters "
-                "summed over the run's steps, so gradual freezing shows), log scale. Left: against d "
-                "at the most common r; right: against r at the most common d.")
-    recs = [r for r in records if is_ok(r) and get(r, "params.trainable") is not None and width(r)]
-    if not recs:
-        plot.skipped = "no ok record has params.trainable and a known d"
+def plot_params_vs_r(records: list[dict[str, Any]], out_dir: Path) -> Plot:
+    plot = Plot("params_vs_r", "Trainable parameters and parameter updates vs r",
+                "params.trainable (solid: trainable at the start of the run, before any freezing) and "
+                "params.updates (dotted: trainable parameters summed over the run's steps, so gradual "
+                "freezing shows), log scale; one panel per model and targets, so no line joins two models.")
+    recs = [r for r in records if is_ok(r) and get(r, "params.trainable") and cell_value(r, "method") != "full"]
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in recs:
+        groups[json.dumps([cell_value(rec, a) for a in _PARAM_FIXED], default=str)].append(rec)
+    panels = [g for g in groups.values() if len({cell_value(x, "r") for x in g}) >= 2]
+    if not panels:
+        plot.skipped = "no model and target set was run at two or more ranks r"
         return plot
-    fixed_r = _most_common([get(r, "cell.r") for r in recs])
-    fixed_d = _most_common([width(r) for r in recs])
-    sweeps = {
-        "d": ([r for r in recs if get(r, "cell.r") == fixed_r], width, f"d (r = {fixed_r})"),
-        "r": ([r for r in recs if width(r) == fixed_d], lambda x: get(x, "cell.r"), f"r (d = {fixed_d})"),
-    }
-    usable = {k: v for k, v in sweeps.items() if len({v[1](x) for x in v[0]}) >= 2}
-    if not usable:
-        plot.skipped = "records span a single d and a single r: nothing to draw a line through"
-        return plot
-    fig = Figure(figsize=(5.2 * len(usable), 8.0))
-    for col, (axis, (rs, xfn, xlabel)) in enumerate(usable.items()):
-        for row, (field, ylabel) in enumerate((("params.trainable", "trainable parameters"),
-                                               ("params.updates", "parameter updates (sum over steps)"))):
-            ax = fig.add_subplot(2, len(usable), row * len(usable) + col + 1)
-            points: dict[str, dict[Any, float]] = defaultdict(dict)
-            for rec in rs:
-                value = get(rec, field)
-                if value:  # parameter counts do not depend on batch/seq: one point per x
-                    points[method_label(rec)].setdefault(xfn(rec), value)
-            for label, pts in sorted(points.items()):
-                xs = sorted(pts)
-                ax.plot(xs, [pts[x] for x in xs], "o-", label=label)
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(ylabel)
-            if points:
-                ax.legend(fontsize=7)
-            else:
-                ax.text(0.5, 0.5, f"no {field} recorded", ha="center", transform=ax.transAxes)
-    fig.suptitle(plot.title)
-    plot.path = _save(fig, out_dir, plot.key)
-    return plot
+    panels = _limit(panels, plot)
+    inner = Axes.of([r for g in panels for r in g], exclude=_PARAM_FIXED + (
+        "r", "batch", "seq", "dtype", "mode", "device", "steps", "warmup", "gradient_checkpointing"))
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = figure(4.2 * cols + 2.6, 3.6 * rows)
+    axs = []
+    for i, group in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        axs.append(ax)
+        lines: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
+        for rec in group:  # parameter counts do not depend on batch/seq: one point per r
+            lines[inner.label(rec)].setdefault(cell_value(rec, "r"), (get(rec, "params.trainable"),
+                                                                       get(rec, "params.updates")))
+        for label, pts in sorted(lines.items()):
+            method = label.split(" ")[0]
+            xs = sorted(pts)
+            ax.plot(xs, [pts[x][0] for x in xs], "-", marker=method_marker(method), color=method_color(method),
+                    label=label)
+            upd = [(x, pts[x][1]) for x in xs if pts[x][1]]
+            if upd:
+                ax.plot(*zip(*upd), ":", color=method_color(method), linewidth=1)
+        log_axis(ax, "x", base=2)
+        log_axis(ax, "y")
+        ax.set_xlabel("r", fontsize=8)
+        ax.set_ylabel("parameters", fontsize=8)
+        ax.set_title(_model_title(group[0]), fontsize=9)
+    handles, labels = unique_handles(axs)
+    handles += [Line2D([], [], color="black"), Line2D([], [], color="black", linestyle=":")]
+    labels += ["trainable (start of run)", "updates (sum over steps)"]
+    legend_outside(fig, handles, labels)
+    return save(fig, out_dir, plot)
 
 
-# ---- 4. throughput and FLOPs --------------------------------------------------------------
+def _model_title(rec: dict[str, Any]) -> str:
+    """'llama2-7b, targets=attn' or 'linear 4096x4096 L2, targets=all'."""
+    d_in, d_out, layers = (cell_value(rec, k) for k in ("d_in", "d_out", "layers"))
+    shape = f" {d_in}x{d_out or d_in}" if d_in else ""
+    shape += f" L{layers}" if layers else ""
+    return f"{cell_value(rec, 'workload')}{shape}, targets={cell_value(rec, 'targets')}"
+
+
+# ---- 4. adapter FLOPs and throughput -----------------------------------------------------------
 
 
 def plot_throughput_and_flops(records: list[dict[str, Any]], out_dir: Path) -> Plot:
-    plot = Plot("throughput_and_flops", "Throughput and FLOPs per method",
-                "Left: tokens/s from timed steps (measure mode only: estimates have no time). "
-                "Right: forward and backward FLOPs of one step (FlopCounterMode, attention as the "
-                "record's flops.attention_counting says); hatched bars are estimates.")
-    timed = sorted((r for r in records if is_ok(r) and get(r, "time.tokens_per_s")), key=_sort_key)
-    counted = sorted((r for r in records if is_ok(r) and get(r, "flops.forward") is not None), key=_sort_key)
-    if not timed and not counted:
-        plot.skipped = "no ok record has tokens/s or FLOP counts"
+    plot = Plot("throughput_and_flops", "Adapter FLOPs and throughput, per shape",
+                "Left: the adapter's own FLOPs in one step (flops.adapter_forward, solid, + adapter_backward, "
+                "light); the frozen base's FLOPs are the same for every method and left out, and full "
+                "fine-tuning (no adapter) is not drawn. Right, for shapes with timed cells: tokens/s of the "
+                "median step, the whisker spanning the slowest to the fastest timed step. Hatched: estimate.")
+    recs = [r for r in records if is_ok(r) and cell_value(r, "method") != "full"
+            and (get(r, "flops.adapter_forward") is not None or get(r, "time.tokens_per_s"))]
+    if not recs:
+        plot.skipped = "no ok adapter record has adapter FLOP counts or tokens/s"
         return plot
-    panels = [p for p in (("time", timed), ("flops", counted)) if p[1]]
-    widths = [max(len(rs), 4) for _, rs in panels]
-    fig = Figure(figsize=(max(6.0, 0.5 * sum(widths) + 3), 4.8))
-    grid = fig.add_gridspec(1, len(panels), width_ratios=widths)
-    for i, (kind, rs) in enumerate(panels):
-        ax = fig.add_subplot(grid[0, i])
-        fields = _varying(rs, BAR_FIELDS)
-        xs = list(range(len(rs)))
-        if kind == "time":
-            ax.bar(xs, [get(r, "time.tokens_per_s") for r in rs], color="#4c72b0")
-            ax.set_ylabel("throughput (tokens/s, median step)")
-            ax.set_title("throughput (measured)")
-        else:
-            w = 0.4
-            div, unit = _flop_scale(max(max(get(r, "flops.forward") or 0, get(r, "flops.backward") or 0) for r in rs))
-            for offset, field, color in ((-w / 2, "flops.forward", "#55a868"), (w / 2, "flops.backward", "#c44e52")):
-                bars = ax.bar([x + offset for x in xs], [(get(r, field) or 0) / div for r in rs], w,
-                              color=color, label=field.split(".")[1])
-                for bar, rec in zip(bars, rs):
-                    if mode(rec) == "estimate":
-                        bar.set_hatch(ESTIMATE_HATCH)
-            ax.set_ylabel(f"FLOPs per step ({unit})")
-            ax.set_title("FLOPs per training step")
-            _estimate_legend_entry(ax, rs)
-        ax.set_xticks(xs, [_label(r, fields) for r in rs], rotation=60, ha="right", fontsize=8)
-    if not timed:
-        plot.description += " No record was timed (estimate mode only), so the throughput panel is absent."
-    plot.path = _save(fig, out_dir, plot.key)
-    return plot
+    flagged = flagged_step_times(recs)
+    groups = _limit(shape_groups(recs), plot)
+    timed_any = any(get(r, "time.tokens_per_s") for r in recs)
+    heights = [max(1.4, 0.28 * len(g) + 0.9) for _, g in groups]
+    fig = figure(13.0 if timed_any else 9.0, sum(heights) + 0.6)
+    grid = fig.add_gridspec(len(groups), 2 if timed_any else 1, height_ratios=heights)
+    for i, (title, group) in enumerate(groups):
+        group = sorted(group, key=_method_order)
+        labels = Axes.of(group)
+        ys = list(range(len(group)))
+        timed = [r for r in group if get(r, "time.tokens_per_s")]
+        ax = fig.add_subplot(grid[i, 0] if timed or not timed_any else grid[i, :])
+        fwd = [get(r, "flops.adapter_forward") or 0 for r in group]
+        bwd = [get(r, "flops.adapter_backward") or 0 for r in group]
+        div, unit = flop_scale(max(max(f + b for f, b in zip(fwd, bwd)), 1))
+        colors = [method_color(str(cell_value(r, "method"))) for r in group]
+        for left, values, alpha in ((None, fwd, 1.0), (fwd, bwd, 0.45)):
+            bars = ax.barh(ys, [v / div for v in values], left=None if left is None else [v / div for v in left],
+                           color=colors, alpha=alpha)
+            for bar, rec in zip(bars, group):
+                if mode(rec) == "estimate":
+                    bar.set_hatch(ESTIMATE_HATCH)
+        ax.set_yticks(ys, [labels.label(r) for r in group], fontsize=8)
+        ax.set_ylim(len(group) - 0.5, -0.5)
+        _color_ticklabels(ax, group)
+        ax.set_xlabel(f"adapter FLOPs per step ({unit}); solid forward, light backward", fontsize=8)
+        ax.set_title(title + ("" if timed or not timed_any else "  (not timed)"), fontsize=9, loc="left")
+        if timed:
+            tax = fig.add_subplot(grid[i, 1], sharey=ax)
+            tax.tick_params(labelleft=False)
+            scale = 1e6 if max(get(r, "time.tokens_per_s") for r in timed) >= 1e6 else 1e3
+            for y, rec in zip(ys, group):
+                rate = get(rec, "time.tokens_per_s")
+                if not rate:
+                    continue
+                n = tokens(rec) or 0
+                lo = n / get(rec, "time.step_max_s") if get(rec, "time.step_max_s") else rate
+                hi = n / get(rec, "time.step_min_s") if get(rec, "time.step_min_s") else rate
+                bad = rec.get("id") in flagged
+                tax.barh([y], [rate / scale], color=FLAGGED_COLOR if bad else method_color(str(cell_value(rec, "method"))),
+                         hatch="xx" if bad else None,
+                         xerr=[[max(rate - lo, 0) / scale], [max(hi - rate, 0) / scale]], capsize=3,
+                         error_kw={"elinewidth": 1})
+            unit = "million" if scale == 1e6 else "thousand"
+            tax.set_xlabel(f"{unit} tokens/s (median step; whisker: slowest to fastest)", fontsize=8)
+    if flagged:
+        plot.description += (" Grey cross-hatched bars are flagged, not findings: " + "; ".join(flagged.values())
+                             + ".")
+    if not timed_any:
+        plot.description += " No record was timed (estimate mode only), so there is no throughput panel."
+    return save(fig, out_dir, plot)
 
 
-# ---- 5. memory over one training step (timelines) --------------------------------------------
-
-TIMELINE_METHODS = ("lora", "lamda")
-PHASE_COLORS = {"forward": "#e8f0fb", "backward": "#fbeaea", "optimizer": "#eaf6ec"}
+# ---- 5. Pareto view: peak memory against trainable parameters ----------------------------------
 
 
-def _load_timeline(results_dir: Path, rec: dict[str, Any]) -> list[dict[str, Any]] | None:
-    rel = get(rec, "artifacts.timeline")
-    if not rel:
-        return None
-    path = results_dir / str(rel)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # a damaged side file
-        import warnings
-
-        from ..results import DataWarning
-
-        warnings.warn(f"{path}: unreadable timeline ({type(e).__name__}: {e}); left out of the plot",
-                      DataWarning, stacklevel=2)
-        return None
-    # execute.py writes {"id", "unit": "bytes", "events": [...]}; a bare list is accepted too
-    events = data.get("events") if isinstance(data, dict) else data
-    if not isinstance(events, list) or not events:
-        return None
-    problem = _timeline_problem(events)
-    if problem:
-        import warnings
-
-        from ..results import DataWarning
-
-        warnings.warn(f"{path}: {problem}; left out of the plot", DataWarning, stacklevel=2)
-        return None
-    return events
-
-
-def _timeline_problem(events: list[Any]) -> str | None:
-    """Why these events cannot be drawn (the first bad one), or None."""
-    from ..record_values import is_number
-
-    for i, event in enumerate(events):
-        if not isinstance(event, dict):
-            return f"event {i} is not a table"
-        values = [("live_bytes", event.get("live_bytes", 0))]
-        cats = event.get("by_category") or {}
-        if not isinstance(cats, dict):
-            return f"event {i}: by_category is not a table"
-        values += [(f"by_category.{k}", v) for k, v in cats.items()]
-        for key, value in values:
-            if not is_number(value):
-                return f"event {i}: {key} = {value!r} is not a number"
-    return None
-
-
-def _shape_key(rec: dict[str, Any]) -> tuple:
-    return tuple(json.dumps(get(rec, f), default=str) for f in
-                 ("cell.workload", "cell.d_in", "cell.d_out", "cell.layers", "cell.r", "cell.batch",
-                  "cell.seq", "cell.dtype", "cell.mode", "cell.targets"))
-
-
-def plot_step_timeline(records: list[dict[str, Any]], out_dir: Path, results_dir: Path) -> Plot:
-    plot = Plot("memory_over_step_lora_vs_lamda", "Memory over one training step: LoRA vs LaMDA",
-                "Live bytes after each tracked event of one step (forward, backward, optimizer), "
-                "from the timeline files; x is the position within the step (events differ in "
-                "number between methods). Top: total; below: by category for each method.")
-    groups: dict[tuple, dict[str, tuple[dict, list]]] = defaultdict(dict)
-    for rec in records:
-        method = get(rec, "cell.method")
-        if not is_ok(rec) or method not in TIMELINE_METHODS:
-            continue
-        timeline = _load_timeline(results_dir, rec)
-        if timeline is not None:
-            groups[_shape_key(rec)].setdefault(method, (rec, timeline))
-    pairs = [g for g in groups.values() if len(g) == len(TIMELINE_METHODS)]
-    if not pairs:
-        plot.skipped = ("no LoRA and LaMDA records of the same shape (workload, d, r, batch, seq, dtype, "
-                        "mode) both have a timeline file")
+def plot_pareto(records: list[dict[str, Any]], out_dir: Path) -> Plot:
+    plot = Plot("pareto_peak_vs_trainable", "Peak memory against trainable parameters, per shape",
+                "One point per cell: trainable parameters at the start of the run (log) against peak memory "
+                "(memory.peak); one colour and marker per method, hollow for estimates. Lower left is better "
+                "on both; the trade-off against accuracy is not something a memory harness measures.")
+    recs = [r for r in records if is_ok(r) and get(r, "memory.peak") and get(r, "params.trainable")]
+    if not recs:
+        plot.skipped = "no ok record has both memory.peak and params.trainable"
         return plot
-    pair = max(pairs, key=lambda g: tokens(g["lora"][0]) or 0)
-    lora_rec = pair["lora"][0]
-    all_live = [e.get("live_bytes", 0) for _, tl in pair.values() for e in tl]
-    divisor, unit = _byte_scale(max(all_live))
-    fig = Figure(figsize=(11, 9))
-    top = fig.add_subplot(3, 1, 1)
-    for method, (rec, tl) in pair.items():
-        n = max(len(tl) - 1, 1)
-        top.plot([i / n for i in range(len(tl))], [e.get("live_bytes", 0) / divisor for e in tl],
-                 label=method + (" (estimate)" if mode(rec) == "estimate" else ""))
-    top.set_ylabel(f"live ({unit})")
-    top.set_title(f"{plot.title}  [{get(lora_rec, 'cell.workload')}, d={width(lora_rec)}, "
-                  f"r={get(lora_rec, 'cell.r')}, batch={get(lora_rec, 'cell.batch')}, "
-                  f"seq={get(lora_rec, 'cell.seq')}]", fontsize=10)
-    for row, (method, (rec, tl)) in enumerate(pair.items()):
-        ax = fig.add_subplot(3, 1, row + 2, sharex=top)
-        n = max(len(tl) - 1, 1)
-        xs = [i / n for i in range(len(tl))]
-        cats = [c for c in CATEGORIES if any(c in (e.get("by_category") or {}) for e in tl)]
-        cats += sorted({c for e in tl for c in (e.get("by_category") or {})} - set(cats))
-        # Frozen weights are a constant slab that would flatten everything else: say so, leave it out.
-        constant = {c for c in cats if len({(e.get("by_category") or {}).get(c, 0) for e in tl}) == 1
-                    and (tl[0].get("by_category") or {}).get(c, 0) > 0}
-        note = ""
-        if "weights" in constant:
-            cats.remove("weights")
-            note = f", weights ({(tl[0]['by_category']['weights']) / divisor:,.1f} {unit}, constant) not drawn"
-        if cats:
-            ax.stackplot(xs, [[(e.get("by_category") or {}).get(c, 0) / divisor for e in tl] for c in cats],
-                         labels=cats, colors=[CATEGORY_COLORS.get(c, "#999999") for c in cats])
-        _shade_phases(ax, xs, [e.get("phase") for e in tl])
-        ax.set_ylabel(f"{method} live ({unit})", fontsize=9)
-        ax.set_title(f"{method}: live bytes by category{note}", fontsize=9, loc="right")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.axes[-1].set_xlabel("position within the training step (event index / events)")
-    plot.path = _save(fig, out_dir, plot.key)
-    return plot
-
-
-def _shade_phases(ax: Any, xs: list[float], phases: list[Any]) -> None:
-    """Background spans per phase, labelled once at their start."""
-    start = 0
-    for i in range(1, len(phases) + 1):
-        if i == len(phases) or phases[i] != phases[start]:
-            end = xs[i] if i < len(xs) else xs[-1]
-            ax.axvspan(xs[start], end, color=PHASE_COLORS.get(str(phases[start]), "#f4f4f4"), zorder=0)
-            ax.text(xs[start], 1.0, f" {phases[start]}", transform=ax.get_xaxis_transform(),
-                    va="top", fontsize=7)
-            start = i
+    groups = _limit(shape_groups(recs), plot)
+    cols = min(3, len(groups))
+    rows = -(-len(groups) // cols)
+    fig = figure(4.2 * cols + 2.0, 3.5 * rows)
+    axs = []
+    for i, (title, group) in enumerate(groups):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        axs.append(ax)
+        divisor, unit = byte_scale(max(get(r, "memory.peak") for r in group))
+        for rec in group:
+            method = str(cell_value(rec, "method"))
+            color = method_color(method)
+            ax.plot([get(rec, "params.trainable")], [get(rec, "memory.peak") / divisor], method_marker(method),
+                    color=color, markerfacecolor="none" if mode(rec) == "estimate" else color, markersize=8,
+                    linestyle="none", label=method)
+        ax.set_ylim(0, 1.12 * max(get(r, "memory.peak") for r in group) / divisor)  # from zero: a 0.4%
+        # difference must not look like a factor of two
+        ax.margins(x=0.15)
+        log_axis(ax, "x")
+        ax.set_xlabel("trainable parameters", fontsize=8)
+        ax.set_ylabel(f"peak ({unit})", fontsize=8)
+        ax.set_title(title, fontsize=9)
+    handles, labels = unique_handles(axs)
+    legend_outside(fig, handles, labels, "method")
+    return save(fig, out_dir, plot)
 
 
 # ---- 6. LaMDA gradual freezing ---------------------------------------------------------------
 
-# (series field, axis label, how to scale: count | bytes | flops)
 SERIES_FIELDS = (("trainable", "trainable parameters", "count"),
                  ("optimizer", "optimizer state", "bytes"),
                  ("backward_flops", "backward FLOPs", "flops"))
@@ -434,54 +347,59 @@ SERIES_FIELDS = (("trainable", "trainable parameters", "count"),
 
 def plot_freezing(records: list[dict[str, Any]], out_dir: Path) -> Plot:
     plot = Plot("lamda_gradual_freezing", "LaMDA gradual freezing over training steps: split vs mask",
-                "Per step (record.series): trainable parameters, optimizer state and backward FLOPs "
-                "while B's rank components freeze. 'split' really freezes them (fewer parameters, "
-                "optimizer state released, less backward work); 'mask' zeroes their gradients as the "
-                "authors' code does, which saves nothing.")
+                "Per step (record.series), as a fraction of the first step's value: trainable parameters, "
+                "optimizer state and backward FLOPs while B's rank components freeze; one line per cell, "
+                "coloured by method. 'split' (solid) really freezes them (fewer parameters, optimizer state "
+                "released, less backward work); 'mask' (dashed) zeroes their gradients as the authors' code "
+                "does, which saves nothing. Fractions let cells of every size share one axis.")
     recs = sorted((r for r in records if is_ok(r) and str(get(r, "cell.method", "")).startswith("lamda")
-                   and get(r, "series.step")), key=_sort_key)
+                   and get(r, "series.step")), key=_method_order)
     if not recs:
         plot.skipped = "no ok LaMDA record has a per-step series"
         return plot
-    fields = _varying(recs, ("cell.workload", "cell.r", "cell.batch", "cell.seq", "cell.layers", "cell.d_in"))
-    fig = Figure(figsize=(15, 4.4))
-    for i, (field, ylabel, kind) in enumerate(SERIES_FIELDS):
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for rec in recs:
+        counts[(str(cell_value(rec, "method")), str(get(rec, "cell.options.freeze_mode", "split")))] += 1
+    fig = figure(14, 3.8)
+    axs = []
+    for i, (field, ylabel, _) in enumerate(SERIES_FIELDS):
         ax = fig.add_subplot(1, len(SERIES_FIELDS), i + 1)
-        values_seen = [v for r in recs for v in (get(r, f"series.{field}") or []) if v is not None]
-        scaler = {"bytes": _byte_scale, "flops": _flop_scale}.get(kind)
-        div, unit = scaler(max(values_seen, default=0)) if scaler else (1.0, "")
+        axs.append(ax)
+        drawn = 0
         for rec in recs:
             steps, ys = get(rec, "series.step") or [], get(rec, f"series.{field}") or []
-            pts = [(s, y / div) for s, y in zip(steps, ys) if y is not None]
-            if pts:
-                freeze = get(rec, "cell.options.freeze_mode", "split")
-                label = _label(rec, fields).replace(method_label(rec), f"{get(rec, 'cell.method')} {freeze}", 1)
-                ax.plot(*zip(*pts), "o-" if freeze == "split" else "s--", markersize=3, label=label)
-        ax.set_xlabel("training step")
+            pts = [(s, y) for s, y in zip(steps, ys) if y is not None]
+            if len(pts) < 2 or not pts[0][1]:
+                continue  # an estimate counts FLOPs at its one instrumented step: no line to draw
+            method, freeze = str(cell_value(rec, "method")), str(get(rec, "cell.options.freeze_mode", "split"))
+            ax.plot([p[0] for p in pts], [p[1] / pts[0][1] for p in pts], "-" if freeze == "split" else "--",
+                    marker="o" if freeze == "split" else "s", markersize=3, color=method_color(method),
+                    alpha=0.8, label=f"{method}, {freeze} ({counts[(method, freeze)]} cells)")
+            drawn += 1
+        ax.set_xlabel("training step", fontsize=8)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        positive = [v for v in values_seen if v > 0]
-        if positive and max(positive) / min(positive) > 100:  # cells of very different sizes
-            ax.set_yscale("log")
-        ax.set_ylabel(f"{ylabel} ({unit})" if unit else ylabel)
-        if ax.lines:
-            ax.legend(fontsize=7)
-        else:
-            ax.text(0.5, 0.5, f"no series.{field} recorded", ha="center", transform=ax.transAxes)
-    fig.suptitle(plot.title)
+        ax.set_ylabel(f"{ylabel} / step 1", fontsize=8)
+        ax.set_title(ylabel, fontsize=9)
+        if not drawn:
+            ax.text(0.5, 0.5, f"no cell has series.{field}\nat two or more steps", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)
+    handles, names = unique_handles(axs)
+    legend_outside(fig, handles, names)
     modes = {get(r, "cell.options.freeze_mode", "split") for r in recs}
     if len(modes) < 2:
         plot.description += f" Only freeze_mode {sorted(modes)} was run, so there is nothing to contrast."
-    plot.path = _save(fig, out_dir, plot.key)
-    return plot
+    return save(fig, out_dir, plot)
 
 
 def draw_all(records: list[dict[str, Any]], results_dir: Path, plots_dir: Path) -> list[Plot]:
-    """All six plots, in report order. A skipped plot's stale PNG from an earlier report is
-    removed so the directory never shows a figure that no longer matches the results."""
+    """All plots, in report order. A skipped plot's stale PNG from an earlier report (and a
+    PNG of a plot this version no longer draws) is removed, so the directory never shows a
+    figure that does not match the results."""
     makers: list[Callable[[], Plot]] = [
         lambda: plot_peak_by_category(records, plots_dir),
+        lambda: plot_pareto(records, plots_dir),
         lambda: plot_saved_per_token_vs_d(records, plots_dir),
-        lambda: plot_params_vs_d_and_r(records, plots_dir),
+        lambda: plot_params_vs_r(records, plots_dir),
         lambda: plot_throughput_and_flops(records, plots_dir),
         lambda: plot_step_timeline(records, plots_dir, results_dir),
         lambda: plot_freezing(records, plots_dir),
@@ -492,4 +410,10 @@ def draw_all(records: list[dict[str, Any]], results_dir: Path, plots_dir: Path) 
         if plot.path is None:
             (plots_dir / f"{plot.key}.png").unlink(missing_ok=True)
         plots.append(plot)
+    for retired in RETIRED_PLOTS:
+        (plots_dir / f"{retired}.png").unlink(missing_ok=True)
     return plots
+
+
+# Plots earlier versions drew: their PNGs would otherwise linger next to the new ones.
+RETIRED_PLOTS = ("params_vs_d_and_r",)

@@ -1,7 +1,9 @@
 """Markdown tables (GitHub format, via tabulate) of result records.
 
-Every row names its mode and device, so an estimate (fake tensors: byte counts of a step
-that was never allocated) is never mistaken for a measurement.
+Every table shows the settings that vary within the records it is given (``axes.Axes``)
+and names the constant ones in a header line; every row names its mode, so an estimate
+(fake tensors: byte counts of a step that was never allocated) is never mistaken for a
+measurement. Text from records is escaped for Markdown (``escape.md``).
 """
 
 from __future__ import annotations
@@ -10,45 +12,77 @@ from typing import Any
 
 from tabulate import tabulate
 
-from .records import device, get, is_ok, method_label, mode, width
-from .units import MISSING, fmt_bytes, fmt_count, fmt_flops, fmt_rate, fmt_ratio, fmt_seconds, ratio
+from .axes import Axes
+from .escape import md, md_code
+from .records import get, is_ok, method_label, mode
+from .units import MISSING, fmt_bytes, fmt_count, fmt_flops, fmt_rate, fmt_seconds, ratio
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+class Raw(str):
+    """A table cell already in Markdown (inline code, links): not escaped again."""
 
 
-def _opt(value: Any) -> str:
-    return MISSING if value is None else str(value)
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[c if isinstance(c, Raw) else md(c) for c in row] for row in rows]
+    return tabulate(cells, headers=[md(h) for h in headers], tablefmt="github", disable_numparse=True)
 
 
-RESULT_HEADERS = [
-    "method", "workload", "d", "r", "batch", "seq", "dtype", "mode", "device",
-    "trainable params", "param updates", "peak step memory", "saved activations",
-    "saved activations (adapter)", "forward FLOPs", "backward FLOPs", "step time (median)",
-    "throughput", "id",
-]
+def _sum(*values: Any) -> float | None:
+    return None if any(v is None for v in values) else sum(values)
 
 
-def results_table(records: list[dict[str, Any]]) -> str:
-    """One row per ok record: shape, mode/device, parameters, memory, FLOPs, time."""
-    rows = []
-    for rec in records:
-        if not is_ok(rec):
-            continue
-        rows.append([
-            method_label(rec), _opt(get(rec, "cell.workload")), _opt(width(rec)), _opt(get(rec, "cell.r")),
-            _opt(get(rec, "cell.batch")), _opt(get(rec, "cell.seq")), _opt(get(rec, "cell.dtype")),
-            mode(rec), device(rec),
-            fmt_count(get(rec, "params.trainable")), fmt_count(get(rec, "params.updates")),
-            fmt_bytes(get(rec, "memory.peak")),
-            fmt_bytes(get(rec, "memory.saved_activations")),
-            fmt_bytes(get(rec, "memory.saved_activations_adapter")),
-            fmt_flops(get(rec, "flops.forward")), fmt_flops(get(rec, "flops.backward")),
-            fmt_seconds(get(rec, "time.step_median_s")), fmt_rate(get(rec, "time.tokens_per_s")),
-            f"`{rec.get('id')}`",
-        ])
-    return _table(RESULT_HEADERS, rows)
+def throughput_spread(rec: dict[str, Any]) -> tuple[float | None, float | None]:
+    """tokens/s of the slowest and the fastest timed step."""
+    n = (get(rec, "cell.batch") or 0) * (get(rec, "cell.seq") or 0)
+    slow, fast = get(rec, "time.step_max_s"), get(rec, "time.step_min_s")
+    return (n / slow if slow else None), (n / fast if fast else None)
+
+
+def _throughput(rec: dict[str, Any]) -> str:
+    rate = get(rec, "time.tokens_per_s")
+    if rate is None:
+        return MISSING
+    low, high = throughput_spread(rec)
+    spread = f" ({low:,.0f}-{high:,.0f})" if low and high else ""
+    return fmt_rate(rate) + spread
+
+
+# (header, how to read it from a record). Headers say what the figure is.
+MEMORY_COLUMNS = (
+    ("trainable params", lambda r: fmt_count(get(r, "params.trainable"))),
+    ("param updates", lambda r: fmt_count(get(r, "params.updates"))),
+    ("peak", lambda r: fmt_bytes(get(r, "memory.peak"))),
+    ("peak (optimizer phase)", lambda r: fmt_bytes(get(r, "memory.peak_step"))),
+    ("saved activations", lambda r: fmt_bytes(get(r, "memory.saved_activations"))),
+    ("saved activations (adapter)", lambda r: fmt_bytes(get(r, "memory.saved_activations_adapter"))),
+    ("adapter FLOPs (fwd + bwd)", lambda r: fmt_flops(_sum(get(r, "flops.adapter_forward"),
+                                                            get(r, "flops.adapter_backward")))),
+    ("step FLOPs (fwd + bwd)", lambda r: fmt_flops(_sum(get(r, "flops.forward"), get(r, "flops.backward")))),
+)
+TIME_COLUMNS = (
+    ("step time (median)", lambda r: fmt_seconds(get(r, "time.step_median_s"))),
+    ("timed steps", lambda r: str(get(r, "time.steps_timed", MISSING))),
+    ("throughput (min-max)", _throughput),
+)
+
+
+def results_table(records: list[dict[str, Any]], axes: Axes | None = None) -> str:
+    """One row per ok record: the varying settings, then memory, FLOPs and (only where any
+    record was timed) time. The header line above it names what is held fixed."""
+    ok = [r for r in records if is_ok(r)]
+    axes = axes or Axes.of(ok)
+    timed = any(get(r, "time.step_median_s") is not None for r in ok)
+    columns = MEMORY_COLUMNS + (TIME_COLUMNS if timed else ())
+    if timed:
+        from .timing import flagged_step_times
+
+        flagged = flagged_step_times(ok)
+        columns = tuple((h, (lambda r, read=read: read(r) + (" (flagged: far off its shape's median)"
+                                                             if r.get("id") in flagged else "")))
+                        if h == TIME_COLUMNS[0][0] else (h, read) for h, read in columns)
+
+    rows = [axes.row(rec) + [read(rec) for _, read in columns] + [Raw(md_code(rec.get("id")))] for rec in ok]
+    return md_table(axes.columns() + [h for h, _ in columns] + ["id"], rows)
 
 
 # (label, measured field, predicted field, formatter) for the closed-form check.
@@ -62,35 +96,34 @@ PREDICTED_FIELDS = (
 )
 
 
-def predicted_table(records: list[dict[str, Any]]) -> str:
-    """Observed (measured or estimated, as the mode column says) vs closed form, with the
-    ratio observed / predicted; only figures that have a prediction."""
+def predicted_summary(records: list[dict[str, Any]]) -> str:
+    """One line per predicted field: how many cells have a closed form, and the one that
+    deviates most (observed / predicted). The per-cell figures are in the CSV."""
     rows = []
-    for rec in records:
-        if not is_ok(rec):
+    for label, observed_key, predicted_key, fmt in PREDICTED_FIELDS:
+        pairs = [(rec, get(rec, observed_key), get(rec, predicted_key)) for rec in records if is_ok(rec)]
+        pairs = [(rec, o, p) for rec, o, p in pairs if p is not None and o is not None]
+        if not pairs:
             continue
-        for label, observed_key, predicted_key, fmt in PREDICTED_FIELDS:
-            predicted = get(rec, predicted_key)
-            if predicted is None:
-                continue
-            observed = get(rec, observed_key)
-            rows.append([
-                method_label(rec), _opt(width(rec)), _opt(get(rec, "cell.r")),
-                _opt(get(rec, "cell.batch")), _opt(get(rec, "cell.seq")), mode(rec), device(rec),
-                label, fmt(observed), fmt(predicted), fmt_ratio(ratio(observed, predicted)),
-            ])
-    headers = ["method", "d", "r", "batch", "seq", "mode", "device", "figure",
-               "observed", "predicted (closed form)", "observed / predicted"]
-    return _table(headers, rows)
+        devs = [(abs((ratio(o, p) or 0.0) - 1.0) if p else (0.0 if o == 0 else float("inf")), rec, o, p)
+                for rec, o, p in pairs]
+        worst, rec, o, p = max(devs, key=lambda t: t[0])
+        exact = sum(1 for d, *_ in devs if d == 0)
+        if worst == 0:
+            rows.append([label, str(len(pairs)), str(exact), "0% (every cell exact)", "-", "-", "-"])
+            continue
+        rows.append([label, str(len(pairs)), str(exact), f"{worst * 100:.3g}%",
+                     f"{method_label(rec)} ({mode(rec)})", f"{fmt(o)} vs {fmt(p)}", Raw(md_code(rec.get("id")))])
+    if not rows:
+        return ""
+    return md_table(["figure", "cells with a closed form", "exact", "largest deviation", "at", "observed vs predicted",
+                     "id"], rows)
 
 
-def failures_table(records: list[dict[str, Any]]) -> str:
-    """Cells that did not finish (oom, error, timeout) with their one-line reason."""
-    rows = [
-        [f"`{rec.get('id')}`", method_label(rec), _opt(get(rec, "cell.workload")),
-         _opt(get(rec, "cell.r")), _opt(get(rec, "cell.batch")), _opt(get(rec, "cell.seq")),
-         mode(rec), device(rec), _opt(rec.get("status")), _opt(rec.get("error"))]
-        for rec in records if not is_ok(rec)
-    ]
-    headers = ["id", "method", "workload", "r", "batch", "seq", "mode", "device", "status", "error"]
-    return _table(headers, rows)
+def failures_table(records: list[dict[str, Any]], axes: Axes | None = None) -> str:
+    """Cells that did not finish (oom, error, timeout) with their one-line reason; ``axes``
+    of the whole result set, so a failed cell shows the settings that tell it apart."""
+    axes = axes or Axes.of(records)
+    rows = [[Raw(md_code(rec.get("id")))] + axes.row(rec) + [rec.get("status") or MISSING, rec.get("error") or MISSING]
+            for rec in records if not is_ok(rec)]
+    return md_table(["id"] + axes.columns() + ["status", "error"], rows)

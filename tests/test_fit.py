@@ -1,0 +1,200 @@
+"""lamda-bench fit: budgets, the search, and certified answers on a tiny model.
+
+The planner tests at the top drive ``fit.plan`` with synthetic peaks (affine, quadratic, with
+steps) and check its answer against a brute-force scan; the CLI tests below run real estimate
+cells of tiny-llama through the launcher and re-check each answer with ``run_cell`` in this
+process, independently of the planner's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lamda_bench import cli
+from lamda_bench.budgets import (CARDS, DEVICE_OVERHEAD_BYTES, GIB, MIB, WORKSPACE_BYTES, BudgetError,
+                                 parse_budget, parse_size)
+from lamda_bench.cell import Cell
+from lamda_bench.fit import FitError, plan
+
+# ---- budgets ----------------------------------------------------------------------------------
+
+
+def test_sizes_take_their_units_literally():
+    assert parse_size("24GiB") == 24 * GIB
+    assert parse_size("24GB") == 24 * 10**9
+    assert parse_size("81559MiB") == 81559 * MIB
+    assert parse_size("1.5 GiB") == 3 * GIB // 2
+    assert parse_size("4096") == 4096
+    for bad in ("24 gigs", "GiB", "-1GiB", "", "1e9"):
+        with pytest.raises(BudgetError, match="expected a size"):
+            parse_size(bad)
+
+
+def test_budgets_by_card_name_include_the_device_overhead():
+    h100 = parse_budget("h100-80gb")  # names are case-insensitive
+    assert h100.card == "H100-80GB" and h100.bytes == 81559 * MIB
+    assert h100.margin == WORKSPACE_BYTES + DEVICE_OVERHEAD_BYTES
+    assert h100.fits(h100.bytes - h100.margin) and not h100.fits(h100.bytes - h100.margin + 1)
+    plain = parse_budget("24GiB", reserve=GIB)
+    assert plain.card is None and plain.margin == WORKSPACE_BYTES + GIB and plain.usable == 23 * GIB - WORKSPACE_BYTES
+    assert "64 MiB" not in plain.policy() and str(WORKSPACE_BYTES) in plain.policy()
+    assert all(card.total_mib > 1024 and card.source for card in CARDS.values())
+    with pytest.raises(BudgetError, match="nor a known card"):
+        parse_budget("H100-90GB")
+    with pytest.raises(BudgetError, match="leaves nothing above the margin"):
+        parse_budget("64MiB")
+
+
+# ---- the search on synthetic peaks --------------------------------------------------------------
+
+
+def _fake_runner(peak_of, calls):
+    def run(cells):
+        calls.append(len(cells))
+        return {c.id: {"status": "ok", "memory": {"peak": peak_of(c)}} for c in cells}
+
+    return run
+
+
+def _brute_force(peak_of_value, usable, multiple, limit):
+    best = None
+    for v in range(multiple, limit + 1, multiple):
+        if peak_of_value(v) <= usable:
+            best = v
+        else:
+            break
+    return best
+
+
+@pytest.mark.parametrize("shape", ["affine", "quadratic", "steps"])
+@pytest.mark.parametrize("budget_gib", [3, 7.5, 20])
+def test_the_search_finds_the_brute_force_answer_and_certifies_it(shape, budget_gib):
+    peaks = {
+        "affine": lambda b: 2 * GIB + b * 37 * MIB,
+        "quadratic": lambda b: GIB + b * b * 3 * MIB,
+        "steps": lambda b: GIB + ((b + 7) // 8) * 8 * 50 * MIB,  # allocations rounded to 8
+    }[shape]
+    budget = parse_budget(f"{budget_gib}GiB")
+    calls = []
+    base = Cell(workload="tiny-llama", method="lora", seq=64, mode="estimate")
+    row, = plan([base], "batch", budget, _fake_runner(lambda c: peaks(c.batch), calls), limit=4096)
+    want = _brute_force(peaks, budget.usable, 1, 4096)
+    assert row["max_batch"] == want and row["verdict"] == "certified"
+    assert row["next"] == want + 1 and budget.fits(row["peak_at_max"]) and not budget.fits(row["peak_at_next"])
+    assert row["estimate"] is True and row["budget"] == budget.bytes and row["margin"] == budget.margin
+    # A search, not a scan of the 4096 values: the bracket halves at least every other round.
+    assert row["probes"] <= 4 + 2 * 12 and (shape == "steps" or row["probes"] <= 6)
+    if shape == "affine":
+        assert row["probes"] == 4  # two probes for the line, two to certify its guess
+
+
+def test_the_search_in_multiples_up_to_its_limit():
+    budget = parse_budget("100GiB")
+    base = Cell(workload="tiny-llama", method="lora", batch=2, mode="estimate")
+    row, = plan([base], "seq", budget, _fake_runner(lambda c: c.seq * MIB, []), multiple=64, limit=1000)
+    assert row["max_seq"] == 960 and row["verdict"] == "fits up to the limit" and row["next"] is None
+    row, = plan([base], "seq", parse_budget("1GiB"), _fake_runner(lambda c: c.seq * MIB, []), multiple=64,
+                limit=4096)
+    assert row["max_seq"] == 960 and row["next"] == 1024 and row["verdict"] == "certified"
+
+
+def test_a_failed_probe_is_an_error_row_not_an_answer():
+    base = Cell(workload="tiny-llama", method="lora", seq=64, mode="estimate")
+
+    def run(cells):
+        return {c.id: ({"status": "error", "error": "boom"} if c.batch == 2 else
+                       {"status": "ok", "memory": {"peak": c.batch * MIB}}) for c in cells}
+
+    row, = plan([base], "batch", parse_budget("1GiB"), run)
+    assert row["verdict"] == "error" and "batch=2" in row["error"] and "boom" in row["error"]
+    assert row["max_batch"] is None
+
+
+def test_bad_search_settings_are_refused():
+    base = Cell(workload="tiny-llama", method="lora", mode="estimate")
+    with pytest.raises(FitError, match="--multiple"):
+        plan([base], "batch", parse_budget("1GiB"), _fake_runner(lambda c: 0, []), multiple=0)
+    with pytest.raises(FitError, match="below --multiple"):
+        plan([base], "seq", parse_budget("1GiB"), _fake_runner(lambda c: 0, []), multiple=128, limit=64)
+
+
+# ---- the command, on real estimate cells of tiny-llama ------------------------------------------
+
+
+def _peak(**kw) -> int:
+    """An estimate's peak, run here in this process (not by the planner)."""
+    from lamda_bench.execute import run_cell
+
+    cell = Cell(**{**dict(workload="tiny-llama", method="lora", mode="estimate", device="auto"), **kw})
+    rec = run_cell(cell.to_dict())
+    assert rec["status"] == "ok", rec["error"]
+    return rec["memory"]["peak"]
+
+
+def _fit(tmp_path, *args):
+    code = cli.main(["fit", "--workload", "tiny-llama", "--out", str(tmp_path), "--no-progress", *args])
+    rows = json.loads((tmp_path / "fit.json").read_text()) if (tmp_path / "fit.json").exists() else None
+    return code, rows
+
+
+def test_fit_certifies_the_largest_batch_with_real_estimates(tmp_path, capsys):
+    low, high = _peak(batch=1, seq=64), _peak(batch=16, seq=64)
+    budget = WORKSPACE_BYTES + (low + high) // 2  # a size in bytes: margin = the workspace only
+    code, rows = _fit(tmp_path, "--method", "lora", "--seq", "64", "--budget", str(budget))
+    out = capsys.readouterr().out
+    assert code == 0
+    row, = rows
+    best = row["max_batch"]
+    assert row["verdict"] == "certified" and 1 < best < 16 and row["next"] == best + 1
+    # Certified independently: max fits, max + 1 does not.
+    assert _peak(batch=best, seq=64) == row["peak_at_max"] and row["peak_at_max"] + WORKSPACE_BYTES <= budget
+    assert _peak(batch=best + 1, seq=64) == row["peak_at_next"] and row["peak_at_next"] + WORKSPACE_BYTES > budget
+    # Every probe is a record of results.jsonl; the plot exists; the answer says it is an estimate.
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in records} == set(row["probe_ids"]) and len(records) == row["probes"]
+    assert all(r["cell"]["mode"] == "estimate" and r["suite"] == "fit" for r in records)
+    assert (tmp_path / "fit.png").stat().st_size > 0
+    assert "estimates" in out and f"max batch {best} at seq 64" in out
+    # A second fit into the same directory reuses every probe.
+    code, again = _fit(tmp_path, "--method", "lora", "--seq", "64", "--budget", str(budget))
+    assert code == 0 and again[0]["max_batch"] == best
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(records)
+
+
+def test_fit_in_seq_mode_steps_by_the_multiple(tmp_path):
+    low, high = _peak(batch=2, seq=32), _peak(batch=2, seq=512)
+    budget = WORKSPACE_BYTES + (low + high) // 2
+    code, rows = _fit(tmp_path, "--method", "lamda", "--batch", "2", "--multiple", "32", "--budget", str(budget))
+    assert code == 0
+    row, = rows
+    best = row["max_seq"]
+    assert row["verdict"] == "certified" and best % 32 == 0 and 32 <= best < 512 and row["next"] == best + 32
+    assert row["limit"] == 512  # tiny-llama's max positions
+    assert _peak(method="lamda", batch=2, seq=best) + WORKSPACE_BYTES <= budget
+    assert _peak(method="lamda", batch=2, seq=best + 32) + WORKSPACE_BYTES > budget
+
+
+def test_a_method_that_cannot_fit_batch_1_says_so(tmp_path, capsys):
+    budget = WORKSPACE_BYTES + _peak(method="full", batch=1, seq=64) - 1
+    code, rows = _fit(tmp_path, "--method", "full", "--seq", "64", "--budget", str(budget))
+    assert code == 0
+    row, = rows
+    assert row["verdict"] == "does not fit" and row["max_batch"] is None and row["next"] == 1
+    assert row["probes"] == 1 or row["peak_at_next"] + WORKSPACE_BYTES > budget
+    assert "full: does not fit even batch 1 at seq 64" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "lora", "--seq", "64", "--budget", "lots"], "--budget 'lots'"),
+    (["--method", "nope", "--seq", "64", "--budget", "1GiB"], "nope"),
+    (["--method", "lora", "--seq", "0", "--budget", "1GiB"], "seq"),
+    (["--method", "lora", "--seq", "64", "--budget", "1GiB", "--set", "batch=2"], "--set batch"),
+    (["--method", "lora", "--seq", "64", "--budget", "1GiB", "--multiple", "0"], "--multiple"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    code, rows = _fit(tmp_path, *args)
+    err = capsys.readouterr().err
+    assert code == 2 and rows is None and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "results.jsonl").exists()
