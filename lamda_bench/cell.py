@@ -19,6 +19,9 @@ DEVICES = ("auto", "cpu", "cuda")
 MODES = ("auto", "measure", "estimate")
 OPTIMIZERS = ("adamw", "sgd")
 ATTENTION = ("auto", "sdpa", "eager")
+PARALLEL = ("none", "fsdp2", "ddp")
+# Keys added after records existed: left out of the id at their default, so every earlier id stays.
+_ID_DEFAULTS = {"world_size": 1, "parallel": "none", "reshard_after_forward": True}
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class Cell:
     gradient_checkpointing: bool = False
     attn_implementation: str = "auto"
     seed: int = 0
+    world_size: int = 1  # ranks of the data-parallel job; the record is rank 0's
+    parallel: str = "none"  # "fsdp2" (fully_shard per block and root) or "ddp"
+    reshard_after_forward: bool = True  # fsdp2 only: free the gathered block after its forward
     timeout_s: float = 900.0
     options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
 
@@ -77,6 +83,19 @@ class Cell:
             raise ValueError(f"unknown cell keys: {', '.join(unknown)}")
         return cls(**d, options=tuple(sorted(dict(opts).items())))
 
+    def parallel_problem(self) -> str | None:
+        """One line saying what is wrong with world_size/parallel, or None."""
+        ws = self.world_size
+        if isinstance(ws, bool) or not isinstance(ws, int) or ws < 1:
+            return f"cell world_size must be an integer >= 1, got {ws!r}"
+        if self.parallel not in PARALLEL:
+            return f"cell parallel {self.parallel!r} is not one of {list(PARALLEL)}"
+        if ws > 1 and self.parallel == "none":
+            return f"cell world_size {ws} needs parallel = 'fsdp2' or 'ddp' (parallel is 'none')"
+        if not isinstance(self.reshard_after_forward, bool):
+            return f"cell reshard_after_forward must be true or false, got {self.reshard_after_forward!r}"
+        return None
+
     def option(self, name: str, default: Any = None) -> Any:
         return dict(self.options).get(name, default)
 
@@ -86,10 +105,14 @@ class Cell:
         """Stable id: method-workload-r prefix for humans, hash of the resolved cell for uniqueness.
 
         ``timeout_s`` is excluded: changing how long we are willing to wait does not change
-        what is measured.
+        what is measured. The parallel keys are excluded at their defaults (one device, no
+        wrapper), so cells written before they existed keep their ids.
         """
         d = self.to_dict()
         d.pop("timeout_s", None)
+        for key, default in _ID_DEFAULTS.items():
+            if d.get(key) == default:
+                d.pop(key)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
         return f"{self.workload}-{self.method}-r{self.r}-{digest}"

@@ -54,7 +54,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import analytic, workloads
+from . import analytic, parallel, workloads
 from .cell import DEVICES, MODES, OPTIMIZERS, Cell
 
 CPU_MEASURE_MAX_RAM_FRACTION = 0.25  # measure on CPU only when the predicted peak is below this share of RAM
@@ -146,7 +146,8 @@ def _is_oom(e: BaseException) -> bool:
 def _is_bad_input(e: BaseException) -> bool:
     from .methods import MethodError
 
-    return isinstance(e, MethodError) or type(e).__name__ in ("FakeConversionError", "ResultsError")
+    return isinstance(e, (MethodError, parallel.ParallelError)) or type(e).__name__ in ("FakeConversionError",
+                                                                                       "ResultsError")
 
 
 def _one_line(e: BaseException) -> str:
@@ -176,6 +177,9 @@ def _validate(c: Cell) -> None:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise CellError(f"cell {key} must be an integer >= 0, got {v!r}")
     workloads.torch_dtype(c.dtype)  # one-line WorkloadError for an unknown dtype
+    problem = c.parallel_problem()
+    if problem:
+        raise CellError(problem)
 
 
 def _resolve_device(c: Cell) -> str:
@@ -232,12 +236,16 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
         mode = "measure"
     elif c.mode == "estimate":
         mode = "estimate"
+    elif parallel.is_parallel(c):
+        mode, mode_reason = "estimate", "auto with parallel set: estimated (measuring needs a multi-GPU job)"
     elif device == "cuda":
         mode, mode_reason = "measure", "auto: measured on the GPU"
     else:
         mode, mode_reason, result = _auto_on_cpu(c, timeline=artifacts_dir is not None)
 
     if mode == "measure":
+        if parallel.is_parallel(c):
+            parallel.check_measure(c)
         result = _measure(c, device, artifacts_dir)
         run_device = device
     else:
@@ -416,10 +424,16 @@ def _estimate(c: Cell, device: str, timeline: bool = True) -> _StepResult:
 
     res = _StepResult()
     res.device = device
+    job = contextlib.nullcontext()
+    if parallel.is_parallel(c):
+        parallel.check_estimate(c)
+        job = parallel.fake_job(c.world_size, device)  # before the fake mode: the mesh must be real
     applied, spec, res.horizon = _prepare(c, "meta")
     res.applied = applied
     fake_mode = to_fake(applied.model, device)
-    with fake_mode:
+    with job as mesh, fake_mode:
+        if mesh is not None:
+            res.info["parallel"] = parallel.shard(applied, mesh, c.reshard_after_forward)
         inputs = workloads.make_inputs(c, device)
         # An estimate targets CUDA unless the cell asks for the CPU, even where this torch
         # build can only fake cpu tensors (info.estimate_device says which kernels ran).
@@ -557,7 +571,8 @@ def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, st
     def grads_done() -> None:
         res.grads_bytes = _unique_bytes(p.grad for p in model.parameters() if p.grad is not None)
 
-    with observer, saved, flops, live:
+    sharded = parallel.track_fsdp(live) if parallel.is_parallel(c) else contextlib.nullcontext()
+    with observer, saved, flops, live, sharded:
         _train_step(c, applied, inputs, optimizer, res, step, flops, live=live, saved=saved, on_grads=grads_done,
                     finish=False)
     # Read now: the live tracker's free callbacks outlive it, and on_step replaces parameters.
@@ -663,7 +678,7 @@ def _unique_bytes(tensors) -> int:
     seen: set[int] = set()
     total = 0
     for t in tensors:
-        st = t.untyped_storage()
+        st = parallel.local(t).untyped_storage()
         if id(st) not in seen:
             seen.add(id(st))
             total += st.nbytes()
@@ -703,6 +718,8 @@ def _fill_record(record: dict, c: Cell, res: _StepResult, mode: str, device: str
         "nvml_used": res.device_memory.get("nvml_used"),
         "host_rss_peak": res.device_memory.get("host_rss_peak"),
     }
+    if parallel.is_parallel(c):
+        record["memory"].update(parallel.rank_memory(live))
     if saved.discarded_bytes:  # graphs dropped in forward (DoRA's weight-norm path): saved, never kept
         record["memory"]["saved_discarded"] = saved.discarded_bytes
         record["memory"]["saved_discarded_adapter"] = saved.discarded_adapter_bytes
@@ -729,6 +746,8 @@ def _fill_record(record: dict, c: Cell, res: _StepResult, mode: str, device: str
     }
     record["series"] = series
     record["predicted"] = _predicted(c, res)
+    if parallel.is_parallel(c) and isinstance(record["predicted"], dict):
+        record["predicted"]["sharded"] = parallel.predicted(applied, c)
     record["info"] = _info(c, res)
     record["env"] = _env(device, mode, applied)
     if artifacts_dir:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, Cell
+from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, PARALLEL, Cell
 
 LINEAR_WORKLOAD = "linear"
 # Methods whose result does not depend on r or alpha: their cells get the Cell defaults for
@@ -137,6 +137,9 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "gradient_checkpointing": _bool,
     "attn_implementation": _choice(ATTENTION),
     "seed": _int(0),
+    "world_size": _int(1),
+    "parallel": _choice(PARALLEL),
+    "reshard_after_forward": _bool,
     "timeout_s": _number(),
 }
 assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
@@ -410,7 +413,11 @@ class _Parser:
             options = method.resolve_options(given)
         except MethodError as e:
             raise self.fail(where, "method", str(e)) from None
-        return Cell(**fields, options=tuple(sorted(options.items())))
+        cell = Cell(**fields, options=tuple(sorted(options.items())))
+        problem = cell.parallel_problem()
+        if problem:
+            raise self.fail(where, "world_size", problem)
+        return cell
 
     def check_shape(self, where: str, fields: dict[str, Any]) -> None:
         linear = fields["workload"] == LINEAR_WORKLOAD
