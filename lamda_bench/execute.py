@@ -244,9 +244,8 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
         mode, mode_reason, result = _auto_on_cpu(c, timeline=artifacts_dir is not None)
 
     if mode == "measure":
-        if parallel.is_parallel(c):
-            parallel.check_measure(c)
-        result = _measure(c, device, artifacts_dir)
+        with parallel.measure_job(c, device) as mesh:  # None unless a parallel cell
+            result = _measure(c, device, artifacts_dir, mesh)
         run_device = device
     else:
         est_device, why = _estimate_device(c, device)
@@ -363,7 +362,7 @@ def _make_optimizer(c: Cell, applied, for_cuda: bool) -> torch.optim.Optimizer:
 # ---- measure ---------------------------------------------------------------------------
 
 
-def _measure(c: Cell, device: str, artifacts_dir: str | None = None) -> _StepResult:
+def _measure(c: Cell, device: str, artifacts_dir: str | None = None, mesh=None) -> _StepResult:
     from .measure import FlopCounter, device as devmem, synchronizer, time_steps
 
     res = _StepResult()
@@ -371,6 +370,9 @@ def _measure(c: Cell, device: str, artifacts_dir: str | None = None) -> _StepRes
     dev = torch.device(device)
     applied, spec, res.horizon = _prepare(c, device)
     res.applied = applied
+    if mesh is not None:  # a parallel cell at world_size 1: a real one-rank group
+        res.info["parallel"] = parallel.shard(applied, mesh, c.reshard_after_forward)
+        res.info["parallel"]["process_group"] = "real, one rank"
     inputs = workloads.make_inputs(c, device)
     optimizer = _make_optimizer(c, applied, for_cuda=dev.type == "cuda")
     devmem.warm_up_blas(dev, workloads.torch_dtype(c.dtype))

@@ -66,7 +66,12 @@ def check_estimate(cell) -> None:
 
 
 def check_measure(cell) -> None:
-    """Measurement of a parallel cell: that many GPUs in one job, which one process per cell is not."""
+    """Measurement of a parallel cell with more than one rank: that many GPUs in one job, which one
+    process per cell is not. ``world_size = 1`` runs (``real_job``), a check of the estimate."""
+    if cell.parallel == "ddp":
+        raise ParallelError("parallel 'ddp' is not measured by this harness (only fsdp2 at world_size 1)")
+    if cell.world_size == 1:
+        return
     have = torch.cuda.device_count() if torch.cuda.is_available() else 0
     raise ParallelError(
         f"measure mode with world_size {cell.world_size} and parallel {cell.parallel!r} needs "
@@ -94,6 +99,28 @@ def fake_job(world_size: int, device: str) -> Iterator[object]:
     dist.init_process_group("fake", rank=0, world_size=world_size, store=FakeStore())
     try:
         yield init_device_mesh(torch.device(device).type, (world_size,))
+    finally:
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def measure_job(cell, device: str) -> Iterator[object]:
+    """For a measurement: None for a plain cell; for a parallel one, ``check_measure``, then a
+    real one-rank process group (nccl on CUDA, gloo on CPU) and its mesh: the same wrapping and
+    buffers as the estimate, real kernels."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if not is_parallel(cell):
+        yield None
+        return
+    check_measure(cell)
+    if dist.is_initialized():
+        raise ParallelError("a torch.distributed process group is already initialised in this process")
+    kind = torch.device(device).type
+    dist.init_process_group("nccl" if kind == "cuda" else "gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        yield init_device_mesh(kind, (1,))
     finally:
         dist.destroy_process_group()
 

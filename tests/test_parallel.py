@@ -129,6 +129,8 @@ def test_lamda_split_freezing_works_on_sharded_blocks():
 def test_measure_and_ddp_estimates_are_refused_in_one_line():
     rec = run_cell(sharded_cell(world_size=2, mode="measure"))
     assert rec["status"] == "error" and "needs 2 GPU(s)" in rec["error"] and "\n" not in rec["error"]
+    rec = ok(run_cell(sharded_cell(world_size=2, mode="auto", steps=0)))
+    assert rec["cell"]["mode"] == "estimate" and "multi-GPU" in rec["info"]["mode_reason"]
     rec = run_cell(sharded_cell(parallel="ddp"))
     assert rec["status"] == "error" and "'ddp' cannot be estimated" in rec["error"]
 
@@ -163,3 +165,17 @@ def test_rank_bytes_agree_with_fsdp_mem_tracker(lora_records):
     assert by["OPT"] == rec["memory"]["optimizer"]
     # The step's peak: the two trackers classify transients differently but must see the same high point.
     assert by["Total"] == pytest.approx(rec["memory"]["peak"], rel=0.15)
+
+
+def test_world_size_one_measurement_agrees_with_its_estimate():
+    """FSDP2 over one rank, measured on the CPU (a real gloo group, real kernels) and estimated
+    (fake group, fake tensors): the same tracked bytes."""
+    est = ok(run_cell(sharded_cell(world_size=1)))
+    meas = ok(run_cell(sharded_cell(world_size=1, mode="measure")))
+    assert meas["info"]["parallel"]["process_group"] == "real, one rank"
+    for key in ("weights", "grads", "optimizer", "peak_forward", "peak"):
+        assert meas["memory"][key] == pytest.approx(est["memory"][key], rel=0.01), key
+    at_est, at_meas = est["memory"]["per_rank"]["at_peak"], meas["memory"]["per_rank"]["at_peak"]
+    assert set(at_meas) == set(at_est)
+    for key in at_est:
+        assert at_meas[key] == pytest.approx(at_est[key], rel=0.02, abs=4096), key
