@@ -175,10 +175,9 @@ def shard(applied, mesh, reshard_after_forward: bool) -> dict:
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
-    """Rank 0's tensor behind a DTensor (its shard), else the tensor itself."""
-    from torch.distributed.tensor import DTensor
-
-    return t._local_tensor if isinstance(t, DTensor) else t
+    """Rank 0's tensor behind a DTensor (its shard), else the tensor itself (no import: this
+    runs for every cell's byte counts)."""
+    return getattr(t, "_local_tensor", t)
 
 
 # ---- what the live tracker sees ----------------------------------------------------------
