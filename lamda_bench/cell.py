@@ -23,9 +23,10 @@ MODES = ("auto", "measure", "estimate")
 OPTIMIZERS = ("adamw", "sgd")
 ATTENTION = ("auto", "sdpa", "eager")
 PRECISIONS = ("pure", "amp-bf16", "amp-fp16", "fp32")  # lamda_bench/precision.py says what each means
+PARALLEL = ("none", "fsdp2", "ddp")
 # Keys added after cell ids were first recorded: at their default they are left out of the id's
 # hash, so every cell written before the key existed keeps its id (resume, baselines).
-ID_NEUTRAL_DEFAULTS = {"precision": "pure"}
+ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True}
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class Cell:
     gradient_checkpointing: bool = False
     attn_implementation: str = "auto"
     seed: int = 0
+    world_size: int = 1  # ranks of the data-parallel job; the record is rank 0's
+    parallel: str = "none"  # "fsdp2" (fully_shard per block and root) or "ddp"
+    reshard_after_forward: bool = True  # fsdp2 only: free the gathered block after its forward
     timeout_s: float = 900.0
     precision: str = "pure"  # precision policy (PRECISIONS)
     options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
@@ -84,6 +88,19 @@ class Cell:
         if unknown:
             raise ValueError(f"unknown cell keys: {', '.join(unknown)}")
         return cls(**d, options=tuple(sorted(dict(opts).items())))
+
+    def parallel_problem(self) -> str | None:
+        """One line saying what is wrong with world_size/parallel, or None."""
+        ws = self.world_size
+        if isinstance(ws, bool) or not isinstance(ws, int) or ws < 1:
+            return f"cell world_size must be an integer >= 1, got {ws!r}"
+        if self.parallel not in PARALLEL:
+            return f"cell parallel {self.parallel!r} is not one of {list(PARALLEL)}"
+        if ws > 1 and self.parallel == "none":
+            return f"cell world_size {ws} needs parallel = 'fsdp2' or 'ddp' (parallel is 'none')"
+        if not isinstance(self.reshard_after_forward, bool):
+            return f"cell reshard_after_forward must be true or false, got {self.reshard_after_forward!r}"
+        return None
 
     def option(self, name: str, default: Any = None) -> Any:
         return dict(self.options).get(name, default)

@@ -57,7 +57,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import analytic, precision, workloads
+from . import analytic, parallel, precision, workloads
 from .cell import DEVICES, MODES, OPTIMIZERS, PRECISIONS, Cell
 
 CPU_MEASURE_MAX_RAM_FRACTION = 0.25  # measure on CPU only when the predicted peak is below this share of RAM
@@ -151,7 +151,8 @@ def _is_oom(e: BaseException) -> bool:
 def _is_bad_input(e: BaseException) -> bool:
     from .methods import MethodError
 
-    return isinstance(e, MethodError) or type(e).__name__ in ("FakeConversionError", "ResultsError")
+    return isinstance(e, (MethodError, parallel.ParallelError)) or type(e).__name__ in ("FakeConversionError",
+                                                                                       "ResultsError")
 
 
 def _one_line(e: BaseException) -> str:
@@ -182,6 +183,9 @@ def _validate(c: Cell) -> None:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise CellError(f"cell {key} must be an integer >= 0, got {v!r}")
     workloads.torch_dtype(c.dtype)  # one-line WorkloadError for an unknown dtype
+    problem = c.parallel_problem()
+    if problem:
+        raise CellError(problem)
 
 
 def _resolve_device(c: Cell) -> str:
@@ -246,13 +250,16 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
         mode = "measure"
     elif c.mode == "estimate":
         mode = "estimate"
+    elif parallel.is_parallel(c):
+        mode, mode_reason = "estimate", "auto with parallel set: estimated (measuring needs a multi-GPU job)"
     elif device == "cuda":
         mode, mode_reason = "measure", "auto: measured on the GPU"
     else:
         mode, mode_reason, result = _auto_on_cpu(c, timeline=artifacts_dir is not None)
 
     if mode == "measure":
-        result = _measure(c, device, artifacts_dir)
+        with parallel.measure_job(c, device) as mesh:  # None unless a parallel cell
+            result = _measure(c, device, artifacts_dir, mesh)
         run_device = device
     else:
         est_device, why = _estimate_device(c, device)
@@ -373,7 +380,7 @@ def _make_optimizer(c: Cell, applied, for_cuda: bool) -> torch.optim.Optimizer:
 # ---- measure ---------------------------------------------------------------------------
 
 
-def _measure(c: Cell, device: str, artifacts_dir: str | None = None) -> _StepResult:
+def _measure(c: Cell, device: str, artifacts_dir: str | None = None, mesh=None) -> _StepResult:
     from .measure import FlopCounter, device as devmem, synchronizer, time_steps
 
     res = _StepResult()
@@ -382,6 +389,9 @@ def _measure(c: Cell, device: str, artifacts_dir: str | None = None) -> _StepRes
     res.precision = precision.start(c.precision, dev.type, fake=False)
     applied, spec, res.horizon = _prepare(c, device)
     res.applied = applied
+    if mesh is not None:  # a parallel cell at world_size 1: a real one-rank group
+        res.info["parallel"] = parallel.shard(applied, mesh, c.reshard_after_forward)
+        res.info["parallel"]["process_group"] = "real, one rank"
     inputs = workloads.make_inputs(c, device)
     optimizer = _make_optimizer(c, applied, for_cuda=dev.type == "cuda")
     devmem.warm_up_blas(dev, workloads.torch_dtype(c.dtype))
@@ -442,10 +452,16 @@ def _estimate(c: Cell, device: str, timeline: bool = True) -> _StepResult:
     res = _StepResult()
     res.device = device
     res.precision = precision.start(c.precision, torch.device(device).type, fake=True)
+    job = contextlib.nullcontext()
+    if parallel.is_parallel(c):
+        parallel.check_estimate(c)
+        job = parallel.fake_job(c.world_size, device)  # before the fake mode: the mesh must be real
     applied, spec, res.horizon = _prepare(c, "meta")
     res.applied = applied
     fake_mode = to_fake(applied.model, device)
-    with fake_mode:
+    with job as mesh, fake_mode:
+        if mesh is not None:
+            res.info["parallel"] = parallel.shard(applied, mesh, c.reshard_after_forward)
         inputs = workloads.make_inputs(c, device)
         # An estimate targets CUDA unless the cell asks for the CPU, even where this torch
         # build can only fake cpu tensors (info.estimate_device says which kernels ran).
@@ -611,7 +627,8 @@ def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, st
     def grads_done() -> None:
         res.grads_bytes = _unique_bytes(p.grad for p in model.parameters() if p.grad is not None)
 
-    with observer, saved, flops, live:
+    sharded = parallel.track_fsdp(live) if parallel.is_parallel(c) else contextlib.nullcontext()
+    with observer, saved, flops, live, sharded:
         _train_step(c, applied, inputs, optimizer, res, step, flops, live=live, saved=saved, on_grads=grads_done,
                     finish=False)
     # Read now: the live tracker's free callbacks outlive it, and on_step replaces parameters.
@@ -720,7 +737,7 @@ def _unique_bytes(tensors) -> int:
     seen: set[int] = set()
     total = 0
     for t in tensors:
-        st = t.untyped_storage()
+        st = parallel.local(t).untyped_storage()
         if id(st) not in seen:
             seen.add(id(st))
             total += st.nbytes()
@@ -762,6 +779,8 @@ def _fill_record(record: dict, c: Cell, res: _StepResult, mode: str, device: str
         "nvml_used": res.device_memory.get("nvml_used"),
         "host_rss_peak": res.device_memory.get("host_rss_peak"),
     }
+    if parallel.is_parallel(c):
+        record["memory"].update(parallel.rank_memory(live))
     if saved.discarded_bytes:  # graphs dropped in forward (DoRA's weight-norm path): saved, never kept
         record["memory"]["saved_discarded"] = saved.discarded_bytes
         record["memory"]["saved_discarded_adapter"] = saved.discarded_adapter_bytes
@@ -792,6 +811,8 @@ def _fill_record(record: dict, c: Cell, res: _StepResult, mode: str, device: str
     }
     record["series"] = series
     record["predicted"] = _predicted(c, res)
+    if parallel.is_parallel(c) and isinstance(record["predicted"], dict):
+        record["predicted"]["sharded"] = parallel.predicted(applied, c)
     record["info"] = _info(c, res)
     record["env"] = _env(device, mode, applied)
     if artifacts_dir:

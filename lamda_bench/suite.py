@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, PRECISIONS, Cell
+from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, Cell
 from .suite_conventions import AmbiguousTargets, canonical_dtype, key_hint, targets_settings
 from .suite_text import MAX_NESTING, TooDeep, read_suite_text, toml_loads
 
@@ -151,6 +151,9 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "gradient_checkpointing": _bool,
     "attn_implementation": _choice(ATTENTION),
     "seed": _int(0),
+    "world_size": _int(1),
+    "parallel": _choice(PARALLEL),
+    "reshard_after_forward": _bool,
     "timeout_s": _number(),
     "precision": _choice(PRECISIONS),
 }
@@ -474,7 +477,11 @@ class _Parser:
         except MethodError as e:
             raise self.fail(where, "method", str(e)) from None
         self.check_files(where, method_options, options)
-        return Cell(**fields, options=tuple(sorted(options.items())))
+        cell = Cell(**fields, options=tuple(sorted(options.items())))
+        problem = cell.parallel_problem()
+        if problem:
+            raise self.fail(where, "world_size", problem)
+        return cell
 
     def check_files(self, where: str, method_options: Mapping[str, Any], options: dict[str, Any]) -> None:
         """A file a cell will read (``Option(path=True)``) must be a regular file of bounded

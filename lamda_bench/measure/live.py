@@ -21,6 +21,10 @@ Categories:
   on): they are neither weights nor activations. They are also counted apart
   (``weight_copies``, ``weight_copies_peak``, ``weight_copies_at_peak``) and
   ``is_weight_copy`` lets the saved-tensor tracker tell them from activations.
+- sharded (FSDP2) steps only, told by ``parallel.track_fsdp`` through ``set_storage``:
+  ``unsharded_weights`` (a block's gathered parameters, whose storages FSDP2 resizes in
+  place) and ``comm_buffers`` (flat all-gather / reduce-scatter buffers). Parameters that
+  are DTensors count by their local shard.
 Tensors created before the tracker entered count only if they are one of the above.
 
 When a storage changes category after a peak was recorded (a grad written just before
@@ -143,7 +147,8 @@ class LiveMemoryTracker:
         for t in tree_flatten(self.inputs)[0]:
             if isinstance(t, torch.Tensor):
                 self._register(t, "activations")
-        trainable = {id(p.untyped_storage()): p.untyped_storage().nbytes() for p in params if p.requires_grad}
+        local = [getattr(p, "_local_tensor", p) for p in params if p.requires_grad]
+        trainable = {id(t.untyped_storage()): t.untyped_storage().nbytes() for t in local}
         self.trainable_weights = sum(trainable.values())
         self._register_grads()
         self._register_optimizer_state()
@@ -197,7 +202,24 @@ class LiveMemoryTracker:
                             self._register(u, category)
 
     # ---- bookkeeping --------------------------------------------------------------------
+    def set_storage(self, t: torch.Tensor, category: str) -> None:
+        """(Re)count ``t``'s storage at its current size under ``category``: for storages resized
+        in place (FSDP2's unsharded parameters), which no op output reveals."""
+        st = t.untyped_storage()
+        rec = self._storages.get(id(st))
+        if rec is None:
+            self.current.setdefault(category, 0)
+            self._register(t, category)
+            return
+        nbytes = st.nbytes()
+        self.current[rec.category] -= rec.nbytes
+        self.live_bytes += nbytes - rec.nbytes
+        self.current[category] = self.current.get(category, 0) + nbytes
+        rec.nbytes, rec.category = nbytes, category
+        self._note_peak()
+
     def _register(self, t: torch.Tensor, category: str, weight_copy: bool = False) -> None:
+        t = getattr(t, "_local_tensor", t)  # a DTensor (FSDP2 parameter): rank 0's shard
         st = t.untyped_storage()
         key = id(st)
         rec = self._storages.get(key)
@@ -209,7 +231,7 @@ class LiveMemoryTracker:
         rec = _Storage(nbytes, category, self._ops, weight_copy=weight_copy)
         rec.ref = weakref.ref(st, self._freer(key))
         self._storages[key] = rec
-        self.current[category] += nbytes
+        self.current[category] = self.current.get(category, 0) + nbytes
         self.live_bytes += nbytes
         if weight_copy:
             self.weight_copies += nbytes
@@ -231,9 +253,9 @@ class LiveMemoryTracker:
         for snap in [self.peak, *self.phase_peaks.values()]:
             if rec.created_at <= snap.at and rec.category in snap.by_category:
                 snap.by_category[rec.category] -= rec.nbytes
-                snap.by_category[category] += rec.nbytes
+                snap.by_category[category] = snap.by_category.get(category, 0) + rec.nbytes
         self.current[rec.category] -= rec.nbytes
-        self.current[category] += rec.nbytes
+        self.current[category] = self.current.get(category, 0) + rec.nbytes
         rec.category = category
 
     def _note_peak(self) -> None:
