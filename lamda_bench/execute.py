@@ -322,6 +322,7 @@ class _StepResult:
         self.instrumented_step = 1
         self.step_peaks: dict[int, Any] = {}  # step -> live.Peak, for the steps tracked (peaks.py)
         self.untracked_peak_steps: list[int] = []
+        self.sharded_prediction: dict | None = None  # parallel cells: rank 0's closed forms (parallel.predicted)
         self.precision = precision.PrecisionRun()  # the cell's policy: forward context, backward, step
 
 
@@ -633,6 +634,8 @@ def _instrumented_step(c: Cell, applied, inputs, optimizer, res: _StepResult, st
                     finish=False)
     # Read now: the live tracker's free callbacks outlive it, and on_step replaces parameters.
     res.weights_bytes = live.current["weights"]
+    if parallel.is_parallel(c):  # the trainable set this step trained (memory.optimizer's moment)
+        res.sharded_prediction = parallel.predicted(applied, c)
     _finish_step(applied, optimizer, res, step, flops)
     _note_step_peak(res, step, live.peak)
     res.saved, res.live, res.flops = saved, live, flops
@@ -812,7 +815,7 @@ def _fill_record(record: dict, c: Cell, res: _StepResult, mode: str, device: str
     record["series"] = series
     record["predicted"] = _predicted(c, res)
     if parallel.is_parallel(c) and isinstance(record["predicted"], dict):
-        record["predicted"]["sharded"] = parallel.predicted(applied, c)
+        record["predicted"]["sharded"] = res.sharded_prediction
     record["info"] = _info(c, res)
     record["env"] = _env(device, mode, applied)
     if artifacts_dir:

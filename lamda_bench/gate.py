@@ -271,7 +271,7 @@ def rerecord_baseline(records: list[dict[str, Any]], path: Path, previous: dict[
     if previous is not None:
         base["tolerances"], base["metrics"] = previous["tolerances"], previous["metrics"]
     ok = [r for r in records if r.get("status") == "ok"]
-    for rec in ok:
+    for rec in sorted(ok, key=lambda r: r["id"]):  # sorted: a re-recording diffs cell by cell
         base["cells"][rec["id"]] = cell_entry(rec, list(base["metrics"]))
     if not base["cells"]:
         raise GateUsageError("no ok record to make a baseline from")

@@ -251,7 +251,8 @@ def rank_memory(live) -> dict:
 
 def predicted(applied, cell) -> dict:
     """``predicted.sharded``: the closed forms of ``analytic`` for rank 0's persistent bytes,
-    from the model's parameters as they are now (after the instrumented step's schedule)."""
+    from the model's parameters as they are now: called after the instrumented step's optimizer
+    step and before the method's ``on_step`` (LaMDA's freeze), as ``memory.optimizer`` is read."""
     from torch.distributed.tensor import DTensor
 
     from . import analytic

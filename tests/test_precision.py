@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from lamda_bench.cell import Cell
+from lamda_bench.cell import ID_NEUTRAL_DEFAULTS, Cell
 from lamda_bench.execute import run_cell
 from lamda_bench.suite import SuiteError, parse_suite
 
@@ -46,10 +46,12 @@ def model_params(record):
 
 def test_default_precision_leaves_the_id_as_it_was_before_the_key():
     cell = Cell(workload="tiny-llama", method="lora", r=8)
-    # the id as computed before the key existed: every field but timeout_s, hashed
+    # the id as computed before the key existed: every field but timeout_s, hashed (the other
+    # keys added since, the parallel ones, are left out at their defaults too)
     d = cell.to_dict()
     d.pop("timeout_s")
-    d.pop("precision")
+    for key in ID_NEUTRAL_DEFAULTS:
+        d.pop(key)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     assert cell.id == f"tiny-llama-lora-r8-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
     assert cell.to_dict()["precision"] == "pure"  # recorded in the cell all the same
