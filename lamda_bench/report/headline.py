@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..cell import ID_NEUTRAL_DEFAULTS
 from .axes import SHAPE_AXES, Axes, cell_value, option_value, shape_key, show
 from .records import get, is_ok, mode
 from .tables import md_table
@@ -61,7 +62,8 @@ def where(rec: dict[str, Any], ref: dict[str, Any] | None) -> str:
 
 def group_title(rec: dict[str, Any]) -> str:
     parts = [f"{a}={show(cell_value(rec, a))}" for a in SHAPE_AXES
-             if a != "mode" and cell_value(rec, a) is not None]
+             if a != "mode" and cell_value(rec, a) is not None
+             and cell_value(rec, a) != ID_NEUTRAL_DEFAULTS.get(a)]  # pure, one device: unsaid
     return f"{MODE_TITLES.get(mode(rec), mode(rec))}: " + ", ".join(parts)
 
 
