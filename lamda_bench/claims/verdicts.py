@@ -270,7 +270,11 @@ def claim_peak(records: list[dict], gpu_records: list[dict] | None = None) -> Cl
     key, claim = "3", "up to 1.32x lower peak GPU memory"
     est = _peak_ratios(records, "memory.peak")
     gpu = _peak_ratios(gpu_records or [], "memory.cuda_max_allocated")
-    judge, judged_on = (gpu, "measured on a GPU (cuda_max_allocated over the run)") if gpu else (est, "estimated")
+    # Records from before whole-run peaks (no info.peak_steps) reset the allocator's peaks after
+    # step 1: their cuda_max_allocated covers the later steps only, and the verdict says so.
+    whole_run = all(isinstance((r.get("info") or {}).get("peak_steps"), dict) for r in gpu_records or [])
+    horizon = "over the run" if whole_run else "after step 1: these records predate whole-run peaks"
+    judge, judged_on = (gpu, f"measured on a GPU (cuda_max_allocated {horizon})") if gpu else (est, "estimated")
     if not judge:
         return cannot(key, claim, LAMDA_SOURCE, "no LoRA/LaMDA pair with a peak")
     best = {name: max((x for x in judge if _fp32_adapters(x[2]) == fp32), key=lambda x: x[0], default=None)
