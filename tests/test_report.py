@@ -261,3 +261,19 @@ def test_width_of_named_workloads_comes_from_their_config():
     assert width(rec) == 4096
     rec["cell"]["workload"] = "bart-large"
     assert width(rec) == 1024
+
+
+def test_agreement_pairs_records_written_before_the_id_neutral_keys_existed():
+    """An H100 record from before ``precision``/``world_size``/``parallel`` existed pairs with a
+    new estimate of the same cell (whose cell dict holds those keys at their defaults), and not
+    with one at another precision."""
+    from lamda_bench.report.agreement import pair_key
+
+    measured = make_record("lora", mode="measure")
+    estimate = json.loads(json.dumps(make_record("lora", mode="estimate")))
+    estimate["cell"].update(precision="pure", world_size=1, parallel="none", reshard_after_forward=True)
+    for key in ("precision", "world_size", "parallel", "reshard_after_forward"):
+        measured["cell"].pop(key, None)
+    assert pair_key(measured) == pair_key(estimate)
+    estimate["cell"]["precision"] = "amp-bf16"
+    assert pair_key(measured) != pair_key(estimate)

@@ -31,7 +31,12 @@ def pair_key(record: dict[str, Any]) -> str:
     """The resolved cell without the fields an estimate and a measurement differ in."""
     import json
 
+    from ..cell import ID_NEUTRAL_DEFAULTS
+
     cell = {k: v for k, v in (record.get("cell") or {}).items() if k not in _NOT_PAIRED_ON}
+    for key, default in ID_NEUTRAL_DEFAULTS.items():  # keys added since: absent means default
+        if cell.get(key, default) == default:
+            cell.pop(key, None)
     return json.dumps(cell, sort_keys=True, default=str)
 
 
