@@ -65,6 +65,15 @@ def _bar_panels(groups: list[tuple[str, list]], width_in: float = 9.0):
     return fig, [fig.add_subplot(grid[i, 0]) for i in range(len(groups))]
 
 
+def _panel_grid(n: int, margin: float, panel_height: float) -> tuple[Any, list]:
+    """Small multiples: ``n`` panels, three to a row, and ``margin`` inches on the right for the
+    legend outside the data; returns the figure and its axes in reading order."""
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig = figure(4.2 * cols + margin, panel_height * rows)
+    return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
+
+
 def _limit(groups: list, plot: Plot) -> list:
     if len(groups) > MAX_PANELS:
         plot.description += f" Only the first {MAX_PANELS} of {len(groups)} shape groups are drawn."
@@ -134,13 +143,8 @@ def plot_saved_per_token_vs_d(records: list[dict[str, Any]], out_dir: Path) -> P
                         "the r-dimensional claim")
         return plot
     panels = _limit(panels, plot)
-    cols = min(3, len(panels))
-    rows = -(-len(panels) // cols)
-    fig = figure(4.2 * cols + 2.6, 3.6 * rows)
-    axs = []
-    for i, rs in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        axs.append(ax)
+    fig, axs = _panel_grid(len(panels), margin=2.6, panel_height=3.6)
+    for ax, rs in zip(axs, panels):
         inner = Axes.of(rs, exclude=("d_in", "d_out", "batch", "seq"))
         series: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for rec in rs:
@@ -193,13 +197,8 @@ def plot_params_vs_r(records: list[dict[str, Any]], out_dir: Path) -> Plot:
     panels = _limit(panels, plot)
     inner = Axes.of([r for g in panels for r in g], exclude=_PARAM_FIXED + (
         "r", "batch", "seq", "dtype", "mode", "device", "steps", "warmup", "gradient_checkpointing"))
-    cols = min(3, len(panels))
-    rows = -(-len(panels) // cols)
-    fig = figure(4.2 * cols + 2.6, 3.6 * rows)
-    axs = []
-    for i, group in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        axs.append(ax)
+    fig, axs = _panel_grid(len(panels), margin=2.6, panel_height=3.6)
+    for ax, group in zip(axs, panels):
         lines: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
         for rec in group:  # parameter counts do not depend on batch/seq: one point per r
             lines[inner.label(rec)].setdefault(cell_value(rec, "r"), (get(rec, "params.trainable"),
@@ -312,13 +311,8 @@ def plot_pareto(records: list[dict[str, Any]], out_dir: Path) -> Plot:
         plot.skipped = "no ok record has both memory.peak and params.trainable"
         return plot
     groups = _limit(shape_groups(recs), plot)
-    cols = min(3, len(groups))
-    rows = -(-len(groups) // cols)
-    fig = figure(4.2 * cols + 2.0, 3.5 * rows)
-    axs = []
-    for i, (title, group) in enumerate(groups):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        axs.append(ax)
+    fig, axs = _panel_grid(len(groups), margin=2.0, panel_height=3.5)
+    for ax, (title, group) in zip(axs, groups):
         divisor, unit = byte_scale(max(get(r, "memory.peak") for r in group))
         for rec in group:
             method = str(cell_value(rec, "method"))
