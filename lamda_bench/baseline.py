@@ -20,12 +20,12 @@ is refused with one line naming the key.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from .record_values import is_number  # a finite int or float, not a bool: all a gated figure may be
 from .report.records import get, mode
 from .results import env_fields
 
@@ -71,9 +71,9 @@ def new_baseline() -> dict[str, Any]:
             "metrics": json.loads(json.dumps(DEFAULT_METRICS)), "cells": {}}
 
 
-def is_number(value: Any) -> bool:
-    """A finite int or float (not a bool): the only thing a gated figure may be."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def is_negative_count(metric: str, value: float) -> bool:
+    """Bytes and parameter counts are never negative: such a figure is corrupt, not an improvement."""
+    return value < 0 and metric.split(".")[0] in ("memory", "params")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -124,7 +124,7 @@ def validate(data: Any, where: str) -> None:
         for name, value in cell["metrics"].items():
             if not is_number(value):
                 raise GateUsageError(f"{where}: cell {cell_id!r} metric {name!r} is {value!r}, not a finite number")
-            if value < 0 and name.split(".")[0] in ("memory", "params"):
+            if is_negative_count(name, value):
                 raise GateUsageError(f"{where}: cell {cell_id!r} metric {name!r} is negative ({value})")
 
 

@@ -54,7 +54,7 @@ from typing import Any, TextIO
 from tabulate import tabulate
 
 from .baseline import (BASELINE_FORMAT, DEFAULT_METRICS, DEFAULT_TOLERANCES, GateUsageError, cell_entry,
-                       is_number, new_baseline, read_baseline, tolerance, write_baseline_atomic)
+                       is_negative_count, is_number, new_baseline, read_baseline, tolerance, write_baseline_atomic)
 from .report.records import ReportError, get, load_dir, mode
 from .report.units import fmt_bytes, fmt_count
 from .results import ResultsError, describe_drift, env_drift, env_fields
@@ -138,7 +138,7 @@ def _verdict(direction: str, base: float, now: float, allowed: float) -> str:
 
 
 def _valid_now(metric: str, value: Any) -> bool:
-    return is_number(value) and not (value < 0 and metric.split(".")[0] in ("memory", "params"))
+    return is_number(value) and not is_negative_count(metric, value)
 
 
 def check(records: list[dict[str, Any]], baseline: dict[str, Any], allow_env_drift: bool = False) -> GateResult:
