@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..results import FINGERPRINT_FIELDS
+from ..results import ENV_FIELDS as RESULTS_ENV_FIELDS
 from .axes import Axes
 from .escape import md, md_code
 from .records import ReportError, get, is_ok, load_dir, mode
@@ -32,10 +32,9 @@ COMPARED_METRICS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("throughput", "time.tokens_per_s", fmt_rate),
 )
 SORTS = ("change", "order", "peak", "throughput")
-# Environment fields named when they differ: the fingerprint's (results.FINGERPRINT_FIELDS),
-# then the ones that describe the run without entering the fingerprint.
-ENV_FIELDS = tuple(dict.fromkeys(FINGERPRINT_FIELDS + ("python", "device_name", "driver", "cpu_threads",
-                                                       "harness", "schema")))
+# Environment fields named when they differ: the ones a baseline stores (results.ENV_FIELDS:
+# the fingerprint's and python), then the ones that describe the run without entering it.
+ENV_FIELDS = RESULTS_ENV_FIELDS + ("device_name", "driver", "cpu_threads", "harness", "schema")
 
 
 def env_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
