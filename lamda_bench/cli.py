@@ -4,8 +4,8 @@ Exit codes: 0 done; 1 a run finished but some cells ended in ``error`` or ``time
 (their records say why); 2 bad input (one line on stderr, nothing written); 130
 interrupted with Ctrl-C (finished cells kept; the next run resumes).
 
-A user error is any ``ValueError`` subclass defined by lamda_bench (SuiteError,
-MethodError, WorkloadError, ResultsError, ...), whose message is one line by convention:
+A user error is any ``errors.UserError`` (SuiteError, MethodError, WorkloadError,
+ResultsError, ...; each module's own subclass), whose message is one line by convention:
 it is printed as ``lamda-bench: error: <message>`` without a traceback. Anything else is a
 bug and keeps its traceback.
 """
@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .terminal import printable, printable_lines
+from .errors import UserError
 
 PROG = "lamda-bench"
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
 
 
-class CliError(ValueError):
+class CliError(UserError):
     """A user error found by the CLI itself (missing file, unavailable launcher)."""
 
 
@@ -73,7 +74,7 @@ def _data_warnings_printed():
 
 
 def _is_user_error(e: BaseException) -> bool:
-    return isinstance(e, FileNotFoundError) or type(e).__module__.startswith("lamda_bench")
+    return isinstance(e, (FileNotFoundError, UserError))
 
 
 def _version() -> str:

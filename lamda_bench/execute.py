@@ -58,17 +58,14 @@ import torch
 from torch import nn
 
 from . import analytic, parallel, precision, workloads
-from .cell import DEVICES, MODES, OPTIMIZERS, PRECISIONS, Cell
+from .cell import Cell, CellError
+from .errors import UserError, one_line
 
 CPU_MEASURE_MAX_RAM_FRACTION = 0.25  # measure on CPU only when the predicted peak is below this share of RAM
 CPU_MEASURE_MAX_FLOPS = 3e10  # forward + backward FLOPs per step: a few seconds on 2 CPU cores
 SNAPSHOT_ENV = "LAMDA_BENCH_CUDA_SNAPSHOT"  # =1: write the instrumented step's CUDA memory snapshot
 SERIES_KEYS = ("step", "trainable", "optimizer", "backward_flops", "peak", "ran")
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "cannot allocate memory")
-
-
-class CellError(ValueError):
-    """A cell that cannot run as given (one-line message)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -85,9 +82,8 @@ def run_cell(cell: dict, artifacts_dir: str | None = None) -> dict:
         record["status"], record["error"] = "ok", None
     except Exception as e:  # noqa: BLE001 - the contract: a record, whatever happened
         record["status"] = "oom" if _is_oom(e) else "error"
-        record["error"] = _one_line(e)
-        if not isinstance(e, (CellError, workloads.WorkloadError, analytic.AnalyticError,
-                              precision.PrecisionError)) and not _is_bad_input(e):
+        record["error"] = one_line(e)
+        if not isinstance(e, UserError):
             traceback.print_exc(file=sys.stderr)  # the launcher keeps stderr in the cell's log
         if record["env"] is None:
             record["env"] = _failed_cell_env()
@@ -148,44 +144,14 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and any(m in str(e).lower() for m in OOM_MESSAGES)
 
 
-def _is_bad_input(e: BaseException) -> bool:
-    from .methods import MethodError
-
-    return isinstance(e, (MethodError, parallel.ParallelError)) or type(e).__name__ in ("FakeConversionError",
-                                                                                       "ResultsError")
-
-
-def _one_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    first = lines[0] if lines else ""
-    if isinstance(e, (CellError, workloads.WorkloadError, analytic.AnalyticError, precision.PrecisionError)) \
-            or _is_bad_input(e):
-        return first or type(e).__name__
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
-
-
 # ---------------------------------------------------------------------------------------
 # resolution: device, mode, horizon
 # ---------------------------------------------------------------------------------------
 
 
 def _validate(c: Cell) -> None:
-    for key, value, allowed in (("device", c.device, DEVICES), ("mode", c.mode, MODES),
-                                ("optimizer", c.optimizer, OPTIMIZERS), ("precision", c.precision, PRECISIONS)):
-        if value not in allowed:
-            raise CellError(f"cell {key} {value!r} is not one of {list(allowed)}")
-    for key in ("batch", "seq", "r"):
-        v = getattr(c, key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise CellError(f"cell {key} must be an integer >= 1, got {v!r}")
-    for key in ("steps", "warmup"):
-        v = getattr(c, key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise CellError(f"cell {key} must be an integer >= 0, got {v!r}")
+    c.validate()  # the cell rules (cell.py), the same the suite parser applies
     workloads.torch_dtype(c.dtype)  # one-line WorkloadError for an unknown dtype
-    problem = c.parallel_problem()
-    if problem:
-        raise CellError(problem)
 
 
 def _resolve_device(c: Cell) -> str:
@@ -235,7 +201,7 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
     try:
         c = Cell.from_dict(cell_dict)
     except (TypeError, ValueError) as e:
-        raise CellError(f"invalid cell: {_one_line(e)}") from None
+        raise CellError(f"invalid cell: {one_line(e)}") from None
     record["id"] = c.id
     _validate(c)
     requested = c

@@ -55,6 +55,7 @@ from .cell import Cell
 from .lifeline import die_with_parent, die_with_sentinel
 from .outdir import OutDirLock, prepare_out_dir
 from .results import STATUSES, append_record, completed_ids_of, environment, load_results, results_path
+from .errors import UserError
 
 DEFAULT_RUNNER = "lamda_bench.execute:run_cell"
 POLL_S = 0.25
@@ -67,7 +68,7 @@ OOM_RSS_SHARE = 0.50
 MAX_TEXT_CHARS = 4000
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError):
     """Bad launcher input (runner path that does not import, jobs < 1); one line."""
 
 

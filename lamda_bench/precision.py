@@ -37,11 +37,12 @@ from dataclasses import dataclass
 import torch
 
 from .cell import PRECISIONS
+from .errors import UserError
 
 DEFAULT_PRECISION = "pure"
 
 
-class PrecisionError(ValueError):
+class PrecisionError(UserError):
     """A precision policy that cannot run as asked (one-line message)."""
 
 

@@ -43,9 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, Cell
+from .cell import ATTENTION, DEVICES, DTYPES, MIN_INTS, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, Cell
 from .suite_conventions import AmbiguousTargets, canonical_dtype, key_hint, targets_settings
 from .suite_text import MAX_NESTING, TooDeep, read_suite_text, toml_loads
+from .errors import UserError
 
 LINEAR_WORKLOAD = "linear"
 # Methods whose result does not depend on r or alpha: their cells get the Cell defaults for
@@ -62,7 +63,7 @@ INT64_MAX = 2**63 - 1
 
 
 
-class SuiteError(ValueError):
+class SuiteError(UserError):
     """A suite file that cannot be run; the message is one line naming file and key."""
 
 
@@ -133,25 +134,25 @@ def _targets(v: Any) -> Any:
 CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "workload": _str,
     "method": _str,
-    "r": _int(1),
+    "r": _int(MIN_INTS["r"]),
     "alpha": _number(),
     "targets": _targets,
-    "layers": _int(1),
-    "d_in": _int(1),
-    "d_out": _int(1),
-    "batch": _int(1),
-    "seq": _int(1),
+    "layers": _int(MIN_INTS["layers"]),
+    "d_in": _int(MIN_INTS["d_in"]),
+    "d_out": _int(MIN_INTS["d_out"]),
+    "batch": _int(MIN_INTS["batch"]),
+    "seq": _int(MIN_INTS["seq"]),
     "dtype": lambda v: _choice(DTYPES)(canonical_dtype(v)),
     "device": _choice(DEVICES),
     "mode": _choice(MODES),
-    "steps": _int(1),
-    "warmup": _int(0),
+    "steps": _int(MIN_INTS["steps"]),
+    "warmup": _int(MIN_INTS["warmup"]),
     "optimizer": _choice(OPTIMIZERS),
     "lr": _number(),
     "gradient_checkpointing": _bool,
     "attn_implementation": _choice(ATTENTION),
-    "seed": _int(0),
-    "world_size": _int(1),
+    "seed": _int(MIN_INTS["seed"]),
+    "world_size": _int(MIN_INTS["world_size"]),
     "parallel": _choice(PARALLEL),
     "reshard_after_forward": _bool,
     "timeout_s": _number(),
@@ -478,9 +479,9 @@ class _Parser:
             raise self.fail(where, "method", str(e)) from None
         self.check_files(where, method_options, options)
         cell = Cell(**fields, options=tuple(sorted(options.items())))
-        problem = cell.parallel_problem()
-        if problem:
-            raise self.fail(where, "world_size", problem)
+        found = cell.problem()  # the cell rules the runner applies too (Cell.validate)
+        if found:
+            raise self.fail(where, *found)
         return cell
 
     def check_files(self, where: str, method_options: Mapping[str, Any], options: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..results import RESULTS_FILE, latest_by_id, load_results
 from .probes import PROBE_SUITE, default_probes
 from .verdicts import VERDICTS, ClaimRow, all_claims
+from ..errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 CLAIMS_SUITE = REPO / "suites" / "claims.toml"
@@ -29,7 +30,7 @@ PROBES_DIR = "probes"
 CLAIMS_FILE = "claims.md"
 
 
-class ClaimsError(ValueError):
+class ClaimsError(UserError):
     """A claims directory that cannot be written from (one line)."""
 
 

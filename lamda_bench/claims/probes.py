@@ -80,7 +80,8 @@ def default_probes() -> list[Cell]:
 
 def run_probe(cell: dict, artifacts_dir: str | None = None) -> dict:
     """One probe cell in, one record out (never raises)."""
-    from ..execute import _blank_record, _one_line
+    from ..errors import one_line as _one_line
+    from ..execute import _blank_record
 
     t0 = time.perf_counter()
     record = _blank_record(cell)
