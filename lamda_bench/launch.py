@@ -57,7 +57,7 @@ from .outdir import OutDirLock, prepare_out_dir
 from .results import STATUSES, append_record, completed_ids_of, environment, load_results, results_path
 from .errors import UserError
 
-DEFAULT_RUNNER = "lamda_bench.execute:run_cell"
+DEFAULT_RUNNER = "lamda_bench.run:run_cell"
 POLL_S = 0.25
 # SIGKILL counts as a likely OOM kill when the machine had less than this share of its
 # memory available, or the cell process held more than OOM_RSS_SHARE of it, at the last sample.
