@@ -17,6 +17,7 @@ import torch
 
 from .. import parallel, precision, workloads
 from ..cell import Cell
+from ..measure import StepTrackers
 from .build import make_optimizer, prepare, prime_optimizer
 from .observe import InputObserver
 from .resolve import Plan
@@ -40,7 +41,7 @@ class Loop:
 
 
 def measure(plan: Plan, artifacts_dir: str | None = None, mesh=None) -> StepResult:
-    from ..measure import FlopCounter, device as devmem, synchronizer, time_steps
+    from ..measure import device as devmem, synchronizer, time_steps
 
     c, device = plan.cell, plan.device
     res = StepResult(device=device, horizon=plan.horizon)
@@ -67,9 +68,9 @@ def measure(plan: Plan, artifacts_dir: str | None = None, mesh=None) -> StepResu
         if step in tracked:
             tracked_step(loop, step)
             continue
-        with FlopCounter(applied.model, applied.is_adapter_module) as fc:
-            train_step(loop, step, flops=fc)
-            finish_step(loop, step, fc)
+        with StepTrackers(applied.model, applied.is_adapter_module, saved=False, live=False) as trackers:
+            train_step(loop, step, trackers)
+            finish_step(loop, step, trackers.flops)
 
     step += 1
     snapshot = snapshot_path(c, artifacts_dir) if dev.type == "cuda" else None
@@ -154,21 +155,14 @@ def estimate(plan: Plan, device: str) -> StepResult:
 # ---- one step --------------------------------------------------------------------------
 
 
-def train_step(loop: Loop, step: int, flops=None, live=None, saved=None,
+def train_step(loop: Loop, step: int, trackers: StepTrackers | None = None,
                on_grads: Callable[[], None] | None = None) -> None:
-    """forward, loss, backward, optimizer step; trackers' phases marked where given.
+    """forward, loss, backward, optimizer step; the trackers' phases marked where given.
 
     The method's ``on_step`` and the step's series entry are the caller's (``finish_step``):
     the tracked steps run them after their trackers have exited.
     """
-
-    def phase(name: str):
-        stack = contextlib.ExitStack()
-        for tracker in (live, flops, saved):
-            if tracker is not None:
-                stack.enter_context(tracker.phase(name))
-        return stack
-
+    phase = trackers.phase if trackers is not None else _no_phase
     res = loop.result
     record_before(loop, step, ran=True)
     with phase("forward"), res.precision.forward():
@@ -182,6 +176,11 @@ def train_step(loop: Loop, step: int, flops=None, live=None, saved=None,
         res.precision.step(loop.optimizer)
         loop.optimizer.zero_grad(set_to_none=True)
         drop_input_grads(loop.inputs)
+
+
+@contextlib.contextmanager
+def _no_phase(name: str):
+    yield
 
 
 def finish_step(loop: Loop, step: int, flops) -> None:
@@ -207,44 +206,36 @@ def drop_input_grads(inputs: dict) -> None:
 def tracked_step(loop: Loop, step: int) -> None:
     """A step that can hold the run's peak (``peaks.py``): live bytes and FLOPs tracked, no
     timeline, no saved-tensor tracker."""
-    from ..measure import FlopCounter, LiveMemoryTracker, ModuleScope
-
     applied = loop.applied
-    scope = ModuleScope(applied.model)
-    live = LiveMemoryTracker(applied.model, loop.optimizer, scope=scope, timeline=False, inputs=loop.inputs)
-    flops = FlopCounter(applied.model, applied.is_adapter_module, scope=scope)
-    with flops, live:
-        train_step(loop, step, flops=flops, live=live)
-    finish_step(loop, step, flops)
-    note_step_peak(loop.result, step, live.peak)
+    trackers = StepTrackers(applied.model, applied.is_adapter_module, loop.optimizer, saved=False,
+                            timeline=False, inputs=loop.inputs)
+    with trackers:
+        train_step(loop, step, trackers)
+    finish_step(loop, step, trackers.flops)
+    note_step_peak(loop.result, step, trackers.live.peak)
 
 
 def instrumented_step(loop: Loop, step: int, timeline: bool) -> None:
     """The step with every tracker on. The module-boundary timeline (about 0.5 s of hooks on a
     full-size model) is kept only when there is an artifacts dir to write it to."""
-    from ..measure import FlopCounter, LiveMemoryTracker, ModuleScope, SavedTensorTracker
-
     c, applied, res = loop.cell, loop.applied, loop.result
     model = applied.model
     adapted = set(applied.adapted)
-    scope = ModuleScope(model)
-    saved = SavedTensorTracker(model, applied.is_adapter_module, scope=scope, keep_tensors=False)
-    observer = InputObserver(applied, saved)
 
     def on_timeline(name: str) -> bool:
         return name in adapted
 
-    live = LiveMemoryTracker(model, loop.optimizer, scope=scope, timeline=timeline, timeline_filter=on_timeline,
-                             inputs=loop.inputs)
-    saved.is_weight_copy = live.is_weight_copy  # autocast's weight casts: saved apart from activations
-    flops = FlopCounter(model, applied.is_adapter_module, scope=scope)
+    trackers = StepTrackers(model, applied.is_adapter_module, loop.optimizer, timeline=timeline,
+                            timeline_filter=on_timeline, inputs=loop.inputs, keep_tensors=False)
+    saved, live, flops = trackers.saved, trackers.live, trackers.flops
+    observer = InputObserver(applied, saved)
 
     def grads_done() -> None:
         res.grads_bytes = unique_bytes(p.grad for p in model.parameters() if p.grad is not None)
 
     sharded = parallel.track_fsdp(live) if parallel.is_parallel(c) else contextlib.nullcontext()
-    with observer, saved, flops, live, sharded:
-        train_step(loop, step, flops=flops, live=live, saved=saved, on_grads=grads_done)
+    with observer, trackers, sharded:
+        train_step(loop, step, trackers, on_grads=grads_done)
     # Read now: the live tracker's free callbacks outlive it, and on_step replaces parameters.
     res.weights_bytes = live.current["weights"]
     if parallel.is_parallel(c):  # the trainable set this step trained (memory.optimizer's moment)
