@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- run -------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .launch import DEFAULT_RUNNER, LaunchError, check_runner, run_cells
+    from .launch import DEFAULT_RUNNER, LaunchError, run_cells
+    from .launch_child import check_runner
     from .results import load_results, results_path
     from .suite import load_suite, parse_override
 

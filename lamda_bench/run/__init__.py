@@ -134,7 +134,7 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
     record["cell"] = resolved
     result.info["mode_reason"] = mode_reason
     result.info["requested"] = {"device": c.device, "mode": c.mode}
-    fill_record(record, c, result, mode, run_device, artifacts_dir)
+    fill_record(record, plan, result, mode, run_device, artifacts_dir)
 
 
 def _auto_on_cpu(plan: Plan) -> tuple[str, str, StepResult | None]:

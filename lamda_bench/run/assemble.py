@@ -19,6 +19,7 @@ import torch
 from .. import analytic, parallel, precision, workloads
 from ..cell import Cell
 from .observe import adapter_itemsize
+from .resolve import Plan
 from .result import StepResult, empty_series
 
 
@@ -71,7 +72,8 @@ def cell_id(cell: Any) -> str | None:
 
 
 
-def fill_record(record: dict, c: Cell, res: StepResult, mode: str, device: str, artifacts_dir: str | None) -> None:
+def fill_record(record: dict, plan: Plan, res: StepResult, mode: str, device: str, artifacts_dir: str | None) -> None:
+    c = plan.cell
     applied, live, saved, flops = res.applied, res.live, res.saved, res.flops
     series = res.series
     record["params"] = {
@@ -132,7 +134,7 @@ def fill_record(record: dict, c: Cell, res: StepResult, mode: str, device: str, 
         "tokens_per_s": tokens / t.median_s if t and t.median_s > 0 else None,
     }
     record["series"] = series
-    record["predicted"] = predicted(c, res)
+    record["predicted"] = predicted(plan, res)
     if parallel.is_parallel(c) and isinstance(record["predicted"], dict):
         record["predicted"]["sharded"] = res.sharded_prediction
     record["info"] = info(c, res)
@@ -143,7 +145,8 @@ def fill_record(record: dict, c: Cell, res: StepResult, mode: str, device: str, 
             record["artifacts"]["cuda_snapshot"] = res.snapshot
 
 
-def predicted(c: Cell, res: StepResult) -> dict:
+def predicted(plan: Plan, res: StepResult) -> dict:
+    c = plan.cell
     applied = res.applied
     method = c.method
     info = applied.info
@@ -158,7 +161,7 @@ def predicted(c: Cell, res: StepResult) -> dict:
 
     itemsize = adapter_itemsize(applied)
     calls = res.calls
-    input_itemsize = calls[0].input_itemsize if calls else workloads.torch_dtype(c.dtype).itemsize
+    input_itemsize = calls[0].input_itemsize if calls else plan.dtype.itemsize
     try:
         pred = analytic.predict(
             method, res.layers, c.r, c.batch * c.seq,
