@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
+from .errors import UserError
 
 # Method families by the structure of their adapter path.
 LORA_LIKE = ("lora", "pissa")  # B A x, A and B trainable (PiSSA only changes the init)
@@ -49,7 +50,7 @@ LAMDA_LIKE = ("lamda", "lamda++")  # s B S A x, A frozen, S trainable, B gradual
 KNOWN_METHODS = ("full", "lora", "pissa", "lora-fa", "dora", "vera", "lamda", "lamda++")
 
 
-class AnalyticError(ValueError):
+class AnalyticError(UserError):
     """A prediction was asked for something it cannot describe (one-line message)."""
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
+from .errors import UserError
 
 if TYPE_CHECKING:
     import pandas
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from .suite import Suite
 
 
-class ApiError(ValueError):
+class ApiError(UserError):
     """A bad argument to ``run`` or ``load``; the message is one line."""
 
 

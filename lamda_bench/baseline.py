@@ -28,6 +28,7 @@ from typing import Any
 from .record_values import is_number  # a finite int or float, not a bool: all a gated figure may be
 from .report.records import get, mode
 from .results import env_fields
+from .errors import UserError
 
 BASELINE_FORMAT = "lamda-bench-baseline"
 BASELINE_VERSION = 1
@@ -61,7 +62,7 @@ DEFAULT_METRICS: dict[str, dict[str, Any]] = {
 }
 
 
-class GateUsageError(ValueError):
+class GateUsageError(UserError):
     """Bad gate input; the message is one line."""
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from .errors import UserError
 
 MIB = 2**20
 GIB = 2**30
@@ -64,7 +65,7 @@ _UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
-class BudgetError(ValueError):
+class BudgetError(UserError):
     """A budget or size that cannot be read (one line)."""
 
 

@@ -1,7 +1,7 @@
 """One benchmark cell: a fully resolved, hashable description of one training-step measurement.
 
 A suite expands into cells; the launcher hands each cell (as a plain dict, so it crosses
-process boundaries unchanged) to ``lamda_bench.execute.run_cell``; the record it returns
+process boundaries unchanged) to ``lamda_bench.run.run_cell``; the record it returns
 carries the cell back verbatim. The cell id is a hash of the resolved cell, so the same
 settings give the same id in every run (that is what resume relies on).
 """
@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 DTYPES = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("auto", "measure", "estimate")
@@ -27,6 +29,17 @@ PARALLEL = ("none", "fsdp2", "ddp")
 # Keys added after cell ids were first recorded: at their default they are left out of the id's
 # hash, so every cell written before the key existed keeps its id (resume, baselines).
 ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True}
+# The integer keys and their least value. ``steps`` (timed steps) may be 0: the instrumented
+# step always runs, an estimate times nothing, and the runner's own tests use 0.
+MIN_INTS = {"r": 1, "batch": 1, "seq": 1, "layers": 1, "d_in": 1, "d_out": 1, "steps": 0, "warmup": 0, "seed": 0,
+            "world_size": 1}
+OPTIONAL_INTS = ("layers", "d_in", "d_out")  # None: the workload's own
+CHOICES = {"device": DEVICES, "mode": MODES, "optimizer": OPTIMIZERS,
+           "attn_implementation": ATTENTION, "precision": PRECISIONS, "parallel": PARALLEL}
+
+
+class CellError(UserError):
+    """A cell that cannot run as given (one-line message)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,29 @@ class Cell:
         if unknown:
             raise ValueError(f"unknown cell keys: {', '.join(unknown)}")
         return cls(**d, options=tuple(sorted(dict(opts).items())))
+
+    def validate(self) -> None:
+        """The cell rules, one set for the suite parser and the runner: a one-line CellError
+        for the first value this cell cannot have. The dtype is checked where it is resolved
+        to a torch dtype (``workloads.torch_dtype``, which also takes aliases such as "bfloat16")."""
+        found = self.problem()
+        if found:
+            raise CellError(found[1])
+
+    def problem(self) -> tuple[str, str] | None:
+        """(key, one line saying what is wrong with it) for the first bad value, or None."""
+        for key, allowed in CHOICES.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                return key, f"cell {key} {value!r} is not one of {list(allowed)}"
+        for key, least in MIN_INTS.items():
+            v = getattr(self, key)
+            if v is None and key in OPTIONAL_INTS:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                return key, f"cell {key} must be an integer >= {least}, got {v!r}"
+        problem = self.parallel_problem()
+        return ("world_size", problem) if problem else None
 
     def parallel_problem(self) -> str | None:
         """One line saying what is wrong with world_size/parallel, or None."""

@@ -4,8 +4,8 @@ Exit codes: 0 done; 1 a run finished but some cells ended in ``error`` or ``time
 (their records say why); 2 bad input (one line on stderr, nothing written); 130
 interrupted with Ctrl-C (finished cells kept; the next run resumes).
 
-A user error is any ``ValueError`` subclass defined by lamda_bench (SuiteError,
-MethodError, WorkloadError, ResultsError, ...), whose message is one line by convention:
+A user error is any ``errors.UserError`` (SuiteError, MethodError, WorkloadError,
+ResultsError, ...; each module's own subclass), whose message is one line by convention:
 it is printed as ``lamda-bench: error: <message>`` without a traceback. Anything else is a
 bug and keeps its traceback.
 """
@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .terminal import printable, printable_lines
+from .errors import UserError
 
 PROG = "lamda-bench"
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
 
 
-class CliError(ValueError):
+class CliError(UserError):
     """A user error found by the CLI itself (missing file, unavailable launcher)."""
 
 
@@ -73,7 +74,7 @@ def _data_warnings_printed():
 
 
 def _is_user_error(e: BaseException) -> bool:
-    return isinstance(e, FileNotFoundError) or type(e).__module__.startswith("lamda_bench")
+    return isinstance(e, (FileNotFoundError, UserError))
 
 
 def _version() -> str:
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how local cell processes start (auto: forked from a server that imported torch, "
                           "transformers and peft once, except cells that may use CUDA; spawn: a new interpreter each)")
     run.add_argument("--runner", default=None, metavar="MODULE:FUNCTION",
-                     help="function run in each cell process (default lamda_bench.execute:run_cell)")
+                     help="function run in each cell process (default lamda_bench.run:run_cell)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--wait", action="store_true",
                      help="if another run holds --out, wait for it to finish (default: exit 2 naming it)")
@@ -174,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- run -------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .launch import DEFAULT_RUNNER, LaunchError, check_runner, run_cells
+    from .launch import DEFAULT_RUNNER, LaunchError, run_cells
+    from .launch_child import check_runner
     from .results import load_results, results_path
     from .suite import load_suite, parse_override
 

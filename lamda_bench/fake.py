@@ -20,9 +20,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from .errors import UserError
 
 
-class FakeConversionError(ValueError):
+class FakeConversionError(UserError):
     """The model cannot be converted (real weights, or a device fake tensors cannot emulate)."""
 
 

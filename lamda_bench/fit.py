@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 from .budgets import Budget
 from .cell import Cell
+from .errors import UserError
 
 AXES = ("batch", "seq")
 DEFAULT_MULTIPLE = {"batch": 1, "seq": 128}
@@ -35,7 +36,7 @@ DEFAULT_LIMIT = {"batch": 4096, "seq": 131072}  # seq: the workload's max positi
 SUITE_NAME = "fit"
 
 
-class FitError(ValueError):
+class FitError(UserError):
     """Bad fit input (axis, multiple, limit): one line."""
 
 

@@ -30,61 +30,35 @@ Why this shape:
   ``interrupted`` is set (the CLI exits 130) and the next run resumes.
 - Each cell's stdout/stderr go to ``<out>/logs/<id>.log`` (kept only when non-empty), so a
   crash leaves its traceback (faulthandler is on) without garbling the progress bar.
-- ``Sweep`` (resume, the one writer, progress bar, summary), ``run_runner`` and
-  ``complete_record`` are shared with the Ray launcher (``launch_ray.py``).
+- The launch is three modules: this one (the parent side: scheduling, polling, stopping),
+  ``launch_child.py`` (the cell process's side: runner, log, threads, one record back) and
+  ``launch_sweep.py`` (``Sweep``: resume, the one writer, progress bar, summary;
+  ``complete_record``), the last two shared with the Ray launcher (``launch_ray.py``).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import signal
-import sys
 import time
-from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from . import forkserver
 from .cell import Cell
-from .lifeline import die_with_parent, die_with_sentinel
-from .outdir import OutDirLock, prepare_out_dir
-from .results import STATUSES, append_record, completed_ids_of, environment, load_results, results_path
+from .launch_child import LaunchError, child_main, cpu_threads_per_cell
+from .launch_sweep import RunSummary, Sweep
 
-DEFAULT_RUNNER = "lamda_bench.execute:run_cell"
+DEFAULT_RUNNER = "lamda_bench.run:run_cell"
 POLL_S = 0.25
 # SIGKILL counts as a likely OOM kill when the machine had less than this share of its
 # memory available, or the cell process held more than OOM_RSS_SHARE of it, at the last sample.
 OOM_AVAILABLE_SHARE = 0.10
 OOM_RSS_SHARE = 0.50
-# A record's error message is cut to this many characters (the full text is in the cell's
-# log): records stay a few KiB, so a kill mid-append can tear at most the line being written.
-MAX_TEXT_CHARS = 4000
-
-
-class LaunchError(ValueError):
-    """Bad launcher input (runner path that does not import, jobs < 1); one line."""
-
-
-@dataclass
-class RunSummary:
-    """What a launch did: cells planned, skipped (already recorded), the records written now."""
-
-    out_dir: Path
-    planned: int = 0
-    skipped: int = 0
-    records: list[dict[str, Any]] = field(default_factory=list)
-    interrupted: bool = False
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def statuses(self) -> Counter:
-        return Counter(r.get("status") for r in self.records)
 
 
 # ---- device discovery without CUDA --------------------------------------------------------
@@ -114,115 +88,6 @@ def is_gpu_cell(cell: Cell, gpus: int) -> bool:
     return cell.device == "cuda" or (cell.device == "auto" and gpus > 0)
 
 
-# ---- the child side ------------------------------------------------------------------------
-
-def resolve_runner(path: str) -> Callable[[dict, str | None], dict]:
-    module_name, _, func_name = path.partition(":")
-    if not module_name or not func_name:
-        raise LaunchError(f"runner {path!r}: expected 'module:function'")
-    module = importlib.import_module(module_name)
-    try:
-        return getattr(module, func_name)
-    except AttributeError:
-        raise LaunchError(f"runner {path!r}: module {module_name!r} has no {func_name!r}") from None
-
-
-def check_runner(path: str) -> None:
-    """Fail early, in the parent, on a runner path that cannot import (without importing it)."""
-    module_name, _, func_name = path.partition(":")
-    if not module_name or not func_name:
-        raise LaunchError(f"runner {path!r}: expected 'module:function'")
-    try:
-        spec = importlib.util.find_spec(module_name)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        raise LaunchError(f"runner {path!r}: no module named {module_name!r}")
-
-
-def run_runner(runner: str, cell: dict, artifacts_dir: str | None) -> dict[str, Any]:
-    """Run the cell through the runner in this process; an exception becomes a record (its
-    traceback printed to this process's stderr, i.e. the cell's log). Shared by launchers."""
-    try:
-        record = resolve_runner(runner)(cell, artifacts_dir)
-    except Exception as e:  # run_cell never raises; a fake or a broken runner might
-        import traceback
-
-        traceback.print_exc()
-        oom = isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
-        first = (str(e).strip().splitlines() or [""])[0]
-        record = {"status": "oom" if oom else "error",
-                  "error": f"runner raised {type(e).__name__}: {first}".rstrip(": ")}
-    if not isinstance(record, dict):
-        record = {"status": "error", "error": f"runner returned {type(record).__name__}, not a record dict"}
-    return record
-
-
-def redirect_output(log_path: str) -> None:
-    """Send this process's fd 1 and 2 to the cell's log; faulthandler on, so a crash leaves
-    its traceback there. Only for a process that runs one cell and exits."""
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(log_fd)
-    import faulthandler
-
-    faulthandler.enable()
-
-
-def cpu_threads_per_cell(jobs: int) -> int:
-    """Cores this process may use, shared equally by ``jobs`` concurrent cells (at least 1)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, jobs))
-
-
-def limit_cpu_threads(threads: int) -> None:
-    """Size this process's OpenMP/MKL pools before torch is imported. Where the user set
-    either variable, both are left as they are (torch reads them together)."""
-    variables = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    if not any(v in os.environ for v in variables):
-        for var in variables:
-            os.environ[var] = str(threads)
-
-
-def _child_main(runner: str, cell: dict, artifacts_dir: str | None, conn, log_path: str,
-                cuda_index: int | None, threads: int, parent: dict | None = None) -> None:
-    """Entry point of a cell process: run the cell, send back exactly one record. ``parent``:
-    the launcher's state, for a child forked from the preloaded server (``forkserver.py``)."""
-    import multiprocessing
-
-    launcher = multiprocessing.parent_process()  # no orphan outlives the runner (lifeline.py)
-    if parent is None:  # spawned: the launcher is our parent
-        die_with_parent(launcher.pid if launcher is not None else None)
-    else:  # forked from the preloaded server: watch the launcher itself, and the server
-        die_with_parent()
-        if launcher is not None:
-            die_with_sentinel(launcher.sentinel)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    if parent is not None:
-        forkserver.adopt(parent)
-    redirect_output(log_path)
-    limit_cpu_threads(threads)
-    if parent is not None:
-        forkserver.set_torch_threads()
-    if cuda_index is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(cuda_index)
-    conn.send(run_runner(runner, cell, artifacts_dir))
-    conn.close()
-    # Everything the cell produced is in the record (sent) or in artifacts written
-    # atomically before run_cell returned. Skip the interpreter's teardown: destroying a
-    # full-size model's module and autograd objects took about 1 s, and the parent waits
-    # for this process to end before it starts the next cell.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 # ---- the parent side -------------------------------------------------------------------
 
 @dataclass
@@ -237,88 +102,6 @@ class _Running:
     start: str = "spawn"
     rss_peak: int = 0
     low_memory: bool = False
-
-
-class Sweep:
-    """What every launcher shares: the cells still to run (resume), the one writer of
-    ``results.jsonl``, the progress bar and the summary. ``open`` checks everything before
-    any write; ``record`` completes and appends one cell's record; ``close`` tidies up."""
-
-    def __init__(self, cells: Sequence[Cell], out_dir: str | Path, suite: str, runner: str,
-                 retry_failed: bool, progress: bool, wait_for_lock: bool = False):
-        check_runner(runner)
-        self.out_dir = Path(out_dir)
-        self.suite = suite
-        self.path = results_path(self.out_dir)
-        # Writable, compatible (ResultsError raised before anything is written), then ours
-        # alone (outdir.py); the results are read again under the lock for resume.
-        prepare_out_dir(self.out_dir, self.path)
-        load_results(self.path)
-        self.lock = OutDirLock(self.out_dir, wait=wait_for_lock).acquire()
-        try:
-            loaded = load_results(self.path)
-        except BaseException:
-            self.lock.release()
-            raise
-        self.summary = RunSummary(out_dir=self.out_dir, planned=len(cells), warnings=loaded.warnings(self.path))
-        done = completed_ids_of(loaded.records, retry_failed=retry_failed)
-        self.pending: list[Cell] = [c for c in cells if c.id not in done]
-        self.summary.skipped = len(cells) - len(self.pending)
-        if not self.pending:
-            self.lock.release()
-        self.progress = progress
-        self.bar = None
-        self.env: dict[str, Any] | None = None
-        self.running: dict[str, str] = {}  # cell id -> its label on the progress bar
-        from .report.axes import Axes
-
-        self.axes = Axes.of([{"cell": c.to_dict()} for c in cells])
-
-    def start(self) -> None:
-        """Called once there is something to run: logs folder, environment, progress bar."""
-        from tqdm import tqdm
-
-        (self.out_dir / "logs").mkdir(parents=True, exist_ok=True)
-        self.env = environment()
-        self.bar = tqdm(total=len(self.pending), unit="cell", file=sys.stderr, disable=not self.progress,
-                        dynamic_ncols=True, desc=self.suite)
-
-    def started(self, cell: Cell) -> None:
-        """Name the cell on the progress bar while it runs (settings that vary in the suite)."""
-        self.running[cell.id] = self.axes.label({"cell": cell.to_dict()}, skip=()) or cell.id
-        self._describe()
-
-    def _describe(self) -> None:
-        if self.bar is None:
-            return
-        names = list(self.running.values())
-        shown = ", ".join(names[:2]) + (f" +{len(names) - 2} more" if len(names) > 2 else "")
-        self.bar.set_description(f"{self.suite}: {shown}" if shown else self.suite, refresh=True)
-
-    def log_path(self, cell: Cell) -> Path:
-        return self.out_dir / "logs" / f"{cell.id}.log"
-
-    def record(self, cell: Cell, record: dict[str, Any], started_at: str, started: float,
-               launch: dict[str, Any]) -> dict[str, Any]:
-        """Complete the runner's record (``complete_record``), append it, advance the bar."""
-        record = complete_record(record, cell, self.suite, self.env or environment(), started_at,
-                                 round(time.monotonic() - started, 3), launch, self.log_path(cell))
-        append_record(self.path, record)
-        self.summary.records.append(record)
-        self.running.pop(cell.id, None)
-        self._describe()
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix({k: v for k, v in self.summary.statuses.items()}, refresh=True)
-        return record
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        logs = self.out_dir / "logs"
-        if logs.is_dir() and not any(logs.iterdir()):
-            logs.rmdir()  # only empty logs: nothing worth keeping
-        self.lock.release()
 
 
 def run_cells(
@@ -436,7 +219,7 @@ def _start(ctx, runner: str, cell: Cell, out_dir: Path, gpu: int | None, threads
     receive, send = ctx.Pipe(duplex=False)
     log_path = out_dir / "logs" / f"{cell.id}.log"
     process = ctx.Process(
-        target=_child_main,
+        target=child_main,
         args=(runner, cell.to_dict(), str(out_dir), send, str(log_path), gpu, threads, parent),
         name=f"lamda-bench-{cell.id}",
         daemon=True,
@@ -516,37 +299,6 @@ def _stop(process) -> None:
     if process.is_alive():
         process.kill()
         process.join(timeout=5)
-
-
-def complete_record(record: dict[str, Any], cell: Cell, suite: str, env: dict[str, Any], started_at: str,
-                    launch_wall: float, launch: dict[str, Any], log_path: Path) -> dict[str, Any]:
-    """The record as written: the suite cell's id, the suite, timing, an env, the log path.
-    ``launch`` names the launcher (plus where the cell ran); its wall_s is filled here."""
-    record = dict(record)
-    record["id"] = cell.id  # the id of the suite's (unresolved) cell: what resume matches
-    record["suite"] = suite
-    if record.get("status") not in STATUSES:
-        record["error"] = f"runner returned status {record.get('status')!r} (not one of {list(STATUSES)})"
-        record["status"] = "error"
-    record.setdefault("error", None)
-    if isinstance(record["error"], str) and len(record["error"]) > MAX_TEXT_CHARS:
-        cut = len(record["error"]) - MAX_TEXT_CHARS
-        record["error"] = record["error"][:MAX_TEXT_CHARS] + f" ... [{cut} more characters: see the cell's log]"
-    record.setdefault("cell", cell.to_dict())
-    if not record.get("env"):  # a runner that failed early may leave env null
-        record["env"] = env
-    record.setdefault("started_at", started_at)
-    # wall_s is the runner's own; the launcher's includes process start and imports.
-    record.setdefault("wall_s", launch_wall)
-    record["launch"] = {**launch, "wall_s": launch_wall}
-    if log_path.exists():
-        if log_path.stat().st_size:
-            artifacts = dict(record.get("artifacts") or {})
-            artifacts.setdefault("log", f"logs/{log_path.name}")
-            record["artifacts"] = artifacts
-        else:
-            log_path.unlink()
-    return record
 
 
 def _rel(run: _Running) -> str:

@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .cell import Cell
-from .launch import (DEFAULT_RUNNER, POLL_S, LaunchError, RunSummary, Sweep, _raise_interrupt_on_sigterm,
-                     _utc_now, cuda_device_count, is_gpu_cell, redirect_output, run_runner)
+from .launch import DEFAULT_RUNNER, POLL_S, _raise_interrupt_on_sigterm, _utc_now, cuda_device_count, is_gpu_cell
+from .launch_child import LaunchError, redirect_output, run_runner
+from .launch_sweep import RunSummary, Sweep
 
 RAY_MISSING = "--launcher ray needs Ray, which is not installed: pip install 'lamda-bench[ray]'"
 LOG_TAIL_BYTES = 1 << 20  # the part of a worker-local log sent back with the record

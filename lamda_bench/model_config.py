@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from .errors import UserError
 
 TASKS = ("causal-lm", "seq2seq", "seq-cls", "encoder")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -38,7 +39,7 @@ DEPTH_KEYS = ("num_hidden_layers", "encoder_layers", "decoder_layers", "num_laye
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few KiB; refuse to parse anything huge
 
 
-class WorkloadError(ValueError):
+class WorkloadError(UserError):
     """Bad workload input (unknown name, bad config, bad layer count, unknown target...): one-line message."""
 
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from .errors import UserError
 
 LOCK_FILE = ".lock"
 
 
-class OutDirError(ValueError):
+class OutDirError(UserError):
     """An output directory that cannot be used (not creatable, not writable, in use); one line."""
 
 

@@ -40,12 +40,13 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from .errors import UserError
 
 COMM_CATEGORY = "comm_buffers"
 UNSHARDED_CATEGORY = "unsharded_weights"
 
 
-class ParallelError(ValueError):
+class ParallelError(UserError):
     """A parallel setting this run cannot honour (one-line message)."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .record_values import finite_or_null
+from .errors import UserError
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.jsonl"
@@ -52,7 +53,7 @@ FINGERPRINT_FIELDS = (
 )
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError):
     """A results file this harness cannot use (incompatible schema, not JSON records)."""
 
 

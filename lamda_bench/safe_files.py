@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from .errors import UserError
 
 # Suite files and allocation files are a few KiB; 16 MiB leaves room for anything honest.
 DEFAULT_LIMIT = 16 * 2**20
 
 
-class UnsafeFileError(ValueError):
+class UnsafeFileError(UserError):
     """A named file that is missing, not a regular file, or too large; one line."""
 
 

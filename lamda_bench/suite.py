@@ -29,23 +29,26 @@ sweep wins), then expanded:
 Every problem raises ``SuiteError`` with one line: ``<file>: <where>: <key>: <problem>``.
 Checks that need a built model (r larger than a model layer's shape) happen at run time
 and give an error record; r larger than a linear workload's d is caught here.
+
+Beside this parser: ``suite_values`` (what each key's value may be), ``suite_sweep`` (a
+sweep's axes into combinations, ``zip``), ``suite_conventions`` (aliases, targets axes),
+``suite_text`` (reading the TOML safely); the cell's own rules are ``Cell.validate``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import itertools
-import math
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, Cell
-from .suite_conventions import AmbiguousTargets, canonical_dtype, key_hint, targets_settings
+from .cell import Cell
+from .suite_conventions import AmbiguousTargets, key_hint, targets_settings
 from .suite_text import MAX_NESTING, TooDeep, read_suite_text, toml_loads
+from .suite_sweep import combinations, zip_groups
+from .suite_values import CELL_KEYS, BadValue, hint
+from .errors import UserError
 
 LINEAR_WORKLOAD = "linear"
 # Methods whose result does not depend on r or alpha: their cells get the Cell defaults for
@@ -55,14 +58,10 @@ SWEEP_ONLY_KEYS = ("zip", "exclude")
 TOP_LEVEL_KEYS = ("suite", "defaults", "sweep")
 SUITE_KEYS = ("name", "description")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # used with fullmatch: "$" matches before "\n"
-# Integers are stored as 64-bit and numbers as finite doubles wherever a record goes (JSON
-# readers, pandas, torch); a value beyond either is refused here rather than written as
-# something no standard JSON reader takes back.
-INT64_MAX = 2**63 - 1
 
 
 
-class SuiteError(ValueError):
+class SuiteError(UserError):
     """A suite file that cannot be run; the message is one line naming file and key."""
 
 
@@ -72,101 +71,6 @@ class Suite:
     description: str
     path: str
     cells: tuple[Cell, ...]
-
-
-# ---- what a value may be, per cell key ------------------------------------------------
-
-def _int(minimum: int) -> Callable[[Any], Any]:
-    def check(v: Any) -> Any:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise _Bad(f"expected an integer, got {v!r}")
-        if abs(v) > INT64_MAX:
-            raise _Bad(f"{v} does not fit in 64 bits")
-        if v < minimum:
-            raise _Bad(f"{v} is less than {minimum}")
-        return v
-    return check
-
-
-def _number(positive: bool = True) -> Callable[[Any], Any]:
-    def check(v: Any) -> Any:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise _Bad(f"expected a number, got {v!r}")
-        if isinstance(v, int) and abs(v) > INT64_MAX or isinstance(v, float) and not math.isfinite(v):
-            raise _Bad(f"{v!r} is not a finite number")
-        if positive and not v > 0:
-            raise _Bad(f"{v} is not > 0")
-        return float(v)
-    return check
-
-
-def _choice(choices: tuple[str, ...]) -> Callable[[Any], Any]:
-    def check(v: Any) -> Any:
-        if not isinstance(v, str):
-            raise _Bad(f"expected one of {list(choices)}, got {v!r}")
-        if v not in choices:
-            raise _Bad(f"{v!r} is not one of {list(choices)}{_hint(v, choices)}")
-        return v
-    return check
-
-
-def _str(v: Any) -> Any:
-    if not isinstance(v, str) or not v:
-        raise _Bad(f"expected a non-empty string, got {v!r}")
-    return v
-
-
-def _bool(v: Any) -> Any:
-    if not isinstance(v, bool):
-        raise _Bad(f"expected true or false, got {v!r}")
-    return v
-
-
-def _targets(v: Any) -> Any:
-    if isinstance(v, str) and v:
-        return v
-    if isinstance(v, (list, tuple)) and v and all(isinstance(x, str) and x for x in v):
-        return tuple(v)
-    raise _Bad(f"expected a preset name or a list of module-name suffixes, got {v!r}")
-
-
-CELL_KEYS: dict[str, Callable[[Any], Any]] = {
-    "workload": _str,
-    "method": _str,
-    "r": _int(1),
-    "alpha": _number(),
-    "targets": _targets,
-    "layers": _int(1),
-    "d_in": _int(1),
-    "d_out": _int(1),
-    "batch": _int(1),
-    "seq": _int(1),
-    "dtype": lambda v: _choice(DTYPES)(canonical_dtype(v)),
-    "device": _choice(DEVICES),
-    "mode": _choice(MODES),
-    "steps": _int(1),
-    "warmup": _int(0),
-    "optimizer": _choice(OPTIMIZERS),
-    "lr": _number(),
-    "gradient_checkpointing": _bool,
-    "attn_implementation": _choice(ATTENTION),
-    "seed": _int(0),
-    "world_size": _int(1),
-    "parallel": _choice(PARALLEL),
-    "reshard_after_forward": _bool,
-    "timeout_s": _number(),
-    "precision": _choice(PRECISIONS),
-}
-assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
-
-
-class _Bad(Exception):
-    """Internal: a value problem, turned into a SuiteError once file and key are known."""
-
-
-def _hint(word: str, candidates) -> str:
-    match = difflib.get_close_matches(word, list(candidates), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 # ---- the registries a suite is checked against ------------------------------------------
@@ -266,14 +170,14 @@ class _Parser:
     def parse(self, doc: dict[str, Any], default_name: str) -> Suite:
         for key in doc:
             if key not in TOP_LEVEL_KEYS:
-                raise self.fail("", key, f"unknown top-level key{_hint(key, TOP_LEVEL_KEYS)}; "
+                raise self.fail("", key, f"unknown top-level key{hint(key, TOP_LEVEL_KEYS)}; "
                                 f"a suite has [suite], [defaults] and [[sweep]] tables")
         meta = doc.get("suite", {})
         if not isinstance(meta, dict):
             raise self.fail("", "suite", "expected a [suite] table")
         for key in meta:
             if key not in SUITE_KEYS:
-                raise self.fail("[suite]", key, f"unknown key{_hint(key, SUITE_KEYS)}")
+                raise self.fail("[suite]", key, f"unknown key{hint(key, SUITE_KEYS)}")
         name = meta.get("name", default_name)
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise self.fail("[suite]", "name", f"{name!r} must be a plain name (letters, digits, _ . + -)")
@@ -332,33 +236,22 @@ class _Parser:
             if key not in CELL_KEYS and key not in sweep_options:
                 names = ", ".join(m.name for m in sweep_methods)
                 raise self.fail(where, key, f"not an option of any method of this sweep ({names})"
-                                f"{_hint(key, sweep_options)}")
+                                f"{hint(key, sweep_options)}")
 
-        groups = self.zip_groups(where, zips, axes)
+        try:
+            groups = zip_groups(zips, axes)
+        except BadValue as e:
+            raise self.fail(where, "zip", str(e)) from None
         exclude_rules = self.exclude_rules(where, excludes)
         for rule in exclude_rules:
             for key in rule:
                 if key not in axes:
                     raise self.fail(where, f"exclude.{key}", f"not a key of this sweep, so it never matches"
-                                    f"{_hint(key, axes)}")
-
-        # Each axis or zipped group is one factor of the product, in key order.
-        factors: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]] = []
-        grouped = {k for g in groups for k in g}
-        for key in axes:
-            if key in grouped:
-                group = next(g for g in groups if key in g)
-                if key == group[0]:
-                    factors.append((group, list(zip(*(axes[k] for k in group)))))
-            else:
-                factors.append(((key,), [(v,) for v in axes[key]]))
+                                    f"{hint(key, axes)}")
 
         cells: list[Cell] = []
         combos = 0
-        for choice in itertools.product(*(vals for _, vals in factors)):
-            combo: dict[str, Any] = {}
-            for (keys, _), values in zip(factors, choice):
-                combo.update(zip(keys, values))
+        for combo in combinations(axes, groups):
             combos += 1
             if any(all(combo.get(k) in allowed for k, allowed in rule.items()) for rule in exclude_rules):
                 continue
@@ -371,10 +264,10 @@ class _Parser:
         if key in CELL_KEYS:
             try:
                 value = CELL_KEYS[key](value)
-            except _Bad as e:
+            except BadValue as e:
                 raise self.fail(where, key, str(e)) from None
             if key == "method" and value not in self.catalog.methods:
-                raise self.fail(where, key, f"unknown method {value!r}{_hint(value, self.catalog.methods)}; "
+                raise self.fail(where, key, f"unknown method {value!r}{hint(value, self.catalog.methods)}; "
                                 f"known: {', '.join(sorted(self.catalog.methods))}")
             if key == "workload" and value not in self.catalog.workloads and self.catalog.resolve_workload:
                 from .workloads import WorkloadError
@@ -384,7 +277,7 @@ class _Parser:
                 except WorkloadError as e:
                     raise self.fail(where, key, str(e)) from None
             if key == "workload" and value not in self.catalog.workloads:
-                raise self.fail(where, key, f"unknown workload {value!r}{_hint(value, self.catalog.workloads)}; "
+                raise self.fail(where, key, f"unknown workload {value!r}{hint(value, self.catalog.workloads)}; "
                                 f"known: {', '.join(sorted(self.catalog.workloads))}, or a config.json path")
         return value  # method options are checked per cell, by their method
 
@@ -396,28 +289,6 @@ class _Parser:
             return targets_settings(value)
         except AmbiguousTargets as e:
             raise self.fail(where, key, str(e)) from None
-
-    def zip_groups(self, where: str, zips: Any, axes: dict[str, list[Any]]) -> list[tuple[str, ...]]:
-        if not isinstance(zips, list) or not all(
-            isinstance(g, list) and g and all(isinstance(k, str) for k in g) for g in zips
-        ):
-            raise self.fail(where, "zip", 'expected a list of key lists, e.g. zip = [["r", "alpha"]]')
-        seen: set[str] = set()
-        groups = []
-        for group in zips:
-            for key in group:
-                if key not in axes:
-                    raise self.fail(where, "zip", f"{key!r} is not a key of this sweep{_hint(key, axes)}")
-                if key in seen:
-                    raise self.fail(where, "zip", f"{key!r} appears in more than one zip group")
-                seen.add(key)
-            lengths = {k: len(axes[k]) for k in group}
-            if len(set(lengths.values())) > 1:
-                shown = ", ".join(f"{k} has {n}" for k, n in lengths.items())
-                raise self.fail(where, "zip", f"zipped axes need equal lengths ({shown})")
-            # Keep the group in the order its keys appear in the table (product order).
-            groups.append(tuple(sorted(group, key=list(axes).index)))
-        return groups
 
     def exclude_rules(self, where: str, excludes: Any) -> list[dict[str, list[Any]]]:
         if not isinstance(excludes, list) or not all(isinstance(e, dict) and e for e in excludes):
@@ -478,9 +349,9 @@ class _Parser:
             raise self.fail(where, "method", str(e)) from None
         self.check_files(where, method_options, options)
         cell = Cell(**fields, options=tuple(sorted(options.items())))
-        problem = cell.parallel_problem()
-        if problem:
-            raise self.fail(where, "world_size", problem)
+        found = cell.problem()  # the cell rules the runner applies too (Cell.validate)
+        if found:
+            raise self.fail(where, *found)
         return cell
 
     def check_files(self, where: str, method_options: Mapping[str, Any], options: dict[str, Any]) -> None:

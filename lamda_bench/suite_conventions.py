@@ -18,6 +18,7 @@ import difflib
 from typing import Any
 
 from .targets import PRESETS
+from .errors import UserError
 
 DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 KEY_ALIASES = {
@@ -34,7 +35,7 @@ KEY_ALIASES = {
 }
 
 
-class AmbiguousTargets(ValueError):
+class AmbiguousTargets(UserError):
     """A targets value that could mean one setting or an axis; the message says how to write each."""
 
 

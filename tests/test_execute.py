@@ -8,7 +8,7 @@ import torch
 
 from lamda_bench import workloads
 from lamda_bench.cell import Cell
-from lamda_bench.execute import run_cell
+from lamda_bench.run import run_cell
 
 N = 2 * 8  # batch x seq of the linear cells
 
@@ -406,7 +406,7 @@ def test_primed_adam_state_is_the_state_a_first_zero_grad_step_leaves(cls, kwarg
     exactly what torch's own first step creates (keys, shapes, dtypes, devices, values)."""
     from types import SimpleNamespace
 
-    from lamda_bench.execute import _prime_optimizer
+    from lamda_bench.run.build import prime_optimizer as _prime_optimizer
 
     def model():
         torch.manual_seed(0)

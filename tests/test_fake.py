@@ -41,11 +41,12 @@ def _tracked_step(model, mode=None):
         scope = ModuleScope(model)
         with scope, SavedTensorTracker(model, _is_adapter, scope) as saved, \
                 FlopCounter(model, _is_adapter, scope) as flops, LiveMemoryTracker(model, opt, scope) as live:
-            with live.phase("forward"), flops.phase("forward"):
+            # Every tracker is told the phase, as the cell runner's StepTrackers does.
+            with live.phase("forward"), flops.phase("forward"), saved.phase("forward"):
                 loss = model(input_ids=ids, labels=ids).loss
-            with live.phase("backward"), flops.phase("backward"):
+            with live.phase("backward"), flops.phase("backward"), saved.phase("backward"):
                 loss.backward()
-            with live.phase("optimizer"), flops.phase("optimizer"):
+            with live.phase("optimizer"), flops.phase("optimizer"), saved.phase("optimizer"):
                 opt.step()
                 opt.zero_grad()
             del loss
@@ -98,6 +99,40 @@ def test_step_trackers_bundle_matches_separate_trackers():
     got = tr.summary()
     saved = {k: v for k, v in separate[0].items() if k != "tensors"}
     assert (got["saved"], got["flops"], got["live"], tr.live.timeline) == (saved, *separate[1:])
+
+
+def test_step_trackers_tell_the_saved_tracker_that_forward_ended():
+    """A graph dropped after forward (here: no backward at all) was kept through forward, so it
+    is saved, not discarded; the saved-tensor tracker knows forward ended only from a phase."""
+    model = _tiny_peft_llama(meta=False)
+    ids = torch.randint(0, 50, (2, 12))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    with StepTrackers(model, _is_adapter, opt, timeline=False) as tr:
+        with tr.phase("forward"):
+            loss = model(input_ids=ids, labels=ids).loss
+        with tr.phase("backward"):
+            del loss  # the graph and its saved tensors die outside any backward
+    assert tr.saved.total_bytes > 0
+    assert tr.saved.discarded == {"adapter": 0, "base": 0}
+
+
+def test_the_cell_runner_steps_through_step_trackers(monkeypatch):
+    """run/step.py builds its trackers with StepTrackers (the bundle tested above is the one
+    that runs): one bundle per step that runs, the instrumented one with every tracker on."""
+    from lamda_bench.run import run_cell, step
+
+    made = []
+
+    class Spy(StepTrackers):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(tuple(t is not None for t in (self.saved, self.flops, self.live)))
+
+    monkeypatch.setattr(step, "StepTrackers", Spy)
+    rec = run_cell(dict(workload="linear", method="lora", d_in=16, d_out=16, device="cpu", mode="measure",
+                        warmup=2, steps=1))
+    assert rec["status"] == "ok", rec["error"]
+    assert made == [(False, True, False), (False, True, False), (True, True, True)]
 
 
 def test_to_fake_rejects_real_weights():

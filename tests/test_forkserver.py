@@ -24,12 +24,12 @@ def runner_mutates_globals(cell, artifacts_dir):
     """Reports the global state it found, then changes it: a later cell must not see the change."""
     import torch
 
-    import lamda_bench.execute as execute
+    import lamda_bench.run as runner
 
-    seen = {"default_dtype": str(torch.get_default_dtype()), "flops_limit": execute.CPU_MEASURE_MAX_FLOPS,
+    seen = {"default_dtype": str(torch.get_default_dtype()), "flops_limit": runner.CPU_MEASURE_MAX_FLOPS,
             "marker": getattr(torch, "_lamda_bench_test_marker", None)}
     torch.set_default_dtype(torch.float64)
-    execute.CPU_MEASURE_MAX_FLOPS = -1.0
+    runner.CPU_MEASURE_MAX_FLOPS = -1.0
     torch._lamda_bench_test_marker = cell["r"]
     return {"status": "ok", "error": None, "seen": seen, "pid": os.getpid()}
 

@@ -16,7 +16,7 @@ import pytest
 
 from lamda_bench import cli
 from lamda_bench.cell import Cell
-from lamda_bench import launch
+from lamda_bench import launch_sweep
 from lamda_bench.results import encode_record, load_results
 
 
@@ -247,7 +247,7 @@ def test_report_md_that_cannot_be_written_is_one_line_exit_2(tmp_path, capsys):
 def test_a_huge_error_message_is_bounded_in_the_record(tmp_path):
     cell = Cell(workload="linear", method="lora", r=1, d_in=64, d_out=64)
     huge = "x" * (8 * 2**20)
-    rec = launch.complete_record({"status": "error", "error": huge}, cell, "s", {"fingerprint": "f"},
+    rec = launch_sweep.complete_record({"status": "error", "error": huge}, cell, "s", {"fingerprint": "f"},
                           "2026-01-01T00:00:00Z", 1.0, {"launcher": "local"}, tmp_path / "none.log")
-    assert len(rec["error"]) < launch.MAX_TEXT_CHARS + 100 and "more characters: see the cell's log" in rec["error"]
+    assert len(rec["error"]) < launch_sweep.MAX_TEXT_CHARS + 100 and "more characters: see the cell's log" in rec["error"]
     assert len(encode_record(rec)) < 16 * 1024

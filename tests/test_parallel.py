@@ -6,7 +6,7 @@ import torch
 
 from lamda_bench import analytic
 from lamda_bench.cell import Cell
-from lamda_bench.execute import run_cell
+from lamda_bench.run import run_cell
 from lamda_bench.suite import SuiteError, parse_suite
 
 W = 3  # does not divide tiny-llama's dims (64, 32, 176, 256): padding is exercised
@@ -140,18 +140,20 @@ def test_measure_and_ddp_estimates_are_refused_in_one_line():
 
 def test_rank_bytes_agree_with_fsdp_mem_tracker(lora_records):
     fsdp_tracker = pytest.importorskip("torch.distributed._tools.fsdp2_mem_tracker")
-    from lamda_bench import execute, parallel, workloads
+    from lamda_bench import parallel, workloads
+    from lamda_bench.run.build import prepare, prime_adam
+    from lamda_bench.run.resolve import resolve
     from lamda_bench.fake import to_fake
 
     _, rec = lora_records
     c = Cell.from_dict(sharded_cell())
-    applied, _, _ = execute._prepare(c, "meta")
+    applied, _ = prepare(resolve(c, timeline=False), "meta")
     fake_mode = to_fake(applied.model, "cpu")
     with parallel.fake_job(W, "cpu") as mesh, fake_mode:
         parallel.shard(applied, mesh, True)
         inputs = workloads.make_inputs(c, "cpu")
         optimizer = applied.make_optimizer(c.lr)
-        execute._prime_adam(optimizer)  # the estimate's optimizer state before its step
+        prime_adam(optimizer)  # the estimate's optimizer state before its step
         tracker = fsdp_tracker.FSDPMemTracker(applied.model, optimizer)
         tracker.track_inputs((inputs["input_ids"],))
         with tracker:

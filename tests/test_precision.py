@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lamda_bench.cell import ID_NEUTRAL_DEFAULTS, Cell
-from lamda_bench.execute import run_cell
+from lamda_bench.run import run_cell
 from lamda_bench.suite import SuiteError, parse_suite
 
 TINY_LLAMA_PARAMS = None  # filled lazily: parameters of the 2-layer tiny LLaMA
@@ -178,17 +178,20 @@ def test_amp_fp16_grad_scaler_runs_in_measure_and_estimate():
 
 def test_amp_measure_trains():
     """The autocast step really updates the fp32 master weights (not a no-op policy)."""
-    from lamda_bench import execute, workloads
+    from lamda_bench import precision, workloads
+    from lamda_bench.run.build import make_optimizer, prepare
+    from lamda_bench.run.resolve import resolve
+    from lamda_bench.run.result import StepResult
+    from lamda_bench.run.step import Loop, train_step
 
     c = Cell.from_dict(tiny_cell("full", precision="amp-bf16"))
-    applied, _, _ = execute._prepare(c, "cpu")
+    applied, _ = prepare(resolve(c, timeline=False), "cpu")
     before = [p.detach().clone() for p in applied.model.parameters()]
     assert all(p.dtype == torch.float32 for p in applied.model.parameters())
-    res = execute._StepResult()
-    res.precision = execute.precision.start("amp-bf16", "cpu", fake=False)
-    opt = execute._make_optimizer(c, applied, for_cuda=False)
+    res = StepResult(precision=precision.start("amp-bf16", "cpu", fake=False))
+    opt = make_optimizer(c, applied, for_cuda=False)
     inputs = workloads.make_inputs(c, "cpu")
-    execute._train_step(c, applied, inputs, opt, res, 1, None)
+    train_step(Loop(c, applied, inputs, opt, res), 1)
     assert any(not torch.equal(a, b) for a, b in zip(before, applied.model.parameters()))
 
 

@@ -2,7 +2,7 @@
 
 Layout of a claims results directory (default ``reports/claims``):
 
-    results.jsonl          training-step records of suites/claims.toml (execute.run_cell)
+    results.jsonl          training-step records of suites/claims.toml (run.run_cell)
     probes/results.jsonl   probe records (claims.probes.run_probe: timed SVDs, outputs at init)
     claims.md              one row per claim, then each claim's supporting figures
 
@@ -20,6 +20,7 @@ from pathlib import Path
 from ..results import RESULTS_FILE, latest_by_id, load_results
 from .probes import PROBE_SUITE, default_probes
 from .verdicts import VERDICTS, ClaimRow, all_claims
+from ..errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 CLAIMS_SUITE = REPO / "suites" / "claims.toml"
@@ -29,7 +30,7 @@ PROBES_DIR = "probes"
 CLAIMS_FILE = "claims.md"
 
 
-class ClaimsError(ValueError):
+class ClaimsError(UserError):
     """A claims directory that cannot be written from (one line)."""
 
 

@@ -14,7 +14,7 @@ cell) whose ``options`` carry ``probe`` (the kind) plus the method options it ne
   harness's residual base, see ``methods/lamda_init.py``.)
 
 ``run_probe(cell_dict, artifacts_dir)`` is the launcher's runner for them; like
-``execute.run_cell`` it returns a record and never raises. The figures sit under
+``run.run_cell`` it returns a record and never raises. The figures sit under
 ``record["probe"]``; the memory/FLOP blocks of a training record stay null.
 """
 
@@ -80,10 +80,11 @@ def default_probes() -> list[Cell]:
 
 def run_probe(cell: dict, artifacts_dir: str | None = None) -> dict:
     """One probe cell in, one record out (never raises)."""
-    from ..execute import _blank_record, _one_line
+    from ..errors import one_line
+    from ..run.assemble import blank_record
 
     t0 = time.perf_counter()
-    record = _blank_record(cell)
+    record = blank_record(cell)
     try:
         c = Cell.from_dict(cell)
         record["id"] = c.id
@@ -97,7 +98,7 @@ def run_probe(cell: dict, artifacts_dir: str | None = None) -> dict:
         record["status"], record["error"] = "ok", None
         record["probe"]["kind"] = kind
     except Exception as e:  # noqa: BLE001 - the contract: a record, whatever happened
-        record["status"], record["error"] = "error", _one_line(e)
+        record["status"], record["error"] = "error", one_line(e)
     record["wall_s"] = round(time.perf_counter() - t0, 3)
     return record
 

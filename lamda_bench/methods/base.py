@@ -14,9 +14,10 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from ..errors import UserError
 
 
-class MethodError(ValueError):
+class MethodError(UserError):
     """Bad input for a method (unknown option, r out of range, unknown targets...).
 
     The message is one line that names the problem; the CLI prints it without a traceback.

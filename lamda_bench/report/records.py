@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ..results import RESULTS_FILE, latest_by_id, load_results
+from ..errors import UserError
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """A results directory that cannot be reported on; the message is one line."""
 
 

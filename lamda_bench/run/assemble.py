@@ -1,0 +1,256 @@
+"""The record: a blank one for every cell (failed cells too), then filled from a run's
+``StepResult`` (params, memory, FLOPs, time, series), with the closed forms beside it
+(``predicted``), how the cell ran (``info``), the environment (``env``) and the side files
+(``artifacts``). ``claims/probes.py`` builds its records from ``blank_record`` too."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import analytic, parallel, precision, workloads
+from ..cell import Cell
+from .observe import adapter_itemsize
+from .resolve import Plan
+from .result import StepResult, empty_series
+
+
+def blank_record(cell: dict) -> dict:
+    from ..results import SCHEMA_VERSION
+
+    return {
+        "schema": SCHEMA_VERSION,
+        "id": cell_id(cell),
+        "suite": None,
+        "status": "error",
+        "error": None,
+        "cell": dict(cell) if isinstance(cell, dict) else {"value": repr(cell)},
+        "params": {"total": None, "trainable": None, "updates": None},
+        "memory": {k: None for k in (
+            "weights", "trainable_weights", "grads", "optimizer", "saved_activations",
+            "saved_activations_adapter", "peak_forward", "peak_backward", "peak_step", "peak",
+            "at_peak", "peak_steady", "cuda_max_allocated", "cuda_max_reserved", "cuda_max_active", "nvml_used",
+            "host_rss_peak")},
+        "flops": {"forward": None, "backward": None, "adapter_forward": None, "adapter_backward": None,
+                  "attention_counting": None},
+        "time": {"step_median_s": None, "step_min_s": None, "step_max_s": None, "steps_timed": 0,
+                 "tokens_per_s": None},
+        "series": empty_series(),
+        "predicted": None,
+        "info": {},
+        "artifacts": {},
+        "env": None,
+        "wall_s": None,
+        "started_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def failed_cell_env() -> dict | None:
+    """The software environment for a record that failed before its device was known."""
+    from ..results import environment
+
+    try:
+        return environment()
+    except Exception:  # noqa: BLE001 - a failed record must still come back
+        return None
+
+
+def cell_id(cell: Any) -> str | None:
+    try:
+        return Cell.from_dict(cell).id
+    except Exception:  # noqa: BLE001 - an invalid cell still gets a record
+        return None
+
+
+
+
+def fill_record(record: dict, plan: Plan, res: StepResult, mode: str, device: str, artifacts_dir: str | None) -> None:
+    c = plan.cell
+    applied, live, saved, flops = res.applied, res.live, res.saved, res.flops
+    series = res.series
+    record["params"] = {
+        "total": applied.num_total(),
+        "trainable": series["trainable"][0],
+        "updates": sum(series["trainable"]),
+    }
+    from ..peaks import run_peak_fields
+
+    peaks = live.phase_peaks
+    run_peak, res.info["peak_steps"] = run_peak_fields(res.step_peaks, res.instrumented_step,
+                                                       applied.trainable_shrinks, res.untracked_peak_steps)
+    record["memory"] = {
+        "weights": res.weights_bytes,
+        "trainable_weights": live.trainable_weights,
+        "grads": res.grads_bytes,
+        "optimizer": series["optimizer"][series["step"].index(res.instrumented_step)],
+        "saved_activations": saved.total_bytes,
+        "saved_activations_adapter": saved.adapter_bytes,
+        "peak_forward": peaks["forward"].live_bytes if "forward" in peaks else None,
+        "peak_backward": peaks["backward"].live_bytes if "backward" in peaks else None,
+        "peak_step": peaks["optimizer"].live_bytes if "optimizer" in peaks else None,
+        **run_peak,  # peak and at_peak over the run's steps, peak_steady the instrumented step's
+        "cuda_max_allocated": res.device_memory.get("cuda_max_allocated"),
+        "cuda_max_reserved": res.device_memory.get("cuda_max_reserved"),
+        "cuda_max_active": res.device_memory.get("cuda_max_active"),
+        "nvml_used": res.device_memory.get("nvml_used"),
+        "host_rss_peak": res.device_memory.get("host_rss_peak"),
+    }
+    if parallel.is_parallel(c):
+        record["memory"].update(parallel.rank_memory(live))
+    if saved.discarded_bytes:  # graphs dropped in forward (DoRA's weight-norm path): saved, never kept
+        record["memory"]["saved_discarded"] = saved.discarded_bytes
+        record["memory"]["saved_discarded_adapter"] = saved.discarded_adapter_bytes
+    if c.gradient_checkpointing:
+        record["memory"]["saved_recomputed"] = saved.recomputed_bytes
+        record["memory"]["saved_recomputed_adapter"] = saved.recomputed_adapter_bytes
+    if res.precision.policy.autocast_dtype is not None:  # autocast's weight casts: temporaries, said apart
+        record["memory"].update(autocast_weight_copies=live.weight_copies_peak,
+                                autocast_weight_copies_at_peak=live.weight_copies_at_peak,
+                                saved_autocast_weight_copies=saved.weight_copy_bytes)
+    from ..measure import ATTENTION_COUNTING
+
+    record["flops"] = {
+        "forward": flops.forward,
+        "backward": flops.backward,
+        "adapter_forward": flops.adapter_forward,
+        "adapter_backward": flops.adapter_backward,
+        "attention_counting": ATTENTION_COUNTING,
+    }
+    tokens = c.batch * c.seq
+    t = res.timing
+    record["time"] = {
+        "step_median_s": t.median_s if t else None,
+        "step_min_s": t.min_s if t else None,
+        "step_max_s": t.max_s if t else None,
+        "steps_timed": len(t.times_s) if t else 0,
+        "tokens_per_s": tokens / t.median_s if t and t.median_s > 0 else None,
+    }
+    record["series"] = series
+    record["predicted"] = predicted(plan, res)
+    if parallel.is_parallel(c) and isinstance(record["predicted"], dict):
+        record["predicted"]["sharded"] = res.sharded_prediction
+    record["info"] = info(c, res)
+    record["env"] = env(device, mode, applied)
+    if artifacts_dir:
+        record["artifacts"] = write_artifacts(Path(artifacts_dir), record["id"], res)
+        if res.snapshot:
+            record["artifacts"]["cuda_snapshot"] = res.snapshot
+
+
+def predicted(plan: Plan, res: StepResult) -> dict:
+    c = plan.cell
+    applied = res.applied
+    method = c.method
+    info = applied.info
+    b_schedule = None
+    if method in analytic.LAMDA_LIKE and info.get("freeze_mode", "split") == "split":
+        from ..methods.lamda import FreezeSchedule
+
+        fraction = float(info.get("freeze_fraction", 0.3))
+
+        def b_schedule(rank: int, step: int) -> int:
+            return FreezeSchedule(rank, res.horizon, fraction).trainable(step)
+
+    itemsize = adapter_itemsize(applied)
+    calls = res.calls
+    input_itemsize = calls[0].input_itemsize if calls else plan.dtype.itemsize
+    try:
+        pred = analytic.predict(
+            method, res.layers, c.r, c.batch * c.seq,
+            calls=calls,
+            steps=len(res.series["step"]),
+            accounted_step=res.instrumented_step - 1,
+            adapter_itemsize=itemsize or input_itemsize,
+            input_itemsize=input_itemsize,
+            b_schedule=b_schedule,
+            total_params=applied.num_total() if method == "full" else None,
+            dropout=float(info.get("dropout", 0.0) or 0.0),
+            gradient_checkpointing=c.gradient_checkpointing,
+        )
+    except analytic.AnalyticError as e:
+        return {"error": str(e)}
+    pred["memory"].update(precision.predict_state(c, res, b_schedule))
+    if res.precision.policy.autocast_dtype is not None:  # autocast's casts in the adapter path: not modelled
+        pred["memory"]["saved_activations_adapter"] = None
+    pred["assumptions"] = "see lamda_bench/analytic.py; structure (shared inputs, input grads, tokens per call) observed"
+    return pred
+
+
+def info(c: Cell, res: StepResult) -> dict:
+    applied = res.applied
+    info = dict(res.info)
+    info["attn_implementation"] = workloads.attention_implementation(applied.model)
+    info["model"] = workloads.model_facts(c)  # config source + hash + the shape fields that decide memory
+    info["attention_kernels"] = sorted(res.flops.attention_ops)
+    info["autocast_adapter_dtype"] = applied.info.get("autocast_adapter_dtype")
+    info["precision"] = res.precision.policy.to_info()
+    info["method"] = applied.info
+    info["steps"] = {"warmup": c.warmup, "instrumented_step": res.instrumented_step, "timed": c.steps,
+                     "total_steps": res.horizon}
+    info["tracked_adapted_calls"] = len(res.calls)
+    return info
+
+
+def env(device: str, mode: str, applied) -> dict:
+    from ..measure import device as devmem
+    from ..results import environment
+
+    if mode == "estimate":
+        name = device_class = f"fake {device} (estimate)"
+    elif device == "cuda":
+        name = device_class = devmem.device_name(device)
+    else:
+        name, device_class = _cpu_name(), "cpu"
+    return environment(
+        device_name=name,
+        device_class=device_class,
+        driver=devmem.driver_version() if device == "cuda" and mode == "measure" else None,
+        cuda=torch.version.cuda,
+        autocast_adapter_dtype=applied.info.get("autocast_adapter_dtype"),
+        cpu_threads=torch.get_num_threads(),
+    )
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def write_artifacts(out: Path, cell_id: str, res: StepResult) -> dict:
+    timeline = {"id": cell_id, "unit": "bytes", "events": res.live.timeline}
+    detail = {
+        "id": cell_id,
+        "saved_by_module": res.saved.by_module,
+        "flops_by_module": {k: dict(v) for k, v in res.flops.by_module.items()},
+        "flops_by_op": {k: dict(v) for k, v in res.flops.by_op.items()},
+        "adapted_calls": [dataclasses.asdict(x) for x in res.calls],
+    }
+    paths = {"timeline": f"timelines/{cell_id}.json", "detail": f"detail/{cell_id}.json"}
+    for key, payload in (("timeline", timeline), ("detail", detail)):
+        path = out / paths[key]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A temp name of this process alone, renamed into place: a reader never sees half a
+        # file, and two processes never write through one temp file.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(payload, separators=(",", ":"), default=str))
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; side files are ordinary shared files
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return paths
