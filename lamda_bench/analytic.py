@@ -43,10 +43,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-# Method families by the structure of their adapter path.
-LORA_LIKE = ("lora", "pissa")  # B A x, A and B trainable (PiSSA only changes the init)
-LAMDA_LIKE = ("lamda", "lamda++")  # s B S A x, A frozen, S trainable, B gradually frozen
-KNOWN_METHODS = ("full", "lora", "pissa", "lora-fa", "dora", "vera", "lamda", "lamda++")
+# The closed-form families, by the structure of their adapter path. A registered method names
+# its family (``Method.family``); the formulas below are written per family, never per method.
+FAMILIES = (
+    "full",  # no adapter: the target linears themselves
+    "lora",  # s B A x, A and B trainable (LoRA, PiSSA: PiSSA only changes the init)
+    "lora-fa",  # s B A x, A frozen
+    "dora",  # LoRA direction plus a trainable magnitude per output (weight-norm terms: no chain)
+    "vera",  # shared frozen A, B; trainable scale vectors lambda_d (r), lambda_b (d_out)
+    "lamda",  # s B S A x, A frozen, S trainable, B gradually frozen (LaMDA, LaMDA++)
+)
 
 
 class AnalyticError(ValueError):
@@ -102,24 +108,24 @@ def adapter_chain(method: str, layer: AdaptedLinear, r: int, b_trainable: int | 
     d_out x r matrix; defaults to all r). For full fine-tuning the chain is the target
     linear itself. DoRA (weight-norm terms) has no chain.
     """
-    _check_method(method)
+    fam = family(method)
     rl = layer.rank(r)
-    if method in LORA_LIKE:
+    if fam == "lora":
         return [Matmul(layer.d_in, rl, layer.d_in * rl), Matmul(rl, layer.d_out, rl * layer.d_out)]
-    if method == "lora-fa":
+    if fam == "lora-fa":
         return [Matmul(layer.d_in, rl, 0), Matmul(rl, layer.d_out, rl * layer.d_out)]
-    if method == "vera":
+    if fam == "vera":
         # VeRA's A and B are shared frozen buffers; its trainable scale vectors are
         # elementwise, not matmuls. lambda_d is trainable, so B's input still needs a grad.
         return [Matmul(layer.d_in, rl, 0), Matmul(rl, layer.d_out, 0, trainable_scale_before=True)]
-    if method in LAMDA_LIKE:
+    if fam == "lamda":
         k = rl if b_trainable is None else min(b_trainable, rl)
         return [
             Matmul(layer.d_in, rl, 0),
             Matmul(rl, rl, rl * rl),
             Matmul(rl, layer.d_out, k * layer.d_out),
         ]
-    if method == "full":
+    if fam == "full":
         # No adapter: the target linear itself is the "adapter path" (as methods/full.py
         # attributes it), so its own weight gradient and saved input are what is counted.
         return [Matmul(layer.d_in, layer.d_out, layer.d_in * layer.d_out)]
@@ -139,17 +145,17 @@ def layer_trainable(method: str, layer: AdaptedLinear, r: int, b_trainable: int 
     frozen buffers).  lamda / lamda++: r^2 + d_out k with k the trainable columns of B
     (k = r at the start, 0 once B is frozen).  full: not per layer (see ``trainable``).
     """
-    _check_method(method)
+    fam = family(method)
     rl = layer.rank(r)
-    if method in LORA_LIKE:
+    if fam == "lora":
         return (layer.d_in + layer.d_out) * rl
-    if method == "lora-fa":
+    if fam == "lora-fa":
         return layer.d_out * rl
-    if method == "dora":
+    if fam == "dora":
         return (layer.d_in + layer.d_out) * rl + layer.d_out
-    if method == "vera":
+    if fam == "vera":
         return layer.d_out + rl
-    if method in LAMDA_LIKE:
+    if fam == "lamda":
         k = rl if b_trainable is None else min(b_trainable, rl)
         return rl * rl + layer.d_out * k
     raise AnalyticError(f"method {method!r} has no per-layer trainable count (full trains every parameter)")
@@ -170,13 +176,14 @@ def trainable(
     that step (None: B fully trainable). ``full`` needs ``total_params`` (all of them train);
     other methods assume the base model is frozen entirely (no trainable norms or heads).
     """
-    if method == "full":
+    fam = family(method)
+    if fam == "full":
         if total_params is None:
             raise AnalyticError("full fine-tuning trains every parameter: total_params is required")
         return total_params
     total = 0
     for layer in layers:
-        k = b_schedule(layer.rank(r), step) if (b_schedule and method in LAMDA_LIKE) else None
+        k = b_schedule(layer.rank(r), step) if (b_schedule and fam == "lamda") else None
         total += layer_trainable(method, layer, r, k)
     return total
 
@@ -230,15 +237,15 @@ def adapter_saved_bytes(
     With dropout p > 0 (lora-like) each layer saves its own dropout output (N d_in, adapter
     itemsize) and a bool mask (N d_in bytes) instead of x.
     """
-    _check_method(method)
-    if method in ("dora", "vera"):
+    fam = family(method)
+    if fam in ("dora", "vera"):
         return None
     total = 0
     shared_inputs: set[str] = set()
     for i, layer in enumerate(layers):
         n = layer.rows(tokens)
         in_size = layer.input_itemsize or input_itemsize
-        casts = adapter_itemsize != in_size and method != "full"
+        casts = adapter_itemsize != in_size and fam != "full"
         k = b_trainable(layer.rank(r)) if b_trainable else None
         chain = adapter_chain(method, layer, r, k)
         assert chain is not None
@@ -286,7 +293,7 @@ def adapter_flops(
     full: the target linears themselves, fwd 2N d_in d_out, bwd 2N d_in d_out [x2 if x needs
     grad]. dora: None (its weight-norm terms are not a chain; measure it).
     """
-    _check_method(method)
+    family(method)
     fwd = bwd = 0
     for layer in layers:
         k = b_trainable(layer.rank(r)) if b_trainable else None
@@ -314,15 +321,15 @@ def adapter_params(method: str, layer: AdaptedLinear, r: int) -> int:
     """Parameters (trainable or frozen) the adapter adds to one linear: lora, pissa, lora-fa
     (d_in + d_out) r; dora + d_out; vera d_out + r (its A and B are shared buffers); lamda r d_in
     + r^2 + r d_out; full 0."""
-    _check_method(method)
+    fam = family(method)
     rl = layer.rank(r)
-    if method in LORA_LIKE or method == "lora-fa":
+    if fam in ("lora", "lora-fa"):
         return (layer.d_in + layer.d_out) * rl
-    if method == "dora":
+    if fam == "dora":
         return (layer.d_in + layer.d_out) * rl + layer.d_out
-    if method == "vera":
+    if fam == "vera":
         return layer.d_out + rl
-    if method in LAMDA_LIKE:
+    if fam == "lamda":
         return rl * (layer.d_in + rl + layer.d_out)
     return 0
 
@@ -332,12 +339,12 @@ def trainable_tensors(method: str, layers: Sequence[AdaptedLinear], r: int, *, s
     """Trainable parameter tensors (one AdamW ``step`` scalar each): lora, pissa, vera 2 per
     layer; lora-fa 1; dora 3; lamda S plus B's trainable part while it has columns (split mode;
     with ``b_schedule`` None, B is one parameter). None for full (count the model's tensors)."""
-    _check_method(method)
-    if method == "full":
+    fam = family(method)
+    if fam == "full":
         return None
-    per = {"lora": 2, "pissa": 2, "vera": 2, "lora-fa": 1, "dora": 3}
-    if method in per:
-        return per[method] * len(layers)
+    per = {"lora": 2, "vera": 2, "lora-fa": 1, "dora": 3}
+    if fam in per:
+        return per[fam] * len(layers)
     return sum(1 + (b_schedule is None or b_schedule(layer.rank(r), step) > 0) for layer in layers)
 
 
@@ -375,14 +382,15 @@ def state_bytes(
       trainable tensor (its fp32 ``step`` scalar); None for any other optimizer.
     Observed structure: P, the parameter-tensor count of full fine-tuning and the buffer bytes.
     """
+    fam = family(method)
     t_now = trainable(method, layers, r, step=step, b_schedule=b_schedule, total_params=total_params)
-    if method == "full":
+    if fam == "full":
         weights = total_params * trainable_itemsize + buffer_bytes
         tensors = total_tensors
     else:
         adapter = sum(adapter_params(method, layer, r) for layer in layers)
         late_frozen = 0  # LaMDA's B columns frozen by the schedule after the start: master dtype
-        if method in LAMDA_LIKE and b_schedule is not None:
+        if fam == "lamda" and b_schedule is not None:
             late_frozen = sum(layer.d_out * (b_schedule(layer.rank(r), 0) - b_schedule(layer.rank(r), step))
                               for layer in layers)
         frozen_adapter = adapter - t_now - late_frozen
@@ -393,7 +401,7 @@ def state_bytes(
     if optimizer == "adamw":
         after = step + 1 if optimizer_step is None else optimizer_step
         t_after = trainable(method, layers, r, step=after, b_schedule=b_schedule, total_params=total_params)
-        if method != "full":
+        if fam != "full":
             tensors = trainable_tensors(method, layers, r, step=after, b_schedule=b_schedule)
         opt = 2 * t_after * trainable_itemsize + 4 * tensors
     return {"weights": weights, "grads": t_now * trainable_itemsize, "optimizer": opt}
@@ -429,7 +437,7 @@ def predict(
     (not modelled) and for methods without a closed form.
     """
     calls = layers if calls is None else calls
-    at = (lambda rl: b_schedule(rl, accounted_step)) if (b_schedule and method in LAMDA_LIKE) else None
+    at = (lambda rl: b_schedule(rl, accounted_step)) if (b_schedule and family(method) == "lamda") else None
     saved = None
     if not gradient_checkpointing:
         saved = adapter_saved_bytes(
@@ -451,9 +459,17 @@ def predict(
     }
 
 
-def _check_method(method: str) -> None:
-    if method not in KNOWN_METHODS:
-        raise AnalyticError(f"no closed form for method {method!r}; known: {', '.join(KNOWN_METHODS)}")
+def family(method: str) -> str:
+    """The closed-form family of a registered method (its ``Method.family``); AnalyticError
+    for a method that is not registered or has no family here."""
+    from .methods import all_methods
+
+    methods = all_methods()
+    fam = getattr(methods.get(method), "family", "")
+    if fam not in FAMILIES:
+        known = ", ".join(n for n, m in methods.items() if m.family in FAMILIES)
+        raise AnalyticError(f"no closed form for method {method!r}; known: {known}")
+    return fam
 
 
 def layers_from_shapes(shapes: Iterable[tuple[int, int]]) -> list[AdaptedLinear]:

@@ -828,15 +828,9 @@ def _predicted(c: Cell, res: _StepResult) -> dict:
     applied = res.applied
     method = c.method
     info = applied.info
-    b_schedule = None
-    if method in analytic.LAMDA_LIKE and info.get("freeze_mode", "split") == "split":
-        from .methods.lamda import FreezeSchedule
+    from .methods import get_method
 
-        fraction = float(info.get("freeze_fraction", 0.3))
-
-        def b_schedule(rank: int, step: int) -> int:
-            return FreezeSchedule(rank, res.horizon, fraction).trainable(step)
-
+    b_schedule = get_method(method).b_schedule(info, res.horizon)  # the method's own freezing schedule
     itemsize = _adapter_itemsize(applied)
     calls = res.calls
     input_itemsize = calls[0].input_itemsize if calls else workloads.torch_dtype(c.dtype).itemsize
@@ -849,7 +843,7 @@ def _predicted(c: Cell, res: _StepResult) -> dict:
             adapter_itemsize=itemsize or input_itemsize,
             input_itemsize=input_itemsize,
             b_schedule=b_schedule,
-            total_params=applied.num_total() if method == "full" else None,
+            total_params=applied.num_total(),  # read by the full family only
             dropout=float(info.get("dropout", 0.0) or 0.0),
             gradient_checkpointing=c.gradient_checkpointing,
         )

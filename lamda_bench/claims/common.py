@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from ..methods.lamda import DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE
 from ..report.records import get
 
 HOLDS, PARTLY, NOT, CANNOT = "holds", "holds partly", "does not hold", "cannot be checked here"
@@ -81,9 +82,11 @@ def pair_key(record: dict) -> tuple:
     return tuple(key)
 
 
-def is_plain_lamda(record: dict, freeze_mode: str = "split") -> bool:
-    return (get(record, "cell.method") == "lamda" and option(record, "freeze_mode", "split") == freeze_mode
-            and float(option(record, "freeze_fraction", 0.3)) == 0.3)
+def is_plain_lamda(record: dict, freeze_mode: str = DEFAULT_FREEZE_MODE) -> bool:
+    """LaMDA at its default schedule (the paper's setting), in ``freeze_mode``."""
+    return (get(record, "cell.method") == "lamda"
+            and option(record, "freeze_mode", DEFAULT_FREEZE_MODE) == freeze_mode
+            and float(option(record, "freeze_fraction", DEFAULT_FREEZE_FRACTION)) == DEFAULT_FREEZE_FRACTION)
 
 
 def pairs(records: Iterable[dict], first: Callable[[dict], bool], second: Callable[[dict], bool]) -> list[tuple[dict, dict]]:

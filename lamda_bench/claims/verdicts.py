@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Callable, Iterable
 
+from ..methods.lamda import DEFAULT_FREEZE_FRACTION
 from ..report.records import get
 from ..report.units import fmt_bytes, fmt_count, fmt_flops
 from . import updates_search
@@ -75,7 +76,7 @@ def claim_updates(records: list[dict], workloads_searched: Iterable[str] = ("lla
                   search: Callable[[list[str]], list] | None = None) -> ClaimRow:
     key, claim = "1b", "up to 17.7x fewer parameter updates"
     claimed = updates_search.CLAIMED_RATIO
-    default = updates_search.DEFAULT_FRACTION
+    default = DEFAULT_FREEZE_FRACTION
     rows, checks = [], []
     for lora, lamda in lora_lamda_pairs(records):
         if get(lora, "cell.workload") == "linear":
@@ -167,7 +168,7 @@ def _long_run_ratio(lamda: dict) -> str:
     targets, workload = cell.get("targets"), cell.get("workload")
     if not isinstance(targets, str) or updates_search.validate(lamda) is None:
         return "n/a"
-    fraction = float(option(lamda, "freeze_fraction", updates_search.DEFAULT_FRACTION))
+    fraction = float(option(lamda, "freeze_fraction", DEFAULT_FREEZE_FRACTION))
     s = updates_search.setting(workload, targets, int(cell["r"]), fraction, updates_search.LONG_HORIZON)
     return ratio_text(s.ratio)
 

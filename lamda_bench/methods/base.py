@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -94,11 +94,43 @@ class AppliedMethod:
 
 class Method:
     """Base class for registered methods. Subclasses set ``name``, ``description``,
-    ``options`` and implement ``apply``."""
+    ``options`` and implement ``apply``.
+
+    The facts other modules need about a method live here, so that adding a method means
+    editing ``methods/`` only (plus a formula in ``analytic/`` for a new closed-form family):
+
+    - ``rankless``: the method has no rank (full fine-tuning): ``r`` and ``alpha`` do not
+      apply, and a suite fills them with the cell defaults so that one cell results, not one
+      per rank.
+    - ``family``: the closed-form family ``analytic`` computes the method's predictions with
+      (``analytic.FAMILIES``; "" for none): methods of one family share the structure of their
+      adapter path (PiSSA is LoRA with another init; LaMDA++ is LaMDA with per-layer ranks).
+    - ``label_options``: options shown beside the name in report tables when not at their default.
+    - ``b_schedule(info, horizon)``: the trainable B columns by (rank, step) when the method
+      freezes part of its adapter during the run (LaMDA), else None.
+    """
 
     name: str = ""
     description: str = ""
     options: dict[str, Option] = {}
+    rankless: bool = False
+    family: str = ""
+    label_options: tuple[str, ...] = ()
+
+    def b_schedule(self, info: Mapping[str, Any], horizon: int) -> Callable[[int, int], int] | None:
+        """Trainable components of B of a rank-r layer during 0-based step ``step``, as
+        ``f(r, step)``, for a run of ``horizon`` optimizer steps whose ``AppliedMethod.info``
+        is ``info``; None when nothing freezes during the run."""
+        return None
+
+    def label(self, options: Mapping[str, Any]) -> str:
+        """The name for report tables: ``lamda (mask)`` where a label option is not at its default."""
+        name = self.name
+        for key in self.label_options:
+            value = options.get(key)
+            if value and value != self.options[key].default:
+                name += f" ({value})"
+        return name
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in, unknown keys and bad values rejected with a one-line error."""

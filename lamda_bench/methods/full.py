@@ -18,6 +18,8 @@ class FullFineTuning(Method):
     name = "full"
     description = "full fine-tuning (plain PyTorch): all weights trainable, AdamW"
     options: dict = {}
+    rankless = True
+    family = "full"
 
     def apply(self, model: nn.Module, spec: AdapterSpec) -> AppliedMethod:
         from ..workloads import target_linears

@@ -57,6 +57,9 @@ from .lamda_init import INIT_DOC, INITS, initial_factors
 
 FREEZE_ORDERS = ("largest", "smallest")
 FREEZE_MODES = ("split", "mask")
+# LaMDA's schedule defaults, written once: the option defaults, the schedule's, the claims'.
+DEFAULT_FREEZE_FRACTION = 0.3
+DEFAULT_FREEZE_MODE = "split"
 ADAPTER_PREFIX = "lamda_"
 
 
@@ -74,7 +77,7 @@ class FreezeSchedule:
 
     r: int
     total_steps: int
-    freeze_fraction: float = 0.3
+    freeze_fraction: float = DEFAULT_FREEZE_FRACTION
 
     def __post_init__(self) -> None:
         if self.r < 0:
@@ -243,7 +246,7 @@ class LamdaLinear(nn.Module):
         svd_niter: int | None = None,
         schedule: FreezeSchedule | None = None,
         freeze_order: str = "largest",
-        freeze_mode: str = "split",
+        freeze_mode: str = DEFAULT_FREEZE_MODE,
         autocast_adapter_dtype: bool = True,
         dropout: float = 0.0,
         name: str = "",
@@ -257,7 +260,7 @@ class LamdaLinear(nn.Module):
             raise MethodError(f"LaMDA freeze_order must be one of {list(FREEZE_ORDERS)}, got {freeze_order!r}")
         self.in_features, self.out_features, self.r = d_in, d_out, r
         self.scaling = alpha / r
-        self.schedule = schedule if schedule is not None else FreezeSchedule(r, 1, 0.3)
+        self.schedule = schedule if schedule is not None else FreezeSchedule(r, 1, DEFAULT_FREEZE_FRACTION)
         if self.schedule.r != r:
             raise ValueError(f"LamdaLinear: schedule is for r={self.schedule.r}, layer has r={r}")
         self.base_layer = base_layer.requires_grad_(False)  # the frozen base (W, or the SVD residual)
@@ -444,9 +447,9 @@ class _seeded:
 LAMDA_OPTIONS: dict[str, Option] = {
     "init": Option("svd", str, INIT_DOC, INITS),
     "svd_niter": Option(None, int, "None: full torch.linalg.svd; K: torch.svd_lowrank with niter=K"),
-    "freeze_fraction": Option(0.3, (float, int), "fraction of the training steps over which B freezes (0: S alone)"),
+    "freeze_fraction": Option(DEFAULT_FREEZE_FRACTION, (float, int), "fraction of the training steps over which B freezes (0: S alone)"),
     "freeze_order": Option("largest", str, "which rank components of B freeze first, by singular value", FREEZE_ORDERS),
-    "freeze_mode": Option("split", str, "'split': real freezing; 'mask': zero the gradient (authors' code)", FREEZE_MODES),
+    "freeze_mode": Option(DEFAULT_FREEZE_MODE, str, "'split': real freezing; 'mask': zero the gradient (authors' code)", FREEZE_MODES),
     "autocast_adapter_dtype": Option(True, bool, "adapter weights and input in fp32 (PEFT's default policy)"),
     "dropout": Option(0.0, (float, int), "dropout on the adapter input (saves a d_in-wide mask when > 0)"),
 }
@@ -456,9 +459,23 @@ class LamdaMethod(Method):
     name = "lamda"
     description = "LaMDA: A frozen, r x r core S trainable, B gradually frozen (own module)"
     options = LAMDA_OPTIONS
+    family = "lamda"
+    label_options = ("freeze_mode",)
 
     def apply(self, model: nn.Module, spec: AdapterSpec) -> AppliedMethod:
         return apply_lamda(model, spec, self.resolve_options(spec.options))
+
+    def b_schedule(self, info, horizon):
+        """Under split freezing B's trainable columns follow ``FreezeSchedule``; under mask
+        freezing every column stays a trainable parameter (only its gradient is zeroed)."""
+        if info["freeze_mode"] != "split":
+            return None
+        fraction = float(info["freeze_fraction"])
+
+        def trainable(rank: int, step: int) -> int:
+            return FreezeSchedule(rank, horizon, fraction).trainable(step)
+
+        return trainable
 
 
 register(LamdaMethod())

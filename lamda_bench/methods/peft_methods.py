@@ -184,6 +184,7 @@ _LORA_INIT = "lora default (PEFT init_lora_weights=True): A kaiming-uniform, B z
 
 class LoRA(PeftMethod):
     name = "lora"
+    family = "lora"
     description = "LoRA via PEFT: W x + s B A x, A and B trainable"
 
     def peft_config(self, spec, opts, names, on_meta):
@@ -192,6 +193,7 @@ class LoRA(PeftMethod):
 
 class PiSSA(PeftMethod):
     name = "pissa"
+    family = "lora"  # LoRA's adapter path; only the init differs
     description = "PiSSA via PEFT (init_lora_weights pissa / pissa_niter_K): A, B from top-r SVD of W, residual frozen"
     options = {
         **_COMMON_OPTIONS,
@@ -211,6 +213,7 @@ class PiSSA(PeftMethod):
 
 class LoRAFA(PeftMethod):
     name = "lora-fa"
+    family = "lora-fa"
     description = "LoRA-FA via PEFT: A frozen at its LoRA init, B trained with PEFT's LoraFAOptimizer"
 
     def peft_config(self, spec, opts, names, on_meta):
@@ -234,6 +237,7 @@ class LoRAFA(PeftMethod):
 
 class DoRA(PeftMethod):
     name = "dora"
+    family = "dora"
     description = "DoRA via PEFT (use_dora=True): LoRA direction plus a trainable magnitude per output"
 
     def peft_config(self, spec, opts, names, on_meta):
@@ -242,6 +246,7 @@ class DoRA(PeftMethod):
 
 class VeRA(PeftMethod):
     name = "vera"
+    family = "vera"
     description = "VeRA via PEFT: frozen shared random A, B; trainable scaling vectors lambda_d (r), lambda_b (d_out)"
     options = {
         **_COMMON_OPTIONS,

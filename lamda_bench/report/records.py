@@ -95,12 +95,13 @@ def _workload_width(name: str) -> int | None:
 
 
 def method_label(record: dict[str, Any]) -> str:
-    """Method name, with LaMDA's freeze mode when it is not the default 'split'."""
+    """Method name, with its label options (LaMDA's freeze mode) where not at their default
+    (``Method.label``); the bare name for a method this version does not register."""
+    from ..methods import all_methods
+
     name = str(get(record, "cell.method", "?"))
-    freeze = get(record, "cell.options.freeze_mode")
-    if freeze and freeze != "split":
-        name += f" ({freeze})"
-    return name
+    method = all_methods().get(name)
+    return method.label(get(record, "cell.options") or {}) if method else name
 
 
 # ---- flat table (CSV) ---------------------------------------------------------------------

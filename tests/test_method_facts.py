@@ -1,0 +1,75 @@
+"""Method facts live on the registered Method; the suite, analytic.py, reports and claims read them."""
+
+import pytest
+
+from lamda_bench import analytic as A
+from lamda_bench.analytic import AdaptedLinear
+from lamda_bench.claims.common import is_plain_lamda
+from lamda_bench.methods import REGISTRY, all_methods, get_method
+from lamda_bench.methods.base import Method
+from lamda_bench.methods.lamda import DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE, FreezeSchedule
+from lamda_bench.report.records import method_label
+
+
+def test_every_registered_method_has_a_closed_form_family():
+    families = {name: m.family for name, m in all_methods().items()}
+    assert families == {"full": "full", "lora": "lora", "pissa": "lora", "lora-fa": "lora-fa", "dora": "dora",
+                        "vera": "vera", "lamda": "lamda", "lamda++": "lamda"}
+    assert set(families.values()) <= set(A.FAMILIES)
+    assert [n for n, m in all_methods().items() if m.rankless] == ["full"]
+
+
+def test_analytic_takes_the_family_from_the_registry(monkeypatch):
+    """A method registered with LoRA's family gets LoRA's closed forms without touching analytic.py;
+    one without a family gets none."""
+
+    class LoraTwin(Method):
+        name, family = "lora-twin", "lora"
+
+    class NoForm(Method):
+        name = "no-form"
+
+    monkeypatch.setitem(REGISTRY, "lora-twin", LoraTwin())
+    monkeypatch.setitem(REGISTRY, "no-form", NoForm())
+    layers = [AdaptedLinear(10, 6), AdaptedLinear(6, 6)]
+    assert A.trainable("lora-twin", layers, 2) == A.trainable("lora", layers, 2) == (16 + 12) * 2
+    assert A.adapter_flops("lora-twin", layers, 2, 5) == A.adapter_flops("lora", layers, 2, 5)
+    with pytest.raises(A.AnalyticError, match="no closed form for method 'no-form'"):
+        A.trainable("no-form", layers, 2)
+
+
+def test_lamda_schedule_defaults_are_the_options_defaults():
+    for name in ("lamda", "lamda++"):
+        opts = get_method(name).resolve_options({})
+        assert (opts["freeze_fraction"], opts["freeze_mode"]) == (DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE)
+    assert FreezeSchedule(4, 10).freeze_fraction == DEFAULT_FREEZE_FRACTION
+
+
+def test_b_schedule_is_the_freezing_schedule_under_split_only():
+    info = {"freeze_mode": "split", "freeze_fraction": 0.5}
+    for name in ("lamda", "lamda++"):
+        sched = get_method(name).b_schedule(info, 8)
+        assert [sched(4, s) for s in range(6)] == [FreezeSchedule(4, 8, 0.5).trainable(s) for s in range(6)]
+        assert [sched(4, s) for s in range(6)] == [4, 3, 2, 1, 0, 0]
+        assert get_method(name).b_schedule({**info, "freeze_mode": "mask"}, 8) is None
+    assert get_method("lora").b_schedule({}, 8) is None
+
+
+def test_method_label_shows_label_options_away_from_their_default():
+    rec = lambda method, **options: {"cell": {"method": method, "options": options}}  # noqa: E731
+    assert method_label(rec("lamda", freeze_mode="mask")) == "lamda (mask)"
+    assert method_label(rec("lamda++", freeze_mode="mask")) == "lamda++ (mask)"
+    assert method_label(rec("lamda", freeze_mode="split")) == "lamda"
+    assert method_label(rec("lora", freeze_mode="mask")) == "lora"  # not a label option of LoRA
+    assert method_label(rec("retired-method")) == "retired-method"
+    assert method_label({"cell": {}}) == "?"
+
+
+def test_plain_lamda_is_lamda_at_its_default_schedule():
+    rec = lambda method="lamda", **options: {"cell": {"method": method, "options": options}}  # noqa: E731
+    assert is_plain_lamda(rec())
+    assert is_plain_lamda(rec(freeze_fraction=DEFAULT_FREEZE_FRACTION, freeze_mode="split"))
+    assert not is_plain_lamda(rec(freeze_fraction=0.5))
+    assert not is_plain_lamda(rec(freeze_mode="mask"))
+    assert is_plain_lamda(rec(freeze_mode="mask"), freeze_mode="mask")
+    assert not is_plain_lamda(rec("lamda++"))
