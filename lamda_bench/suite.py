@@ -34,7 +34,6 @@ and give an error record; r larger than a linear workload's d is caught here.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import math
 import re
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, Cell
+from .hints import did_you_mean
 from .suite_conventions import AmbiguousTargets, canonical_dtype, key_hint, targets_settings
 from .suite_text import MAX_NESTING, TooDeep, read_suite_text, toml_loads
 
@@ -161,9 +161,7 @@ class _Bad(Exception):
     """Internal: a value problem, turned into a SuiteError once file and key are known."""
 
 
-def _hint(word: str, candidates) -> str:
-    match = difflib.get_close_matches(word, list(candidates), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+_hint = did_you_mean  # the one "did you mean" helper (hints.py)
 
 
 # ---- the registries a suite is checked against ------------------------------------------

@@ -1,14 +1,21 @@
 """Method facts live on the registered Method; the suite, analytic.py, reports and claims read them."""
 
+import copy
+from collections import OrderedDict
+
 import pytest
+import torch
+from torch import nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from lamda_bench import analytic as A
 from lamda_bench.analytic import AdaptedLinear
 from lamda_bench.claims.common import is_plain_lamda
 from lamda_bench.methods import REGISTRY, all_methods, get_method
-from lamda_bench.methods.base import Method
-from lamda_bench.methods.lamda import DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE, FreezeSchedule
+from lamda_bench.methods.base import AdapterSpec, Method, MethodError
+from lamda_bench.methods.lamda import DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE, FreezeSchedule, find_targets
 from lamda_bench.report.records import method_label
+from lamda_bench.targets import target_linears
 
 
 def test_every_registered_method_has_a_closed_form_family():
@@ -73,3 +80,49 @@ def test_plain_lamda_is_lamda_at_its_default_schedule():
     assert not is_plain_lamda(rec(freeze_mode="mask"))
     assert is_plain_lamda(rec(freeze_mode="mask"), freeze_mode="mask")
     assert not is_plain_lamda(rec("lamda++"))
+
+
+# ---- one target matcher ---------------------------------------------------------------------------
+
+
+class QuantLikeLinear(nn.Linear):
+    """An nn.Linear subclass, as bitsandbytes' Linear4bit / Linear8bitLt are."""
+
+
+def _model_with_linear_subclasses() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(
+        up=QuantLikeLinear(8, 16), act=nn.ReLU(), down=NonDynamicallyQuantizableLinear(16, 8), out=nn.Linear(8, 8)))
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "lamda", "lamda++", "full"])
+def test_every_method_adapts_nn_linear_subclasses(method):
+    """LaMDA's matcher (``type(m) is nn.Linear``) refused the subclasses PEFT's LoRA adapts;
+    every method now matches targets through ``targets.is_target_linear`` alike."""
+    model = _model_with_linear_subclasses()
+    spec = AdapterSpec(r=2, alpha=4.0, targets=["up", "down"], total_steps=4,
+                       options={})
+    assert list(target_linears(model, spec.targets)) == list(find_targets(model, spec.targets)) == ["up", "down"]
+    applied = get_method(method).apply(model, spec)
+    assert sorted(n.rsplit(".", 1)[-1] for n in applied.adapted) == ["down", "up"]
+    loss = applied.model(torch.randn(3, 8)).square().mean()
+    loss.backward()
+    assert all(p.grad is not None for p in applied.trainable_parameters())
+
+
+def test_an_adapted_layer_is_not_matched_again():
+    model = _model_with_linear_subclasses()
+    applied = get_method("lora").apply(model, AdapterSpec(r=2, alpha=4.0, targets=["up"]))
+    assert "up" not in {n.rsplit(".", 1)[-1] for n in target_linears(applied.model, ["up"])}
+    with pytest.raises(MethodError, match=r"matches .*up \(Linear\), not an nn.Linear"):
+        find_targets(applied.model, ["up"])
+
+
+def test_one_rank_check_for_every_method():
+    model = _model_with_linear_subclasses()
+    for method in ("lora", "lamda"):
+        for r, message in ((0, "r must be an integer >= 1, got 0"),
+                           (9, "r=9 exceeds min(d_in, d_out)=8 of up (Linear 8 -> 16)")):
+            with pytest.raises(MethodError) as err:
+                get_method(method).apply(copy.deepcopy(model), AdapterSpec(r=r, alpha=4.0, targets=["up"]))
+            assert message in str(err.value)

@@ -165,6 +165,26 @@ class Method:
         raise NotImplementedError
 
 
+def check_rank(r: Any, d_in: int | None = None, d_out: int | None = None, layer: str = "") -> None:
+    """One-line MethodError unless ``r`` is an integer >= 1 and, given the layer's shape, at most
+    min(d_in, d_out). Every method checks its rank here, so they refuse the same ranks alike."""
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise MethodError(f"r must be an integer >= 1, got {r!r}" + (f" (layer {layer})" if layer else ""))
+    if d_in is not None and d_out is not None and r > min(d_in, d_out):
+        raise MethodError(f"r={r} exceeds min(d_in, d_out)={min(d_in, d_out)} of {layer or 'a layer'} "
+                          f"(Linear {d_in} -> {d_out})")
+
+
+def adamw_over_trainable(model: nn.Module) -> Callable[[float], torch.optim.Optimizer]:
+    """``make_optimizer`` of the methods that train with plain AdamW: torch's AdamW over the
+    parameters that require grad when it is built (so after the method froze what it freezes)."""
+
+    def make(lr: float) -> torch.optim.Optimizer:
+        return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+    return make
+
+
 def _type_name(t: type | tuple[type, ...]) -> str:
     if isinstance(t, tuple):
         return " or ".join(x.__name__ for x in t)

@@ -7,11 +7,10 @@ linears the whole layer counts as the "adapter path" (its input saved for W's gr
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from . import register
-from .base import AdapterSpec, AppliedMethod, Method
+from .base import AdapterSpec, AppliedMethod, Method, adamw_over_trainable
 
 
 class FullFineTuning(Method):
@@ -30,9 +29,6 @@ class FullFineTuning(Method):
         adapted = dict(target_linears(model, spec.targets)) if spec.targets else {}
         adapter_names = frozenset(adapted)
 
-        def make_optimizer(lr: float) -> torch.optim.Optimizer:
-            return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-
         info = {
             "method": self.name,
             "init": "model weights as built",
@@ -44,7 +40,7 @@ class FullFineTuning(Method):
             model=model,
             adapted=adapted,
             is_adapter_module=adapter_names.__contains__,
-            make_optimizer=make_optimizer,
+            make_optimizer=adamw_over_trainable(model),
             info=info,
         )
 

@@ -52,7 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register
-from .base import AdapterSpec, AppliedMethod, Method, MethodError, Option
+from ..targets import is_target_linear, matches_target
+from .base import AdapterSpec, AppliedMethod, Method, MethodError, Option, adamw_over_trainable, check_rank
 from .lamda_init import INIT_DOC, INITS, initial_factors
 
 FREEZE_ORDERS = ("largest", "smallest")
@@ -186,17 +187,6 @@ class LamdaB(nn.Module):
         return f"out_features={self.out_features}, rank={self.rank}, n_frozen={self.n_frozen}, mode={self.mode}"
 
 
-def check_rank(r: int, weight_shape: torch.Size, layer: str) -> None:
-    """One-line MethodError unless 1 <= r <= min(d_in, d_out) of the layer's (d_out, d_in) weight."""
-    d_out, d_in = weight_shape
-    if r < 1:
-        raise MethodError(f"LaMDA rank r must be >= 1, got {r} (layer {layer})")
-    if r > min(d_in, d_out):
-        raise MethodError(
-            f"LaMDA rank r={r} exceeds min(d_in, d_out)={min(d_in, d_out)} of layer {layer} (weight {d_out}x{d_in})"
-        )
-
-
 def _param(t: torch.Tensor, requires_grad: bool) -> nn.Parameter:
     # clone: a slice would keep the old, wider storage alive.
     return nn.Parameter(t.detach().clone(), requires_grad=requires_grad)
@@ -253,7 +243,7 @@ class LamdaLinear(nn.Module):
     ):
         super().__init__()
         d_out, d_in = base_layer.weight.shape
-        check_rank(r, base_layer.weight.shape, name or "?")
+        check_rank(r, d_in, d_out, name or "?")
         if init not in INITS:
             raise MethodError(f"LaMDA init must be one of {list(INITS)}, got {init!r}")
         if freeze_order not in FREEZE_ORDERS:
@@ -315,14 +305,14 @@ def find_targets(model: nn.Module, targets: Iterable[str]) -> dict[str, nn.Linea
         raise MethodError("no target modules given (targets is empty)")
     found: dict[str, nn.Linear] = {}
     for suffix in targets:
-        hits = [(n, m) for n, m in model.named_modules() if n == suffix or n.endswith("." + suffix)]
+        hits = [(n, m) for n, m in model.named_modules() if matches_target(n, [suffix])]
         if not hits:
             raise MethodError(
                 f"target {suffix!r} matches no module of {type(model).__name__} "
                 f"(linear layers are named like: {', '.join(_linear_suffixes(model)) or 'none'})"
             )
         for n, m in hits:
-            if type(m) is not nn.Linear:
+            if not is_target_linear(m):
                 raise MethodError(f"target {suffix!r} matches {n} ({type(m).__name__}), not an nn.Linear")
             found[n] = m
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
@@ -330,7 +320,7 @@ def find_targets(model: nn.Module, targets: Iterable[str]) -> dict[str, nn.Linea
 
 
 def _linear_suffixes(model: nn.Module, limit: int = 12) -> list[str]:
-    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if is_target_linear(m)})
     return names[:limit]
 
 
@@ -364,7 +354,7 @@ def apply_lamda(
     targets = find_targets(model, spec.targets)
     ranks = ranks if ranks is not None else {n: spec.r for n in targets}
     for n, lin in targets.items():  # validate everything before touching the model
-        check_rank(ranks[n], lin.weight.shape, n)
+        check_rank(ranks[n], lin.in_features, lin.out_features, n)
     frac = options["freeze_fraction"]
     if not 0.0 <= float(frac) <= 1.0:
         raise MethodError(f"LaMDA freeze_fraction must be in [0, 1], got {frac}")
@@ -398,9 +388,6 @@ def apply_lamda(
         for layer in adapted.values():
             layer.advance(step, optimizer)
 
-    def make_optimizer(lr: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-
     inits = sorted({layer.init_used for layer in adapted.values()})
     info = {
         "init": inits[0] if len(inits) == 1 else inits,
@@ -421,7 +408,7 @@ def apply_lamda(
         model=model,
         adapted=dict(adapted),
         is_adapter_module=lambda name: is_lamda_adapter_module(name, adapted),
-        make_optimizer=make_optimizer,
+        make_optimizer=adamw_over_trainable(model),
         on_step=on_step,
         info=info,
         trainable_shrinks=options["freeze_mode"] == "split" and float(frac) > 0,
