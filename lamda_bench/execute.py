@@ -59,11 +59,11 @@ from torch import nn
 
 from . import analytic, parallel, precision, workloads
 from .cell import DEVICES, MODES, OPTIMIZERS, PRECISIONS, Cell
+from .record import SERIES_KEYS  # the record's keys are defined once, in record.py
 
 CPU_MEASURE_MAX_RAM_FRACTION = 0.25  # measure on CPU only when the predicted peak is below this share of RAM
 CPU_MEASURE_MAX_FLOPS = 3e10  # forward + backward FLOPs per step: a few seconds on 2 CPU cores
 SNAPSHOT_ENV = "LAMDA_BENCH_CUDA_SNAPSHOT"  # =1: write the instrumented step's CUDA memory snapshot
-SERIES_KEYS = ("step", "trainable", "optimizer", "backward_flops", "peak", "ran")
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "cannot allocate memory")
 
 
@@ -96,7 +96,7 @@ def run_cell(cell: dict, artifacts_dir: str | None = None) -> dict:
 
 
 def _blank_record(cell: dict) -> dict:
-    from .results import SCHEMA_VERSION
+    from .record import SCHEMA_VERSION, blank_blocks
 
     return {
         "schema": SCHEMA_VERSION,
@@ -105,17 +105,7 @@ def _blank_record(cell: dict) -> dict:
         "status": "error",
         "error": None,
         "cell": dict(cell) if isinstance(cell, dict) else {"value": repr(cell)},
-        "params": {"total": None, "trainable": None, "updates": None},
-        "memory": {k: None for k in (
-            "weights", "trainable_weights", "grads", "optimizer", "saved_activations",
-            "saved_activations_adapter", "peak_forward", "peak_backward", "peak_step", "peak",
-            "at_peak", "peak_steady", "cuda_max_allocated", "cuda_max_reserved", "cuda_max_active", "nvml_used",
-            "host_rss_peak")},
-        "flops": {"forward": None, "backward": None, "adapter_forward": None, "adapter_backward": None,
-                  "attention_counting": None},
-        "time": {"step_median_s": None, "step_min_s": None, "step_max_s": None, "steps_timed": 0,
-                 "tokens_per_s": None},
-        "series": {k: [] for k in SERIES_KEYS},
+        **blank_blocks(),  # params, memory, flops, time, series: all null
         "predicted": None,
         "info": {},
         "artifacts": {},
