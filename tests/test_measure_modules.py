@@ -69,7 +69,7 @@ def test_lora_matmuls_go_to_the_adapter_modules_in_forward_and_backward():
 
 
 def test_adapter_backward_matmuls_match_the_closed_form_count():
-    """Summed over the adapted layers, the adapter's backward matmuls are what analytic.py's
+    """Summed over the adapted layers, the adapter's backward matmuls are what analytic/'s
     chain counts: per layer 1 (B's weight grad) + 1 (into A x) + 1 (A's weight grad) + 1 if the
     layer input needs a gradient. Layer 0's q and v read the embedding output: no input grad."""
     cell, applied = _lora_llama()

@@ -1,4 +1,4 @@
-"""Method facts live on the registered Method; the suite, analytic.py, reports and claims read them."""
+"""Method facts live on the registered Method; the suite, analytic/, reports and claims read them."""
 
 import copy
 from collections import OrderedDict
@@ -27,7 +27,7 @@ def test_every_registered_method_has_a_closed_form_family():
 
 
 def test_analytic_takes_the_family_from_the_registry(monkeypatch):
-    """A method registered with LoRA's family gets LoRA's closed forms without touching analytic.py;
+    """A method registered with LoRA's family gets LoRA's closed forms without touching analytic/;
     one without a family gets none."""
 
     class LoraTwin(Method):

@@ -18,7 +18,7 @@ from collections import defaultdict
 from typing import Callable, Iterable
 
 from ..methods.lamda import DEFAULT_FREEZE_FRACTION
-from ..record import CELL, FLOPS, INFO_METHOD, INFO_STEPS, MEMORY, PARAMS, PREDICTED_MEMORY, PREDICTED_PARAMS, SERIES
+from ..record import CELL, FLOPS, INFO, INFO_METHOD, INFO_STEPS, MEMORY, PARAMS, PREDICTED_MEMORY, PREDICTED_PARAMS, SERIES
 from ..report.records import get
 from ..report.units import fmt_bytes, fmt_count, fmt_flops
 from . import updates_search
@@ -274,7 +274,7 @@ def claim_peak(records: list[dict], gpu_records: list[dict] | None = None) -> Cl
     gpu = _peak_ratios(gpu_records or [], MEMORY.cuda_max_allocated)
     # Records from before whole-run peaks (no info.peak_steps) reset the allocator's peaks after
     # step 1: their cuda_max_allocated covers the later steps only, and the verdict says so.
-    whole_run = all(isinstance((r.get("info") or {}).get("peak_steps"), dict) for r in gpu_records or [])
+    whole_run = all(isinstance(get(r, INFO.peak_steps), dict) for r in gpu_records or [])
     horizon = "over the run" if whole_run else "after step 1: these records predate whole-run peaks"
     judge, judged_on = (gpu, f"measured on a GPU (cuda_max_allocated {horizon})") if gpu else (est, "estimated")
     if not judge:
