@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .record import CELL, ENV, MEMORY, PARAMS
 from .record_values import is_number  # a finite int or float, not a bool: all a gated figure may be
 from .report.records import get, mode
 from .results import env_fields
@@ -45,20 +46,20 @@ DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
 _BYTES = {"direction": "lower"}
 _EXACT = {"direction": "lower", "rel": 0.0, "abs": 0}
 DEFAULT_METRICS: dict[str, dict[str, Any]] = {
-    "memory.peak": _BYTES,
-    "memory.peak_forward": _BYTES,
-    "memory.peak_backward": _BYTES,
-    "memory.peak_step": _BYTES,
-    "memory.saved_activations": _BYTES,
-    "memory.saved_activations_adapter": _BYTES,
-    "memory.weights": _BYTES,
-    "memory.grads": _BYTES,
-    "memory.optimizer": _BYTES,
+    MEMORY.peak: _BYTES,
+    MEMORY.peak_forward: _BYTES,
+    MEMORY.peak_backward: _BYTES,
+    MEMORY.peak_step: _BYTES,
+    MEMORY.saved_activations: _BYTES,
+    MEMORY.saved_activations_adapter: _BYTES,
+    MEMORY.weights: _BYTES,
+    MEMORY.grads: _BYTES,
+    MEMORY.optimizer: _BYTES,
     # allocator counters: block rounding, cuBLAS/cuDNN workspaces and segment growth vary
-    "memory.cuda_max_allocated": {"direction": "lower", "rel": 0.05, "abs": 2 << 20},
-    "memory.cuda_max_reserved": {"direction": "lower", "rel": 0.05, "abs": 20 << 20},
-    "params.trainable": _EXACT,  # parameter counts are exact in every mode
-    "params.updates": _EXACT,
+    MEMORY.cuda_max_allocated: {"direction": "lower", "rel": 0.05, "abs": 2 << 20},
+    MEMORY.cuda_max_reserved: {"direction": "lower", "rel": 0.05, "abs": 20 << 20},
+    PARAMS.trainable: _EXACT,  # parameter counts are exact in every mode
+    PARAMS.updates: _EXACT,
 }
 
 
@@ -147,8 +148,8 @@ def tolerance(baseline: dict[str, Any], metric: str, cell_mode: str) -> tuple[fl
 def cell_entry(record: dict[str, Any], metric_names: list[str]) -> dict[str, Any]:
     """What the baseline keeps of one ok record: its gated metrics and where they came from."""
     metrics = {name: get(record, name) for name in metric_names if get(record, name) is not None}
-    return {"method": get(record, "cell.method"), "mode": mode(record), "device": get(record, "cell.device"),
-            "fingerprint": get(record, "env.fingerprint"), "env": env_fields(record.get("env") or {}),
+    return {"method": get(record, CELL.method), "mode": mode(record), "device": get(record, CELL.device),
+            "fingerprint": get(record, ENV.fingerprint), "env": env_fields(record.get("env") or {}),
             "metrics": metrics}
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 from .budgets import Budget
 from .cell import Cell
+from .record import MEMORY, get
 from .errors import UserError
 
 AXES = ("batch", "seq")
@@ -75,7 +76,7 @@ class MethodSearch:
         return dataclasses.replace(self.base, **{self.axis: value})
 
     def observe(self, value: int, record: dict[str, Any]) -> None:
-        peak = ((record.get("memory") or {}).get("peak")) if record.get("status") == "ok" else None
+        peak = get(record, MEMORY.peak) if record.get("status") == "ok" else None
         self.probes[value] = Probe(value=value, id=self.cell(value).id, status=record.get("status") or "error",
                                    peak=peak, error=record.get("error"))
 

@@ -55,6 +55,7 @@ from tabulate import tabulate
 
 from .baseline import (BASELINE_FORMAT, DEFAULT_METRICS, DEFAULT_TOLERANCES, GateUsageError, cell_entry,
                        is_negative_count, is_number, new_baseline, read_baseline, tolerance, write_baseline_atomic)
+from .record import ENV
 from .report.records import ReportError, get, load_dir, mode
 from .report.units import fmt_bytes, fmt_count
 from .results import ResultsError, describe_drift, env_drift, env_fields
@@ -157,7 +158,7 @@ def check(records: list[dict[str, Any]], baseline: dict[str, Any], allow_env_dri
         if rec.get("status") != "ok":
             result.failed_cells.append((cell_id, f"{rec.get('status')}: {rec.get('error')}"))
             continue
-        now_fp = get(rec, "env.fingerprint")
+        now_fp = get(rec, ENV.fingerprint)
         if now_fp != entry.get("fingerprint"):
             drift = env_drift(entry.get("env") or {}, env_fields(rec.get("env") or {}))
             result.env_mismatch.append(EnvMismatch(cell_id, entry.get("fingerprint"), now_fp, drift,

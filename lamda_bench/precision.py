@@ -141,7 +141,7 @@ def predict_state(c, res, b_schedule) -> dict:
     if policy.master_dtype is not None:
         trainable = policy.master_dtype.itemsize
     else:
-        trainable = base if c.method == "full" else adapter
+        trainable = base if analytic.family(c.method) == "full" else adapter  # full trains the model's own weights
     params = {id(p): p for p in applied.model.parameters()}
     buffers = {id(b.untyped_storage()): b.untyped_storage().nbytes() for b in applied.model.buffers()}
     adamw = res.info.get("optimizer_class") == "AdamW"

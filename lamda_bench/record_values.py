@@ -19,10 +19,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .record import FLOPS
+
 # Sections whose leaves are numbers (or null); nested tables (memory.at_peak) are walked.
 NUMERIC_SECTIONS = ("params", "memory", "flops", "time")
 # Text fields inside those sections.
-TEXT_FIELDS = frozenset({"flops.attention_counting"})
+TEXT_FIELDS = frozenset({FLOPS.attention_counting})
 # Cell keys that are numbers (lamda_bench.cell.Cell).
 NUMERIC_CELL_KEYS = ("r", "alpha", "layers", "d_in", "d_out", "batch", "seq", "steps", "warmup", "lr",
                      "seed", "timeout_s")

@@ -28,10 +28,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
+from .record import SCHEMA_VERSION  # defined with the record
 from .record_values import finite_or_null
 from .errors import UserError
 
-SCHEMA_VERSION = 1
 RESULTS_FILE = "results.jsonl"
 
 STATUSES = ("ok", "oom", "error", "timeout")

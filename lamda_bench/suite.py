@@ -51,9 +51,6 @@ from .suite_values import CELL_KEYS, BadValue, hint
 from .errors import UserError
 
 LINEAR_WORKLOAD = "linear"
-# Methods whose result does not depend on r or alpha: their cells get the Cell defaults for
-# both, so `method = ["lora", "full"]` x `r = [8, 16]` gives one full cell, not two.
-RANKLESS_METHODS = ("full",)
 SWEEP_ONLY_KEYS = ("zip", "exclude")
 TOP_LEVEL_KEYS = ("suite", "defaults", "sweep")
 SUITE_KEYS = ("name", "description")
@@ -333,7 +330,7 @@ class _Parser:
         fields = {k: v for k, v in combo.items() if k in CELL_KEYS}
         given = {k: v for k, v in combo.items() if k not in CELL_KEYS and k in method_options}
         # Keys of the other methods of this sweep are ignored here (checked in expand).
-        if fields["method"] in RANKLESS_METHODS:
+        if getattr(method, "rankless", False):
             fields["r"], fields["alpha"] = Cell.r, Cell.alpha
         self.check_shape(where, fields)
         from .methods.base import MethodError
@@ -377,7 +374,7 @@ class _Parser:
                                 f"d_in == d_out (got {fields['d_in']} and {fields['d_out']})")
             r = fields.get("r", Cell.r)
             d = min(fields["d_in"], fields["d_out"])
-            if r > d and fields["method"] not in RANKLESS_METHODS:
+            if r > d and not getattr(self.catalog.methods[fields["method"]], "rankless", False):
                 raise self.fail(where, "r", f"r = {r} exceeds min(d_in, d_out) = {d} of the linear workload")
         else:
             for key in ("d_in", "d_out"):

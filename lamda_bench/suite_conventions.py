@@ -14,9 +14,9 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
+from .hints import did_you_mean
 from .targets import PRESETS
 from .errors import UserError
 
@@ -45,8 +45,7 @@ def key_hint(key: str, known) -> str:
     alias = KEY_ALIASES.get(str(key).lower())
     if alias in known:
         return f" (did you mean {alias!r}?)"
-    match = difflib.get_close_matches(str(key), known, n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    return did_you_mean(key, known)
 
 
 def canonical_dtype(value: Any) -> Any:

@@ -6,12 +6,12 @@ runner applies too, are the cell's own (``Cell.validate``); the integer minimums
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from typing import Any, Callable
 
 from .cell import ATTENTION, DEVICES, DTYPES, MIN_INTS, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, Cell
 from .suite_conventions import canonical_dtype
+from .hints import did_you_mean
 
 # Integers are stored as 64-bit and numbers as finite doubles wherever a record goes (JSON
 # readers, pandas, torch); a value beyond either is refused here rather than written as
@@ -107,6 +107,4 @@ class BadValue(Exception):
     """Internal: a value problem, turned into a SuiteError once file and key are known."""
 
 
-def hint(word: str, candidates) -> str:
-    match = difflib.get_close_matches(word, list(candidates), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+hint = did_you_mean  # the one "did you mean" helper (hints.py)

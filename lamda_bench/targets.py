@@ -22,11 +22,11 @@ qualified names are used.
 
 from __future__ import annotations
 
-import difflib
 import re
 
 from torch import nn
 
+from .hints import did_you_mean
 from .model_config import WorkloadError
 
 PRESETS = ("all", "attn", "mlp", "peft")
@@ -39,12 +39,22 @@ def matches_target(module_name: str, suffixes) -> bool:
     return any(module_name == s or module_name.endswith("." + s) for s in suffixes)
 
 
+def is_target_linear(module: nn.Module) -> bool:
+    """A linear an adapter may wrap: any ``nn.Linear``, subclasses included, as PEFT's LoRA
+    dispatch decides (bitsandbytes' ``Linear4bit``/``Linear8bitLt`` and torch's
+    ``NonDynamicallyQuantizableLinear`` are linears to adapt). An adapter wrapper (PEFT's
+    ``lora.Linear``, LaMDA's ``LamdaLinear``) is not an ``nn.Linear``, so an adapted layer is
+    never matched a second time; its ``base_layer`` does not end with the target suffix. Every
+    method matches targets with this and ``matches_target``."""
+    return isinstance(module, nn.Linear)
+
+
 def target_linears(model: nn.Module, suffixes) -> dict[str, nn.Linear]:
     """Qualified name -> ``nn.Linear`` for every linear of ``model`` that a suffix matches."""
     return {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and matches_target(name, suffixes)
+        if is_target_linear(module) and matches_target(name, suffixes)
     }
 
 
@@ -146,7 +156,7 @@ def resolve_targets(targets, model: nn.Module, workload_name: str, model_type: s
     unknown = [s for s in suffixes if not any(matches_target(n, [s]) for n in linear_names)]
     if unknown:
         valid = sorted({n.rsplit(".", 1)[-1] for n in linear_names})
-        hint = _hint(unknown[0], valid + list(PRESETS))
+        hint = did_you_mean(unknown[0], valid + list(PRESETS))
         raise WorkloadError(
             f"unknown target module(s) {', '.join(map(repr, unknown))} for workload {workload_name!r}{hint}; "
             f"linear modules: {', '.join(valid)}; presets: {', '.join(available_presets(model, model_type))}"
@@ -154,6 +164,3 @@ def resolve_targets(targets, model: nn.Module, workload_name: str, model_type: s
     return suffixes
 
 
-def _hint(name: str, choices) -> str:
-    close = difflib.get_close_matches(str(name), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -36,7 +36,6 @@ Targets and presets: ``lamda_bench.targets``.
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from .cell import Cell
 from .model_config import WorkloadError
 from .targets import PRESETS, available_presets, matches_target, target_linears  # noqa: F401 - re-exported
 from .targets import resolve_targets as _resolve_targets
+from .hints import did_you_mean as _hint
 
 LINEAR_DEFAULT_DIM = 4096  # LLaMA2-7B hidden size, when a linear cell gives no d_in / d_out
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -396,11 +396,6 @@ def resolve_targets(cell: Cell, model: nn.Module) -> list[str]:
     """The cell's targets as module-name suffixes (``lamda_bench.targets.resolve_targets``)."""
     workload = get_workload(cell.workload)
     return _resolve_targets(cell.targets, model, workload.name, workload.family)
-
-
-def _hint(name: str, choices) -> str:
-    close = difflib.get_close_matches(str(name), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def workload_rows() -> list[list[str]]:

@@ -346,8 +346,8 @@ def test_workload_target_preset_resolves():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(r=0), "r must be >= 1"),
-        (dict(r=65), "exceeds min(d_in, d_out)=64 of layer model.layers.0.self_attn.q_proj (weight 64x64)"),
+        (dict(r=0), "r must be an integer >= 1, got 0"),
+        (dict(r=65), "r=65 exceeds min(d_in, d_out)=64 of model.layers.0.self_attn.q_proj (Linear 64 -> 64)"),
         (dict(targets=[]), "no target modules"),
         (dict(targets=["qq_proj"]), "target 'qq_proj' matches no module"),
         (dict(targets=["self_attn"]), "not an nn.Linear"),

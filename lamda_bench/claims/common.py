@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from ..methods.lamda import DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE
+from ..record import CELL
 from ..report.records import get
 
 HOLDS, PARTLY, NOT, CANNOT = "holds", "holds partly", "does not hold", "cannot be checked here"
@@ -55,7 +57,7 @@ def ok(records: Iterable[dict]) -> list[dict]:
 
 
 def option(record: dict, name: str, default: Any = None) -> Any:
-    return (get(record, "cell.options", {}) or {}).get(name, default)
+    return (get(record, CELL.options, {}) or {}).get(name, default)
 
 
 def is_probe(record: dict, kind: str | None = None) -> bool:
@@ -81,9 +83,11 @@ def pair_key(record: dict) -> tuple:
     return tuple(key)
 
 
-def is_plain_lamda(record: dict, freeze_mode: str = "split") -> bool:
-    return (get(record, "cell.method") == "lamda" and option(record, "freeze_mode", "split") == freeze_mode
-            and float(option(record, "freeze_fraction", 0.3)) == 0.3)
+def is_plain_lamda(record: dict, freeze_mode: str = DEFAULT_FREEZE_MODE) -> bool:
+    """LaMDA at its default schedule (the paper's setting), in ``freeze_mode``."""
+    return (get(record, CELL.method) == "lamda"
+            and option(record, "freeze_mode", DEFAULT_FREEZE_MODE) == freeze_mode
+            and float(option(record, "freeze_fraction", DEFAULT_FREEZE_FRACTION)) == DEFAULT_FREEZE_FRACTION)
 
 
 def pairs(records: Iterable[dict], first: Callable[[dict], bool], second: Callable[[dict], bool]) -> list[tuple[dict, dict]]:
@@ -98,7 +102,7 @@ def pairs(records: Iterable[dict], first: Callable[[dict], bool], second: Callab
 
 def lora_lamda_pairs(records: Iterable[dict]) -> list[tuple[dict, dict]]:
     recs = training(records)
-    return pairs(recs, lambda r: get(r, "cell.method") == "lora", is_plain_lamda)
+    return pairs(recs, lambda r: get(r, CELL.method) == "lora", is_plain_lamda)
 
 
 def setting_label(record: dict) -> str:

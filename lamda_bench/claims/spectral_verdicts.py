@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 
+from ..record import CELL, INFO_METHOD, PROBE
 from ..report.records import get
 from ..report.units import fmt_seconds
 from .common import (
@@ -26,18 +27,18 @@ def claim_svd_time(records: list[dict], target_shapes: dict[tuple[int, int], int
     key, claim = "5", "PiSSA initialises a 7B model within seconds with fast SVD"
     shapes = target_shapes or LLAMA7B_TARGET_SHAPES
     probes = [r for r in ok(records) if is_probe(r, "svd-time")]
-    lowrank = {tuple(get(r, "probe.shape")): r for r in probes if get(r, "probe.svd") == "lowrank"}
-    full = [r for r in probes if get(r, "probe.svd") == "full"]
+    lowrank = {tuple(get(r, PROBE.shape)): r for r in probes if get(r, PROBE.svd) == "lowrank"}
+    full = [r for r in probes if get(r, PROBE.svd) == "full"]
     if not all(s in lowrank for s in shapes):
         return cannot(key, claim, PISSA_SOURCE, "randomized-SVD timings are missing for some LLaMA2-7B shapes")
     exponent, full_est = _full_svd_extrapolation(full, shapes)
-    low_total = sum(get(lowrank[s], "probe.seconds") * n for s, n in shapes.items())
+    low_total = sum(get(lowrank[s], PROBE.seconds) * n for s, n in shapes.items())
     full_total = sum(full_est[s] * n for s, n in shapes.items()) if full_est else None
     n_targets = sum(shapes.values())
-    call = get(next(iter(lowrank.values())), "probe.call")
-    rows = [[f"{s[0]}x{s[1]}", n, fmt_seconds(get(lowrank[s], "probe.seconds")),
+    call = get(next(iter(lowrank.values())), PROBE.call)
+    rows = [[f"{s[0]}x{s[1]}", n, fmt_seconds(get(lowrank[s], PROBE.seconds)),
              fmt_seconds(full_est.get(s)) if full_est else "n/a"] for s, n in shapes.items()]
-    loads = uniq(round(get(r, "probe.load_average_1min", 0) or 0, 1) for r in probes)
+    loads = uniq(round(get(r, PROBE.load_average_1min, 0) or 0, 1) for r in probes)
     if low_total <= SECONDS_HOLDS:
         verdict = HOLDS
         reason = f"even on this CPU the {n_targets} randomized SVDs take {fmt_seconds(low_total)}"
@@ -64,9 +65,9 @@ def _full_svd_extrapolation(full: list[dict], shapes) -> tuple[float | None, dic
     """(exponent, full-size shape -> extrapolated seconds) from reduced-size full-SVD probes."""
     by_target: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
     for r in full:
-        target = tuple(get(r, "probe.scale_of") or get(r, "probe.shape"))
-        scale = target[0] / get(r, "probe.shape")[0]
-        by_target[target].append((scale, get(r, "probe.seconds")))
+        target = tuple(get(r, PROBE.scale_of) or get(r, PROBE.shape))
+        scale = target[0] / get(r, PROBE.shape)[0]
+        by_target[target].append((scale, get(r, PROBE.seconds)))
     exponent = None
     for pts in by_target.values():
         if len(pts) >= 2:
@@ -93,28 +94,28 @@ def claim_init_unchanged(records: list[dict]) -> ClaimRow:
     base, and credit the paper with nothing."""
     key, claim = "6a", "PiSSA leaves the model output unchanged at init"
     probes = [r for r in ok(records) if is_probe(r, "init-diff")]
-    pissa = [r for r in probes if get(r, "cell.method") == "pissa"]
-    ours = [r for r in probes if get(r, "cell.method") != "pissa"]
+    pissa = [r for r in probes if get(r, CELL.method) == "pissa"]
+    ours = [r for r in probes if get(r, CELL.method) != "pissa"]
     if not pissa:
         return cannot(key, claim, PISSA_SOURCE, "no PiSSA init-diff probe records")
     worst = max(pissa, key=lambda r: _relative(r))
-    rel = get(worst, "probe.relative")
+    rel = get(worst, PROBE.relative)
     if rel is not None and rel <= INIT_REL_TOL:
         verdict = HOLDS
         reason = (f"largest relative change {rel:.2g} (fp32 rounding of the residual), "
-                  f"{get(worst, 'probe.init')} on {get(worst, 'cell.workload')}")
+                  f"{get(worst, PROBE.init)} on {get(worst, CELL.workload)}")
     else:
         verdict = NOT
-        reason = f"PiSSA on {get(worst, 'cell.workload')} changes the output by {rel} (relative)"
+        reason = f"PiSSA on {get(worst, CELL.workload)} changes the output by {rel} (relative)"
     ours_worst = max((_relative(r) for r in ours), default=None)
     if ours:
         reason += (f"; LaMDA's inits here also leave it unchanged (largest {ours_worst:.2g}) because this harness "
                    "makes the base the residual W - s B S A: the paper states only A, B from singular vectors and "
                    "S = I, and is credited with no more" if ours_worst <= INIT_REL_TOL else
                    f"; LaMDA's inits here change it by up to {ours_worst:.2g} (harness check, not a paper claim)")
-    rows = [[get(r, "cell.workload"), get(r, "cell.method"), get(r, "probe.init"), _init_source(r),
-             get(r, "probe.adapted_layers"), f"{get(r, 'probe.max_abs_diff'):.3g}",
-             f"{get(r, 'probe.max_abs_output'):.3g}", f"{get(r, 'probe.relative'):.3g}"] for r in probes]
+    rows = [[get(r, CELL.workload), get(r, CELL.method), get(r, PROBE.init), _init_source(r),
+             get(r, PROBE.adapted_layers), f"{get(r, PROBE.max_abs_diff):.3g}",
+             f"{get(r, PROBE.max_abs_output):.3g}", f"{get(r, PROBE.relative):.3g}"] for r in probes]
     details = [
         "Output before vs after applying the method (eval, fp32). PiSSA's paper claims the unchanged output; "
         "for LaMDA the paper's summary gives only the form of the init (A = V_r^T, B = U_r, S = I: init `svd`), "
@@ -130,14 +131,14 @@ def claim_init_unchanged(records: list[dict]) -> ClaimRow:
 
 
 def _relative(record: dict) -> float:
-    rel = get(record, "probe.relative")
+    rel = get(record, PROBE.relative)
     return math.inf if rel is None else rel
 
 
 def _init_source(record: dict) -> str:
-    if get(record, "cell.method") == "pissa":
+    if get(record, CELL.method) == "pissa":
         return "PiSSA paper"
-    init = str(get(record, "probe.init") or "")
+    init = str(get(record, PROBE.init) or "")
     if init.startswith("svd-sigma"):
         return "ours"
     if init.startswith("svd"):
@@ -154,20 +155,20 @@ def claim_lamda_pp(records: list[dict]) -> ClaimRow:
     score of a layer is E_l(r), the normalized spectral energy its top r singular values hold
     at the uniform rank r. What the allocation is for (accuracy) is out of a memory harness's reach."""
     key, claim = "6b", "LaMDA++ gives layers with lower energy scores higher ranks"
-    recs = [r for r in training(records) if get(r, "cell.method") == "lamda++" and get(r, "info.method.allocation")]
+    recs = [r for r in training(records) if get(r, CELL.method) == "lamda++" and get(r, INFO_METHOD.allocation)]
     if not recs:
         return cannot(key, claim, LAMDA_SOURCE, "no LaMDA++ record with an allocation")
     rows, judged = [], []
     for r in recs:
-        layers = list((get(r, "info.method.allocation").get("layers") or {}).values())
+        layers = list((get(r, INFO_METHOD.allocation).get("layers") or {}).values())
         rule = option(r, "rule", "max-min")
         order = monotone_pairs([v[2] for v in layers], [v[0] for v in layers])
         rho = spearman([v[2] for v in layers], [v[0] for v in layers])
         energy, uniform = sum(v[1] for v in layers), sum(v[2] for v in layers)
         hist = Counter(v[0] for v in layers)
         if rule == "max-min":
-            judged.append((order, rho, energy, uniform, get(r, "cell.workload")))
-        rows.append([get(r, "cell.workload"), rule, get(r, "cell.r"), len(layers),
+            judged.append((order, rho, energy, uniform, get(r, CELL.workload)))
+        rows.append([get(r, CELL.workload), rule, get(r, CELL.r), len(layers),
                      ", ".join(f"{k}: {hist[k]}" for k in sorted(hist)), order["pairs"], order["agree"], order["tied"],
                      order["reversed"], f"{rho:.2f}" if rho is not None else "n/a", f"{energy:.3f} vs {uniform:.3f}"])
     benefit = "its benefit (accuracy) cannot be checked by a memory harness"

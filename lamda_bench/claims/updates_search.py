@@ -28,14 +28,14 @@ from typing import Iterable
 
 from .. import analytic, workloads
 from ..cell import Cell
-from ..methods.lamda import FreezeSchedule
+from ..methods.lamda import DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE, FreezeSchedule
+from ..record import INFO_STEPS, PARAMS, get
 
 RANKS = (1, 4, 8, 16, 24, 32, 64)
 FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5)
 HORIZONS = (100, 1000)  # long enough that the schedule's ceil() does not decide the ratio
 LONG_HORIZON = 1000
 CLAIMED_RATIO = 17.7
-DEFAULT_FRACTION = 0.3
 
 
 @dataclass(frozen=True)
@@ -126,11 +126,11 @@ def validate(record: dict) -> tuple[int, int] | None:
         return None
     if cell.get("workload") not in workloads.WORKLOADS or workloads.get_workload(cell["workload"]).family == "linear":
         return None
-    if method == "lamda" and options.get("freeze_mode", "split") != "split":
+    if method == "lamda" and options.get("freeze_mode", DEFAULT_FREEZE_MODE) != "split":
         return None
-    horizon = ((record.get("info") or {}).get("steps") or {}).get("total_steps")
-    measured = (record.get("params") or {}).get("updates")
+    horizon = get(record, INFO_STEPS.total_steps)
+    measured = get(record, PARAMS.updates)
     if horizon is None or measured is None:
         return None
-    fraction = float(options.get("freeze_fraction", DEFAULT_FRACTION))
+    fraction = float(options.get("freeze_fraction", DEFAULT_FREEZE_FRACTION))
     return updates(cell["workload"], targets, method, int(cell["r"]), fraction, int(horizon)), int(measured)

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Callable, Iterable
 
+from ..methods.lamda import DEFAULT_FREEZE_FRACTION
+from ..record import CELL, FLOPS, INFO, INFO_METHOD, INFO_STEPS, MEMORY, PARAMS, PREDICTED_MEMORY, PREDICTED_PARAMS, SERIES
 from ..report.records import get
 from ..report.units import fmt_bytes, fmt_count, fmt_flops
 from . import updates_search
@@ -36,17 +38,17 @@ def claim_params_per_layer(records: list[dict]) -> ClaimRow:
     key, claim = "1a", "trainable parameters r^2 per adapted layer (LoRA: (d_in + d_out) r)"
     rows, lamda_final_ok, lamda_start_larger, lora_ok = [], [], [], []
     for lora, lamda in lora_lamda_pairs(records):
-        layers = get(lamda, "info.method.adapted_layers")
-        r = get(lamda, "cell.r")
-        series = get(lamda, "series.trainable", [])
+        layers = get(lamda, INFO_METHOD.adapted_layers)
+        r = get(lamda, CELL.r)
+        series = get(lamda, SERIES.trainable, [])
         if not layers or not series:
             continue
         final, start = series[-1], series[0]
         lamda_final_ok.append(final == layers * r * r)
         lamda_start_larger.append(start > final)
-        lora_ok.append(get(lora, "params.trainable") == get(lora, "predicted.params.trainable"))
-        rows.append([setting_label(lamda), layers, fmt_count(get(lora, "params.trainable")),
-                     fmt_count(get(lora, "params.trainable", 0) // layers), fmt_count(start // layers),
+        lora_ok.append(get(lora, PARAMS.trainable) == get(lora, PREDICTED_PARAMS.trainable))
+        rows.append([setting_label(lamda), layers, fmt_count(get(lora, PARAMS.trainable)),
+                     fmt_count(get(lora, PARAMS.trainable, 0) // layers), fmt_count(start // layers),
                      fmt_count(final // layers), fmt_count(r * r)])
     if not rows:
         return cannot(key, claim, LAMDA_SOURCE, "no LoRA/LaMDA record pair with a trainable-parameter series")
@@ -75,19 +77,20 @@ def claim_updates(records: list[dict], workloads_searched: Iterable[str] = ("lla
                   search: Callable[[list[str]], list] | None = None) -> ClaimRow:
     key, claim = "1b", "up to 17.7x fewer parameter updates"
     claimed = updates_search.CLAIMED_RATIO
-    default = updates_search.DEFAULT_FRACTION
-    rows, checks = [], []
+    default = DEFAULT_FREEZE_FRACTION
+    rows, checks, measured_ratios = [], [], []
     for lora, lamda in lora_lamda_pairs(records):
-        if get(lora, "cell.workload") == "linear":
+        if get(lora, CELL.workload) == "linear":
             continue
-        lu, mu = get(lora, "params.updates"), get(lamda, "params.updates")
+        lu, mu = get(lora, PARAMS.updates), get(lamda, PARAMS.updates)
         if not lu or not mu:
             continue
         for rec in (lora, lamda):
             v = updates_search.validate(rec)
             if v is not None:
                 checks.append(v[0] == v[1])
-        rows.append([setting_label(lamda), get(lamda, "info.steps.total_steps"), fmt_count(lu), fmt_count(mu),
+        measured_ratios.append(lu / mu)
+        rows.append([setting_label(lamda), get(lamda, INFO_STEPS.total_steps), fmt_count(lu), fmt_count(mu),
                      ratio_text(lu / mu), _long_run_ratio(lamda)])
     headers = ["records (same run)", "steps", "LoRA updates", "LaMDA updates", "ratio",
                f"same setting over {updates_search.LONG_HORIZON} steps (closed form)"]
@@ -97,7 +100,7 @@ def claim_updates(records: list[dict], workloads_searched: Iterable[str] = ("lla
         return ClaimRow(key, claim, LAMDA_SOURCE, f"{len(rows)} record pairs", f"{claimed}x", "see details", CANNOT,
                         f"the closed form reproduces {checks.count(True)} of {len(checks)} records' updates: "
                         "the search below would not be validated", table(headers, rows))
-    names = uniq(w for w in workloads_searched if any(get(l, "cell.workload") == w for l, _ in lora_lamda_pairs(records)))
+    names = uniq(w for w in workloads_searched if any(get(l, CELL.workload) == w for l, _ in lora_lamda_pairs(records)))
     settings = (search or updates_search.search)(names)
     best = max(settings, key=lambda s: s.ratio)
     at_default = [s for s in settings if s.freeze_fraction == default]
@@ -116,7 +119,6 @@ def claim_updates(records: list[dict], workloads_searched: Iterable[str] = ("lla
                             ratio_text(ceil_here),
                             f"freeze_fraction <= {top.freeze_fraction} (e.g. {_describe(top)}: {ratio_text(top.ratio)})"
                             if top else "not in the grid"])
-    measured_ratios = [float(r[4].rstrip("x")) for r in rows]
     ceiling_text = (f"the closed-form ceiling at freeze_fraction {default} is {ratio_text(top_ceiling)} "
                     f"({cw} targets {ct}: 2 sum(d_in + d_out) / ({default} sum(d_out)), a bound for any r and horizon)")
     if best_default is not None and best_default.ratio >= claimed:
@@ -167,7 +169,7 @@ def _long_run_ratio(lamda: dict) -> str:
     targets, workload = cell.get("targets"), cell.get("workload")
     if not isinstance(targets, str) or updates_search.validate(lamda) is None:
         return "n/a"
-    fraction = float(option(lamda, "freeze_fraction", updates_search.DEFAULT_FRACTION))
+    fraction = float(option(lamda, "freeze_fraction", DEFAULT_FREEZE_FRACTION))
     s = updates_search.setting(workload, targets, int(cell["r"]), fraction, updates_search.LONG_HORIZON)
     return ratio_text(s.ratio)
 
@@ -180,18 +182,18 @@ def _describe(s) -> str:
 
 def claim_layer_activations(records: list[dict]) -> ClaimRow:
     key, claim = "2a", "LaMDA's saved activations are r-dimensional (layer level)"
-    recs = [r for r in training(records) if get(r, "cell.workload") == "linear" and (get(r, "cell.layers") in (None, 1))]
+    recs = [r for r in training(records) if get(r, CELL.workload) == "linear" and (get(r, CELL.layers) in (None, 1))]
     rows, matches, per_r = [], [], defaultdict(set)
-    for lora, lamda in pairs(recs, lambda r: get(r, "cell.method") == "lora", is_plain_lamda):
-        tokens = get(lamda, "cell.batch") * get(lamda, "cell.seq")
-        lb, mb = get(lora, "memory.saved_activations_adapter"), get(lamda, "memory.saved_activations_adapter")
-        pb = get(lamda, "predicted.memory.saved_activations_adapter")
-        plb = get(lora, "predicted.memory.saved_activations_adapter")
+    for lora, lamda in pairs(recs, lambda r: get(r, CELL.method) == "lora", is_plain_lamda):
+        tokens = get(lamda, CELL.batch) * get(lamda, CELL.seq)
+        lb, mb = get(lora, MEMORY.saved_activations_adapter), get(lamda, MEMORY.saved_activations_adapter)
+        pb = get(lamda, PREDICTED_MEMORY.saved_activations_adapter)
+        plb = get(lora, PREDICTED_MEMORY.saved_activations_adapter)
         if lb is None or mb is None:
             continue
         matches.append(mb == pb and lb == plb)
-        per_r[(get(lamda, "cell.r"), get(lamda, "cell.dtype"))].add(mb / tokens)
-        rows.append([get(lamda, "cell.d_in"), get(lamda, "cell.r"), get(lamda, "cell.mode"), f"{lb / tokens:,.0f}",
+        per_r[(get(lamda, CELL.r), get(lamda, CELL.dtype))].add(mb / tokens)
+        rows.append([get(lamda, CELL.d_in), get(lamda, CELL.r), get(lamda, CELL.mode), f"{lb / tokens:,.0f}",
                      f"{plb / tokens:,.0f}" if plb is not None else "n/a", f"{mb / tokens:,.0f}",
                      f"{pb / tokens:,.0f}" if pb is not None else "n/a", ratio_text(lb / mb if mb else None)])
     if not rows:
@@ -223,10 +225,10 @@ def claim_model_activations(records: list[dict]) -> ClaimRow:
     key, claim = "2b", "LaMDA removes LoRA's extra saved activations (model level)"
     rows, shares = [], []
     for lora, lamda in lora_lamda_pairs(records):
-        if get(lora, "cell.workload") == "linear" or get(lora, "cell.gradient_checkpointing"):
+        if get(lora, CELL.workload) == "linear" or get(lora, CELL.gradient_checkpointing):
             continue
-        lt, la = get(lora, "memory.saved_activations"), get(lora, "memory.saved_activations_adapter")
-        mt, ma = get(lamda, "memory.saved_activations"), get(lamda, "memory.saved_activations_adapter")
+        lt, la = get(lora, MEMORY.saved_activations), get(lora, MEMORY.saved_activations_adapter)
+        mt, ma = get(lamda, MEMORY.saved_activations), get(lamda, MEMORY.saved_activations_adapter)
         if None in (lt, la, mt, ma) or not la:
             continue
         share = (lt - mt) / la
@@ -268,11 +270,11 @@ def claim_peak(records: list[dict], gpu_records: list[dict] | None = None) -> Cl
     adapted input for LoRA, which alone can decide the ratio. Peaks are over the whole run
     (``memory.peak``: the worst step, B fully trainable early in LaMDA's run)."""
     key, claim = "3", "up to 1.32x lower peak GPU memory"
-    est = _peak_ratios(records, "memory.peak")
-    gpu = _peak_ratios(gpu_records or [], "memory.cuda_max_allocated")
+    est = _peak_ratios(records, MEMORY.peak)
+    gpu = _peak_ratios(gpu_records or [], MEMORY.cuda_max_allocated)
     # Records from before whole-run peaks (no info.peak_steps) reset the allocator's peaks after
     # step 1: their cuda_max_allocated covers the later steps only, and the verdict says so.
-    whole_run = all(isinstance((r.get("info") or {}).get("peak_steps"), dict) for r in gpu_records or [])
+    whole_run = all(isinstance(get(r, INFO.peak_steps), dict) for r in gpu_records or [])
     horizon = "over the run" if whole_run else "after step 1: these records predate whole-run peaks"
     judge, judged_on = (gpu, f"measured on a GPU (cuda_max_allocated {horizon})") if gpu else (est, "estimated")
     if not judge:
@@ -294,19 +296,19 @@ def claim_peak(records: list[dict], gpu_records: list[dict] | None = None) -> Cl
     else:
         verdict, reason = NOT, f"{judged_on}: LaMDA's peak is never lower: {per_policy}"
     if not gpu:
-        modes = uniq(f"{get(r, 'cell.mode')} on {get(r, 'cell.device')}" for _, _, r, _ in est)
+        modes = uniq(f"{get(r, CELL.mode)} on {get(r, CELL.device)}" for _, _, r, _ in est)
         reason += ("; no GPU records: peaks from the live-bytes tracker (" + ", ".join(map(str, modes)) + "; estimates "
                    "run on fake tensors and this torch build cannot fake cuda, so kernels follow the cpu ones): "
                    "a GPU run (reports/gpu/) is the judge")
     details = ["Peaks are over the whole run (the worst step: early in LaMDA's run, while B trains); the "
                "steady-state step's peak is `memory.peak_steady`. Both adapter-dtype policies are shown: PEFT's "
                "default keeps adapters in fp32 and an fp32 copy of each adapted input for backward.", ""]
-    for label, items, field in (("Estimate", est, "memory.peak"), ("GPU", gpu, "memory.cuda_max_allocated")):
+    for label, items, field in (("Estimate", est, MEMORY.peak), ("GPU", gpu, MEMORY.cuda_max_allocated)):
         if items:
             details += [f"{label}: peak (`{field}`) LoRA / LaMDA:", "",
                         *table(["setting", "LoRA peak", "LaMDA peak", "LaMDA steady-state peak", "ratio"],
                                [[lbl, fmt_bytes(get(lora, field)), fmt_bytes(get(lamda, field)),
-                                 fmt_bytes(get(lamda, "memory.peak_steady")), ratio_text(x)]
+                                 fmt_bytes(get(lamda, MEMORY.peak_steady)), ratio_text(x)]
                                 for x, lbl, lamda, lora in items]), ""]
     low = min(judge, key=lambda x: x[0])
     return ClaimRow(key, claim, LAMDA_SOURCE, f"{len(judge)} settings ({judged_on}): batch, seq, r, targets, grad "
@@ -321,7 +323,7 @@ def _fp32_adapters(record: dict) -> bool:
 def _peak_ratios(records: list[dict], field: str) -> list[tuple[float, str, dict, dict]]:
     out = []
     for lora, lamda in lora_lamda_pairs(records):
-        if get(lora, "cell.workload") == "linear":
+        if get(lora, CELL.workload) == "linear":
             continue
         a, b = get(lora, field), get(lamda, field)
         if a and b:
@@ -341,23 +343,23 @@ def claim_freezing(records: list[dict]) -> ClaimRow:
     split_cuts, mask_cuts = [], []
     for split, mask in split_mask:
         for rec, cuts in ((split, split_cuts), (mask, mask_cuts)):
-            flops = [f for f in get(rec, "series.backward_flops", []) if f is not None]
-            opt = get(rec, "series.optimizer", [])
+            flops = [f for f in get(rec, SERIES.backward_flops, []) if f is not None]
+            opt = get(rec, SERIES.optimizer, [])
             if len(flops) >= 2:
                 cuts.append(("backward FLOPs", flops[-1] < flops[0]))
                 series_rows.append([setting_label(rec), option(rec, "freeze_mode"),
                                     " -> ".join(fmt_flops(f) for f in uniq(flops)), len(flops)])
             if len(opt) >= 2:
                 cuts.append(("optimizer state", opt[-1] < opt[0]))
-        rows.append([setting_label(split), fmt_flops(get(split, "flops.backward")), fmt_flops(get(mask, "flops.backward")),
-                     fmt_flops(get(split, "flops.adapter_backward")), fmt_flops(get(mask, "flops.adapter_backward")),
-                     fmt_bytes(get(split, "memory.optimizer")), fmt_bytes(get(mask, "memory.optimizer")),
-                     fmt_bytes(get(split, "memory.peak")), fmt_bytes(get(mask, "memory.peak"))])
+        rows.append([setting_label(split), fmt_flops(get(split, FLOPS.backward)), fmt_flops(get(mask, FLOPS.backward)),
+                     fmt_flops(get(split, FLOPS.adapter_backward)), fmt_flops(get(mask, FLOPS.adapter_backward)),
+                     fmt_bytes(get(split, MEMORY.optimizer)), fmt_bytes(get(mask, MEMORY.optimizer)),
+                     fmt_bytes(get(split, MEMORY.peak)), fmt_bytes(get(mask, MEMORY.peak))])
     split_ok = bool(split_cuts) and all(c for _, c in split_cuts)
     mask_ok = bool(mask_cuts) and all(c for _, c in mask_cuts)
     first = split_mask[0]
-    split_opt = get(first[0], "series.optimizer", [None])
-    mask_opt = get(first[1], "series.optimizer", [None])
+    split_opt = get(first[0], SERIES.optimizer, [None])
+    mask_opt = get(first[1], SERIES.optimizer, [None])
     if split_ok and not mask_ok:
         verdict = PARTLY
         reason = ("real freezing (split) cuts backward FLOPs and optimizer state as B freezes; the authors' gradient "

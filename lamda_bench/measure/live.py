@@ -45,12 +45,12 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from ..precision import autocast_enabled
+from ..record import CATEGORIES  # the categories of memory.at_peak, defined once
 from .active import tracker_active
 from .modules import ModuleScope
 
 _TO_COPY = torch.ops.aten._to_copy.default
 
-CATEGORIES = ("weights", "grads", "optimizer", "activations", "temporaries")
 
 
 @dataclass

@@ -22,12 +22,10 @@ def get_method(name: str) -> Method:
     try:
         return REGISTRY[name]
     except KeyError:
-        import difflib
+        from ..hints import did_you_mean
 
-        hint = difflib.get_close_matches(name, REGISTRY, n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise MethodError(
-            f"unknown method {name!r}{extra}; known: {', '.join(sorted(REGISTRY))}"
+            f"unknown method {name!r}{did_you_mean(name, REGISTRY)}; known: {', '.join(sorted(REGISTRY))}"
         ) from None
 
 

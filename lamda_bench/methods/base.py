@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -95,11 +95,43 @@ class AppliedMethod:
 
 class Method:
     """Base class for registered methods. Subclasses set ``name``, ``description``,
-    ``options`` and implement ``apply``."""
+    ``options`` and implement ``apply``.
+
+    The facts other modules need about a method live here, so that adding a method means
+    editing ``methods/`` only (plus a formula in ``analytic/`` for a new closed-form family):
+
+    - ``rankless``: the method has no rank (full fine-tuning): ``r`` and ``alpha`` do not
+      apply, and a suite fills them with the cell defaults so that one cell results, not one
+      per rank.
+    - ``family``: the closed-form family ``analytic`` computes the method's predictions with
+      (``analytic.FAMILIES``; "" for none): methods of one family share the structure of their
+      adapter path (PiSSA is LoRA with another init; LaMDA++ is LaMDA with per-layer ranks).
+    - ``label_options``: options shown beside the name in report tables when not at their default.
+    - ``b_schedule(info, horizon)``: the trainable B columns by (rank, step) when the method
+      freezes part of its adapter during the run (LaMDA), else None.
+    """
 
     name: str = ""
     description: str = ""
     options: dict[str, Option] = {}
+    rankless: bool = False
+    family: str = ""
+    label_options: tuple[str, ...] = ()
+
+    def b_schedule(self, info: Mapping[str, Any], horizon: int) -> Callable[[int, int], int] | None:
+        """Trainable components of B of a rank-r layer during 0-based step ``step``, as
+        ``f(r, step)``, for a run of ``horizon`` optimizer steps whose ``AppliedMethod.info``
+        is ``info``; None when nothing freezes during the run."""
+        return None
+
+    def label(self, options: Mapping[str, Any]) -> str:
+        """The name for report tables: ``lamda (mask)`` where a label option is not at its default."""
+        name = self.name
+        for key in self.label_options:
+            value = options.get(key)
+            if value and value != self.options[key].default:
+                name += f" ({value})"
+        return name
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in, unknown keys and bad values rejected with a one-line error."""
@@ -132,6 +164,26 @@ class Method:
 
     def apply(self, model: nn.Module, spec: AdapterSpec) -> AppliedMethod:  # pragma: no cover
         raise NotImplementedError
+
+
+def check_rank(r: Any, d_in: int | None = None, d_out: int | None = None, layer: str = "") -> None:
+    """One-line MethodError unless ``r`` is an integer >= 1 and, given the layer's shape, at most
+    min(d_in, d_out). Every method checks its rank here, so they refuse the same ranks alike."""
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise MethodError(f"r must be an integer >= 1, got {r!r}" + (f" (layer {layer})" if layer else ""))
+    if d_in is not None and d_out is not None and r > min(d_in, d_out):
+        raise MethodError(f"r={r} exceeds min(d_in, d_out)={min(d_in, d_out)} of {layer or 'a layer'} "
+                          f"(Linear {d_in} -> {d_out})")
+
+
+def adamw_over_trainable(model: nn.Module) -> Callable[[float], torch.optim.Optimizer]:
+    """``make_optimizer`` of the methods that train with plain AdamW: torch's AdamW over the
+    parameters that require grad when it is built (so after the method froze what it freezes)."""
+
+    def make(lr: float) -> torch.optim.Optimizer:
+        return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+    return make
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:

@@ -7,17 +7,18 @@ linears the whole layer counts as the "adapter path" (its input saved for W's gr
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from . import register
-from .base import AdapterSpec, AppliedMethod, Method
+from .base import AdapterSpec, AppliedMethod, Method, adamw_over_trainable
 
 
 class FullFineTuning(Method):
     name = "full"
     description = "full fine-tuning (plain PyTorch): all weights trainable, AdamW"
     options: dict = {}
+    rankless = True
+    family = "full"
 
     def apply(self, model: nn.Module, spec: AdapterSpec) -> AppliedMethod:
         from ..workloads import target_linears
@@ -27,9 +28,6 @@ class FullFineTuning(Method):
             param.requires_grad_(True)
         adapted = dict(target_linears(model, spec.targets)) if spec.targets else {}
         adapter_names = frozenset(adapted)
-
-        def make_optimizer(lr: float) -> torch.optim.Optimizer:
-            return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
 
         info = {
             "method": self.name,
@@ -42,7 +40,7 @@ class FullFineTuning(Method):
             model=model,
             adapted=adapted,
             is_adapter_module=adapter_names.__contains__,
-            make_optimizer=make_optimizer,
+            make_optimizer=adamw_over_trainable(model),
             info=info,
         )
 

@@ -52,11 +52,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register
-from .base import AdapterSpec, AppliedMethod, Method, MethodError, Option
+from ..targets import is_target_linear, matches_target
+from .base import AdapterSpec, AppliedMethod, Method, MethodError, Option, adamw_over_trainable, check_rank
 from .lamda_init import INIT_DOC, INITS, initial_factors
 
 FREEZE_ORDERS = ("largest", "smallest")
 FREEZE_MODES = ("split", "mask")
+# LaMDA's schedule defaults, written once: the option defaults, the schedule's, the claims'.
+DEFAULT_FREEZE_FRACTION = 0.3
+DEFAULT_FREEZE_MODE = "split"
 ADAPTER_PREFIX = "lamda_"
 
 
@@ -74,7 +78,7 @@ class FreezeSchedule:
 
     r: int
     total_steps: int
-    freeze_fraction: float = 0.3
+    freeze_fraction: float = DEFAULT_FREEZE_FRACTION
 
     def __post_init__(self) -> None:
         if self.r < 0:
@@ -183,17 +187,6 @@ class LamdaB(nn.Module):
         return f"out_features={self.out_features}, rank={self.rank}, n_frozen={self.n_frozen}, mode={self.mode}"
 
 
-def check_rank(r: int, weight_shape: torch.Size, layer: str) -> None:
-    """One-line MethodError unless 1 <= r <= min(d_in, d_out) of the layer's (d_out, d_in) weight."""
-    d_out, d_in = weight_shape
-    if r < 1:
-        raise MethodError(f"LaMDA rank r must be >= 1, got {r} (layer {layer})")
-    if r > min(d_in, d_out):
-        raise MethodError(
-            f"LaMDA rank r={r} exceeds min(d_in, d_out)={min(d_in, d_out)} of layer {layer} (weight {d_out}x{d_in})"
-        )
-
-
 def _param(t: torch.Tensor, requires_grad: bool) -> nn.Parameter:
     # clone: a slice would keep the old, wider storage alive.
     return nn.Parameter(t.detach().clone(), requires_grad=requires_grad)
@@ -243,21 +236,21 @@ class LamdaLinear(nn.Module):
         svd_niter: int | None = None,
         schedule: FreezeSchedule | None = None,
         freeze_order: str = "largest",
-        freeze_mode: str = "split",
+        freeze_mode: str = DEFAULT_FREEZE_MODE,
         autocast_adapter_dtype: bool = True,
         dropout: float = 0.0,
         name: str = "",
     ):
         super().__init__()
         d_out, d_in = base_layer.weight.shape
-        check_rank(r, base_layer.weight.shape, name or "?")
+        check_rank(r, d_in, d_out, name or "?")
         if init not in INITS:
             raise MethodError(f"LaMDA init must be one of {list(INITS)}, got {init!r}")
         if freeze_order not in FREEZE_ORDERS:
             raise MethodError(f"LaMDA freeze_order must be one of {list(FREEZE_ORDERS)}, got {freeze_order!r}")
         self.in_features, self.out_features, self.r = d_in, d_out, r
         self.scaling = alpha / r
-        self.schedule = schedule if schedule is not None else FreezeSchedule(r, 1, 0.3)
+        self.schedule = schedule if schedule is not None else FreezeSchedule(r, 1, DEFAULT_FREEZE_FRACTION)
         if self.schedule.r != r:
             raise ValueError(f"LamdaLinear: schedule is for r={self.schedule.r}, layer has r={r}")
         self.base_layer = base_layer.requires_grad_(False)  # the frozen base (W, or the SVD residual)
@@ -312,14 +305,14 @@ def find_targets(model: nn.Module, targets: Iterable[str]) -> dict[str, nn.Linea
         raise MethodError("no target modules given (targets is empty)")
     found: dict[str, nn.Linear] = {}
     for suffix in targets:
-        hits = [(n, m) for n, m in model.named_modules() if n == suffix or n.endswith("." + suffix)]
+        hits = [(n, m) for n, m in model.named_modules() if matches_target(n, [suffix])]
         if not hits:
             raise MethodError(
                 f"target {suffix!r} matches no module of {type(model).__name__} "
                 f"(linear layers are named like: {', '.join(_linear_suffixes(model)) or 'none'})"
             )
         for n, m in hits:
-            if type(m) is not nn.Linear:
+            if not is_target_linear(m):
                 raise MethodError(f"target {suffix!r} matches {n} ({type(m).__name__}), not an nn.Linear")
             found[n] = m
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
@@ -327,7 +320,7 @@ def find_targets(model: nn.Module, targets: Iterable[str]) -> dict[str, nn.Linea
 
 
 def _linear_suffixes(model: nn.Module, limit: int = 12) -> list[str]:
-    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if is_target_linear(m)})
     return names[:limit]
 
 
@@ -361,7 +354,7 @@ def apply_lamda(
     targets = find_targets(model, spec.targets)
     ranks = ranks if ranks is not None else {n: spec.r for n in targets}
     for n, lin in targets.items():  # validate everything before touching the model
-        check_rank(ranks[n], lin.weight.shape, n)
+        check_rank(ranks[n], lin.in_features, lin.out_features, n)
     frac = options["freeze_fraction"]
     if not 0.0 <= float(frac) <= 1.0:
         raise MethodError(f"LaMDA freeze_fraction must be in [0, 1], got {frac}")
@@ -395,9 +388,6 @@ def apply_lamda(
         for layer in adapted.values():
             layer.advance(step, optimizer)
 
-    def make_optimizer(lr: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-
     inits = sorted({layer.init_used for layer in adapted.values()})
     info = {
         "init": inits[0] if len(inits) == 1 else inits,
@@ -418,7 +408,7 @@ def apply_lamda(
         model=model,
         adapted=dict(adapted),
         is_adapter_module=lambda name: is_lamda_adapter_module(name, adapted),
-        make_optimizer=make_optimizer,
+        make_optimizer=adamw_over_trainable(model),
         on_step=on_step,
         info=info,
         trainable_shrinks=options["freeze_mode"] == "split" and float(frac) > 0,
@@ -444,9 +434,9 @@ class _seeded:
 LAMDA_OPTIONS: dict[str, Option] = {
     "init": Option("svd", str, INIT_DOC, INITS),
     "svd_niter": Option(None, int, "None: full torch.linalg.svd; K: torch.svd_lowrank with niter=K"),
-    "freeze_fraction": Option(0.3, (float, int), "fraction of the training steps over which B freezes (0: S alone)"),
+    "freeze_fraction": Option(DEFAULT_FREEZE_FRACTION, (float, int), "fraction of the training steps over which B freezes (0: S alone)"),
     "freeze_order": Option("largest", str, "which rank components of B freeze first, by singular value", FREEZE_ORDERS),
-    "freeze_mode": Option("split", str, "'split': real freezing; 'mask': zero the gradient (authors' code)", FREEZE_MODES),
+    "freeze_mode": Option(DEFAULT_FREEZE_MODE, str, "'split': real freezing; 'mask': zero the gradient (authors' code)", FREEZE_MODES),
     "autocast_adapter_dtype": Option(True, bool, "adapter weights and input in fp32 (PEFT's default policy)"),
     "dropout": Option(0.0, (float, int), "dropout on the adapter input (saves a d_in-wide mask when > 0)"),
 }
@@ -456,9 +446,23 @@ class LamdaMethod(Method):
     name = "lamda"
     description = "LaMDA: A frozen, r x r core S trainable, B gradually frozen (own module)"
     options = LAMDA_OPTIONS
+    family = "lamda"
+    label_options = ("freeze_mode",)
 
     def apply(self, model: nn.Module, spec: AdapterSpec) -> AppliedMethod:
         return apply_lamda(model, spec, self.resolve_options(spec.options))
+
+    def b_schedule(self, info, horizon):
+        """Under split freezing B's trainable columns follow ``FreezeSchedule``; under mask
+        freezing every column stays a trainable parameter (only its gradient is zeroed)."""
+        if info["freeze_mode"] != "split":
+            return None
+        fraction = float(info["freeze_fraction"])
+
+        def trainable(rank: int, step: int) -> int:
+            return FreezeSchedule(rank, horizon, fraction).trainable(step)
+
+        return trainable
 
 
 register(LamdaMethod())

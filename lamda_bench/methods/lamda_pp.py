@@ -42,8 +42,8 @@ import torch
 from torch import nn
 
 from . import register
-from .base import AdapterSpec, AppliedMethod, Method, MethodError, Option
-from .lamda import LAMDA_OPTIONS, apply_lamda, find_targets
+from .base import AdapterSpec, AppliedMethod, MethodError, Option
+from .lamda import LAMDA_OPTIONS, LamdaMethod, apply_lamda, find_targets
 from .lamda_init import is_shape_only
 
 RULES = {
@@ -256,7 +256,7 @@ def compute_allocation(
     return allocate(spectra, shapes, r, min_rank, max_rank, source=model_identity(model), rule=rule)
 
 
-class LamdaPlusPlusMethod(Method):
+class LamdaPlusPlusMethod(LamdaMethod):  # LaMDA's facts (family, schedule, label)
     name = "lamda++"
     description = "LaMDA with per-layer ranks from the pretrained weights' spectral energy (budget r x layers)"
     options = {

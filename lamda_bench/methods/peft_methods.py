@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import register
-from .base import AdapterSpec, AppliedMethod, Method, MethodError, Option
+from .base import AdapterSpec, AppliedMethod, Method, MethodError, Option, adamw_over_trainable, check_rank
 
 _COMMON_OPTIONS = {
     "autocast_adapter_dtype": Option(
@@ -32,11 +32,6 @@ _COMMON_OPTIONS = {
 # ---- shared checks ------------------------------------------------------------------------
 
 
-def check_rank(r: Any) -> None:
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise MethodError(f"r must be an integer >= 1, got {r!r}")
-
-
 def validated_targets(model: nn.Module, spec: AdapterSpec, method: str) -> dict[str, nn.Linear]:
     """The target linears (qualified name -> module); every one must fit rank ``spec.r``."""
     from ..workloads import target_linears
@@ -46,12 +41,7 @@ def validated_targets(model: nn.Module, spec: AdapterSpec, method: str) -> dict[
     if not linears:
         raise MethodError(f"method {method!r}: no nn.Linear matches targets {list(spec.targets)}")
     for name, linear in linears.items():
-        limit = min(linear.in_features, linear.out_features)
-        if spec.r > limit:
-            raise MethodError(
-                f"r={spec.r} exceeds min(d_in, d_out)={limit} of {name} "
-                f"(Linear {linear.in_features} -> {linear.out_features})"
-            )
+        check_rank(spec.r, linear.in_features, linear.out_features, name)
     return linears
 
 
@@ -101,12 +91,6 @@ def _on_meta(linears: dict[str, nn.Linear]) -> bool:
     return any(linear.weight.device.type == "meta" for linear in linears.values())
 
 
-def _adamw(model: nn.Module):
-    def make(lr: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-
-    return make
-
 
 # ---- the PEFT family ----------------------------------------------------------------------
 
@@ -124,7 +108,7 @@ class PeftMethod(Method):
         """Adjust the wrapped model after get_peft_model (LoRA-FA freezes A here)."""
 
     def make_optimizer(self, peft_model: nn.Module, spec: AdapterSpec):
-        return _adamw(peft_model)
+        return adamw_over_trainable(peft_model)
 
     def apply(self, model: nn.Module, spec: AdapterSpec) -> AppliedMethod:
         import peft
@@ -184,6 +168,7 @@ _LORA_INIT = "lora default (PEFT init_lora_weights=True): A kaiming-uniform, B z
 
 class LoRA(PeftMethod):
     name = "lora"
+    family = "lora"
     description = "LoRA via PEFT: W x + s B A x, A and B trainable"
 
     def peft_config(self, spec, opts, names, on_meta):
@@ -192,6 +177,7 @@ class LoRA(PeftMethod):
 
 class PiSSA(PeftMethod):
     name = "pissa"
+    family = "lora"  # LoRA's adapter path; only the init differs
     description = "PiSSA via PEFT (init_lora_weights pissa / pissa_niter_K): A, B from top-r SVD of W, residual frozen"
     options = {
         **_COMMON_OPTIONS,
@@ -211,6 +197,7 @@ class PiSSA(PeftMethod):
 
 class LoRAFA(PeftMethod):
     name = "lora-fa"
+    family = "lora-fa"
     description = "LoRA-FA via PEFT: A frozen at its LoRA init, B trained with PEFT's LoraFAOptimizer"
 
     def peft_config(self, spec, opts, names, on_meta):
@@ -234,6 +221,7 @@ class LoRAFA(PeftMethod):
 
 class DoRA(PeftMethod):
     name = "dora"
+    family = "dora"
     description = "DoRA via PEFT (use_dora=True): LoRA direction plus a trainable magnitude per output"
 
     def peft_config(self, spec, opts, names, on_meta):
@@ -242,6 +230,7 @@ class DoRA(PeftMethod):
 
 class VeRA(PeftMethod):
     name = "vera"
+    family = "vera"
     description = "VeRA via PEFT: frozen shared random A, B; trainable scaling vectors lambda_d (r), lambda_b (d_out)"
     options = {
         **_COMMON_OPTIONS,

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..record import CELL, ENV, INFO, MEMORY
 from .escape import md, md_code
 from .records import get, is_ok, load_dir, method_label
 from .tables import md_table
@@ -43,16 +44,16 @@ def pair_key(record: dict[str, Any]) -> str:
 def agreement_rows(measured: list[dict], estimated: list[dict], tolerance: float = DEFAULT_TOLERANCE
                    ) -> list[dict[str, Any]]:
     """One row per cell present in both sets: figures, relative and absolute gap, verdict."""
-    est_by_key = {pair_key(r): r for r in estimated if get(r, "cell.mode") == "estimate"}
+    est_by_key = {pair_key(r): r for r in estimated if get(r, CELL.mode) == "estimate"}
     rows = []
     for m in measured:
-        if get(m, "cell.mode") != "measure":
+        if get(m, CELL.mode) != "measure":
             continue
         e = est_by_key.get(pair_key(m))
         if e is None:
             continue
         row: dict[str, Any] = {"measured": m, "estimated": e, "verdict": None, "rel": None, "gap": None}
-        allocated, peak = get(m, "memory.cuda_max_allocated"), get(e, "memory.peak")
+        allocated, peak = get(m, MEMORY.cuda_max_allocated), get(e, MEMORY.peak)
         if not (is_ok(m) and is_ok(e)):
             row["verdict"] = f"not compared: measured {m.get('status')}, estimate {e.get('status')}"
         elif allocated is None or peak is None:
@@ -86,15 +87,15 @@ def agreement(measured_dir: Path, estimated_dir: Path, tolerance: float = DEFAUL
         m, e = row["measured"], row["estimated"]
         rel = "n/a" if row["rel"] is None else f"{row['rel'] * 100:+.2f}%"
         table.append([
-            method_label(m), get(m, "cell.r"), _cell_label(m),
-            fmt_bytes(get(e, "memory.peak")), fmt_bytes(get(m, "memory.peak")),
-            fmt_bytes(get(m, "memory.cuda_max_allocated")), fmt_bytes(get(m, "memory.cuda_max_reserved")),
+            method_label(m), get(m, CELL.r), _cell_label(m),
+            fmt_bytes(get(e, MEMORY.peak)), fmt_bytes(get(m, MEMORY.peak)),
+            fmt_bytes(get(m, MEMORY.cuda_max_allocated)), fmt_bytes(get(m, MEMORY.cuda_max_reserved)),
             rel, fmt_bytes(row["gap"]), row["verdict"],
         ])
     compared = [r for r in rows if r["rel"] is not None]
     agree = sum(1 for r in compared if r["verdict"] == "agrees")
-    devices = sorted({str(get(r["measured"], "env.device_name")) for r in rows} - {"None"})
-    est_devices = sorted({str(get(r["estimated"], "info.estimate_device") or get(r["estimated"], "cell.device"))
+    devices = sorted({str(get(r["measured"], ENV.device_name)) for r in rows} - {"None"})
+    est_devices = sorted({str(get(r["estimated"], INFO.estimate_device) or get(r["estimated"], CELL.device))
                           for r in rows})
     out = [
         f"# Estimate vs measured: {md_code(estimated_dir)} against {md_code(measured_dir)}",

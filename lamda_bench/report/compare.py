@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ..record import FLOPS, MEMORY, PARAMS, TIME
 from ..results import ENV_FIELDS as RESULTS_ENV_FIELDS
 from .axes import Axes
 from .escape import md, md_code
@@ -22,14 +23,14 @@ from .units import fmt_bytes, fmt_count, fmt_flops, fmt_rate
 
 # (column title, dotted field, formatter)
 COMPARED_METRICS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-    ("peak", "memory.peak", fmt_bytes),
-    ("peak (optimizer phase)", "memory.peak_step", fmt_bytes),
-    ("saved activations", "memory.saved_activations", fmt_bytes),
-    ("saved act. (adapter)", "memory.saved_activations_adapter", fmt_bytes),
-    ("trainable params", "params.trainable", fmt_count),
-    ("adapter FLOPs (fwd)", "flops.adapter_forward", fmt_flops),
-    ("step FLOPs (fwd)", "flops.forward", fmt_flops),
-    ("throughput", "time.tokens_per_s", fmt_rate),
+    ("peak", MEMORY.peak, fmt_bytes),
+    ("peak (optimizer phase)", MEMORY.peak_step, fmt_bytes),
+    ("saved activations", MEMORY.saved_activations, fmt_bytes),
+    ("saved act. (adapter)", MEMORY.saved_activations_adapter, fmt_bytes),
+    ("trainable params", PARAMS.trainable, fmt_count),
+    ("adapter FLOPs (fwd)", FLOPS.adapter_forward, fmt_flops),
+    ("step FLOPs (fwd)", FLOPS.forward, fmt_flops),
+    ("throughput", TIME.tokens_per_s, fmt_rate),
 )
 SORTS = ("change", "order", "peak", "throughput")
 # Environment fields named when they differ: the ones a baseline stores (results.ENV_FIELDS:
@@ -126,11 +127,11 @@ def compare(dir_a: Path, dir_b: Path, where: Iterable[str] = (), threshold: floa
     if sort == "change":
         pairs.sort(key=lambda p: -p[4])
     elif sort in ("peak", "throughput"):
-        field = "memory.peak" if sort == "peak" else "time.tokens_per_s"
+        field = MEMORY.peak if sort == "peak" else TIME.tokens_per_s
         pairs.sort(key=lambda p: -(get(p[1], field) or 0))
     # peak always; every other metric only where it changed in some shown cell
     shown_metrics = [(t, f, fmt) for t, f, fmt in COMPARED_METRICS
-                     if f == "memory.peak" or any(p[2][f] is not None and abs(p[2][f]) > 1e-9 for p in pairs)]
+                     if f == MEMORY.peak or any(p[2][f] is not None and abs(p[2][f]) > 1e-9 for p in pairs)]
     axes = Axes.of([p[0] for p in pairs])
     rows = []
     for a, b, changes, notes, _ in pairs:

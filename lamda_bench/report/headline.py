@@ -14,12 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..cell import ID_NEUTRAL_DEFAULTS
+from ..record import AT_PEAK, CATEGORIES, MEMORY
 from .axes import SHAPE_AXES, Axes, cell_value, option_value, shape_key, show
 from .records import get, is_ok, mode
 from .tables import md_table
 from .units import MISSING, fmt_bytes, fmt_ratio, ratio
 
-CATEGORIES = ("weights", "grads", "optimizer", "activations", "temporaries")
 MODE_TITLES = {"measure": "Measured", "estimate": "Estimated (fake tensors, not measured)"}
 # A category difference below this share of the LoRA peak is not worth naming.
 NEGLIGIBLE = 0.01
@@ -51,8 +51,8 @@ def where(rec: dict[str, Any], ref: dict[str, Any] | None) -> str:
         return MISSING
     if ref is rec:
         return "(LoRA reference)"
-    base = get(ref, "memory.peak") or 0
-    deltas = [(c, (get(rec, f"memory.at_peak.{c}") or 0) - (get(ref, f"memory.at_peak.{c}") or 0))
+    base = get(ref, MEMORY.peak) or 0
+    deltas = [(c, (get(rec, AT_PEAK.path(c)) or 0) - (get(ref, AT_PEAK.path(c)) or 0))
               for c in CATEGORIES]
     named = sorted((d for d in deltas if abs(d[1]) > NEGLIGIBLE * base), key=lambda d: -abs(d[1]))[:3]
     if not named:
@@ -70,7 +70,7 @@ def group_title(rec: dict[str, Any]) -> str:
 def headline(records: list[dict[str, Any]]) -> str:
     """Markdown: one ranked table per shape group with two or more ok records; measured
     groups first, then estimates."""
-    ok = [r for r in records if is_ok(r) and get(r, "memory.peak") is not None]
+    ok = [r for r in records if is_ok(r) and get(r, MEMORY.peak) is not None]
     groups: dict[str, list[dict[str, Any]]] = {}
     for rec in ok:
         groups.setdefault(shape_key(rec), []).append(rec)
@@ -82,14 +82,14 @@ def headline(records: list[dict[str, Any]]) -> str:
             singles += 1
             continue
         axes = Axes.of(group)
-        ranked = sorted(group, key=lambda r: get(r, "memory.peak"))
+        ranked = sorted(group, key=lambda r: get(r, MEMORY.peak))
         rows = []
         for i, rec in enumerate(ranked, start=1):
             lora, full = lora_reference(rec, group), full_reference(rec, group)
-            peak = get(rec, "memory.peak")
+            peak = get(rec, MEMORY.peak)
             rows.append([str(i), axes.label(rec), fmt_bytes(peak),
-                         fmt_ratio(ratio(peak, get(lora, "memory.peak") if lora else None)),
-                         fmt_ratio(ratio(peak, get(full, "memory.peak") if full else None)),
+                         fmt_ratio(ratio(peak, get(lora, MEMORY.peak) if lora else None)),
+                         fmt_ratio(ratio(peak, get(full, MEMORY.peak) if full else None)),
                          where(rec, lora)])
         out += [f"### {group_title(group[0])}", "",
                 md_table(["rank", "variant", "peak", "vs LoRA", "vs full FT", "where it differs from LoRA (at peak)"],

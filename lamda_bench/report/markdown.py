@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ..record import ENV
 from .csv_export import write_csv
 from .plots import Plot, draw_all
 from .axes import Axes
@@ -64,8 +65,8 @@ def render_markdown(records: list[dict[str, Any]], plots: list[Plot], results_di
             out += [f"- {MODE_NOTE[m]}"]
     commits: dict[tuple, set[str]] = {}
     for r in ok:
-        key = (get(r, "env.torch"), get(r, "env.transformers"), get(r, "env.peft"))
-        commits.setdefault(key, set()).add(str(get(r, "env.git_commit", "unknown"))[:12])
+        key = (get(r, ENV.torch), get(r, ENV.transformers), get(r, ENV.peft))
+        commits.setdefault(key, set()).add(str(get(r, ENV.git_commit, "unknown"))[:12])
     for (torch_v, tf_v, peft_v), shas in sorted(commits.items(), key=str):
         out.append(md(f"- Software: torch {torch_v}, transformers {tf_v}, peft {peft_v}; harness commit"
                       f"{'s' if len(shas) > 1 else ''} " + ", ".join(sorted(shas)) + "."))

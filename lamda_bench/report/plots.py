@@ -18,6 +18,7 @@ from typing import Any, Callable
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from ..record import AT_PEAK, CELL, FLOPS, MEMORY, OPTIONS, PARAMS, PREDICTED_MEMORY, SERIES, TIME
 from .axes import Axes, cell_value, shape_key, shape_title
 from .plotstyle import (CATEGORIES, CATEGORY_COLORS, ESTIMATE_HATCH, FLAGGED_COLOR, METHOD_COLORS, Plot,
                         byte_scale, figure,
@@ -88,20 +89,20 @@ def plot_peak_by_category(records: list[dict[str, Any]], out_dir: Path) -> Plot:
                 "Live bytes at the run's peak (memory.at_peak), stacked by what holds them; one panel per "
                 "shape (model, batch, sequence, dtype, device, mode), variants sorted by peak. Tick labels "
                 "are coloured by method. Hatched bars are estimates (fake tensors, not measured).")
-    recs = [r for r in records if is_ok(r) and get(r, "memory.at_peak")]
+    recs = [r for r in records if is_ok(r) and get(r, MEMORY.at_peak)]
     if not recs:
         plot.skipped = "no ok record has memory.at_peak"
         return plot
     groups = _limit(shape_groups(recs), plot)
     fig, axs = _bar_panels(groups)
     for ax, (title, group) in zip(axs, groups):
-        group = sorted(group, key=lambda r: get(r, "memory.peak") or 0)
+        group = sorted(group, key=lambda r: get(r, MEMORY.peak) or 0)
         labels = Axes.of(group)
-        divisor, unit = byte_scale(max(sum(get(r, f"memory.at_peak.{c}", 0) for c in CATEGORIES) for r in group))
+        divisor, unit = byte_scale(max(sum(get(r, AT_PEAK.path(c), 0) for c in CATEGORIES) for r in group))
         ys = list(range(len(group)))
         lefts = [0.0] * len(group)
         for cat in CATEGORIES:
-            widths = [get(r, f"memory.at_peak.{cat}", 0) / divisor for r in group]
+            widths = [get(r, AT_PEAK.path(cat), 0) / divisor for r in group]
             bars = ax.barh(ys, widths, left=lefts, color=CATEGORY_COLORS[cat], label=cat)
             for bar, rec in zip(bars, group):
                 if mode(rec) == "estimate":
@@ -132,7 +133,7 @@ def plot_saved_per_token_vs_d(records: list[dict[str, Any]], out_dir: Path) -> P
                 "Markers: observed (filled measured, hollow estimated); dashed: the closed form. "
                 "LoRA's grows with d (it saves x); LaMDA's stays flat (it saves only r-wide tensors).")
     recs = [r for r in records if is_ok(r) and width(r) and tokens(r)
-            and (get(r, "memory.saved_activations_adapter") or 0) > 0]
+            and (get(r, MEMORY.saved_activations_adapter) or 0) > 0]
     sweeps: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rec in recs:
         sweeps[json.dumps([cell_value(rec, a) for a in _SWEEP_FIXED], default=str)].append(rec)
@@ -155,11 +156,11 @@ def plot_saved_per_token_vs_d(records: list[dict[str, Any]], out_dir: Path) -> P
             method = str(cell_value(srs[0], "method"))
             color = method_color(method)
             hollow = mode(srs[0]) == "estimate"
-            ax.plot([width(x) for x in srs], [get(x, "memory.saved_activations_adapter") / tokens(x) for x in srs],
+            ax.plot([width(x) for x in srs], [get(x, MEMORY.saved_activations_adapter) / tokens(x) for x in srs],
                     method_marker(method), color=color, markerfacecolor="none" if hollow else color,
                     markersize=max(4, 10 - 2 * k), zorder=2 + k, linestyle="none", label=label)
-            pred = [(width(x), get(x, "predicted.memory.saved_activations_adapter") / tokens(x))
-                    for x in srs if (get(x, "predicted.memory.saved_activations_adapter") or 0) > 0]
+            pred = [(width(x), get(x, PREDICTED_MEMORY.saved_activations_adapter) / tokens(x))
+                    for x in srs if (get(x, PREDICTED_MEMORY.saved_activations_adapter) or 0) > 0]
             if pred:
                 ax.plot(*zip(*pred), "--", color=color, linewidth=1)
         log_axis(ax, "x", base=2)
@@ -186,7 +187,7 @@ def plot_params_vs_r(records: list[dict[str, Any]], out_dir: Path) -> Plot:
                 "params.trainable (solid: trainable at the start of the run, before any freezing) and "
                 "params.updates (dotted: trainable parameters summed over the run's steps, so gradual "
                 "freezing shows), log scale; one panel per model and targets, so no line joins two models.")
-    recs = [r for r in records if is_ok(r) and get(r, "params.trainable") and cell_value(r, "method") != "full"]
+    recs = [r for r in records if is_ok(r) and get(r, PARAMS.trainable) and cell_value(r, "method") != "full"]
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rec in recs:
         groups[json.dumps([cell_value(rec, a) for a in _PARAM_FIXED], default=str)].append(rec)
@@ -201,8 +202,8 @@ def plot_params_vs_r(records: list[dict[str, Any]], out_dir: Path) -> Plot:
     for ax, group in zip(axs, panels):
         lines: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
         for rec in group:  # parameter counts do not depend on batch/seq: one point per r
-            lines[inner.label(rec)].setdefault(cell_value(rec, "r"), (get(rec, "params.trainable"),
-                                                                       get(rec, "params.updates")))
+            lines[inner.label(rec)].setdefault(cell_value(rec, "r"), (get(rec, PARAMS.trainable),
+                                                                       get(rec, PARAMS.updates)))
         for label, pts in sorted(lines.items()):
             method = label.split(" ")[0]
             xs = sorted(pts)
@@ -241,13 +242,13 @@ def plot_throughput_and_flops(records: list[dict[str, Any]], out_dir: Path) -> P
                 "fine-tuning (no adapter) is not drawn. Right, for shapes with timed cells: tokens/s of the "
                 "median step, the whisker spanning the slowest to the fastest timed step. Hatched: estimate.")
     recs = [r for r in records if is_ok(r) and cell_value(r, "method") != "full"
-            and (get(r, "flops.adapter_forward") is not None or get(r, "time.tokens_per_s"))]
+            and (get(r, FLOPS.adapter_forward) is not None or get(r, TIME.tokens_per_s))]
     if not recs:
         plot.skipped = "no ok adapter record has adapter FLOP counts or tokens/s"
         return plot
     flagged = flagged_step_times(recs)
     groups = _limit(shape_groups(recs), plot)
-    timed_any = any(get(r, "time.tokens_per_s") for r in recs)
+    timed_any = any(get(r, TIME.tokens_per_s) for r in recs)
     heights = [max(1.4, 0.28 * len(g) + 0.9) for _, g in groups]
     fig = figure(13.0 if timed_any else 9.0, sum(heights) + 0.6)
     grid = fig.add_gridspec(len(groups), 2 if timed_any else 1, height_ratios=heights)
@@ -255,10 +256,10 @@ def plot_throughput_and_flops(records: list[dict[str, Any]], out_dir: Path) -> P
         group = sorted(group, key=_method_order)
         labels = Axes.of(group)
         ys = list(range(len(group)))
-        timed = [r for r in group if get(r, "time.tokens_per_s")]
+        timed = [r for r in group if get(r, TIME.tokens_per_s)]
         ax = fig.add_subplot(grid[i, 0] if timed or not timed_any else grid[i, :])
-        fwd = [get(r, "flops.adapter_forward") or 0 for r in group]
-        bwd = [get(r, "flops.adapter_backward") or 0 for r in group]
+        fwd = [get(r, FLOPS.adapter_forward) or 0 for r in group]
+        bwd = [get(r, FLOPS.adapter_backward) or 0 for r in group]
         div, unit = flop_scale(max(max(f + b for f, b in zip(fwd, bwd)), 1))
         colors = [method_color(str(cell_value(r, "method"))) for r in group]
         for left, values, alpha in ((None, fwd, 1.0), (fwd, bwd, 0.45)):
@@ -275,14 +276,14 @@ def plot_throughput_and_flops(records: list[dict[str, Any]], out_dir: Path) -> P
         if timed:
             tax = fig.add_subplot(grid[i, 1], sharey=ax)
             tax.tick_params(labelleft=False)
-            scale = 1e6 if max(get(r, "time.tokens_per_s") for r in timed) >= 1e6 else 1e3
+            scale = 1e6 if max(get(r, TIME.tokens_per_s) for r in timed) >= 1e6 else 1e3
             for y, rec in zip(ys, group):
-                rate = get(rec, "time.tokens_per_s")
+                rate = get(rec, TIME.tokens_per_s)
                 if not rate:
                     continue
                 n = tokens(rec) or 0
-                lo = n / get(rec, "time.step_max_s") if get(rec, "time.step_max_s") else rate
-                hi = n / get(rec, "time.step_min_s") if get(rec, "time.step_min_s") else rate
+                lo = n / get(rec, TIME.step_max_s) if get(rec, TIME.step_max_s) else rate
+                hi = n / get(rec, TIME.step_min_s) if get(rec, TIME.step_min_s) else rate
                 bad = rec.get("id") in flagged
                 tax.barh([y], [rate / scale], color=FLAGGED_COLOR if bad else method_color(str(cell_value(rec, "method"))),
                          hatch="xx" if bad else None,
@@ -306,21 +307,21 @@ def plot_pareto(records: list[dict[str, Any]], out_dir: Path) -> Plot:
                 "One point per cell: trainable parameters at the start of the run (log) against peak memory "
                 "(memory.peak); one colour and marker per method, hollow for estimates. Lower left is better "
                 "on both; the trade-off against accuracy is not something a memory harness measures.")
-    recs = [r for r in records if is_ok(r) and get(r, "memory.peak") and get(r, "params.trainable")]
+    recs = [r for r in records if is_ok(r) and get(r, MEMORY.peak) and get(r, PARAMS.trainable)]
     if not recs:
         plot.skipped = "no ok record has both memory.peak and params.trainable"
         return plot
     groups = _limit(shape_groups(recs), plot)
     fig, axs = _panel_grid(len(groups), margin=2.0, panel_height=3.5)
     for ax, (title, group) in zip(axs, groups):
-        divisor, unit = byte_scale(max(get(r, "memory.peak") for r in group))
+        divisor, unit = byte_scale(max(get(r, MEMORY.peak) for r in group))
         for rec in group:
             method = str(cell_value(rec, "method"))
             color = method_color(method)
-            ax.plot([get(rec, "params.trainable")], [get(rec, "memory.peak") / divisor], method_marker(method),
+            ax.plot([get(rec, PARAMS.trainable)], [get(rec, MEMORY.peak) / divisor], method_marker(method),
                     color=color, markerfacecolor="none" if mode(rec) == "estimate" else color, markersize=8,
                     linestyle="none", label=method)
-        ax.set_ylim(0, 1.12 * max(get(r, "memory.peak") for r in group) / divisor)  # from zero: a 0.4%
+        ax.set_ylim(0, 1.12 * max(get(r, MEMORY.peak) for r in group) / divisor)  # from zero: a 0.4%
         # difference must not look like a factor of two
         ax.margins(x=0.15)
         log_axis(ax, "x")
@@ -346,14 +347,14 @@ def plot_freezing(records: list[dict[str, Any]], out_dir: Path) -> Plot:
                 "coloured by method. 'split' (solid) really freezes them (fewer parameters, optimizer state "
                 "released, less backward work); 'mask' (dashed) zeroes their gradients as the authors' code "
                 "does, which saves nothing. Fractions let cells of every size share one axis.")
-    recs = sorted((r for r in records if is_ok(r) and str(get(r, "cell.method", "")).startswith("lamda")
-                   and get(r, "series.step")), key=_method_order)
+    recs = sorted((r for r in records if is_ok(r) and str(get(r, CELL.method, "")).startswith("lamda")
+                   and get(r, SERIES.step)), key=_method_order)
     if not recs:
         plot.skipped = "no ok LaMDA record has a per-step series"
         return plot
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for rec in recs:
-        counts[(str(cell_value(rec, "method")), str(get(rec, "cell.options.freeze_mode", "split")))] += 1
+        counts[(str(cell_value(rec, "method")), str(get(rec, OPTIONS.freeze_mode, "split")))] += 1
     fig = figure(14, 3.8)
     axs = []
     for i, (field, ylabel, _) in enumerate(SERIES_FIELDS):
@@ -361,11 +362,11 @@ def plot_freezing(records: list[dict[str, Any]], out_dir: Path) -> Plot:
         axs.append(ax)
         drawn = 0
         for rec in recs:
-            steps, ys = get(rec, "series.step") or [], get(rec, f"series.{field}") or []
+            steps, ys = get(rec, SERIES.step) or [], get(rec, SERIES.path(field)) or []
             pts = [(s, y) for s, y in zip(steps, ys) if y is not None]
             if len(pts) < 2 or not pts[0][1]:
                 continue  # an estimate counts FLOPs at its one instrumented step: no line to draw
-            method, freeze = str(cell_value(rec, "method")), str(get(rec, "cell.options.freeze_mode", "split"))
+            method, freeze = str(cell_value(rec, "method")), str(get(rec, OPTIONS.freeze_mode, "split"))
             ax.plot([p[0] for p in pts], [p[1] / pts[0][1] for p in pts], "-" if freeze == "split" else "--",
                     marker="o" if freeze == "split" else "s", markersize=3, color=method_color(method),
                     alpha=0.8, label=f"{method}, {freeze} ({counts[(method, freeze)]} cells)")
@@ -379,7 +380,7 @@ def plot_freezing(records: list[dict[str, Any]], out_dir: Path) -> Plot:
                     transform=ax.transAxes, fontsize=8)
     handles, names = unique_handles(axs)
     legend_outside(fig, handles, names)
-    modes = {get(r, "cell.options.freeze_mode", "split") for r in recs}
+    modes = {get(r, OPTIONS.freeze_mode, "split") for r in recs}
     if len(modes) < 2:
         plot.description += f" Only freeze_mode {sorted(modes)} was run, so there is nothing to contrast."
     return save(fig, out_dir, plot)

@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..record import ARTIFACTS, CELL, OPTIONS
 from ..record_values import is_number
 from ..results import DataWarning
 from .plotstyle import CATEGORIES, CATEGORY_COLORS, Plot, byte_scale, method_color, save
@@ -22,7 +23,7 @@ PHASE_COLORS = {"forward": "#e8f0fb", "backward": "#fbeaea", "optimizer": "#eaf6
 
 
 def _load_timeline(results_dir: Path, rec: dict[str, Any]) -> list[dict[str, Any]] | None:
-    rel = get(rec, "artifacts.timeline")
+    rel = get(rec, ARTIFACTS.timeline)
     if not rel:
         return None
     path = results_dir / str(rel)
@@ -67,7 +68,7 @@ def _pair_key(rec: dict[str, Any]) -> tuple:
     for key in ("method", "options", "id", "timeout_s"):
         cell.pop(key, None)
     return (json.dumps(cell, sort_keys=True, default=str),
-            json.dumps(get(rec, "cell.options.autocast_adapter_dtype"), default=str))
+            json.dumps(get(rec, OPTIONS.autocast_adapter_dtype), default=str))
 
 
 def plot_step_timeline(records: list[dict[str, Any]], out_dir: Path, results_dir: Path) -> Plot:
@@ -79,7 +80,7 @@ def plot_step_timeline(records: list[dict[str, Any]], out_dir: Path, results_dir
                 "number between methods). Top: total; below: by category for each method.")
     groups: dict[tuple, dict[str, tuple[dict, list]]] = defaultdict(dict)
     for rec in records:
-        method = get(rec, "cell.method")
+        method = get(rec, CELL.method)
         if not is_ok(rec) or method not in TIMELINE_METHODS:
             continue
         timeline = _load_timeline(results_dir, rec)
@@ -101,9 +102,9 @@ def plot_step_timeline(records: list[dict[str, Any]], out_dir: Path, results_dir
         top.plot([i / n for i in range(len(tl))], [e.get("live_bytes", 0) / divisor for e in tl],
                  color=method_color(method), label=method + (" (estimate)" if mode(rec) == "estimate" else ""))
     top.set_ylabel(f"live ({unit})")
-    top.set_title(f"{plot.title}  [{get(lora_rec, 'cell.workload')}, d={width(lora_rec)}, "
-                  f"r={get(lora_rec, 'cell.r')}, batch={get(lora_rec, 'cell.batch')}, "
-                  f"seq={get(lora_rec, 'cell.seq')}]", fontsize=10)
+    top.set_title(f"{plot.title}  [{get(lora_rec, CELL.workload)}, d={width(lora_rec)}, "
+                  f"r={get(lora_rec, CELL.r)}, batch={get(lora_rec, CELL.batch)}, "
+                  f"seq={get(lora_rec, CELL.seq)}]", fontsize=10)
     for row, (method, (rec, tl)) in enumerate(pair.items()):
         ax = fig.add_subplot(3, 1, row + 2, sharex=top)
         n = max(len(tl) - 1, 1)

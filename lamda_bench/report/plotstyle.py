@@ -16,6 +16,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..record import CATEGORIES  # noqa: F401 - the tracker's categories (record.py), with their colors below
+
 METHOD_COLORS = {
     "full": "#333333", "lora": "#1f77b4", "pissa": "#17becf", "lora-fa": "#9467bd", "dora": "#8c564b",
     "vera": "#e377c2", "lamda": "#2ca02c", "lamda++": "#d62728",
@@ -23,7 +25,6 @@ METHOD_COLORS = {
 METHOD_MARKERS = {"full": "s", "lora": "o", "pissa": "v", "lora-fa": "^", "dora": "D", "vera": "P",
                   "lamda": "*", "lamda++": "X"}
 _SPARE_COLORS = ("#bcbd22", "#ff7f0e", "#7f7f7f", "#aec7e8", "#98df8a")
-CATEGORIES = ("weights", "grads", "optimizer", "activations", "temporaries")
 CATEGORY_COLORS = {
     "weights": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868",
     "activations": "#c44e52", "temporaries": "#8172b3",

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..record import CELL, ENV, INFO, get  # noqa: F401 - get re-exported: readers import it from here
 from ..results import RESULTS_FILE, latest_by_id, load_results
 from ..errors import UserError
 
@@ -34,36 +35,26 @@ def load_dir(results_dir: str | Path) -> list[dict[str, Any]]:
     return list(latest_by_id(load_results(path).warn(path).records).values())
 
 
-def get(record: dict[str, Any], dotted: str, default: Any = None) -> Any:
-    """``get(rec, "memory.at_peak.grads")``; ``default`` where any step is missing or null."""
-    node: Any = record
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or node.get(key) is None:
-            return default
-        node = node[key]
-    return node
-
-
 def is_ok(record: dict[str, Any]) -> bool:
     return record.get("status") == "ok"
 
 
 def mode(record: dict[str, Any]) -> str:
     """Resolved mode: 'measure' (real tensors) or 'estimate' (fake tensors, nothing allocated)."""
-    return str(get(record, "cell.mode", "unknown"))
+    return str(get(record, CELL.mode, "unknown"))
 
 
 def device(record: dict[str, Any]) -> str:
     """'cpu', or 'cuda (NVIDIA H100 80GB HBM3)' where the record names the device."""
-    dev = str(get(record, "cell.device", "unknown"))
-    name = get(record, "env.device_name")
+    dev = str(get(record, CELL.device, "unknown"))
+    name = get(record, ENV.device_name)
     if not name:
         return dev
     return str(name) if dev in str(name).lower() else f"{dev} ({name})"
 
 
 def tokens(record: dict[str, Any]) -> int | None:
-    batch, seq = get(record, "cell.batch"), get(record, "cell.seq")
+    batch, seq = get(record, CELL.batch), get(record, CELL.seq)
     if batch is None or seq is None:
         return None
     return int(batch) * int(seq)
@@ -74,11 +65,11 @@ def width(record: dict[str, Any]) -> int | None:
     workload (its default when unset), else ``info.hidden_size`` if the record has it, else
     the named workload's hidden size (``hidden_size`` / ``d_model`` of its config); None
     for a workload this harness does not know."""
-    d = get(record, "cell.d_in")
+    d = get(record, CELL.d_in)
     if d is None:
-        d = get(record, "info.hidden_size")
+        d = get(record, INFO.hidden_size)
     if d is None:
-        d = _workload_width(str(get(record, "cell.workload", "")))
+        d = _workload_width(str(get(record, CELL.workload, "")))
     return None if d is None else int(d)
 
 
@@ -96,12 +87,13 @@ def _workload_width(name: str) -> int | None:
 
 
 def method_label(record: dict[str, Any]) -> str:
-    """Method name, with LaMDA's freeze mode when it is not the default 'split'."""
-    name = str(get(record, "cell.method", "?"))
-    freeze = get(record, "cell.options.freeze_mode")
-    if freeze and freeze != "split":
-        name += f" ({freeze})"
-    return name
+    """Method name, with its label options (LaMDA's freeze mode) where not at their default
+    (``Method.label``); the bare name for a method this version does not register."""
+    from ..methods import all_methods
+
+    name = str(get(record, CELL.method, "?"))
+    method = all_methods().get(name)
+    return method.label(get(record, CELL.options) or {}) if method else name
 
 
 # ---- flat table (CSV) ---------------------------------------------------------------------

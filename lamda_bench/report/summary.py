@@ -7,6 +7,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from ..record import MEMORY, PARAMS, TIME
 from .axes import Axes
 from .records import get
 from .units import UNITS_NOTE, fmt_bytes, fmt_count, fmt_rate
@@ -16,10 +17,10 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     """``records`` in the order the suite lists its cells; figures in human units."""
     axes = Axes.of(records)
     rows = [[rec.get("status")] + axes.row(rec) + [
-        fmt_count(get(rec, "params.trainable")),
-        fmt_bytes(get(rec, "memory.saved_activations_adapter")),
-        fmt_bytes(get(rec, "memory.peak")),
-        fmt_rate(get(rec, "time.tokens_per_s")),
+        fmt_count(get(rec, PARAMS.trainable)),
+        fmt_bytes(get(rec, MEMORY.saved_activations_adapter)),
+        fmt_bytes(get(rec, MEMORY.peak)),
+        fmt_rate(get(rec, TIME.tokens_per_s)),
     ] for rec in records]
     headers = ["status"] + axes.columns() + ["trainable params", "saved act. (adapter)", "peak", "throughput"]
     return "\n".join([axes.header(), tabulate(rows, headers=headers, disable_numparse=True), UNITS_NOTE])

@@ -12,6 +12,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from ..record import CELL, FLOPS, MEMORY, PARAMS, PREDICTED_FLOPS, PREDICTED_MEMORY, PREDICTED_PARAMS, TIME
 from .axes import Axes
 from .escape import md, md_code
 from .records import get, is_ok, method_label, mode
@@ -33,13 +34,13 @@ def _sum(*values: Any) -> float | None:
 
 def throughput_spread(rec: dict[str, Any]) -> tuple[float | None, float | None]:
     """tokens/s of the slowest and the fastest timed step."""
-    n = (get(rec, "cell.batch") or 0) * (get(rec, "cell.seq") or 0)
-    slow, fast = get(rec, "time.step_max_s"), get(rec, "time.step_min_s")
+    n = (get(rec, CELL.batch) or 0) * (get(rec, CELL.seq) or 0)
+    slow, fast = get(rec, TIME.step_max_s), get(rec, TIME.step_min_s)
     return (n / slow if slow else None), (n / fast if fast else None)
 
 
 def _throughput(rec: dict[str, Any]) -> str:
-    rate = get(rec, "time.tokens_per_s")
+    rate = get(rec, TIME.tokens_per_s)
     if rate is None:
         return MISSING
     low, high = throughput_spread(rec)
@@ -49,19 +50,19 @@ def _throughput(rec: dict[str, Any]) -> str:
 
 # (header, how to read it from a record). Headers say what the figure is.
 MEMORY_COLUMNS = (
-    ("trainable params", lambda r: fmt_count(get(r, "params.trainable"))),
-    ("param updates", lambda r: fmt_count(get(r, "params.updates"))),
-    ("peak", lambda r: fmt_bytes(get(r, "memory.peak"))),
-    ("peak (optimizer phase)", lambda r: fmt_bytes(get(r, "memory.peak_step"))),
-    ("saved activations", lambda r: fmt_bytes(get(r, "memory.saved_activations"))),
-    ("saved activations (adapter)", lambda r: fmt_bytes(get(r, "memory.saved_activations_adapter"))),
-    ("adapter FLOPs (fwd + bwd)", lambda r: fmt_flops(_sum(get(r, "flops.adapter_forward"),
-                                                            get(r, "flops.adapter_backward")))),
-    ("step FLOPs (fwd + bwd)", lambda r: fmt_flops(_sum(get(r, "flops.forward"), get(r, "flops.backward")))),
+    ("trainable params", lambda r: fmt_count(get(r, PARAMS.trainable))),
+    ("param updates", lambda r: fmt_count(get(r, PARAMS.updates))),
+    ("peak", lambda r: fmt_bytes(get(r, MEMORY.peak))),
+    ("peak (optimizer phase)", lambda r: fmt_bytes(get(r, MEMORY.peak_step))),
+    ("saved activations", lambda r: fmt_bytes(get(r, MEMORY.saved_activations))),
+    ("saved activations (adapter)", lambda r: fmt_bytes(get(r, MEMORY.saved_activations_adapter))),
+    ("adapter FLOPs (fwd + bwd)", lambda r: fmt_flops(_sum(get(r, FLOPS.adapter_forward),
+                                                            get(r, FLOPS.adapter_backward)))),
+    ("step FLOPs (fwd + bwd)", lambda r: fmt_flops(_sum(get(r, FLOPS.forward), get(r, FLOPS.backward)))),
 )
 TIME_COLUMNS = (
-    ("step time (median)", lambda r: fmt_seconds(get(r, "time.step_median_s"))),
-    ("timed steps", lambda r: str(get(r, "time.steps_timed", MISSING))),
+    ("step time (median)", lambda r: fmt_seconds(get(r, TIME.step_median_s))),
+    ("timed steps", lambda r: str(get(r, TIME.steps_timed, MISSING))),
     ("throughput (min-max)", _throughput),
 )
 
@@ -71,7 +72,7 @@ def results_table(records: list[dict[str, Any]], axes: Axes | None = None) -> st
     record was timed) time. The header line above it names what is held fixed."""
     ok = [r for r in records if is_ok(r)]
     axes = axes or Axes.of(ok)
-    timed = any(get(r, "time.step_median_s") is not None for r in ok)
+    timed = any(get(r, TIME.step_median_s) is not None for r in ok)
     columns = MEMORY_COLUMNS + (TIME_COLUMNS if timed else ())
     if timed:
         from .timing import flagged_step_times
@@ -87,12 +88,12 @@ def results_table(records: list[dict[str, Any]], axes: Axes | None = None) -> st
 
 # (label, measured field, predicted field, formatter) for the closed-form check.
 PREDICTED_FIELDS = (
-    ("trainable params", "params.trainable", "predicted.params.trainable", fmt_count),
-    ("param updates", "params.updates", "predicted.params.updates", fmt_count),
-    ("saved activations (adapter)", "memory.saved_activations_adapter",
-     "predicted.memory.saved_activations_adapter", fmt_bytes),
-    ("adapter forward FLOPs", "flops.adapter_forward", "predicted.flops.adapter_forward", fmt_flops),
-    ("adapter backward FLOPs", "flops.adapter_backward", "predicted.flops.adapter_backward", fmt_flops),
+    ("trainable params", PARAMS.trainable, PREDICTED_PARAMS.trainable, fmt_count),
+    ("param updates", PARAMS.updates, PREDICTED_PARAMS.updates, fmt_count),
+    ("saved activations (adapter)", MEMORY.saved_activations_adapter,
+     PREDICTED_MEMORY.saved_activations_adapter, fmt_bytes),
+    ("adapter forward FLOPs", FLOPS.adapter_forward, PREDICTED_FLOPS.adapter_forward, fmt_flops),
+    ("adapter backward FLOPs", FLOPS.adapter_backward, PREDICTED_FLOPS.adapter_backward, fmt_flops),
 )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from ..record import CELL, TIME
 from .axes import shape_key
 from .records import get, method_label
 from .units import fmt_seconds
@@ -26,20 +27,20 @@ def flagged_step_times(records: list[dict[str, Any]]) -> dict[str, str]:
     is FAR_OFF times away from the median of their shape group (three or more timed cells)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
-        if get(rec, "time.step_median_s"):
+        if get(rec, TIME.step_median_s):
             groups.setdefault(shape_key(rec), []).append(rec)
     flagged: dict[str, str] = {}
     for group in groups.values():
         if len(group) < 3:
             continue
-        typical = statistics.median(get(o, "time.step_median_s") for o in group)
+        typical = statistics.median(get(o, TIME.step_median_s) for o in group)
         for rec in group:
-            steps = get(rec, "time.steps_timed") or 0
+            steps = get(rec, TIME.steps_timed) or 0
             if steps >= FEW_STEPS:
                 continue
-            own = get(rec, "time.step_median_s")
+            own = get(rec, TIME.step_median_s)
             if own > FAR_OFF * typical or own * FAR_OFF < typical:
                 flagged[str(rec.get("id"))] = (
-                    f"{method_label(rec)} r={get(rec, 'cell.r')} ({rec.get('id')}): {fmt_seconds(own)} from "
+                    f"{method_label(rec)} r={get(rec, CELL.r)} ({rec.get('id')}): {fmt_seconds(own)} from "
                     f"{steps} timed step(s) against {fmt_seconds(typical)} median of its shape group")
     return flagged

@@ -20,11 +20,11 @@ from .. import analytic, parallel, precision, workloads
 from ..cell import Cell
 from .observe import adapter_itemsize
 from .resolve import Plan
-from .result import StepResult, empty_series
+from .result import StepResult
 
 
 def blank_record(cell: dict) -> dict:
-    from ..results import SCHEMA_VERSION
+    from ..record import SCHEMA_VERSION, blank_blocks
 
     return {
         "schema": SCHEMA_VERSION,
@@ -33,17 +33,7 @@ def blank_record(cell: dict) -> dict:
         "status": "error",
         "error": None,
         "cell": dict(cell) if isinstance(cell, dict) else {"value": repr(cell)},
-        "params": {"total": None, "trainable": None, "updates": None},
-        "memory": {k: None for k in (
-            "weights", "trainable_weights", "grads", "optimizer", "saved_activations",
-            "saved_activations_adapter", "peak_forward", "peak_backward", "peak_step", "peak",
-            "at_peak", "peak_steady", "cuda_max_allocated", "cuda_max_reserved", "cuda_max_active", "nvml_used",
-            "host_rss_peak")},
-        "flops": {"forward": None, "backward": None, "adapter_forward": None, "adapter_backward": None,
-                  "attention_counting": None},
-        "time": {"step_median_s": None, "step_min_s": None, "step_max_s": None, "steps_timed": 0,
-                 "tokens_per_s": None},
-        "series": empty_series(),
+        **blank_blocks(),  # params, memory, flops, time, series: all null
         "predicted": None,
         "info": {},
         "artifacts": {},
@@ -150,15 +140,9 @@ def predicted(plan: Plan, res: StepResult) -> dict:
     applied = res.applied
     method = c.method
     info = applied.info
-    b_schedule = None
-    if method in analytic.LAMDA_LIKE and info.get("freeze_mode", "split") == "split":
-        from ..methods.lamda import FreezeSchedule
+    from ..methods import get_method
 
-        fraction = float(info.get("freeze_fraction", 0.3))
-
-        def b_schedule(rank: int, step: int) -> int:
-            return FreezeSchedule(rank, res.horizon, fraction).trainable(step)
-
+    b_schedule = get_method(method).b_schedule(info, res.horizon)  # the method's own freezing schedule
     itemsize = adapter_itemsize(applied)
     calls = res.calls
     input_itemsize = calls[0].input_itemsize if calls else plan.dtype.itemsize
@@ -171,7 +155,7 @@ def predicted(plan: Plan, res: StepResult) -> dict:
             adapter_itemsize=itemsize or input_itemsize,
             input_itemsize=input_itemsize,
             b_schedule=b_schedule,
-            total_params=applied.num_total() if method == "full" else None,
+            total_params=applied.num_total(),  # read by the full family only
             dropout=float(info.get("dropout", 0.0) or 0.0),
             gradient_checkpointing=c.gradient_checkpointing,
         )
@@ -180,7 +164,7 @@ def predicted(plan: Plan, res: StepResult) -> dict:
     pred["memory"].update(precision.predict_state(c, res, b_schedule))
     if res.precision.policy.autocast_dtype is not None:  # autocast's casts in the adapter path: not modelled
         pred["memory"]["saved_activations_adapter"] = None
-    pred["assumptions"] = "see lamda_bench/analytic.py; structure (shared inputs, input grads, tokens per call) observed"
+    pred["assumptions"] = "see lamda_bench/analytic/; structure (shared inputs, input grads, tokens per call) observed"
     return pred
 
 

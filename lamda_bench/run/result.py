@@ -15,8 +15,7 @@ if TYPE_CHECKING:
     from ..measure.timing import Timing
     from ..methods.base import AppliedMethod
 
-# The per-step series of the record, one entry per step of the run (``series.ran``: did it run).
-SERIES_KEYS = ("step", "trainable", "optimizer", "backward_flops", "peak", "ran")
+from ..record import SERIES_KEYS  # the per-step series, one entry per step (``series.ran``: did it run)
 
 
 def empty_series() -> dict[str, list]:
