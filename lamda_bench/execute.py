@@ -586,7 +586,9 @@ def _tracked_step(c: Cell, applied, inputs, optimizer, res: _StepResult, step: i
     scope = ModuleScope(applied.model)
     live = LiveMemoryTracker(applied.model, optimizer, scope=scope, timeline=False, inputs=inputs)
     flops = FlopCounter(applied.model, applied.is_adapter_module, scope=scope)
-    with flops, live:
+    # issue 21: FSDP2's storage resizes told to the tracker here too (else every gathered block counts as never freed)
+    sharded = parallel.track_fsdp(live) if parallel.is_parallel(c) else contextlib.nullcontext()
+    with flops, live, sharded:
         _train_step(c, applied, inputs, optimizer, res, step, flops, live=live, finish=False)
     _finish_step(applied, optimizer, res, step, flops)
     _note_step_peak(res, step, live.peak)

@@ -199,8 +199,11 @@ def test_lamda_rank_bytes_agree_with_fsdp_mem_tracker(which, request):
     # B's local shards, sharded outside FSDP2, are added from the model itself.
     assert peak["SHARDED_PARAM"] + peak["BUFFER"] + peak["outside_fsdp"] == rec["memory"]["weights"]
     assert peak["OPT"] == rec["memory"]["optimizer"]  # B's DTensor moments included while it trains
-    # The same step's high point (the run's peak may be another step's: FSDP2's second step holds more).
-    assert peak["Total"] == pytest.approx(rec["series"]["peak"][cell["warmup"]], rel=0.15)
+    # The run's peak is another step's here (LaMDA's steps 1 and 2 are tracked too), which holds
+    # FSDP2's gathered blocks as briefly as the instrumented step: a tracked step that missed
+    # FSDP2's storage resizes counted every gathered block as never freed (21% over at W = 2).
+    assert peak["Total"] == pytest.approx(rec["memory"]["peak"], rel=0.15)
+    assert peak["Total"] == pytest.approx(rec["series"]["peak"][cell["warmup"]], rel=0.05)  # the same step
 
 
 # ---- cross-check against torch's own FSDP memory tracker ------------------------------------
@@ -247,11 +250,14 @@ def test_rank_bytes_agree_with_fsdp_mem_tracker(lora_records):
     assert by["Total"] == pytest.approx(rec["memory"]["peak"], rel=0.15)
 
 
-def test_world_size_one_measurement_agrees_with_its_estimate():
+@pytest.mark.parametrize("method, steps", [("lora", {}), ("lamda", dict(warmup=2, steps=3))])
+def test_world_size_one_measurement_agrees_with_its_estimate(method, steps):
     """FSDP2 over one rank, measured on the CPU (a real gloo group, real kernels) and estimated
-    (fake group, fake tensors): the same tracked bytes."""
-    est = ok(run_cell(sharded_cell(world_size=1)))
-    meas = ok(run_cell(sharded_cell(world_size=1, mode="measure")))
+    (fake group, fake tensors): the same tracked bytes. LaMDA: real DTensor column surgery as B
+    freezes, the same optimizer bytes step by step."""
+    est = ok(run_cell(sharded_cell(method, world_size=1, **steps)))
+    meas = ok(run_cell(sharded_cell(method, world_size=1, mode="measure", **steps)))
+    assert meas["series"]["optimizer"] == est["series"]["optimizer"]
     assert meas["info"]["parallel"]["process_group"] == "real, one rank"
     for key in ("weights", "grads", "optimizer", "peak_forward", "peak"):
         assert meas["memory"][key] == pytest.approx(est["memory"][key], rel=0.01), key

@@ -159,8 +159,8 @@ class LamdaB(nn.Module):
         delta = n_frozen - self.n_frozen
         old = self.trainable
         with torch.no_grad():  # slices without autograd history; new storages, so the old one is freed
-            moving = columns(old, 0, delta)
-            frozen = moving if self.frozen is None else concat_columns(self.frozen, moving)
+            moving = columns(old, 0, delta, copy=False)
+            frozen = columns(moving, 0, delta) if self.frozen is None else concat_columns(self.frozen, moving)
             self.frozen = nn.Parameter(frozen, requires_grad=False)
             self.trainable = nn.Parameter(columns(old, delta, self.rank - self.n_frozen)) if n_frozen < self.rank else None
         self.n_frozen = n_frozen
@@ -220,16 +220,17 @@ def _gathered(p: torch.Tensor | None) -> torch.Tensor | None:
     return p.redistribute(placements=[Replicate()]).to_local(grad_placements=[Partial()])
 
 
-def columns(t: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """A new tensor holding columns [start, stop) of ``t`` (a clone: a slice would keep the
-    wider storage alive). A DTensor sharded on dim 0 holds whole rows, so its local rows are
-    sliced and wrapped again with the same mesh and placement."""
+def columns(t: torch.Tensor, start: int, stop: int, copy: bool = True) -> torch.Tensor:
+    """Columns [start, stop) of ``t``: a clone (a slice would keep the wider storage alive), or
+    with ``copy=False`` a view. A DTensor sharded on dim 0 holds whole rows, so its local rows
+    are sliced and wrapped again with the same mesh and placement."""
     from torch.distributed.tensor import DTensor
 
     if not isinstance(t, DTensor):
-        return t[:, start:stop].clone()
-    local = t.to_local()[:, start:stop].clone()
-    return _wrap_like(t, local, stop - start)
+        part = t[:, start:stop]
+        return part.clone() if copy else part
+    local = t.to_local()[:, start:stop]
+    return _wrap_like(t, local.clone() if copy else local, stop - start)
 
 
 def concat_columns(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
