@@ -273,11 +273,13 @@ def predicted(applied, cell) -> dict:
                                             trainable=bool(t.requires_grad), sharded=isinstance(t, DTensor)))
     out = analytic.fsdp2_rank_memory(params, cell.world_size, optimizer=cell.optimizer)
     blocks = block_modules(model)
+    by_hand = {id(p) for b in lamda_b_modules(applied) for p in b.parameters()}  # not in FSDP2's all-gather
     out["largest_block_gathered"] = max(
         analytic.gathered_bytes([analytic.ShardedParam(tuple(p.shape), p.element_size(), p.requires_grad,
-                                                       isinstance(p, DTensor)) for p in b.parameters()],
-                                cell.world_size)
+                                                       isinstance(p, DTensor))
+                                 for p in b.parameters() if id(p) not in by_hand], cell.world_size)
         for b in blocks)
-    out["assumptions"] = ("FSDP2 dim-0 sharding, rank 0 holds ceil(dim0 / world_size) rows; buffers and "
-                          "ignored (replicated) parameters whole; grads and Adam moments shaped like the shard")
+    out["assumptions"] = ("FSDP2 dim-0 sharding, rank 0 holds ceil(dim0 / world_size) rows; buffers whole "
+                          "(replicated); LaMDA's B sharded on dim 0 by hand like the rest (gathered apart from "
+                          "FSDP2's flat buffer); grads and Adam moments shaped like the shard")
     return out

@@ -81,7 +81,8 @@ class LamdaB(nn.Module):
 
     ``split``: parameters ``frozen`` (d_out x n_frozen, requires_grad False, None when empty)
     and ``trainable`` (d_out x (r - n_frozen), None when empty). ``mask``: one parameter
-    ``weight`` (d_out x r) whose first n_frozen gradient columns are zeroed by a hook.
+    ``weight`` (d_out x r) whose first n_frozen gradient columns are zeroed by a hook. On a mesh
+    (``distribute``) ``frozen`` and ``trainable`` are DTensors sharded on dim 0 (module docstring).
     """
 
     def __init__(self, weight: torch.Tensor, n_frozen: int, mode: str):
