@@ -382,6 +382,10 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None,
                         help="largest value searched (default 4096 for batch; for seq the model's max positions)")
     parser.add_argument("--reserve", default="0", help="extra memory held back from the budget, e.g. 2GiB (default 0)")
+    parser.add_argument("--world-size", type=int, default=1,
+                        help="ranks of a data-parallel job (default 1); the budget and the answer are per card")
+    parser.add_argument("--parallel", default="none", choices=("none", "ddp", "fsdp2"),
+                        help="how the ranks split the model: fsdp2 (fully_shard per block) or ddp (replicas)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="any other cell key, e.g. --set gradient_checkpointing=true (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("reports") / "fit",
@@ -390,12 +394,12 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-FIT_RESERVED_KEYS = ("batch", "seq", "mode", "method", "workload")
+FIT_RESERVED_KEYS = ("batch", "seq", "mode", "method", "workload", "world_size", "parallel")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from .budgets import parse_budget, parse_size
-    from .fit import DEFAULT_MULTIPLE, plan, probe_runner
+    from .fit import DEFAULT_MULTIPLE, Layout, plan, probe_runner
     from .fit_output import table, write_json, write_plot
     from .suite import parse_override, parse_suite
 
@@ -410,9 +414,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(o) for o in args.overrides)
     for key in FIT_RESERVED_KEYS:
         if key in overrides:
-            raise CliError(f"--set {key}: fit sets {key} itself (use --workload, --method, --seq or --batch)")
+            raise CliError(f"--set {key}: fit sets {key} itself (use --workload, --method, --seq or --batch, "
+                           "--world-size, --parallel)")
+    layout = Layout(args.world_size, args.parallel)
+    layout.check(args.method)
     overrides.update(workload=args.workload, method=list(args.method), mode="estimate",
-                     **{fixed: getattr(args, fixed), axis: multiple})
+                     **{fixed: getattr(args, fixed), axis: multiple}, **layout.probe_keys())
     if args.r is not None:
         overrides["r"] = args.r
     if args.targets is not None:
@@ -421,7 +428,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise CliError(f"{args.out}: --out exists and is not a directory")
     suite = parse_suite("[[sweep]]\n", source="lamda-bench fit", default_name="fit", overrides=overrides)
     rows = plan(list(suite.cells), axis, budget, probe_runner(args.out, args.jobs, not args.no_progress),
-                multiple=args.multiple, limit=args.limit)
+                multiple=args.multiple, limit=args.limit, layout=layout)
     print(table(rows, budget))
     written = [write_json(rows, budget, args.out), write_plot(rows, budget, args.out)]
     print("written: " + ", ".join(str(p) for p in written if p is not None)

@@ -13,6 +13,12 @@ fixed ``batch``) over multiples of ``K`` (``--multiple``), using real estimate c
    first by interpolating along the line through them, then by bisection, until the two are
    one multiple apart.
 
+Data-parallel jobs (``--world-size N --parallel fsdp2|ddp``, ``Layout``) are answered per card:
+the budget is one card's memory and the axis value one rank's (the global batch is N times it).
+Under fsdp2 each probe is rank 0 of the sharded job (its ``memory.peak`` is one card's); under
+ddp every rank runs the one-device step on a whole replica, so probes are one-device cells and
+each card adds DDP's gradient buckets (see ``Layout.card_peak``).
+
 Every probe is an ordinary cell (``mode = "estimate"``) run by the local launcher into
 ``OUT/results.jsonl``: probes are real records, and a second ``fit`` into the same directory
 reuses them (resume). Each round runs the probes every method wants at once (``jobs``).
@@ -37,8 +43,52 @@ DEFAULT_LIMIT = {"batch": 4096, "seq": 131072}  # seq: the workload's max positi
 SUITE_NAME = "fit"
 
 
+PARALLEL = ("none", "ddp", "fsdp2")
+
+
 class FitError(UserError):
-    """Bad fit input (axis, multiple, limit): one line."""
+    """Bad fit input (axis, multiple, limit, layout): one line."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The job a fit answers for: ``world_size`` ranks split by ``parallel``; answers per card."""
+
+    world_size: int = 1
+    parallel: str = "none"
+
+    def check(self, methods: Sequence[str]) -> None:
+        if self.parallel not in PARALLEL:
+            raise FitError(f"--parallel {self.parallel!r}: expected one of {list(PARALLEL)}")
+        if isinstance(self.world_size, bool) or not isinstance(self.world_size, int) or self.world_size < 1:
+            raise FitError(f"--world-size {self.world_size!r}: expected an integer >= 1")
+        if self.world_size > 1 and self.parallel == "none":
+            raise FitError(f"--world-size {self.world_size} needs --parallel fsdp2 or ddp")
+        shrinking = [m for m in methods if m in ("lamda", "lamda++")]
+        if self.parallel == "ddp" and shrinking:
+            raise FitError(f"--parallel ddp with {shrinking[0]}: its split freezing replaces parameters, which DDP's "
+                           "gradient buckets (fixed when the model is wrapped) do not follow; use --parallel fsdp2")
+
+    def probe_keys(self) -> dict[str, Any]:
+        """The cell keys of every probe. DDP cannot be estimated (``parallel.check_estimate``) and
+        changes nothing in a rank's step but its buckets: its probes are one-device cells."""
+        if self.parallel == "ddp":
+            return {"world_size": 1, "parallel": "none"}
+        return {"world_size": self.world_size, "parallel": self.parallel}
+
+    def card_peak(self, record: dict[str, Any]) -> int | None:
+        """One card's peak from a probe's record. fsdp2: rank 0's ``memory.peak``. ddp: the
+        one-device peak plus DDP's gradient buckets, allocated when the model is wrapped and held
+        all run: one more copy of every trainable parameter's gradient (``gradient_as_bucket_view``
+        False, DDP's default), i.e. the record's ``memory.grads``."""
+        peak = get(record, MEMORY.peak)
+        if peak is None or self.parallel != "ddp":
+            return peak
+        grads = get(record, MEMORY.grads)
+        return None if grads is None else peak + grads
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"world_size": self.world_size, "parallel": self.parallel, "per_card": True}
 
 
 @dataclass
@@ -65,6 +115,7 @@ class MethodSearch:
     multiple: int
     limit: int
     budget: Budget
+    layout: Layout = Layout()
     probes: dict[int, Probe] = field(default_factory=dict)
     bracketed_rounds: int = 0
 
@@ -76,7 +127,7 @@ class MethodSearch:
         return dataclasses.replace(self.base, **{self.axis: value})
 
     def observe(self, value: int, record: dict[str, Any]) -> None:
-        peak = get(record, MEMORY.peak) if record.get("status") == "ok" else None
+        peak = self.layout.card_peak(record) if record.get("status") == "ok" else None
         self.probes[value] = Probe(value=value, id=self.cell(value).id, status=record.get("status") or "error",
                                    peak=peak, error=record.get("error"))
 
@@ -152,6 +203,7 @@ class MethodSearch:
             "dtype": self.base.dtype, "axis": self.axis, fixed: getattr(self.base, fixed),
             "multiple": self.multiple, "limit": self.limit,
             f"max_{self.axis}": None, "tokens_at_max": None, "peak_at_max": None, "next": None, "peak_at_next": None,
+            **self.layout.to_dict(),
             "budget": self.budget.bytes, "margin": self.budget.margin, "usable": self.budget.usable,
             "estimate": True, "verdict": None, "probes": len(self.probes),
             "probe_ids": [p.id for p in sorted(self.probes.values(), key=lambda p: p.value)],
@@ -185,9 +237,11 @@ RunProbes = Callable[[list[Cell]], dict[str, dict[str, Any]]]
 
 
 def plan(bases: Sequence[Cell], axis: str, budget: Budget, run_probes: RunProbes,
-         multiple: int | None = None, limit: int | None = None, max_rounds: int = 40) -> list[dict[str, Any]]:
+         multiple: int | None = None, limit: int | None = None, max_rounds: int = 40,
+         layout: Layout = Layout()) -> list[dict[str, Any]]:
     """Search every base cell's method; ``run_probes(cells)`` estimates cells and returns
-    their records by id. Returns one answer row per base cell, in order."""
+    their records by id. Returns one answer row per base cell, in order. The base cells carry
+    ``layout.probe_keys()``; ``layout`` turns each probe's record into one card's peak."""
     if axis not in AXES:
         raise FitError(f"axis {axis!r}: expected one of {list(AXES)}")
     multiple = DEFAULT_MULTIPLE[axis] if multiple is None else multiple
@@ -198,7 +252,8 @@ def plan(bases: Sequence[Cell], axis: str, budget: Budget, run_probes: RunProbes
         top = limit if limit is not None else default_limit(base, axis)
         if top < multiple:
             raise FitError(f"--limit {top}: below --multiple {multiple}")
-        searches.append(MethodSearch(base=base, axis=axis, multiple=multiple, limit=top, budget=budget))
+        searches.append(MethodSearch(base=base, axis=axis, multiple=multiple, limit=top, budget=budget,
+                                     layout=layout))
     for _ in range(max_rounds):
         wanted = [(s, v) for s in searches for v in s.next_values()]
         if not wanted:

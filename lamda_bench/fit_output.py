@@ -38,6 +38,15 @@ def answer_text(row: dict[str, Any]) -> str:
             f"{axis} {row['next']} does not fit ({fmt_bytes(row['peak_at_next'])})")
 
 
+def per_card_note(row: dict[str, Any]) -> str:
+    """What "per card" means for the row's data-parallel layout (``fit.Layout``)."""
+    how = ("rank 0 of the FSDP2 job (weights, grads and optimizer state sharded, plus its gathered "
+           "blocks and collective buffers)" if row["parallel"] == "fsdp2" else
+           "one DDP replica's (the one-device step plus DDP's gradient buckets, one more copy of the gradients)")
+    return (f"Per card, {row['world_size']} rank(s) under {row['parallel']}: the budget and each peak are {how}; "
+            "batch is per rank (the job's global batch is world_size x batch).")
+
+
 def table(rows: list[dict[str, Any]], budget: Budget) -> str:
     from tabulate import tabulate
 
@@ -55,6 +64,8 @@ def table(rows: list[dict[str, Any]], budget: Budget) -> str:
     card = f" ({budget.card}: {budget.source})" if budget.card else ""
     lines.append(f"Budget {budget.text} = {budget.bytes:,} B = {fmt_bytes(budget.bytes)}{card}; margin "
                  f"{fmt_bytes(budget.margin)}, usable {fmt_bytes(budget.usable)}.")
+    if rows and rows[0].get("parallel", "none") != "none":
+        lines.append(per_card_note(rows[0]))
     lines.append(ESTIMATE_NOTE.format(policy=budget.policy()))
     lines.append("KiB/MiB/GiB = 2^10/2^20/2^30 bytes.")
     return "\n".join(lines)

@@ -22,10 +22,14 @@ those buffers as ``unsharded_weights``; the flat all-gather and reduce-scatter b
 
 LaMDA with ``freeze_mode = "split"``: B's trainable columns are a parameter that freezing
 replaces by a narrower one, and FSDP2 fixes the set and shapes of a module's sharded
-parameters at ``fully_shard`` time. B (d_out x r per layer, a few MB in all) is therefore
-left out of the sharding (``ignored_params``): it stays replicated on every rank, freezing
-works on it exactly as on one device, and a real job all-reduces its gradient (in place, no
-extra buffer) before the optimizer step. A and S are sharded with their block.
+parameters at ``fully_shard`` time. B is therefore kept out of FSDP2's parameter groups
+(``ignored_params``) and sharded by hand the same way: a DTensor on dim 0 per part, gathered
+in the forward and its gradient reduce-scattered in the backward (``LamdaB.distribute``,
+``methods/lamda_freeze.py``). Every parameter the optimizer holds is then a DTensor (a foreach
+AdamW refuses a group that mixes plain tensors and DTensors), and the freezing slices each
+rank's rows locally, freeing the frozen columns' Adam state on every rank.
+``freeze_mode = "mask"`` is refused: its gradient hook sits on the parameter FSDP2 replaces,
+so its frozen columns would silently train.
 
 ``ddp``: DistributedDataParallel cannot wrap fake tensors (its C++ reducer allocates real
 gradient buckets), so an estimate with ``parallel = "ddp"`` is refused in one line.
@@ -139,17 +143,15 @@ def block_modules(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def ignored_params(applied) -> set[nn.Parameter]:
-    """Parameters kept out of the sharding: LaMDA's split B (see the module docstring)."""
+def lamda_b_modules(applied) -> list[nn.Module]:
+    """LaMDA's B modules, sharded by hand (see the module docstring); [] for other methods."""
     from .methods.lamda import LamdaB
 
-    keep: set[nn.Parameter] = set()
-    if applied.info.get("freeze_mode") != "split":
-        return keep
-    for m in applied.model.modules():
-        if isinstance(m, LamdaB):
-            keep.update(p for p in (m.frozen, m.trainable) if p is not None)
-    return keep
+    bs = [m for m in applied.model.modules() if isinstance(m, LamdaB)]
+    if any(b.mode != "split" for b in bs):
+        raise ParallelError("LaMDA freeze_mode 'mask' cannot run under fsdp2: its gradient hook is on the "
+                            "parameter fully_shard replaces, so the 'frozen' columns would train; use 'split'")
+    return bs
 
 
 def shard(applied, mesh, reshard_after_forward: bool) -> dict:
@@ -157,12 +159,15 @@ def shard(applied, mesh, reshard_after_forward: bool) -> dict:
     from torch.distributed.fsdp import fully_shard
 
     model = applied.model
-    ignored = ignored_params(applied)
+    lamda_bs = lamda_b_modules(applied)
+    ignored = {p for b in lamda_bs for p in b.parameters()} or None
     blocks = block_modules(model)
     block_class = sorted({type(b).__name__ for b in blocks})
     for block in blocks:
-        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=ignored or None)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=ignored or None)
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=ignored)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=ignored)
+    for b in lamda_bs:  # before the optimizer is built: it must hold the sharded parameters
+        b.distribute(mesh)
     return {
         "parallel": "fsdp2",
         "world_size": mesh.size(),
@@ -170,7 +175,7 @@ def shard(applied, mesh, reshard_after_forward: bool) -> dict:
         "wrapped_blocks": len(blocks),
         "block_class": block_class,
         "reshard_after_forward": reshard_after_forward,
-        "replicated_params": sum(p.numel() for p in ignored),
+        "sharded_outside_fsdp": sum(p.numel() for b in lamda_bs for p in b.parameters()),
         "process_group": "fake (torch.testing._internal.distributed.fake_pg.FakeStore): collectives move no data",
     }
 
@@ -269,11 +274,13 @@ def predicted(applied, cell) -> dict:
                                             trainable=bool(t.requires_grad), sharded=isinstance(t, DTensor)))
     out = analytic.fsdp2_rank_memory(params, cell.world_size, optimizer=cell.optimizer)
     blocks = block_modules(model)
+    by_hand = {id(p) for b in lamda_b_modules(applied) for p in b.parameters()}  # not in FSDP2's all-gather
     out["largest_block_gathered"] = max(
         analytic.gathered_bytes([analytic.ShardedParam(tuple(p.shape), p.element_size(), p.requires_grad,
-                                                       isinstance(p, DTensor)) for p in b.parameters()],
-                                cell.world_size)
+                                                       isinstance(p, DTensor))
+                                 for p in b.parameters() if id(p) not in by_hand], cell.world_size)
         for b in blocks)
-    out["assumptions"] = ("FSDP2 dim-0 sharding, rank 0 holds ceil(dim0 / world_size) rows; buffers and "
-                          "ignored (replicated) parameters whole; grads and Adam moments shaped like the shard")
+    out["assumptions"] = ("FSDP2 dim-0 sharding, rank 0 holds ceil(dim0 / world_size) rows; buffers whole "
+                          "(replicated); LaMDA's B sharded on dim 0 by hand like the rest (gathered apart from "
+                          "FSDP2's flat buffer); grads and Adam moments shaped like the shard")
     return out

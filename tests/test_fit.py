@@ -198,3 +198,50 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert code == 2 and rows is None and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "results.jsonl").exists()
+
+
+# ---- per card: data-parallel layouts ---------------------------------------------------------
+
+
+def test_fit_under_fsdp2_answers_per_card(tmp_path, capsys):
+    sharded = dict(world_size=4, parallel="fsdp2")
+    low, high = _peak(batch=1, seq=64, **sharded), _peak(batch=16, seq=64, **sharded)
+    assert high < _peak(batch=16, seq=64)  # a card holds less than one device alone
+    budget = WORKSPACE_BYTES + (low + high) // 2
+    code, rows = _fit(tmp_path, "--method", "lora", "--seq", "64", "--budget", str(budget),
+                      "--world-size", "4", "--parallel", "fsdp2")
+    assert code == 0
+    row, = rows
+    best = row["max_batch"]
+    assert row["verdict"] == "certified" and row["world_size"] == 4 and row["parallel"] == "fsdp2"
+    assert row["cell"]["world_size"] == 4 and row["cell"]["parallel"] == "fsdp2"
+    # Certified independently on rank 0 of the sharded job: max fits one card, max + 1 does not.
+    assert _peak(batch=best, seq=64, **sharded) == row["peak_at_max"] <= budget - WORKSPACE_BYTES
+    assert _peak(batch=best + 1, seq=64, **sharded) == row["peak_at_next"] > budget - WORKSPACE_BYTES
+    assert "Per card, 4 rank(s) under fsdp2" in capsys.readouterr().out
+
+
+def test_fit_under_ddp_adds_the_gradient_buckets_to_one_device(tmp_path):
+    from lamda_bench.run import run_cell
+
+    rec = run_cell(Cell(workload="tiny-llama", method="lora", mode="estimate", device="auto", batch=1, seq=64).to_dict())
+    one_card = rec["memory"]["peak"] + rec["memory"]["grads"]  # the replica's step and its buckets
+    code, rows = _fit(tmp_path, "--method", "lora", "--seq", "64", "--budget", str(WORKSPACE_BYTES + one_card - 1),
+                      "--world-size", "8", "--parallel", "ddp")
+    row, = rows
+    assert code == 0 and row["verdict"] == "does not fit" and row["peak_at_next"] == one_card
+    assert row["cell"]["parallel"] == "none" and row["parallel"] == "ddp" and row["world_size"] == 8
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--world-size", "2"], "--world-size 2 needs --parallel"),
+    (["--world-size", "0", "--parallel", "fsdp2"], "--world-size 0"),
+    (["--parallel", "ddp", "--method", "lamda"], "--parallel ddp with lamda"),
+    (["--set", "world_size=2"], "--set world_size"),
+])
+def test_bad_layouts_are_one_line_and_exit_2(tmp_path, capsys, args, message):
+    base = ["--seq", "64", "--budget", "1GiB"] + ([] if "--method" in args else ["--method", "lora"])
+    code, rows = _fit(tmp_path, *base, *args)
+    err = capsys.readouterr().err
+    assert code == 2 and rows is None and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "results.jsonl").exists()

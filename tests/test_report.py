@@ -120,6 +120,18 @@ def write_results(results_dir: Path, records: list[dict[str, Any]]) -> Path:
     return results_dir
 
 
+def sharded_record(method: str, world_size: int, status: str = "ok") -> dict[str, Any]:
+    """A data-parallel record of a 70B-like model: rank 0's peak falls as 1/W plus a constant."""
+    rec = make_record(method, status=status)
+    rec["cell"].update(workload="llama2-70b", d_in=None, d_out=None, layers=None, dtype="bf16",
+                       world_size=world_size, parallel="fsdp2")
+    rec["id"] = Cell.from_dict(rec["cell"]).id
+    if status == "ok":
+        per_method = {"full": 1100, "lora": 140, "lamda": 135}[method] << 30
+        rec["memory"]["peak"] = per_method // world_size + (3 << 30)
+    return rec
+
+
 def full_result_set() -> list[dict[str, Any]]:
     """Every plot has data: a sweep over d and r, batch x seq, timelines, split vs mask series,
     one measured cell, one failed cell."""
@@ -134,11 +146,13 @@ def full_result_set() -> list[dict[str, Any]]:
     recs.append(make_record("lamda", d=64, r=4, batch=1, seq=8, freeze_mode="mask", series_steps=6))
     recs.append(make_record("lora", d=64, r=4, batch=1, seq=8, mode="measure"))
     recs.append(make_record("lora", d=512, r=4, status="oom"))
+    recs += [sharded_record(m, w) for m in ("lora", "lamda") for w in (2, 8)]
     return recs
 
 
 ALL_PLOTS = ("peak_memory_by_category", "pareto_peak_vs_trainable", "saved_activations_per_token_vs_d",
-             "params_vs_r", "throughput_and_flops", "memory_over_step_lora_vs_lamda", "lamda_gradual_freezing")
+             "params_vs_r", "throughput_and_flops", "memory_over_step_lora_vs_lamda", "lamda_gradual_freezing",
+             "peak_per_card_vs_world_size")
 
 
 def _assert_valid_png(path: Path) -> None:
@@ -214,10 +228,10 @@ def test_skipped_plots_are_explained_and_stale_pngs_removed(tmp_path):
     write_results(results_dir, [make_record("lora", d=64, r=4)])
     text = write_report(results_dir).read_text()
     for key in ("saved_activations_per_token_vs_d", "params_vs_r",
-                "memory_over_step_lora_vs_lamda", "lamda_gradual_freezing"):
+                "memory_over_step_lora_vs_lamda", "lamda_gradual_freezing", "peak_per_card_vs_world_size"):
         assert not (results_dir / PLOTS_DIR / f"{key}.png").exists()
         assert f"{key}.png" not in text
-    assert text.count("*Skipped: ") == 4
+    assert text.count("*Skipped: ") == 5
     assert "no sweep over d" in text and "timeline file" in text and "per-step series" in text
     _assert_valid_png(results_dir / PLOTS_DIR / "peak_memory_by_category.png")
 
@@ -277,3 +291,24 @@ def test_agreement_pairs_records_written_before_the_id_neutral_keys_existed():
     assert pair_key(measured) == pair_key(estimate)
     estimate["cell"]["precision"] = "amp-bf16"
     assert pair_key(measured) != pair_key(estimate)
+
+
+def test_per_card_peak_vs_world_size_has_one_line_per_method(tmp_path):
+    records = [sharded_record(m, w) for m in ("full", "lora", "lamda") for w in (1, 2, 4, 8)]
+    records.append(sharded_record("lamda", 16, status="error"))
+    results_dir = write_results(tmp_path, records)
+    text = write_report(results_dir).read_text()
+    png = results_dir / PLOTS_DIR / "peak_per_card_vs_world_size.png"
+    _assert_valid_png(png)
+    assert f"]({PLOTS_DIR}/peak_per_card_vs_world_size.png)" in text
+    assert "1 data-parallel cell(s) without a peak (failed) are not drawn" in text
+    from lamda_bench.report.plots_parallel import plot_peak_per_card_vs_world_size
+
+    plot = plot_peak_per_card_vs_world_size(records, tmp_path / "again")
+    (ax,) = plot.figure.axes
+    lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert sorted(lines) == ["full", "lamda", "lora"]  # world size is the x axis, not a label
+    xs, ys = lines["lora"].get_data()
+    assert list(xs) == [1, 2, 4, 8]
+    # Each point is the record's rank-0 peak, in TiB here (full at one rank peaks at 1103 GiB).
+    assert list(ys) == pytest.approx([(140 / w + 3) / 1024 for w in (1, 2, 4, 8)])

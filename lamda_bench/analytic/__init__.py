@@ -20,13 +20,13 @@ from typing import Callable, Sequence
 
 from .activations import adapter_flops, adapter_saved_bytes
 from .params import adapter_params, layer_trainable, trainable, trainable_tensors, updates
-from .sharded import ShardedParam, fsdp2_rank_memory, gathered_bytes, rank0_bytes, shard_rows
+from .sharded import ShardedParam, fsdp2_rank_memory, gathered_bytes, lamda_sharded_params, rank0_bytes, shard_rows
 from .state import state_bytes
 from .structure import FAMILIES, AdaptedLinear, AnalyticError, Matmul, adapter_chain, family, layers_from_shapes
 
 __all__ = [
     "FAMILIES", "AdaptedLinear", "AnalyticError", "Matmul", "ShardedParam", "adapter_chain", "adapter_flops",
-    "adapter_params", "adapter_saved_bytes", "family", "fsdp2_rank_memory", "gathered_bytes", "layer_trainable",
+    "adapter_params", "adapter_saved_bytes", "family", "fsdp2_rank_memory", "lamda_sharded_params", "gathered_bytes", "layer_trainable",
     "layers_from_shapes", "predict", "rank0_bytes", "shard_rows", "state_bytes", "trainable", "trainable_tensors",
     "updates",
 ]

@@ -8,9 +8,9 @@ the same), and an all-gather rebuilds a block at its padded size, ceil(dim0 / W)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
-from .structure import AnalyticError
+from .structure import AdaptedLinear, AnalyticError
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,23 @@ def fsdp2_rank_memory(params: Iterable[ShardedParam], world_size: int, optimizer
     n_trained = sum(1 for p in params if p.trainable)
     opt = 2 * trained + step_itemsize * n_trained if optimizer == "adamw" else 0
     return {"weights": weights, "trainable_weights": trained, "grads": trained, "optimizer": opt}
+
+
+def lamda_sharded_params(layers: Sequence[AdaptedLinear], r: int, b_trainable: Callable[[int], int],
+                         itemsize: int = 4) -> list[ShardedParam]:
+    """LaMDA's adapter parameters on a mesh, for ``fsdp2_rank_memory``: per layer A (r x d_in,
+    frozen), S (r x r, trainable), B's frozen columns (d_out x (r - t)) and its trainable ones
+    (d_out x t, t = ``b_trainable(r)``), each only while it has columns; every one sharded on
+    dim 0 (A and S by fully_shard, B by hand: ``methods/lamda_freeze.py``). Once t is 0, B has
+    no trainable tensor: no gradient, no Adam moments, no ``step`` scalar."""
+    params: list[ShardedParam] = []
+    for layer in layers:
+        rl = layer.rank(r)
+        t = b_trainable(rl)
+        params += [ShardedParam((rl, layer.d_in), itemsize, trainable=False),
+                   ShardedParam((rl, rl), itemsize, trainable=True)]
+        if t < rl:
+            params.append(ShardedParam((layer.d_out, rl - t), itemsize, trainable=False))
+        if t > 0:
+            params.append(ShardedParam((layer.d_out, t), itemsize, trainable=True))
+    return params

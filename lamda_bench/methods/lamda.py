@@ -38,188 +38,28 @@ decisions (see docs/DESIGN, "The methods"):
 * The schedule advances in ``AppliedMethod.on_step(step, optimizer)`` (call it after every
   ``optimizer.step()`` with the number of steps completed) or, with the HF Trainer, through
   ``LamdaFreezeCallback(applied)``.
+* The freezing itself (``FreezeSchedule``, ``LamdaB``, ``swap_optimizer_parameter``, and B
+  sharded on dim 0 under FSDP2) is in ``lamda_freeze.py``.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import register
 from ..targets import is_target_linear, matches_target
 from .base import AdapterSpec, AppliedMethod, Method, MethodError, Option, adamw_over_trainable, check_rank
+# The freezing (schedule, B, optimizer surgery) lives in lamda_freeze; its names stay importable from here.
+from .lamda_freeze import (  # noqa: F401
+    DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE, FREEZE_MODES, FreezeSchedule, LamdaB, swap_optimizer_parameter)
 from .lamda_init import INIT_DOC, INITS, initial_factors
 
+
 FREEZE_ORDERS = ("largest", "smallest")
-FREEZE_MODES = ("split", "mask")
-# LaMDA's schedule defaults, written once: the option defaults, the schedule's, the claims'.
-DEFAULT_FREEZE_FRACTION = 0.3
-DEFAULT_FREEZE_MODE = "split"
 ADAPTER_PREFIX = "lamda_"
-
-
-# ---- the schedule ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FreezeSchedule:
-    """How many rank components of B still train after ``step`` optimizer steps (pure arithmetic).
-
-    trainable(step) = ceil(r * (H - step) / H) for step < H, else 0, with H = freeze_fraction *
-    total_steps. So it is r before the first step, falls linearly, and is 0 from step H on.
-    H is computed from the decimal text of ``freeze_fraction`` (0.3 means 3/10 exactly), so
-    0.3 * 10 steps is 3 steps, not 3.0000000000000004. ``freeze_fraction=0`` freezes B from the
-    start (S alone trains).
-    """
-
-    r: int
-    total_steps: int
-    freeze_fraction: float = DEFAULT_FREEZE_FRACTION
-
-    def __post_init__(self) -> None:
-        if self.r < 0:
-            raise ValueError(f"FreezeSchedule: r must be >= 0, got {self.r}")
-        if self.total_steps < 0:
-            raise ValueError(f"FreezeSchedule: total_steps must be >= 0, got {self.total_steps}")
-        if not 0.0 <= self.freeze_fraction <= 1.0:
-            raise ValueError(f"FreezeSchedule: freeze_fraction must be in [0, 1], got {self.freeze_fraction}")
-
-    @property
-    def horizon(self) -> Fraction:
-        """Steps after which B is fully frozen (may be fractional)."""
-        return Fraction(repr(float(self.freeze_fraction))) * self.total_steps
-
-    def trainable(self, step: int) -> int:
-        h = self.horizon
-        if step < 0:
-            raise ValueError(f"FreezeSchedule: step must be >= 0, got {step}")
-        if step >= h:
-            return 0
-        return math.ceil(self.r * (h - step) / h)
-
-    def frozen(self, step: int) -> int:
-        return self.r - self.trainable(step)
-
-    def trainable_sum(self, steps: int) -> int:
-        """Sum of trainable components over the first ``steps`` optimizer steps: update k (1-based)
-        runs with ``trainable(k - 1)`` components. Multiply by d_out for B's parameter updates."""
-        return sum(self.trainable(k) for k in range(steps))
-
-
-# ---- B: a frozen prefix and a trainable suffix of rank components -----------------------
-class LamdaB(nn.Module):
-    """The up-projection B (d_out x r), rank components in freezing order.
-
-    ``split``: parameters ``frozen`` (d_out x n_frozen, requires_grad False, None when empty)
-    and ``trainable`` (d_out x (r - n_frozen), None when empty). ``mask``: one parameter
-    ``weight`` (d_out x r) whose first n_frozen gradient columns are zeroed by a hook.
-    """
-
-    def __init__(self, weight: torch.Tensor, n_frozen: int, mode: str):
-        super().__init__()
-        if mode not in FREEZE_MODES:
-            raise ValueError(f"LamdaB: freeze_mode must be one of {list(FREEZE_MODES)}, got {mode!r}")
-        self.mode = mode
-        self.out_features, self.rank = weight.shape
-        self.n_frozen = n_frozen
-        if mode == "split":
-            self.frozen = _param(weight[:, :n_frozen], False) if n_frozen > 0 else None
-            self.trainable = _param(weight[:, n_frozen:], True) if n_frozen < self.rank else None
-        else:
-            self.weight = _param(weight, True)
-            self.weight.register_hook(self._zero_frozen_columns)
-
-    def _zero_frozen_columns(self, grad: torch.Tensor) -> torch.Tensor:
-        if self.n_frozen == 0:
-            return grad
-        grad = grad.clone()
-        grad[:, : self.n_frozen] = 0
-        return grad
-
-    def full_weight(self) -> torch.Tensor:
-        """B as one d_out x r tensor (a detached copy; components in freezing order)."""
-        if self.mode == "mask":
-            return self.weight.detach().clone()
-        parts = [p.detach() for p in (self.frozen, self.trainable) if p is not None]
-        return torch.cat(parts, dim=1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if self.mode == "mask":
-            return F.linear(z, self.weight)
-        if self.frozen is None:
-            return F.linear(z, self.trainable)
-        if self.trainable is None:
-            return F.linear(z, self.frozen)
-        f = self.n_frozen
-        # The frozen branch saves only its weight; the trainable one saves z[..., f:] (r-wide).
-        return F.linear(z[..., :f], self.frozen) + F.linear(z[..., f:], self.trainable)
-
-    def set_frozen(self, n_frozen: int, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Freeze the first ``n_frozen`` components (only ever more). ``split`` moves the columns
-        into ``frozen`` and swaps the trainable parameter (and its sliced state) in ``optimizer``."""
-        if not 0 <= n_frozen <= self.rank:
-            raise ValueError(f"LamdaB: n_frozen must be in [0, {self.rank}], got {n_frozen}")
-        if n_frozen < self.n_frozen:
-            raise ValueError(
-                f"LamdaB: freezing only moves forward ({self.n_frozen} frozen, asked for {n_frozen})"
-            )
-        if n_frozen == self.n_frozen:
-            return
-        if self.mode == "mask":
-            self.n_frozen = n_frozen
-            return
-        delta = n_frozen - self.n_frozen
-        old = self.trainable
-        with torch.no_grad():  # slices without autograd history; new storages, so the old one is freed
-            moving = old[:, :delta]
-            frozen = moving.clone() if self.frozen is None else torch.cat([self.frozen, moving], dim=1)
-            self.frozen = nn.Parameter(frozen, requires_grad=False)
-            self.trainable = nn.Parameter(old[:, delta:].clone()) if n_frozen < self.rank else None
-        self.n_frozen = n_frozen
-        if optimizer is not None:
-            swap_optimizer_parameter(optimizer, old, self.trainable, drop_columns=delta)
-
-    def extra_repr(self) -> str:
-        return f"out_features={self.out_features}, rank={self.rank}, n_frozen={self.n_frozen}, mode={self.mode}"
-
-
-def _param(t: torch.Tensor, requires_grad: bool) -> nn.Parameter:
-    # clone: a slice would keep the old, wider storage alive.
-    return nn.Parameter(t.detach().clone(), requires_grad=requires_grad)
-
-
-def swap_optimizer_parameter(
-    optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter | None, drop_columns: int
-) -> None:
-    """Replace ``old`` by ``new`` (= old[:, drop_columns:]) in the optimizer's param_groups.
-
-    State tensors shaped like ``old`` (Adam's exp_avg, exp_avg_sq, max_exp_avg_sq) are sliced
-    the same way and cloned, so the dropped columns' state is released; other state (``step``)
-    is carried over as is. ``new=None`` removes the parameter and all its state.
-    """
-    for group in optimizer.param_groups:
-        params = group["params"]
-        for i, p in enumerate(params):
-            if p is old:
-                if new is None:
-                    del params[i]
-                else:
-                    params[i] = new
-                state = optimizer.state.pop(old, None)
-                if state and new is not None:
-                    optimizer.state[new] = {
-                        k: (v[:, drop_columns:].clone() if torch.is_tensor(v) and v.shape == old.shape else v)
-                        for k, v in state.items()
-                    }
-                return
-    raise RuntimeError(
-        "LaMDA freezing: the optimizer does not hold B's trainable parameter "
-        "(build the optimizer after applying the method, from its trainable parameters)"
-    )
 
 
 # ---- the layer ------------------------------------------------------------------------------

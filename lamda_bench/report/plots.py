@@ -23,6 +23,7 @@ from .axes import Axes, cell_value, shape_key, shape_title
 from .plotstyle import (CATEGORIES, CATEGORY_COLORS, ESTIMATE_HATCH, FLAGGED_COLOR, METHOD_COLORS, Plot,
                         byte_scale, figure,
                         flop_scale, legend_outside, log_axis, method_color, method_marker, save, unique_handles)
+from .plots_parallel import plot_peak_per_card_vs_world_size
 from .plots_timeline import plot_step_timeline
 from .records import get, is_ok, mode, tokens, width
 from .timing import flagged_step_times
@@ -398,6 +399,7 @@ def draw_all(records: list[dict[str, Any]], results_dir: Path, plots_dir: Path) 
         lambda: plot_throughput_and_flops(records, plots_dir),
         lambda: plot_step_timeline(records, plots_dir, results_dir),
         lambda: plot_freezing(records, plots_dir),
+        lambda: plot_peak_per_card_vs_world_size(records, plots_dir),
     ]
     plots = []
     for make in makers:

@@ -37,7 +37,7 @@ What a run is (``W`` = ``cell.warmup``, ``S`` = ``cell.steps``):
   without a GPU targets cuda where this torch build can fake it (a full-size step is run
   on GPUs), else cpu; ``info.estimate_device`` says which and why.
 
-``predicted`` holds the closed forms (``analytic.py``) for the same fields. Their
+``predicted`` holds the closed forms (``analytic/``) for the same fields. Their
 structural inputs (which adapted layers read the same input, whether it needs a
 gradient, how many tokens each call sees) are observed by forward pre-hooks during the
 instrumented step; the arithmetic is closed-form.

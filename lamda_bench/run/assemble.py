@@ -164,7 +164,7 @@ def predicted(plan: Plan, res: StepResult) -> dict:
     pred["memory"].update(precision.predict_state(c, res, b_schedule))
     if res.precision.policy.autocast_dtype is not None:  # autocast's casts in the adapter path: not modelled
         pred["memory"]["saved_activations_adapter"] = None
-    pred["assumptions"] = "see lamda_bench/analytic/; structure (shared inputs, input grads, tokens per call) observed"
+    pred["assumptions"] = "see lamda_bench/analytic/structure.py; structure (shared inputs, input grads, tokens per call) observed"
     return pred
 
 

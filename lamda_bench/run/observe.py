@@ -1,6 +1,6 @@
 """What the closed forms need from the instrumented step: the structure of the adapted calls
 (tokens per call, whether the input needs a gradient, which calls share an input), observed
-by forward pre-hooks; the arithmetic stays closed-form (``analytic.py``)."""
+by forward pre-hooks; the arithmetic stays closed-form (``analytic/``)."""
 
 from __future__ import annotations
 

@@ -203,13 +203,19 @@ def drop_input_grads(inputs: dict) -> None:
             t.grad = None
 
 
+def fsdp_tracking(c, live):
+    """FSDP2's storage resizes (all-gathers freed after use) told to the live tracker, in every
+    tracked step of a parallel cell: else each gathered block counts as never freed."""
+    return parallel.track_fsdp(live) if parallel.is_parallel(c) else contextlib.nullcontext()
+
+
 def tracked_step(loop: Loop, step: int) -> None:
     """A step that can hold the run's peak (``peaks.py``): live bytes and FLOPs tracked, no
     timeline, no saved-tensor tracker."""
     applied = loop.applied
     trackers = StepTrackers(applied.model, applied.is_adapter_module, loop.optimizer, saved=False,
                             timeline=False, inputs=loop.inputs)
-    with trackers:
+    with trackers, fsdp_tracking(loop.cell, trackers.live):
         train_step(loop, step, trackers)
     finish_step(loop, step, trackers.flops)
     note_step_peak(loop.result, step, trackers.live.peak)
@@ -233,8 +239,7 @@ def instrumented_step(loop: Loop, step: int, timeline: bool) -> None:
     def grads_done() -> None:
         res.grads_bytes = unique_bytes(p.grad for p in model.parameters() if p.grad is not None)
 
-    sharded = parallel.track_fsdp(live) if parallel.is_parallel(c) else contextlib.nullcontext()
-    with observer, trackers, sharded:
+    with observer, trackers, fsdp_tracking(c, live):
         train_step(loop, step, trackers, on_grads=grads_done)
     # Read now: the live tracker's free callbacks outlive it, and on_step replaces parameters.
     res.weights_bytes = live.current["weights"]
