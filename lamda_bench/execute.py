@@ -57,8 +57,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import analytic, parallel, precision, workloads
-from .cell import DEVICES, MODES, OPTIMIZERS, PRECISIONS, Cell
+from . import analytic, parallel, precision, quant, workloads
+from .cell import DEVICES, MODES, OPTIMIZERS, PRECISIONS, QUANTS, Cell
 
 CPU_MEASURE_MAX_RAM_FRACTION = 0.25  # measure on CPU only when the predicted peak is below this share of RAM
 CPU_MEASURE_MAX_FLOPS = 3e10  # forward + backward FLOPs per step: a few seconds on 2 CPU cores
@@ -171,7 +171,8 @@ def _one_line(e: BaseException) -> str:
 
 def _validate(c: Cell) -> None:
     for key, value, allowed in (("device", c.device, DEVICES), ("mode", c.mode, MODES),
-                                ("optimizer", c.optimizer, OPTIMIZERS), ("precision", c.precision, PRECISIONS)):
+                                ("optimizer", c.optimizer, OPTIMIZERS), ("precision", c.precision, PRECISIONS),
+                                ("quant", c.quant, QUANTS)):  # issue 14: quantized base
         if value not in allowed:
             raise CellError(f"cell {key} {value!r} is not one of {list(allowed)}")
     for key in ("batch", "seq", "r"):
@@ -334,6 +335,7 @@ def _prepare(c: Cell, build_device: str) -> tuple[Any, Any, int]:
     options, horizon = _split_options(c)
     horizon = horizon or (c.warmup + 1 + c.steps)
     model = workloads.build_model(c, build_device)
+    qformat = quant.quantize_base(model, c.quant)  # issue 14: quantized frozen base, before the adapter
     targets = workloads.resolve_targets(c, model)
     if c.gradient_checkpointing:
         _enable_checkpointing(model, c.workload)
@@ -342,7 +344,7 @@ def _prepare(c: Cell, build_device: str) -> tuple[Any, Any, int]:
     # On meta, modules the method creates (PEFT's lora_A / lora_B) must be created on meta
     # too: PEFT builds them on cpu first otherwise, which costs seconds at full size.
     ctx = torch.device("meta") if build_device == "meta" else contextlib.nullcontext()
-    with ctx:
+    with ctx, quant.float_base_for_init(model, qformat, method, targets):  # issue 14: QPiSSA-style residual
         applied = method.apply(model, spec)
     precision.cast_trainable(applied.model, precision.get_policy(c.precision))  # before the optimizer exists
     return applied, spec, horizon
@@ -870,6 +872,7 @@ def _info(c: Cell, res: _StepResult) -> dict:
     info["attention_kernels"] = sorted(res.flops.attention_ops)
     info["autocast_adapter_dtype"] = applied.info.get("autocast_adapter_dtype")
     info["precision"] = res.precision.policy.to_info()
+    info["quant"] = quant.describe(applied.model)  # issue 14: None for an unquantized base
     info["method"] = applied.info
     info["steps"] = {"warmup": c.warmup, "instrumented_step": res.instrumented_step, "timed": c.steps,
                      "total_steps": res.horizon}

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, Cell
+from .cell import ATTENTION, DEVICES, DTYPES, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, QUANTS, Cell
 from .suite_conventions import AmbiguousTargets, canonical_dtype, key_hint, targets_settings
 from .suite_text import MAX_NESTING, TooDeep, read_suite_text, toml_loads
 
@@ -156,6 +156,7 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "reshard_after_forward": _bool,
     "timeout_s": _number(),
     "precision": _choice(PRECISIONS),
+    "quant": _choice(QUANTS),
 }
 assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
 

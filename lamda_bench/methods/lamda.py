@@ -319,7 +319,7 @@ def find_targets(model: nn.Module, targets: Iterable[str]) -> dict[str, nn.Linea
                 f"(linear layers are named like: {', '.join(_linear_suffixes(model)) or 'none'})"
             )
         for n, m in hits:
-            if type(m) is not nn.Linear:
+            if type(m) is not nn.Linear and not getattr(m, "lamda_bench_quant", None):  # quant.MARKER
                 raise MethodError(f"target {suffix!r} matches {n} ({type(m).__name__}), not an nn.Linear")
             found[n] = m
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
@@ -456,6 +456,7 @@ class LamdaMethod(Method):
     name = "lamda"
     description = "LaMDA: A frozen, r x r core S trainable, B gradually frozen (own module)"
     options = LAMDA_OPTIONS
+    init_reads_base = True  # SVD init; on a quantized base: quant.float_base_for_init
 
     def apply(self, model: nn.Module, spec: AdapterSpec) -> AppliedMethod:
         return apply_lamda(model, spec, self.resolve_options(spec.options))
