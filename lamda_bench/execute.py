@@ -335,7 +335,7 @@ def _prepare(c: Cell, build_device: str) -> tuple[Any, Any, int]:
     options, horizon = _split_options(c)
     horizon = horizon or (c.warmup + 1 + c.steps)
     model = workloads.build_model(c, build_device)
-    qformat = quant.quantize_base(model, c.quant)  # issue 14: quantized frozen base, before the adapter
+    qformat = quant.quantize_base(model, c.quant, c.parallel)  # issue 14: quantized frozen base, before the adapter
     targets = workloads.resolve_targets(c, model)
     if c.gradient_checkpointing:
         _enable_checkpointing(model, c.workload)

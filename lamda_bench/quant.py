@@ -110,13 +110,16 @@ def quantized_linears(model: nn.Module) -> dict[str, nn.Module]:
 
 
 # ---- building ---------------------------------------------------------------------------------
-def quantize_base(model: nn.Module, quant: str) -> QuantFormat | None:
+def quantize_base(model: nn.Module, quant: str, parallel: str = "none") -> QuantFormat | None:
     """Replace the model's linears by bitsandbytes' quantized ones, in place (``quant = "none"``:
     nothing). Runs on the model's device: real weights are quantized by bitsandbytes' kernels,
     meta weights get the same shapes through its fake kernels."""
     fmt = get_format(quant)
     if fmt is None:
         return None
+    if parallel != "none":
+        raise QuantError(f"quant {quant!r} with parallel {parallel!r}: sharding a bitsandbytes base (its packed "
+                         "weights and quant state per shard) is not supported here; use parallel = 'none'")
     bnb = _bnb()
     from transformers import BitsAndBytesConfig, PreTrainedModel
     from transformers.integrations.bitsandbytes import replace_with_bnb_linear
@@ -126,7 +129,7 @@ def quantize_base(model: nn.Module, quant: str) -> QuantFormat | None:
     if not isinstance(model, PreTrainedModel):
         raise QuantError(f"quant {quant!r} needs a transformers model (transformers' own quantization path), "
                          f"not {type(model).__name__}")
-    dtype = next(model.parameters()).dtype
+    dtype = _compute_dtype(model)
     device = next(model.parameters()).device
     _check_device(fmt, device)
     skip = sorted(set(get_keys_to_not_convert(model)) | set(getattr(model, "_keep_in_fp32_modules", None) or []))
@@ -186,7 +189,10 @@ def _store(module: nn.Module, weight: torch.Tensor, fmt: QuantFormat) -> None:
             p = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
             module.weight = p._quantize(device)
             state = {"quant_scb": module.weight.SCB}
-            module.weight.CB = module.weight.SCB = None
+            # CB (the weight's own storage) is handed to the layer per call; SCB stays where PEFT
+            # looks for it (DoRA dequantizes the weight at init), as the registered buffer.
+            module.weight.CB = None
+            module.state.SCB = module.weight.SCB
             if not getattr(module, "_lamda_bench_int8_hook", None):
                 module._lamda_bench_int8_hook = module.register_forward_pre_hook(_int8_state)
     except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
@@ -201,8 +207,9 @@ def _int8_state(module: nn.Module, args) -> None:
     """Linear8bitLt reads its int8 matrix and row scales from ``module.state``. They are set from
     the registered tensors at each call (the weight's own storage, no copy), so that after
     ``fake.to_fake`` swapped them in place the state holds the fake ones, not meta leftovers."""
+    module.weight.CB = None  # else Linear8bitLt.forward would move it (and SCB) into the state itself
     module.state.CB = module.weight.data
-    module.state.SCB = module._buffers["quant_scb"]
+    module.state.SCB = module.weight.SCB = module._buffers["quant_scb"]
 
 
 def dequantized_weight(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
@@ -221,7 +228,11 @@ def float_base_for_init(model: nn.Module, fmt: QuantFormat | None, method, targe
     each quantized target gets its dequantized weight as a plain float parameter while the
     method is applied (its SVD runs on it and it writes the residual there), then that weight
     (the residual) is re-quantized in the same format. The module stays the bitsandbytes one, so
-    PEFT still dispatches its bnb wrapper. A no-op for other methods and unquantized bases."""
+    PEFT still dispatches its bnb wrapper. A no-op for other methods and unquantized bases;
+    one line for a method that cannot train on a quantized base here (full fine-tuning; DoRA in
+    an estimate)."""
+    if fmt is not None:
+        _check_method(model, fmt, method)
     if fmt is None or not getattr(method, "init_reads_base", False):
         yield
         return
@@ -238,6 +249,17 @@ def float_base_for_init(model: nn.Module, fmt: QuantFormat | None, method, targe
     yield
     for module in chosen.values():
         _store(module, module.weight.data, fmt)
+
+
+def _check_method(model: nn.Module, fmt: QuantFormat, method) -> None:
+    """One line for the methods that cannot train on a quantized base here."""
+    name = getattr(method, "name", "")
+    if name == "full":
+        raise QuantError(f"quant {fmt.name!r} with method 'full': full fine-tuning trains the base weights, "
+                         "which a quantized base stores as integers; use an adapter method or quant = 'none'")
+    if name == "dora" and next(model.parameters()).device.type == "meta":
+        raise QuantError(f"quant {fmt.name!r} with method 'dora' cannot be estimated: PEFT's DoRA recognises a "
+                         "bitsandbytes weight by its class, which a fake tensor does not keep; use mode = 'measure'")
 
 
 def _compute_dtype(model: nn.Module) -> torch.dtype:
@@ -261,7 +283,7 @@ def describe(model: nn.Module) -> dict | None:
     info = fmt.to_info()
     info.update(quantized_linears=len(linears), kept_unquantized=list(getattr(_base(model), "lamda_bench_quant_skipped", [])),
                 bitsandbytes_version=bitsandbytes.__version__,
-                residual=("PiSSA / LaMDA: SVD of the dequantized weight, residual re-quantized in the same format "
+                svd_init=("PiSSA / LaMDA: SVD of the dequantized weight, residual re-quantized in the same format "
                           "(QPiSSA's way)"),
                 params_note=("params.total counts stored elements: a 4-bit linear holds d_in*d_out/2 uint8 elements"))
     return info

@@ -192,3 +192,28 @@ def test_lamda_wraps_the_quantized_layer_after_its_svd(one_torch_thread):
     rec = ok(run_cell(tiny_cell("lamda", "nf4", mode="measure")))
     assert rec["info"]["method"]["init"].startswith("svd (full")
     assert rec["memory"]["weights"] == rec["predicted"]["memory"]["weights"]
+
+
+# ---- combinations --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (dict(method="full"), "full fine-tuning trains the base weights"),
+    (dict(method="dora"), "use mode = 'measure'"),  # estimate: PEFT's DoRA needs the bnb class
+    (dict(parallel="fsdp2", world_size=2), "parallel = 'none'"),
+])
+def test_combinations_that_cannot_run_say_so_in_one_line(extra, needle):
+    rec = run_cell({**tiny_cell("lora", "nf4"), **extra})
+    assert rec["status"] == "error" and needle in rec["error"] and "\n" not in rec["error"]
+
+
+@pytest.mark.parametrize("q", ["nf4", "int8"])
+def test_dora_measured_on_a_quantized_base(q, one_torch_thread):
+    rec = ok(run_cell(tiny_cell("dora", q, mode="measure")))
+    assert rec["memory"]["weights"] == rec["predicted"]["memory"]["weights"]
+
+
+@pytest.mark.parametrize("precision", ["amp-bf16", "fp32"])
+def test_quant_under_a_precision_policy(precision, one_torch_thread):
+    rec = ok(run_cell(tiny_cell("lora", "nf4", precision=precision)))
+    assert rec["memory"]["weights"] == rec["predicted"]["memory"]["weights"]
