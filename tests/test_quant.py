@@ -217,3 +217,13 @@ def test_dora_measured_on_a_quantized_base(q, one_torch_thread):
 def test_quant_under_a_precision_policy(precision, one_torch_thread):
     rec = ok(run_cell(tiny_cell("lora", "nf4", precision=precision)))
     assert rec["memory"]["weights"] == rec["predicted"]["memory"]["weights"]
+
+
+def test_suite_quant_axis_and_a_bad_value():
+    from lamda_bench.suite import SuiteError, parse_suite
+
+    text = ('[suite]\nname = "q"\n[[sweep]]\nworkload = "tiny-llama"\nmethod = "lora"\n'
+            'quant = ["none", "nf4", "nf4-dq"]\n')
+    assert [c.quant for c in parse_suite(text).cells] == ["none", "nf4", "nf4-dq"]
+    with pytest.raises(SuiteError, match="quant"):
+        parse_suite(text.replace('["none", "nf4", "nf4-dq"]', '"nf5"'))
