@@ -26,16 +26,19 @@ OPTIMIZERS = ("adamw", "sgd")
 ATTENTION = ("auto", "sdpa", "eager")
 PRECISIONS = ("pure", "amp-bf16", "amp-fp16", "fp32")  # lamda_bench/precision.py says what each means
 PARALLEL = ("none", "fsdp2", "ddp")
+QUANTS = ("none", "nf4", "nf4-dq", "fp4", "fp4-dq", "int8")  # quantized frozen base: lamda_bench/quant.py
 # Keys added after cell ids were first recorded: at their default they are left out of the id's
 # hash, so every cell written before the key existed keeps its id (resume, baselines).
-ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True}
+ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True,
+                       "quant": "none"}
 # The integer keys and their least value. ``steps`` (timed steps) may be 0: the instrumented
 # step always runs, an estimate times nothing, and the runner's own tests use 0.
 MIN_INTS = {"r": 1, "batch": 1, "seq": 1, "layers": 1, "d_in": 1, "d_out": 1, "steps": 0, "warmup": 0, "seed": 0,
             "world_size": 1}
 OPTIONAL_INTS = ("layers", "d_in", "d_out")  # None: the workload's own
 CHOICES = {"device": DEVICES, "mode": MODES, "optimizer": OPTIMIZERS,
-           "attn_implementation": ATTENTION, "precision": PRECISIONS, "parallel": PARALLEL}
+           "attn_implementation": ATTENTION, "precision": PRECISIONS, "parallel": PARALLEL,
+           "quant": QUANTS}
 
 
 class CellError(UserError):
@@ -77,6 +80,7 @@ class Cell:
     reshard_after_forward: bool = True  # fsdp2 only: free the gathered block after its forward
     timeout_s: float = 900.0
     precision: str = "pure"  # precision policy (PRECISIONS)
+    quant: str = "none"  # quantized frozen base (QUANTS)
     options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
 
     # ---- conversion -------------------------------------------------------------------

@@ -241,7 +241,8 @@ def _print_plan(suite, recorded: dict[str, dict[str, Any]], out: Path) -> None:
         shape = f"{cell.d_in}x{cell.d_out}" if cell.d_in is not None else ""
         options = " ".join(f"{k}={v}" for k, v in cell.options)
         rows.append([i, cell.workload, shape, cell.layers or "", cell.method, cell.r, targets, cell.batch,
-                     cell.seq, cell.dtype if cell.precision == "pure" else f"{cell.dtype} {cell.precision}", cell.device, cell.mode, options,
+                     cell.seq, " ".join(v for v in (cell.dtype, cell.precision, cell.quant) if v not in ("pure", "none")),
+                     cell.device, cell.mode, options,
                      rec.get("status") if rec else "", cell.id])
     headers = ["#", "workload", "d_in x d_out", "layers", "method", "r", "targets", "batch", "seq",
                "dtype", "device", "mode", "options", "recorded", "id"]

@@ -10,6 +10,9 @@ an optimizer or a method's closures built earlier) now sees the fake one, and
 ``requires_grad`` is kept. Run the step inside the returned mode, with trackers entered
 inside it.
 
+A parameter that is a tensor subclass (bitsandbytes' ``Params4bit``) becomes a plain fake
+tensor that keeps the subclass's Python attributes (its ``quant_state``).
+
 Fake CUDA tensors need a torch built with CUDA: on a CPU-only build autograd aborts the
 whole process (a C++ abort, not an exception) as soon as a fake CUDA tensor needs a
 gradient, so ``to_fake`` refuses that case up front.
@@ -75,4 +78,12 @@ def to_fake(model: nn.Module, device: str | torch.device = "cpu", mode: FakeTens
                     raise FakeConversionError(
                         f"cannot make {kind} {mod_name + '.' if mod_name else ''}{name} fake in place: {e}"
                     ) from None
+                _keep_attributes(t, fake)
     return mode
+
+
+def _keep_attributes(now_fake: torch.Tensor, swapped_out: torch.Tensor) -> None:
+    """swap_tensors swaps the Python attributes too: give the fake tensor back those the meta
+    one carried (bitsandbytes' Params4bit keeps its ``quant_state`` there, Int8Params ``SCB``)."""
+    for key, value in swapped_out.__dict__.items():
+        now_fake.__dict__.setdefault(key, value)

@@ -132,7 +132,7 @@ def predict_state(c, res, b_schedule) -> dict:
     """The closed forms of ``analytic.state_bytes`` for a finished run (``c``: the cell as run,
     ``res``: the run's StepResult, run/result.py): weights, grads and optimizer bytes at the instrumented step
     (the optimizer state as its step left it, before the freeze that follows: ``memory.optimizer``)."""
-    from . import analytic, workloads
+    from . import analytic, quant_bytes, workloads
 
     applied = res.applied
     policy = get_policy(c.precision)
@@ -144,15 +144,22 @@ def predict_state(c, res, b_schedule) -> dict:
         trainable = base if analytic.family(c.method) == "full" else adapter  # full trains the model's own weights
     params = {id(p): p for p in applied.model.parameters()}
     buffers = {id(b.untyped_storage()): b.untyped_storage().nbytes() for b in applied.model.buffers()}
+    # A quantized base (quant_bytes.py): its linears leave the count at the model dtype (their
+    # stored elements and quant-state buffers) and come back as the hand count of their bytes.
+    qbase = quant_bytes.quantized_base(applied.model)
+    stored, state = (qbase.stored_elements, qbase.state_storages) if qbase else (0, frozenset())
     adamw = res.info.get("optimizer_class") == "AdamW"
     try:
-        return analytic.state_bytes(
-            c.method, res.layers, c.r, total_params=applied.num_total(), total_tensors=len(params),
-            buffer_bytes=sum(buffers.values()), base_itemsize=base, adapter_itemsize=adapter,
-            trainable_itemsize=trainable, optimizer="adamw" if adamw else None,
+        out = analytic.state_bytes(
+            c.method, res.layers, c.r, total_params=applied.num_total() - stored, total_tensors=len(params),
+            buffer_bytes=sum(n for k, n in buffers.items() if k not in state), base_itemsize=base,
+            adapter_itemsize=adapter, trainable_itemsize=trainable, optimizer="adamw" if adamw else None,
             step=res.instrumented_step - 1, optimizer_step=res.instrumented_step - 1, b_schedule=b_schedule)
     except analytic.AnalyticError:
         return {"weights": None, "grads": None, "optimizer": None}
+    if qbase is not None:
+        out["weights"] += qbase.weight_bytes
+    return out
 
 
 _region = threading.local()

@@ -9,7 +9,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
-from .cell import ATTENTION, DEVICES, DTYPES, MIN_INTS, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, Cell
+from .cell import ATTENTION, DEVICES, DTYPES, MIN_INTS, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, QUANTS, Cell
 from .suite_conventions import canonical_dtype
 from .hints import did_you_mean
 
@@ -99,6 +99,7 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "reshard_after_forward": _bool,
     "timeout_s": _number(),
     "precision": _choice(PRECISIONS),
+    "quant": _choice(QUANTS),
 }
 assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
 

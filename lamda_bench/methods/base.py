@@ -132,6 +132,10 @@ class Method:
             if value and value != self.options[key].default:
                 name += f" ({value})"
         return name
+    # True when apply() reads the base weight's values or shape (an SVD init, LaMDA's own
+    # wrapper): on a quantized base it is given the dequantized weight, and the residual it
+    # leaves is re-quantized (lamda_bench/quant.py, QPiSSA's way).
+    init_reads_base: bool = False
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in, unknown keys and bad values rejected with a one-line error."""

@@ -288,6 +288,7 @@ class LamdaMethod(Method):
     options = LAMDA_OPTIONS
     family = "lamda"
     label_options = ("freeze_mode",)
+    init_reads_base = True  # SVD init; on a quantized base: quant.float_base_for_init
 
     def apply(self, model: nn.Module, spec: AdapterSpec) -> AppliedMethod:
         return apply_lamda(model, spec, self.resolve_options(spec.options))

@@ -259,6 +259,7 @@ def compute_allocation(
 class LamdaPlusPlusMethod(LamdaMethod):  # LaMDA's facts (family, schedule, label)
     name = "lamda++"
     description = "LaMDA with per-layer ranks from the pretrained weights' spectral energy (budget r x layers)"
+    init_reads_base = True  # spectral allocation + SVD init; on a quantized base: quant.float_base_for_init
     options = {
         **LAMDA_OPTIONS,
         "allocation": Option(None, str, "path of a saved allocation (JSON) to use instead of computing one",

@@ -179,6 +179,7 @@ class PiSSA(PeftMethod):
     name = "pissa"
     family = "lora"  # LoRA's adapter path; only the init differs
     description = "PiSSA via PEFT (init_lora_weights pissa / pissa_niter_K): A, B from top-r SVD of W, residual frozen"
+    init_reads_base = True  # on a quantized base: SVD of the dequantized W, residual re-quantized (QPiSSA)
     options = {
         **_COMMON_OPTIONS,
         "niter": Option(None, int, "None: full SVD (PEFT 'pissa'); K: randomized SVD with K subspace iterations ('pissa_niter_K')"),

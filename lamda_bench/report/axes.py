@@ -19,11 +19,11 @@ from typing import Any, Iterable
 # Cell keys in display order. ``timeout_s`` is left out: it bounds a run, it does not
 # change what is measured.
 CELL_AXES = ("workload", "d_in", "d_out", "layers", "method", "r", "alpha", "targets", "batch", "seq",
-             "dtype", "precision", "world_size", "parallel", "reshard_after_forward", "gradient_checkpointing",
+             "dtype", "precision", "quant", "world_size", "parallel", "reshard_after_forward", "gradient_checkpointing",
              "optimizer", "lr", "steps", "warmup", "attn_implementation", "seed", "device", "mode")
 # The axes that make a "shape group": cells that train the same model on the same data under
 # the same precision policy and sharding, so their methods can be ranked against each other.
-SHAPE_AXES = ("workload", "d_in", "d_out", "layers", "batch", "seq", "dtype", "precision", "world_size",
+SHAPE_AXES = ("workload", "d_in", "d_out", "layers", "batch", "seq", "dtype", "precision", "quant", "world_size",
               "parallel", "device", "mode")
 
 AXIS_TITLES = {"gradient_checkpointing": "checkpointing", "attn_implementation": "attention"}

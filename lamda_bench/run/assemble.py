@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .. import analytic, parallel, precision, workloads
+from .. import analytic, parallel, precision, quant, workloads
 from ..cell import Cell
 from .observe import adapter_itemsize
 from .resolve import Plan
@@ -176,6 +176,7 @@ def info(c: Cell, res: StepResult) -> dict:
     info["attention_kernels"] = sorted(res.flops.attention_ops)
     info["autocast_adapter_dtype"] = applied.info.get("autocast_adapter_dtype")
     info["precision"] = res.precision.policy.to_info()
+    info["quant"] = quant.describe(applied.model)  # None for an unquantized base
     info["method"] = applied.info
     info["steps"] = {"warmup": c.warmup, "instrumented_step": res.instrumented_step, "timed": c.steps,
                      "total_steps": res.horizon}

@@ -8,7 +8,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .. import precision, workloads
+from .. import precision, quant, workloads
 from ..cell import CellError
 from .resolve import Plan
 
@@ -20,6 +20,7 @@ def prepare(plan: Plan, build_device: str):
     c = plan.cell
     method = get_method(c.method)
     model = workloads.build_model(c, build_device)
+    qformat = quant.quantize_base(model, c.quant, c.parallel)  # the quantized frozen base, before the adapter
     targets = workloads.resolve_targets(c, model)
     if c.gradient_checkpointing:
         enable_checkpointing(model, c.workload)
@@ -28,7 +29,7 @@ def prepare(plan: Plan, build_device: str):
     # On meta, modules the method creates (PEFT's lora_A / lora_B) must be created on meta
     # too: PEFT builds them on cpu first otherwise, which costs seconds at full size.
     ctx = torch.device("meta") if build_device == "meta" else contextlib.nullcontext()
-    with ctx:
+    with ctx, quant.float_base_for_init(model, qformat, method, targets):  # QPiSSA-style residual
         applied = method.apply(model, spec)
     precision.cast_trainable(applied.model, precision.get_policy(c.precision))  # before the optimizer exists
     return applied, spec
