@@ -125,7 +125,7 @@ def test_bad_search_settings_are_refused():
 
 def _peak(**kw) -> int:
     """An estimate's peak, run here in this process (not by the planner)."""
-    from lamda_bench.run import run_cell
+    from lamda_bench.runner import run_cell
 
     cell = Cell(**{**dict(workload="tiny-llama", method="lora", mode="estimate", device="auto"), **kw})
     rec = run_cell(cell.to_dict())

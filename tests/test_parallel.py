@@ -6,7 +6,7 @@ import torch
 
 from lamda_bench import analytic
 from lamda_bench.cell import Cell
-from lamda_bench.run import run_cell
+from lamda_bench.runner import run_cell
 from lamda_bench.suite import SuiteError, parse_suite
 
 W = 3  # does not divide tiny-llama's dims (64, 32, 176, 256): padding is exercised
@@ -141,8 +141,8 @@ def test_measure_and_ddp_estimates_are_refused_in_one_line():
 def test_rank_bytes_agree_with_fsdp_mem_tracker(lora_records):
     fsdp_tracker = pytest.importorskip("torch.distributed._tools.fsdp2_mem_tracker")
     from lamda_bench import parallel, workloads
-    from lamda_bench.run.build import prepare, prime_adam
-    from lamda_bench.run.resolve import resolve
+    from lamda_bench.runner.build import prepare, prime_adam
+    from lamda_bench.runner.resolve import resolve
     from lamda_bench.fake import to_fake
 
     _, rec = lora_records
