@@ -25,7 +25,7 @@ MODULES = (
     "transformers.models.bert.modeling_bert",
     "peft",
     "peft.utils.transformers_weight_conversion",
-    "lamda_bench.run",
+    "lamda_bench.runner",
     "lamda_bench.fake",
     "lamda_bench.measure",
     "lamda_bench.methods",

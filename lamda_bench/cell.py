@@ -1,7 +1,7 @@
 """One benchmark cell: a fully resolved, hashable description of one training-step measurement.
 
 A suite expands into cells; the launcher hands each cell (as a plain dict, so it crosses
-process boundaries unchanged) to ``lamda_bench.run.run_cell``; the record it returns
+process boundaries unchanged) to ``lamda_bench.runner.run_cell``; the record it returns
 carries the cell back verbatim. The cell id is a hash of the resolved cell, so the same
 settings give the same id in every run (that is what resume relies on).
 """

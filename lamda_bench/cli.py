@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how local cell processes start (auto: forked from a server that imported torch, "
                           "transformers and peft once, except cells that may use CUDA; spawn: a new interpreter each)")
     run.add_argument("--runner", default=None, metavar="MODULE:FUNCTION",
-                     help="function run in each cell process (default lamda_bench.run:run_cell)")
+                     help="function run in each cell process (default lamda_bench.runner:run_cell)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--wait", action="store_true",
                      help="if another run holds --out, wait for it to finish (default: exit 2 naming it)")

@@ -53,7 +53,7 @@ from .cell import Cell
 from .launch_child import LaunchError, child_main, cpu_threads_per_cell
 from .launch_sweep import RunSummary, Sweep
 
-DEFAULT_RUNNER = "lamda_bench.run:run_cell"
+DEFAULT_RUNNER = "lamda_bench.runner:run_cell"
 POLL_S = 0.25
 # SIGKILL counts as a likely OOM kill when the machine had less than this share of its
 # memory available, or the cell process held more than OOM_RSS_SHARE of it, at the last sample.

@@ -130,7 +130,7 @@ def cast_trainable(model: torch.nn.Module, policy: Policy) -> int:
 
 def predict_state(c, res, b_schedule) -> dict:
     """The closed forms of ``analytic.state_bytes`` for a finished run (``c``: the cell as run,
-    ``res``: the run's StepResult, run/result.py): weights, grads and optimizer bytes at the instrumented step
+    ``res``: the run's StepResult, runner/result.py): weights, grads and optimizer bytes at the instrumented step
     (the optimizer state as its step left it, before the freeze that follows: ``memory.optimizer``)."""
     from . import analytic, quant_bytes, workloads
 

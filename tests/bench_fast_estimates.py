@@ -39,8 +39,8 @@ FIVE_RANKS = (8, 16, 24, 32, 64)
 
 
 def timed_run_cell(cell: dict, artifacts_dir: str | None) -> dict:
-    """The runner of the bench's cells: run.run_cell, plus this process's CPU seconds."""
-    from lamda_bench.run import run_cell
+    """The runner of the bench's cells: runner.run_cell, plus this process's CPU seconds."""
+    from lamda_bench.runner import run_cell
 
     record = run_cell(cell, artifacts_dir)
     t = os.times()

@@ -18,7 +18,7 @@ allocation means nothing; that group is skipped when the weights are not install
 LaMDA is timed with its up-projection B still trainable (the freezing horizon is set far
 beyond the benchmark's rounds): the step's most expensive state, not an average.
 
-Each benchmark's ``extra_info`` carries the figures ``lamda_bench.run.run_cell`` records
+Each benchmark's ``extra_info`` carries the figures ``lamda_bench.runner.run_cell`` records
 for the same cell (a separate, tracked run: trackers are off while timing) over the same horizon
 (option ``total_steps``), so LaMDA's figures are those of a step with B trainable, the state it
 is timed in: trainable parameters, saved activations (all and adapter path), peak live bytes
@@ -85,7 +85,7 @@ def _training_step(cell: Cell):
 
 
 def _memory_figures(cell: Cell) -> dict:
-    from lamda_bench.run import run_cell
+    from lamda_bench.runner import run_cell
 
     record = run_cell(cell.to_dict())
     assert record["status"] == "ok", f"run_cell failed: {record.get('error')}"

@@ -13,7 +13,7 @@ import json
 import pytest
 
 from lamda_bench.cell import Cell
-from lamda_bench.run import run_cell
+from lamda_bench.runner import run_cell
 from lamda_bench.workloads import CONFIG_DIR, build_model, get_workload, parameter_count
 
 # Published parameter counts of the real checkpoints (model cards / safetensors index).

@@ -252,7 +252,7 @@ def test_write_claims_needs_results(tmp_path):
 
 def test_real_cells_and_probes_feed_write_claims(tmp_path):
     from lamda_bench.cell import Cell
-    from lamda_bench.run import run_cell
+    from lamda_bench.runner import run_cell
 
     for d in (64, 128):
         for method in ("lora", "lamda"):

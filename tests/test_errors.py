@@ -78,7 +78,7 @@ def test_validate_names_the_first_bad_value(change, key, words):
 
 def test_zero_timed_steps_is_one_rule_for_suite_and_runner():
     """steps = 0 (no timed step; the instrumented step still runs) is accepted by both."""
-    from lamda_bench.run import run_cell
+    from lamda_bench.runner import run_cell
 
     Cell(**GOOD, steps=0).validate()
     suite = parse_suite("[[sweep]]\nworkload = 'linear'\nmethod = 'lora'\nd_in = 16\nsteps = 0\n"
@@ -92,7 +92,7 @@ def test_zero_timed_steps_is_one_rule_for_suite_and_runner():
 def test_suite_and_runner_refuse_the_same_bad_value():
     with pytest.raises(SuiteError, match="s.toml: \\[\\[sweep\\]\\] #1: warmup: -1 is less than 0"):
         parse_suite("[[sweep]]\nworkload = 'linear'\nmethod = 'lora'\nwarmup = -1\n", source="s.toml")
-    from lamda_bench.run import run_cell
+    from lamda_bench.runner import run_cell
 
     record = run_cell({**Cell(**GOOD).to_dict(), "warmup": -1})
     assert record["status"] == "error" and record["error"] == "cell warmup must be an integer >= 0, got -1"

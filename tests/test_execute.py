@@ -8,7 +8,7 @@ import torch
 
 from lamda_bench import workloads
 from lamda_bench.cell import Cell
-from lamda_bench.run import run_cell
+from lamda_bench.runner import run_cell
 
 N = 2 * 8  # batch x seq of the linear cells
 
@@ -406,7 +406,7 @@ def test_primed_adam_state_is_the_state_a_first_zero_grad_step_leaves(cls, kwarg
     exactly what torch's own first step creates (keys, shapes, dtypes, devices, values)."""
     from types import SimpleNamespace
 
-    from lamda_bench.run.build import prime_optimizer as _prime_optimizer
+    from lamda_bench.runner.build import prime_optimizer as _prime_optimizer
 
     def model():
         torch.manual_seed(0)
@@ -450,3 +450,12 @@ def test_dora_weight_norm_graph_is_discarded_not_counted_as_saved(mode):
     assert rec["memory"]["saved_discarded"] == rec["memory"]["saved_discarded_adapter"] \
         == sum((d_in * d_in + d_in * r) * fp32 for d_in, _ in shapes)
     assert rec["memory"]["saved_activations"] < rec["memory"]["peak"]
+
+
+def test_importing_the_runner_leaves_the_public_run_function_alone():
+    """The runner package must not be named ``run``: importing ``lamda_bench.run`` as a
+    subpackage would replace the API function ``lamda_bench.run(...)`` on the package."""
+    import lamda_bench
+    import lamda_bench.runner  # noqa: F401
+
+    assert callable(lamda_bench.run) and lamda_bench.run.__module__ == "lamda_bench.api"

@@ -117,9 +117,9 @@ def test_step_trackers_tell_the_saved_tracker_that_forward_ended():
 
 
 def test_the_cell_runner_steps_through_step_trackers(monkeypatch):
-    """run/step.py builds its trackers with StepTrackers (the bundle tested above is the one
+    """runner/step.py builds its trackers with StepTrackers (the bundle tested above is the one
     that runs): one bundle per step that runs, the instrumented one with every tracker on."""
-    from lamda_bench.run import run_cell, step
+    from lamda_bench.runner import run_cell, step
 
     made = []
 

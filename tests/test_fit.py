@@ -125,7 +125,7 @@ def test_bad_search_settings_are_refused():
 
 def _peak(**kw) -> int:
     """An estimate's peak, run here in this process (not by the planner)."""
-    from lamda_bench.run import run_cell
+    from lamda_bench.runner import run_cell
 
     cell = Cell(**{**dict(workload="tiny-llama", method="lora", mode="estimate", device="auto"), **kw})
     rec = run_cell(cell.to_dict())
@@ -222,7 +222,7 @@ def test_fit_under_fsdp2_answers_per_card(tmp_path, capsys):
 
 
 def test_fit_under_ddp_adds_the_gradient_buckets_to_one_device(tmp_path):
-    from lamda_bench.run import run_cell
+    from lamda_bench.runner import run_cell
 
     rec = run_cell(Cell(workload="tiny-llama", method="lora", mode="estimate", device="auto", batch=1, seq=64).to_dict())
     one_card = rec["memory"]["peak"] + rec["memory"]["grads"]  # the replica's step and its buckets

@@ -24,7 +24,7 @@ def runner_mutates_globals(cell, artifacts_dir):
     """Reports the global state it found, then changes it: a later cell must not see the change."""
     import torch
 
-    import lamda_bench.run as runner
+    import lamda_bench.runner as runner
 
     seen = {"default_dtype": str(torch.get_default_dtype()), "flops_limit": runner.CPU_MEASURE_MAX_FLOPS,
             "marker": getattr(torch, "_lamda_bench_test_marker", None)}

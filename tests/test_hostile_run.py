@@ -140,7 +140,7 @@ def test_wait_flag_waits_for_the_holder_then_resumes(tmp_path):
 def test_side_files_use_a_temp_name_of_their_own(tmp_path):
     """The old fixed temp name (timelines/<id>.json.tmp) was shared by every process writing
     that cell; here it is occupied by a directory, and the write must still land."""
-    from lamda_bench.run.assemble import write_artifacts as _write_artifacts
+    from lamda_bench.runner.assemble import write_artifacts as _write_artifacts
 
     (tmp_path / "timelines" / "cell-x.json.tmp").mkdir(parents=True)
     (tmp_path / "detail" / "cell-x.json.tmp").mkdir(parents=True)

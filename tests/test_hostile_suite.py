@@ -197,7 +197,7 @@ def test_unknown_method_with_escapes_is_one_safe_line(tmp_path, capsys):
 def test_cuda_cell_on_cpu_only_torch_records_one_clear_line():
     import torch
 
-    from lamda_bench.run import run_cell
+    from lamda_bench.runner import run_cell
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

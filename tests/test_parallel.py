@@ -6,7 +6,7 @@ import torch
 
 from lamda_bench import analytic
 from lamda_bench.cell import Cell
-from lamda_bench.run import run_cell
+from lamda_bench.runner import run_cell
 from lamda_bench.suite import SuiteError, parse_suite
 
 W = 3  # does not divide tiny-llama's dims (64, 32, 176, 256): padding is exercised
@@ -127,8 +127,8 @@ def lamda_closed_forms(cell: dict, world_size: int):
     """(per-step closed form, schedule) from the model's own shapes, built on meta: the base
     model's parameters sharded (buffers replicated) plus ``analytic.lamda_sharded_params``."""
     from lamda_bench.methods.lamda import FreezeSchedule
-    from lamda_bench.run.build import prepare
-    from lamda_bench.run.resolve import resolve
+    from lamda_bench.runner.build import prepare
+    from lamda_bench.runner.resolve import resolve
 
     plan = resolve(Cell.from_dict(cell), timeline=False)
     applied, spec = prepare(plan, "meta")
@@ -224,8 +224,8 @@ def _tracked_step(c: Cell, freeze_after: int = 0) -> dict:
     ``on_step`` first (LaMDA's freezing, on the sharded parameters) for that many steps."""
     fsdp_tracker = pytest.importorskip("torch.distributed._tools.fsdp2_mem_tracker")
     from lamda_bench import parallel, workloads
-    from lamda_bench.run.build import make_optimizer, prepare, prime_adam
-    from lamda_bench.run.resolve import estimate_device, resolve
+    from lamda_bench.runner.build import make_optimizer, prepare, prime_adam
+    from lamda_bench.runner.resolve import estimate_device, resolve
     from lamda_bench.fake import to_fake
 
     plan = resolve(c, timeline=False)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lamda_bench.cell import ID_NEUTRAL_DEFAULTS, Cell
-from lamda_bench.run import run_cell
+from lamda_bench.runner import run_cell
 from lamda_bench.suite import SuiteError, parse_suite
 
 TINY_LLAMA_PARAMS = None  # filled lazily: parameters of the 2-layer tiny LLaMA
@@ -179,10 +179,10 @@ def test_amp_fp16_grad_scaler_runs_in_measure_and_estimate():
 def test_amp_measure_trains():
     """The autocast step really updates the fp32 master weights (not a no-op policy)."""
     from lamda_bench import precision, workloads
-    from lamda_bench.run.build import make_optimizer, prepare
-    from lamda_bench.run.resolve import resolve
-    from lamda_bench.run.result import StepResult
-    from lamda_bench.run.step import Loop, train_step
+    from lamda_bench.runner.build import make_optimizer, prepare
+    from lamda_bench.runner.resolve import resolve
+    from lamda_bench.runner.result import StepResult
+    from lamda_bench.runner.step import Loop, train_step
 
     c = Cell.from_dict(tiny_cell("full", precision="amp-bf16"))
     applied, _ = prepare(resolve(c, timeline=False), "cpu")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lamda_bench.cell import ID_NEUTRAL_DEFAULTS, Cell
-from lamda_bench.run import run_cell
+from lamda_bench.runner import run_cell
 
 bnb = pytest.importorskip("bitsandbytes")
 

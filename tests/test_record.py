@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from lamda_bench import record as R
-from lamda_bench.run import run_cell
+from lamda_bench.runner import run_cell
 from lamda_bench.measure import live
 from lamda_bench.report import plotstyle
 

@@ -108,7 +108,7 @@ def write_timeline(results_dir: Path, record: dict[str, Any]) -> None:
                            "live_bytes": sum(cats.values()), "by_category": cats})
     path = results_dir / record["artifacts"]["timeline"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"id": record["id"], "unit": "bytes", "events": events}))  # as run/assemble.py writes it
+    path.write_text(json.dumps({"id": record["id"], "unit": "bytes", "events": events}))  # as runner/assemble.py writes it
 
 
 def write_results(results_dir: Path, records: list[dict[str, Any]]) -> Path:

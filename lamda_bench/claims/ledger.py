@@ -2,7 +2,7 @@
 
 Layout of a claims results directory (default ``reports/claims``):
 
-    results.jsonl          training-step records of suites/claims.toml (run.run_cell)
+    results.jsonl          training-step records of suites/claims.toml (runner.run_cell)
     probes/results.jsonl   probe records (claims.probes.run_probe: timed SVDs, outputs at init)
     claims.md              one row per claim, then each claim's supporting figures
 

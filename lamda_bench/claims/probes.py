@@ -14,7 +14,7 @@ cell) whose ``options`` carry ``probe`` (the kind) plus the method options it ne
   harness's residual base, see ``methods/lamda_init.py``.)
 
 ``run_probe(cell_dict, artifacts_dir)`` is the launcher's runner for them; like
-``run.run_cell`` it returns a record and never raises. The figures sit under
+``runner.run_cell`` it returns a record and never raises. The figures sit under
 ``record["probe"]``; the memory/FLOP blocks of a training record stay null.
 """
 
@@ -81,7 +81,7 @@ def default_probes() -> list[Cell]:
 def run_probe(cell: dict, artifacts_dir: str | None = None) -> dict:
     """One probe cell in, one record out (never raises)."""
     from ..errors import one_line
-    from ..run.assemble import blank_record
+    from ..runner.assemble import blank_record
 
     t0 = time.perf_counter()
     record = blank_record(cell)

@@ -1,6 +1,6 @@
 """One function per claim: records in, one ``ClaimRow`` out (verdict, figures, reason, details).
 
-Every figure comes from the records handed in (training-step records from ``run.run_cell``
+Every figure comes from the records handed in (training-step records from ``runner.run_cell``
 and probe records from ``claims.probes``) or from harness functions run now (the closed-form
 search of claim 1); the reasons are templates filled with those figures. A claim whose
 records are missing gets "cannot be checked here", never a verdict. A verdict says no more

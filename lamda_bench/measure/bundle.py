@@ -1,6 +1,6 @@
 """All step trackers on one shared ModuleScope, with one ``phase`` marker for all.
 
-The cell runner's trackers (``run/step.py``): one scope means one set of module hooks and
+The cell runner's trackers (``runner/step.py``): one scope means one set of module hooks and
 one dispatch mode however many trackers run. Enter inside any FakeTensorMode.
 """
 

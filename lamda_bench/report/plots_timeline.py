@@ -35,7 +35,7 @@ def _load_timeline(results_dir: Path, rec: dict[str, Any]) -> list[dict[str, Any
         warnings.warn(f"{path}: unreadable timeline ({type(e).__name__}: {e}); left out of the plot",
                       DataWarning, stacklevel=2)
         return None
-    # run/assemble.py writes {"id", "unit": "bytes", "events": [...]}; a bare list is accepted too
+    # runner/assemble.py writes {"id", "unit": "bytes", "events": [...]}; a bare list is accepted too
     events = data.get("events") if isinstance(data, dict) else data
     if not isinstance(events, list) or not events:
         return None

@@ -6,6 +6,8 @@ options and horizon, once, into a ``Plan``) -> ``build`` (model, method, optimiz
 (the step loop with its trackers; ``observe`` watches the adapted calls) -> ``result``
 (``StepResult``, what a run produced) -> ``assemble`` (the record). This conductor decides the
 mode, since on a CPU in ``auto`` mode that decision runs an estimate first.
+(The package is ``runner``, not ``run``: ``lamda_bench.run`` is the public API function of
+``api.py``, which a subpackage of that name would shadow once imported.)
 
 What a run is (``W`` = ``cell.warmup``, ``S`` = ``cell.steps``):
 

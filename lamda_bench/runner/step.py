@@ -2,7 +2,7 @@
 that run on fake tensors and the ones that only advance the schedule), each a forward, loss,
 backward and optimizer step with the trackers its place in the run calls for.
 
-``measure`` and ``estimate`` fill one ``StepResult``; ``run/__init__.py`` says what a run is.
+``measure`` and ``estimate`` fill one ``StepResult``; ``runner/__init__.py`` says what a run is.
 """
 
 from __future__ import annotations

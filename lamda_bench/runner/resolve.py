@@ -1,7 +1,7 @@
 """Resolution: the cell as given -> a ``Plan`` (rules checked, dtype, device, method options
 and the schedule's horizon resolved once), before anything is built.
 
-The run mode is decided by the conductor (``run/__init__.py``): on a CPU in ``auto`` mode the
+The run mode is decided by the conductor (``runner/__init__.py``): on a CPU in ``auto`` mode the
 decision runs an estimate first, which sits above this module.
 """
 
