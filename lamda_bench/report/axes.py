@@ -182,5 +182,9 @@ def shape_title(record: dict[str, Any], axes: Axes) -> str:
         value = cell_value(record, axis)
         if value is None or (axis == "d_out" and value == cell_value(record, "d_in")):
             continue
+        if axis == "quant":  # 'nf4 base'; an unquantized base goes unsaid
+            if value != "none":
+                parts.append(f"{value} base")
+            continue
         parts.append(f"{SHORT[axis]}{value}" if axis in SHORT else show(value))
     return " ".join(parts) or "all cells"
