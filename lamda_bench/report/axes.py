@@ -42,7 +42,13 @@ IGNORED_BY = {"full": ("r", "alpha", "targets")}
 
 
 def cell_value(record: dict[str, Any], axis: str) -> Any:
+    """The cell's value on ``axis``; a key added since the record was written (``quant``,
+    ``precision``, ...) reads as its default, so old and new records of one setup group together."""
+    from ..cell import ID_NEUTRAL_DEFAULTS
+
     cell = record.get("cell") or {}
+    if axis not in cell and axis in ID_NEUTRAL_DEFAULTS and cell:
+        return ID_NEUTRAL_DEFAULTS[axis]
     return cell.get(axis)
 
 
