@@ -50,6 +50,18 @@ class FitError(UserError):
     """Bad fit input (axis, multiple, limit, layout): one line."""
 
 
+def _family(method: str) -> str | None:
+    """The method's closed-form family (its registered fact); None for a name the registry lacks
+    (the method's own check reports it)."""
+    from .methods import get_method
+    from .methods.base import MethodError
+
+    try:
+        return get_method(method).family
+    except MethodError:
+        return None
+
+
 @dataclass(frozen=True)
 class Layout:
     """The job a fit answers for: ``world_size`` ranks split by ``parallel``; answers per card."""
@@ -64,7 +76,7 @@ class Layout:
             raise FitError(f"--world-size {self.world_size!r}: expected an integer >= 1")
         if self.world_size > 1 and self.parallel == "none":
             raise FitError(f"--world-size {self.world_size} needs --parallel fsdp2 or ddp")
-        shrinking = [m for m in methods if m in ("lamda", "lamda++")]
+        shrinking = [m for m in methods if _family(m) == "lamda"]  # split freezing replaces B's parameters
         if self.parallel == "ddp" and shrinking:
             raise FitError(f"--parallel ddp with {shrinking[0]}: its split freezing replaces parameters, which DDP's "
                            "gradient buckets (fixed when the model is wrapped) do not follow; use --parallel fsdp2")

@@ -13,6 +13,7 @@ from typing import Any
 
 from matplotlib.lines import Line2D
 
+from ..record import MEMORY
 from .axes import Axes, cell_value
 from .plotstyle import (Plot, byte_scale, figure, legend_outside, log_axis, method_color, method_marker, save,
                         unique_handles)
@@ -39,7 +40,7 @@ def plot_peak_per_card_vs_world_size(records: list[dict[str, Any]], out_dir: Pat
                 "against the job's world size, one line per method, log scales; one panel per model and shape. "
                 "Hollow markers: estimates (rank 0 of a fake process group), filled: measurements.")
     parallel = [r for r in records if _is_parallel(r)]
-    recs = [r for r in parallel if is_ok(r) and get(r, "memory.peak") and cell_value(r, "world_size")]
+    recs = [r for r in parallel if is_ok(r) and get(r, MEMORY.peak) and cell_value(r, "world_size")]
     panels: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for rec in recs:
         panels[tuple(str(cell_value(rec, a)) for a in PANEL_AXES)].append(rec)
@@ -59,7 +60,7 @@ def plot_peak_per_card_vs_world_size(records: list[dict[str, Any]], out_dir: Pat
     fig = figure(4.4 * cols + 2.8, 3.6 * rows)
     axs = [fig.add_subplot(rows, cols, i + 1) for i in range(len(drawn))]
     for ax, group in zip(axs, drawn):
-        div, unit = byte_scale(max(get(r, "memory.peak") for r in group))
+        div, unit = byte_scale(max(get(r, MEMORY.peak) for r in group))
         lines: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
         for rec in group:
             lines[inner.label(rec)].setdefault(int(cell_value(rec, "world_size")), rec)
@@ -67,11 +68,11 @@ def plot_peak_per_card_vs_world_size(records: list[dict[str, Any]], out_dir: Pat
             method = str(cell_value(next(iter(pts.values())), "method"))
             xs = sorted(pts)
             color = method_color(method)
-            ax.plot(xs, [get(pts[x], "memory.peak") / div for x in xs], "-", marker=method_marker(method),
+            ax.plot(xs, [get(pts[x], MEMORY.peak) / div for x in xs], "-", marker=method_marker(method),
                     color=color, markerfacecolor="white", label=label)
             measured = [x for x in xs if mode(pts[x]) == "measure"]
             if measured:  # filled over the hollow estimate marker
-                ax.plot(measured, [get(pts[x], "memory.peak") / div for x in measured], method_marker(method),
+                ax.plot(measured, [get(pts[x], MEMORY.peak) / div for x in measured], method_marker(method),
                         color=color, linestyle="none")
         world_sizes = sorted({int(cell_value(r, "world_size")) for r in group})
         ax.set_xscale("log", base=2)
