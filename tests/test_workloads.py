@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -43,11 +42,12 @@ def test_full_size_shapes_match_published_counts_on_meta(make_cell, name):
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
 
 
-def test_llama2_7b_meta_build_is_fast_and_has_the_paper_shape(make_cell):
-    build_model(make_cell(workload="llama2-7b"), "meta")  # first call pays imports
-    start = time.perf_counter()
+def test_llama2_7b_meta_build_allocates_nothing_and_has_the_paper_shape(make_cell):
+    # What keeps the meta build cheap is that no tensor gets storage: every parameter and
+    # buffer lives on meta. (Its wall time is a benchmark's business, not a unit test's.)
     model = build_model(make_cell(workload="llama2-7b"), "meta")
-    assert time.perf_counter() - start < 1.5
+    tensors = list(model.parameters()) + list(model.buffers())
+    assert tensors and all(t.device.type == "meta" for t in tensors)
     cfg = model.config
     assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (4096, 11008, 32)
     assert (cfg.num_attention_heads, cfg.vocab_size) == (32, 32000)
