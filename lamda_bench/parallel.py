@@ -45,9 +45,9 @@ from typing import Iterator
 import torch
 from torch import nn
 from .errors import UserError
+from .record import SHARDED_CATEGORIES
 
-COMM_CATEGORY = "comm_buffers"
-UNSHARDED_CATEGORY = "unsharded_weights"
+UNSHARDED_CATEGORY, COMM_CATEGORY = SHARDED_CATEGORIES
 
 
 class ParallelError(UserError):

@@ -27,6 +27,10 @@ SCHEMA_VERSION = 1  # every record carries it as "schema"; results.py refuses re
 # The live-bytes tracker's categories (measure/live.py): the keys of memory.at_peak and of a
 # timeline event's by_category, in plotting order.
 CATEGORIES = ("weights", "grads", "optimizer", "activations", "temporaries")
+# A sharded cell's two more (parallel.py): a block's all-gathered parameters and the flat
+# all-gather / reduce-scatter buffers. They are in memory.per_rank.at_peak (and in memory.peak),
+# not in memory.at_peak, whose keys stay CATEGORIES for every record.
+SHARDED_CATEGORIES = ("unsharded_weights", "comm_buffers")
 PARAMS_KEYS = ("total", "trainable", "updates")
 MEMORY_KEYS = (
     "weights", "trainable_weights", "grads", "optimizer", "saved_activations", "saved_activations_adapter",
@@ -117,6 +121,7 @@ OPTIONS = Block("cell.options", ("freeze_mode", "freeze_fraction", "autocast_ada
 PARAMS = Block("params", PARAMS_KEYS)
 MEMORY = Block("memory", MEMORY_KEYS + MEMORY_OPTIONAL_KEYS)
 AT_PEAK = Block("memory.at_peak", CATEGORIES)
+RANK_AT_PEAK = Block("memory.per_rank.at_peak", CATEGORIES + SHARDED_CATEGORIES)  # sharded cells: rank 0's
 FLOPS = Block("flops", FLOPS_KEYS)
 TIME = Block("time", TIME_KEYS)
 SERIES = Block("series", SERIES_KEYS)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lamda_bench import record as R
+from lamda_bench import parallel, record as R
 from lamda_bench.runner import run_cell
 from lamda_bench.measure import live
 from lamda_bench.report import plotstyle
@@ -69,7 +69,9 @@ def test_paths_fail_loudly_on_a_typo():
 
 def test_categories_are_defined_once():
     assert live.CATEGORIES is R.CATEGORIES and plotstyle.CATEGORIES is R.CATEGORIES
-    assert set(plotstyle.CATEGORY_COLORS) == set(R.CATEGORIES)
+    assert tuple(plotstyle.CATEGORY_COLORS) == R.CATEGORIES + R.SHARDED_CATEGORIES  # plotting order
+    assert (parallel.UNSHARDED_CATEGORY, parallel.COMM_CATEGORY) == R.SHARDED_CATEGORIES
+    assert R.RANK_AT_PEAK.keys == R.CATEGORIES + R.SHARDED_CATEGORIES
 
 
 def test_get_returns_the_default_for_missing_or_null_steps():

@@ -312,3 +312,30 @@ def test_per_card_peak_vs_world_size_has_one_line_per_method(tmp_path):
     assert list(xs) == [1, 2, 4, 8]
     # Each point is the record's rank-0 peak, in TiB here (full at one rank peaks at 1103 GiB).
     assert list(ys) == pytest.approx([(140 / w + 3) / 1024 for w in (1, 2, 4, 8)])
+
+
+def test_peak_by_category_of_sharded_cells_adds_up_to_the_peak_in_world_size_order(tmp_path):
+    """A sharded cell's bars include rank 0's all-gathered parameters and communication buffers
+    (memory.per_rank.at_peak), so they sum to memory.peak; panels run W1 W2 W4 W8 whatever
+    order the cells finished in."""
+    from lamda_bench.report.plots import plot_peak_by_category
+
+    records = []
+    for w in (1, 2, 8, 4):
+        rec = sharded_record("lora", w)
+        cats = {"weights": (130 << 30) // w, "grads": 0, "optimizer": 1 << 28, "activations": 40 << 30,
+                "temporaries": 0, "unsharded_weights": (3 << 30) if w > 1 else 0, "comm_buffers": (2 << 30) if w > 1 else 0}
+        rec["memory"]["at_peak"] = {c: cats[c] for c in ("weights", "grads", "optimizer", "activations", "temporaries")}
+        rec["memory"]["per_rank"] = {"rank": 0, "at_peak": cats}
+        rec["memory"]["peak"] = sum(cats.values())
+        records.append(rec)
+    plot = plot_peak_by_category(records, tmp_path)
+    axes = plot.figure.axes
+    assert [ax.get_title(loc="left") for ax in axes] == [f"W{w} (estimate)" for w in (1, 2, 4, 8)]
+    by_w = {r["cell"]["world_size"]: r for r in records}
+    for ax, w in zip(axes, (1, 2, 4, 8)):
+        right = max(p.get_x() + p.get_width() for p in ax.patches)
+        assert ax.get_xlabel() == "memory at peak (GiB)"
+        assert right * 2**30 == pytest.approx(by_w[w]["memory"]["peak"])
+    legend = {t.get_text() for t in plot.figure.legends[0].get_texts()}
+    assert {"unsharded_weights", "comm_buffers"} <= legend

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 # Cell keys in display order. ``timeout_s`` is left out: it bounds a run, it does not
 # change what is measured.
@@ -29,7 +29,7 @@ SHAPE_AXES = ("workload", "d_in", "d_out", "layers", "batch", "seq", "dtype", "p
 AXIS_TITLES = {"gradient_checkpointing": "checkpointing", "attn_implementation": "attention"}
 OPTION_TITLES = {"autocast_adapter_dtype": "adapters", "freeze_mode": "freeze"}
 # Short prefixes for plot labels ("r16 b4 s1024").
-SHORT = {"r": "r", "batch": "b", "seq": "s", "layers": "L", "d_in": "d", "d_out": "d_out="}
+SHORT = {"r": "r", "batch": "b", "seq": "s", "layers": "L", "d_in": "d", "d_out": "d_out=", "world_size": "W"}
 
 
 def _key(value: Any) -> str:
@@ -177,6 +177,25 @@ class Axes:
 
 def shape_key(record: dict[str, Any]) -> str:
     return _key([cell_value(record, a) for a in SHAPE_AXES])
+
+
+def shape_order(records: list[dict[str, Any]]) -> Callable[[dict[str, Any]], tuple]:
+    """A sort key for shape groups: numbers ascending (W1 W2 W4 W8, not in the order the cells
+    finished), other values in the order they first appear in ``records`` (the suite's order)."""
+    first_seen: dict[tuple[str, str], int] = {}
+    for i, rec in enumerate(records):
+        for axis in SHAPE_AXES:
+            first_seen.setdefault((axis, _key(cell_value(rec, axis))), i)
+
+    def key(record: dict[str, Any]) -> tuple:
+        parts = []
+        for axis in SHAPE_AXES:
+            value = cell_value(record, axis)
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            parts.append((0, value) if numeric else (1, first_seen[(axis, _key(value))]))
+        return tuple(parts)
+
+    return key
 
 
 def shape_title(record: dict[str, Any], axes: Axes) -> str:

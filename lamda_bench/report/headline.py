@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..cell import ID_NEUTRAL_DEFAULTS
-from ..record import AT_PEAK, CATEGORIES, MEMORY
+from ..record import MEMORY
 from .axes import SHAPE_AXES, Axes, cell_value, option_value, shape_key, show
-from .records import get, is_ok, mode
+from .records import bytes_at_peak, get, is_ok, mode
 from .tables import md_table
 from .units import MISSING, fmt_bytes, fmt_ratio, ratio
 
@@ -52,8 +52,8 @@ def where(rec: dict[str, Any], ref: dict[str, Any] | None) -> str:
     if ref is rec:
         return "(LoRA reference)"
     base = get(ref, MEMORY.peak) or 0
-    deltas = [(c, (get(rec, AT_PEAK.path(c)) or 0) - (get(ref, AT_PEAK.path(c)) or 0))
-              for c in CATEGORIES]
+    held, ref_held = bytes_at_peak(rec), bytes_at_peak(ref)
+    deltas = [(c, held.get(c, 0) - ref_held.get(c, 0)) for c in dict.fromkeys([*held, *ref_held])]
     named = sorted((d for d in deltas if abs(d[1]) > NEGLIGIBLE * base), key=lambda d: -abs(d[1]))[:3]
     if not named:
         return "no category differs by more than 1%"

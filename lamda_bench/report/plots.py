@@ -18,14 +18,14 @@ from typing import Any, Callable
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from ..record import AT_PEAK, CELL, FLOPS, MEMORY, OPTIONS, PARAMS, PREDICTED_MEMORY, SERIES, TIME
-from .axes import Axes, cell_value, shape_key, shape_title
+from ..record import CELL, FLOPS, MEMORY, OPTIONS, PARAMS, PREDICTED_MEMORY, SERIES, TIME
+from .axes import Axes, cell_value, shape_key, shape_order, shape_title
 from .plotstyle import (CATEGORIES, CATEGORY_COLORS, ESTIMATE_HATCH, FLAGGED_COLOR, METHOD_COLORS, Plot,
                         byte_scale, figure,
                         flop_scale, legend_outside, log_axis, method_color, method_marker, save, unique_handles)
 from .plots_parallel import plot_peak_per_card_vs_world_size
 from .plots_timeline import plot_step_timeline
-from .records import get, is_ok, mode, tokens, width
+from .records import bytes_at_peak, get, is_ok, mode, tokens, width
 from .timing import flagged_step_times
 
 MAX_PANELS = 12
@@ -37,7 +37,8 @@ def shape_groups(records: list[dict[str, Any]]) -> list[tuple[str, list[dict[str
     for rec in records:
         groups.setdefault(shape_key(rec), []).append(rec)
     axes = Axes.of(records)
-    ordered = sorted(groups.values(), key=lambda g: mode(g[0]) != "measure")
+    order = shape_order(records)
+    ordered = sorted(groups.values(), key=lambda g: (mode(g[0]) != "measure", order(g[0])))
     out = []
     for g in ordered:
         title = shape_title(g[0], axes)
@@ -87,7 +88,9 @@ def _limit(groups: list, plot: Plot) -> list:
 
 def plot_peak_by_category(records: list[dict[str, Any]], out_dir: Path) -> Plot:
     plot = Plot("peak_memory_by_category", "Peak memory by category, per shape",
-                "Live bytes at the run's peak (memory.at_peak), stacked by what holds them; one panel per "
+                "Live bytes at the run's peak (memory.at_peak; for a sharded cell rank 0's "
+                "memory.per_rank.at_peak, which adds the all-gathered parameters and communication buffers), "
+                "stacked by what holds them; one panel per "
                 "shape (model, batch, sequence, dtype, device, mode), variants sorted by peak. Tick labels "
                 "are coloured by method. Hatched bars are estimates (fake tensors, not measured).")
     recs = [r for r in records if is_ok(r) and get(r, MEMORY.at_peak)]
@@ -99,11 +102,12 @@ def plot_peak_by_category(records: list[dict[str, Any]], out_dir: Path) -> Plot:
     for ax, (title, group) in zip(axs, groups):
         group = sorted(group, key=lambda r: get(r, MEMORY.peak) or 0)
         labels = Axes.of(group)
-        divisor, unit = byte_scale(max(sum(get(r, AT_PEAK.path(c), 0) for c in CATEGORIES) for r in group))
+        held = [bytes_at_peak(r) for r in group]
+        divisor, unit = byte_scale(max(sum(h.values()) for h in held))
         ys = list(range(len(group)))
         lefts = [0.0] * len(group)
-        for cat in CATEGORIES:
-            widths = [get(r, AT_PEAK.path(cat), 0) / divisor for r in group]
+        for cat in [c for c in CATEGORY_COLORS if any(h.get(c) for h in held)]:
+            widths = [h.get(cat, 0) / divisor for h in held]
             bars = ax.barh(ys, widths, left=lefts, color=CATEGORY_COLORS[cat], label=cat)
             for bar, rec in zip(bars, group):
                 if mode(rec) == "estimate":
@@ -114,7 +118,8 @@ def plot_peak_by_category(records: list[dict[str, Any]], out_dir: Path) -> Plot:
         ax.set_ylim(len(group) - 0.5, -0.5)  # lowest peak on top, as the headline ranks
         ax.set_xlabel(f"memory at peak ({unit})", fontsize=8)
         ax.set_title(title, fontsize=9, loc="left")
-    handles = [Patch(color=CATEGORY_COLORS[c], label=c) for c in CATEGORIES]
+    shown = {c for r in recs for c, n in bytes_at_peak(r).items() if n}
+    handles = [Patch(color=color, label=c) for c, color in CATEGORY_COLORS.items() if c in CATEGORIES or c in shown]
     if any(mode(r) == "estimate" for r in recs):
         handles.append(Patch(facecolor="white", edgecolor="black", hatch=ESTIMATE_HATCH, label="estimate"))
     legend_outside(fig, handles, [h.get_label() for h in handles], "at peak")

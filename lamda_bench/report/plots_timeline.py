@@ -15,7 +15,7 @@ from typing import Any
 from ..record import ARTIFACTS, CELL, OPTIONS
 from ..record_values import is_number
 from ..results import DataWarning
-from .plotstyle import CATEGORIES, CATEGORY_COLORS, Plot, byte_scale, method_color, save
+from .plotstyle import CATEGORY_COLORS, Plot, byte_scale, method_color, save
 from .records import get, is_ok, mode, tokens, width
 
 TIMELINE_METHODS = ("lora", "lamda")
@@ -109,7 +109,7 @@ def plot_step_timeline(records: list[dict[str, Any]], out_dir: Path, results_dir
         ax = fig.add_subplot(3, 1, row + 2, sharex=top)
         n = max(len(tl) - 1, 1)
         xs = [i / n for i in range(len(tl))]
-        cats = [c for c in CATEGORIES if any(c in (e.get("by_category") or {}) for e in tl)]
+        cats = [c for c in CATEGORY_COLORS if any(c in (e.get("by_category") or {}) for e in tl)]
         cats += sorted({c for e in tl for c in (e.get("by_category") or {})} - set(cats))
         # Frozen weights are a constant slab that would flatten everything else: say so, leave it out.
         constant = {c for c in cats if len({(e.get("by_category") or {}).get(c, 0) for e in tl}) == 1

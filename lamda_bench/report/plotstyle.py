@@ -28,6 +28,7 @@ _SPARE_COLORS = ("#bcbd22", "#ff7f0e", "#7f7f7f", "#aec7e8", "#98df8a")
 CATEGORY_COLORS = {
     "weights": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868",
     "activations": "#c44e52", "temporaries": "#8172b3",
+    "unsharded_weights": "#9fb6dd", "comm_buffers": "#937860",  # sharded cells only
 }
 ESTIMATE_HATCH = "//"
 FLAGGED_COLOR = "#c8c8c8"

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..record import CELL, ENV, INFO, get  # noqa: F401 - get re-exported: readers import it from here
+from ..record import AT_PEAK, CELL, ENV, INFO, MEMORY, RANK_AT_PEAK, get  # noqa: F401 - get re-exported: readers import it from here
 from ..results import RESULTS_FILE, latest_by_id, load_results
 from ..errors import UserError
 
@@ -51,6 +51,14 @@ def device(record: dict[str, Any]) -> str:
     if not name:
         return dev
     return str(name) if dev in str(name).lower() else f"{dev} ({name})"
+
+
+def bytes_at_peak(record: dict[str, Any]) -> dict[str, int]:
+    """Live bytes by category at the peak: every category that adds up to ``memory.peak``.
+    A sharded cell's rank-0 breakdown (``memory.per_rank.at_peak``) adds the all-gathered
+    parameters and communication buffers that ``memory.at_peak`` leaves out."""
+    block = RANK_AT_PEAK if get(record, MEMORY.per_rank) else AT_PEAK
+    return {c: get(record, block.path(c), 0) or 0 for c in block.keys}
 
 
 def tokens(record: dict[str, Any]) -> int | None:
