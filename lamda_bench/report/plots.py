@@ -18,11 +18,12 @@ from typing import Any, Callable
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from ..record import CELL, FLOPS, MEMORY, OPTIONS, PARAMS, PREDICTED_MEMORY, SERIES, TIME
+from ..record import FLOPS, MEMORY, PARAMS, PREDICTED_MEMORY, TIME
 from .axes import Axes, cell_value, shape_key, shape_order, shape_title
-from .plotstyle import (CATEGORIES, CATEGORY_COLORS, ESTIMATE_HATCH, FLAGGED_COLOR, METHOD_COLORS, Plot,
-                        byte_scale, figure,
-                        flop_scale, legend_outside, log_axis, method_color, method_marker, save, unique_handles)
+from .plotstyle import (CATEGORIES, CATEGORY_COLORS, ESTIMATE_HATCH, FLAGGED_COLOR, Plot, byte_scale, figure,
+                        flop_scale, legend_outside, log_axis, method_color, method_marker, method_order, save,
+                        unique_handles)
+from .plots_freezing import plot_freezing
 from .plots_parallel import plot_peak_per_card_vs_world_size
 from .plots_timeline import plot_step_timeline
 from .records import bytes_at_peak, get, is_ok, mode, tokens, width
@@ -44,14 +45,6 @@ def shape_groups(records: list[dict[str, Any]]) -> list[tuple[str, list[dict[str
         title = shape_title(g[0], axes)
         out.append((title + (" (estimate)" if mode(g[0]) == "estimate" and "mode" not in axes.varying else ""), g))
     return out
-
-
-def _method_order(rec: dict[str, Any]) -> tuple:
-    """Methods in a fixed order (full last), then by r, targets and the rest of the cell."""
-    method = str(cell_value(rec, "method"))
-    order = list(METHOD_COLORS)
-    return (order.index(method) if method in order else len(order), method, cell_value(rec, "r") or 0,
-            str(cell_value(rec, "targets")), json.dumps(rec.get("cell"), sort_keys=True, default=str))
 
 
 def _color_ticklabels(ax: Any, recs: list[dict[str, Any]], axis: str = "y") -> None:
@@ -259,7 +252,7 @@ def plot_throughput_and_flops(records: list[dict[str, Any]], out_dir: Path) -> P
     fig = figure(13.0 if timed_any else 9.0, sum(heights) + 0.6)
     grid = fig.add_gridspec(len(groups), 2 if timed_any else 1, height_ratios=heights)
     for i, (title, group) in enumerate(groups):
-        group = sorted(group, key=_method_order)
+        group = sorted(group, key=method_order)
         labels = Axes.of(group)
         ys = list(range(len(group)))
         timed = [r for r in group if get(r, TIME.tokens_per_s)]
@@ -336,59 +329,6 @@ def plot_pareto(records: list[dict[str, Any]], out_dir: Path) -> Plot:
         ax.set_title(title, fontsize=9)
     handles, labels = unique_handles(axs)
     legend_outside(fig, handles, labels, "method")
-    return save(fig, out_dir, plot)
-
-
-# ---- 6. LaMDA gradual freezing ---------------------------------------------------------------
-
-SERIES_FIELDS = (("trainable", "trainable parameters", "count"),
-                 ("optimizer", "optimizer state", "bytes"),
-                 ("backward_flops", "backward FLOPs", "flops"))
-
-
-def plot_freezing(records: list[dict[str, Any]], out_dir: Path) -> Plot:
-    plot = Plot("lamda_gradual_freezing", "LaMDA gradual freezing over training steps: split vs mask",
-                "Per step (record.series), as a fraction of the first step's value: trainable parameters, "
-                "optimizer state and backward FLOPs while B's rank components freeze; one line per cell, "
-                "coloured by method. 'split' (solid) really freezes them (fewer parameters, optimizer state "
-                "released, less backward work); 'mask' (dashed) zeroes their gradients as the authors' code "
-                "does, which saves nothing. Fractions let cells of every size share one axis.")
-    recs = sorted((r for r in records if is_ok(r) and str(get(r, CELL.method, "")).startswith("lamda")
-                   and get(r, SERIES.step)), key=_method_order)
-    if not recs:
-        plot.skipped = "no ok LaMDA record has a per-step series"
-        return plot
-    counts: dict[tuple[str, str], int] = defaultdict(int)
-    for rec in recs:
-        counts[(str(cell_value(rec, "method")), str(get(rec, OPTIONS.freeze_mode, "split")))] += 1
-    fig = figure(14, 3.8)
-    axs = []
-    for i, (field, ylabel, _) in enumerate(SERIES_FIELDS):
-        ax = fig.add_subplot(1, len(SERIES_FIELDS), i + 1)
-        axs.append(ax)
-        drawn = 0
-        for rec in recs:
-            steps, ys = get(rec, SERIES.step) or [], get(rec, SERIES.path(field)) or []
-            pts = [(s, y) for s, y in zip(steps, ys) if y is not None]
-            if len(pts) < 2 or not pts[0][1]:
-                continue  # an estimate counts FLOPs at its one instrumented step: no line to draw
-            method, freeze = str(cell_value(rec, "method")), str(get(rec, OPTIONS.freeze_mode, "split"))
-            ax.plot([p[0] for p in pts], [p[1] / pts[0][1] for p in pts], "-" if freeze == "split" else "--",
-                    marker="o" if freeze == "split" else "s", markersize=3, color=method_color(method),
-                    alpha=0.8, label=f"{method}, {freeze} ({counts[(method, freeze)]} cells)")
-            drawn += 1
-        ax.set_xlabel("training step", fontsize=8)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_ylabel(f"{ylabel} / step 1", fontsize=8)
-        ax.set_title(ylabel, fontsize=9)
-        if not drawn:
-            ax.text(0.5, 0.5, f"no cell has series.{field}\nat two or more steps", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=8)
-    handles, names = unique_handles(axs)
-    legend_outside(fig, handles, names)
-    modes = {get(r, OPTIONS.freeze_mode, "split") for r in recs}
-    if len(modes) < 2:
-        plot.description += f" Only freeze_mode {sorted(modes)} was run, so there is nothing to contrast."
     return save(fig, out_dir, plot)
 
 

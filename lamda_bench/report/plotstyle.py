@@ -8,6 +8,7 @@ margin (``loc="outside ..."``), never over the data.
 
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..record import CATEGORIES  # noqa: F401 - the tracker's categories (record.py), with their colors below
+from .axes import cell_value
 
 METHOD_COLORS = {
     "full": "#333333", "lora": "#1f77b4", "pissa": "#17becf", "lora-fa": "#9467bd", "dora": "#8c564b",
@@ -129,3 +131,11 @@ def log_axis(ax: Any, which: str = "x", base: int = 10) -> None:
     axis.set_minor_formatter(NullFormatter())
     if base == 10:
         axis.set_major_formatter(FuncFormatter(_compact))
+
+
+def method_order(rec: dict[str, Any]) -> tuple:
+    """Methods in a fixed order (full last), then by r, targets and the rest of the cell."""
+    method = str(cell_value(rec, "method"))
+    order = list(METHOD_COLORS)
+    return (order.index(method) if method in order else len(order), method, cell_value(rec, "r") or 0,
+            str(cell_value(rec, "targets")), json.dumps(rec.get("cell"), sort_keys=True, default=str))
