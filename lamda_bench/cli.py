@@ -1,4 +1,4 @@
-"""The ``lamda-bench`` command: run, list, report, compare, check, fit.
+"""The ``lamda-bench`` command: run, list, report, compare, check, agreement, verify, fit.
 
 Exit codes: 0 done; 1 a run finished but some cells ended in ``error`` or ``timeout``
 (their records say why); 2 bad input (one line on stderr, nothing written); 130
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true",
                      help="re-run cells recorded as error or timeout (ok and oom are kept)")
     run.add_argument("--launcher", choices=["local", "ray"], default="local",
-                     help="where cells run (local: a spawned process per cell on this machine; "
+                     help="where cells run (local: a fresh process per cell on this machine, see --start; "
                           "ray: a Ray task per cell, needs pip install 'lamda-bench[ray]')")
     run.add_argument("--address", default=None, metavar="ADDR",
                      help="with --launcher ray: the cluster to join (auto, or HEAD_IP:6379 from a node of it); "
