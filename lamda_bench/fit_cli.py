@@ -8,11 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import UserError
-
-
-class FitArgumentError(UserError):
-    """A fit flag this run cannot honour (one line)."""
+from .fit import FitError
 
 
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,17 +49,17 @@ def run_fit(args: argparse.Namespace) -> bool:
     from .suite import parse_override, parse_suite
 
     if args.jobs < 1:
-        raise FitArgumentError(f"--jobs: {args.jobs} is less than 1")
+        raise FitError(f"--jobs: {args.jobs} is less than 1")
     for flag, value in (("--multiple", args.multiple), ("--limit", args.limit)):
         if value is not None and value < 1:
-            raise FitArgumentError(f"{flag} {value}: expected an integer >= 1")
+            raise FitError(f"{flag} {value}: expected an integer >= 1")
     budget = parse_budget(args.budget, reserve=parse_size(args.reserve, "--reserve"))
     axis, fixed = ("batch", "seq") if args.seq is not None else ("seq", "batch")
     multiple = args.multiple if args.multiple is not None else DEFAULT_MULTIPLE[axis]
     overrides = dict(parse_override(o) for o in args.overrides)
     for key in FIT_RESERVED_KEYS:
         if key in overrides:
-            raise FitArgumentError(f"--set {key}: fit sets {key} itself (use --workload, --method, --seq or --batch, "
+            raise FitError(f"--set {key}: fit sets {key} itself (use --workload, --method, --seq or --batch, "
                            "--world-size, --parallel)")
     layout = Layout(args.world_size, args.parallel)
     layout.check(args.method)
@@ -74,7 +70,7 @@ def run_fit(args: argparse.Namespace) -> bool:
     if args.targets is not None:
         overrides["targets"] = args.targets
     if args.out.exists() and not args.out.is_dir():
-        raise FitArgumentError(f"{args.out}: --out exists and is not a directory")
+        raise FitError(f"{args.out}: --out exists and is not a directory")
     suite = parse_suite("[[sweep]]\n", source="lamda-bench fit", default_name="fit", overrides=overrides)
     rows = plan(list(suite.cells), axis, budget, probe_runner(args.out, args.jobs, not args.no_progress),
                 multiple=args.multiple, limit=args.limit, layout=layout)

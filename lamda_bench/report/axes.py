@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from ..record_values import is_number
+
 # Cell keys in display order. ``timeout_s`` is left out: it bounds a run, it does not
 # change what is measured.
 CELL_AXES = ("workload", "d_in", "d_out", "layers", "method", "r", "alpha", "targets", "batch", "seq",
@@ -191,8 +193,7 @@ def shape_order(records: list[dict[str, Any]]) -> Callable[[dict[str, Any]], tup
         parts = []
         for axis in SHAPE_AXES:
             value = cell_value(record, axis)
-            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-            parts.append((0, value) if numeric else (1, first_seen[(axis, _key(value))]))
+            parts.append((0, value) if is_number(value) else (1, first_seen[(axis, _key(value))]))
         return tuple(parts)
 
     return key

@@ -92,10 +92,12 @@ def plot_peak_by_category(records: list[dict[str, Any]], out_dir: Path) -> Plot:
         return plot
     groups = _limit(shape_groups(recs), plot)
     fig, axs = _bar_panels(groups)
+    shown: set[str] = set()  # categories some drawn bar holds bytes of
     for ax, (title, group) in zip(axs, groups):
         group = sorted(group, key=lambda r: get(r, MEMORY.peak) or 0)
         labels = Axes.of(group)
         held = [bytes_at_peak(r) for r in group]
+        shown.update(c for h in held for c, n in h.items() if n)
         divisor, unit = byte_scale(max(sum(h.values()) for h in held))
         ys = list(range(len(group)))
         lefts = [0.0] * len(group)
@@ -111,7 +113,6 @@ def plot_peak_by_category(records: list[dict[str, Any]], out_dir: Path) -> Plot:
         ax.set_ylim(len(group) - 0.5, -0.5)  # lowest peak on top, as the headline ranks
         ax.set_xlabel(f"memory at peak ({unit})", fontsize=8)
         ax.set_title(title, fontsize=9, loc="left")
-    shown = {c for r in recs for c, n in bytes_at_peak(r).items() if n}
     handles = [Patch(color=color, label=c) for c, color in CATEGORY_COLORS.items() if c in CATEGORIES or c in shown]
     if any(mode(r) == "estimate" for r in recs):
         handles.append(Patch(facecolor="white", edgecolor="black", hatch=ESTIMATE_HATCH, label="estimate"))
