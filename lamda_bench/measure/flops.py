@@ -89,9 +89,27 @@ ATTENTION_FORMULAS = {
 }
 
 
+def _gemm_4bit_flop(a, *args, out_shape=None, **kwargs) -> int:
+    """bitsandbytes' 4-bit matmul: A @ dequant(B)^T, one multiply-add per A row and output."""
+    rows = 1
+    for n in out_shape[:-1]:
+        rows *= n
+    return 2 * rows * a[-1] * out_shape[-1]
+
+
+def _bitsandbytes_formulas() -> dict:
+    """Formulas for bitsandbytes' own matmul ops (nf4 / fp4 forward), when it is installed:
+    torch's counter has none, so a quantized base's forward matmuls would count 0."""
+    ops = getattr(torch.ops, "bitsandbytes", None)
+    op = getattr(ops, "gemm_4bit", None) if ops is not None else None
+    return {} if op is None else {op: _gemm_4bit_flop}  # keyed by packet, as torch's registry is
+
+
 def flop_formulas() -> dict:
-    """torch's flop registry with our attention formulas (shape-wrapped like torch's own)."""
-    return {**flop_registry, **{k: shape_wrapper(v) for k, v in ATTENTION_FORMULAS.items()}}
+    """torch's flop registry with our attention formulas and bitsandbytes' matmuls
+    (shape-wrapped like torch's own)."""
+    ours = {**ATTENTION_FORMULAS, **_bitsandbytes_formulas()}
+    return {**flop_registry, **{k: shape_wrapper(v) for k, v in ours.items()}}
 
 
 class FlopCounter:
