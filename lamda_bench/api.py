@@ -19,8 +19,8 @@ from .errors import UserError
 if TYPE_CHECKING:
     import pandas
 
-    from .cell import Cell
-    from .suite import Suite
+    from .suite.cell import Cell
+    from .suite.parse import Suite
 
 
 class ApiError(UserError):
@@ -52,8 +52,8 @@ def load(results_dir: str | Path) -> "pandas.DataFrame":
 
 
 def _suite(suite_or_cells: Any, overrides: dict[str, Any] | None, name: str) -> "Suite":
-    from .cell import Cell
-    from .suite import Catalog, Suite, _Parser, load_suite
+    from .suite.cell import Cell
+    from .suite.parse import Catalog, Suite, _Parser, load_suite
 
     if isinstance(suite_or_cells, Suite):
         if overrides:
@@ -86,7 +86,7 @@ def run(suite_or_cells: "str | Path | Suite | Cell | dict | Iterable[Cell | dict
     keys (each read as a ``[[sweep]]`` table: ``{"workload": "linear", "method": ["lora",
     "lamda"], "d_in": 256}``). ``overrides`` are ``--set`` values. ``name`` is the suite name
     recorded for cells given in Python."""
-    from .launch import run_cells
+    from .launch.local import run_cells
     from .report.records import load_dir
 
     suite = _suite(suite_or_cells, overrides, name)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from .terminal import printable, printable_lines
 from .errors import UserError
-from .fit_cli import add_fit_arguments
+from .fit.cli import add_fit_arguments
 
 PROG = "lamda-bench"
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -57,7 +57,7 @@ _data_warnings: list[str] = []
 def _data_warnings_printed():
     """Print each ``results.DataWarning`` as ``lamda-bench: warning: ...`` (one line, control
     characters escaped) as it happens, and count them in ``_data_warnings``."""
-    from .results import DataWarning
+    from .results.files import DataWarning
 
     _data_warnings.clear()
     with warnings.catch_warnings():
@@ -176,10 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- run -------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .launch import DEFAULT_RUNNER, LaunchError, run_cells
-    from .launch_child import check_runner
-    from .results import load_results, results_path
-    from .suite import load_suite, parse_override
+    from .launch.local import DEFAULT_RUNNER, LaunchError, run_cells
+    from .launch.child import check_runner
+    from .results.files import load_results, results_path
+    from .suite.parse import load_suite, parse_override
 
     if args.jobs < 1:
         raise LaunchError(f"--jobs: {args.jobs} is less than 1")
@@ -197,7 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     check_runner(runner)
     if args.launcher == "ray":
-        from .launch_ray import run_cells_ray
+        from .launch.ray import run_cells_ray
 
         summary = run_cells_ray(list(suite.cells), out, suite=suite.name, runner=runner, jobs=args.jobs,
                                 retry_failed=args.retry_failed, progress=not args.no_progress,
@@ -279,7 +279,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["method", "description", "options"], maxcolwidths=[None, 60, 60]))
         print()
     if "workloads" in parts:
-        from .workloads import workload_rows
+        from .model.workloads import workload_rows
 
         print("Workloads (catalogue configs in lamda_bench/configs/; a suite may also name a config.json path "
               "or a cached hub id):")
@@ -287,7 +287,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                        maxcolwidths=[None, None, 44, 44, None]))
         print()
     if "suites" in parts:
-        from .suite import SuiteError, load_suite
+        from .suite.parse import SuiteError, load_suite
 
         rows = []
         for path in _suite_files():
@@ -339,7 +339,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .gate import check_cli
+    from .results.gate import check_cli
 
     if (args.accept_regressions or args.drop_missing) and not args.update_baseline:
         raise CliError("--accept-regressions and --drop-missing only apply with --update-baseline")
@@ -370,6 +370,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .fit_cli import run_fit
+    from .fit.cli import run_fit
 
     return EXIT_FAILED_CELLS if run_fit(args) else EXIT_OK

@@ -21,8 +21,8 @@ import sys
 import tempfile
 import time
 
-from lamda_bench.cell import Cell
-from lamda_bench.launch import run_cells
+from lamda_bench.suite.cell import Cell
+from lamda_bench.launch.local import run_cells
 
 CELL = dict(workload="llama2-7b", r=16, batch=4, seq=1024, dtype="bf16", targets="all",
             mode="estimate", device="auto")

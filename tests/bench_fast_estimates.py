@@ -62,8 +62,8 @@ def _server_cpu_s() -> float:
 def _driver(ranks: list[int], start: str, out: str) -> None:
     """Run in the child interpreter: one launcher run of the given LoRA ranks; prints statuses."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from lamda_bench.cell import Cell
-    from lamda_bench.launch import run_cells
+    from lamda_bench.suite.cell import Cell
+    from lamda_bench.launch.local import run_cells
 
     cells = [Cell.from_dict({**CELL, "r": r}) for r in ranks]
     summary = run_cells(cells, out, "bench", runner="bench_fast_estimates:timed_run_cell", jobs=1,

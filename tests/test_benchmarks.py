@@ -31,9 +31,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lamda_bench.cell import Cell
+from lamda_bench.suite.cell import Cell
 from lamda_bench.methods import AdapterSpec, get_method
-from lamda_bench.workloads import build_model, compute_loss, make_inputs, resolve_targets, torch_dtype
+from lamda_bench.model.workloads import build_model, compute_loss, make_inputs, resolve_targets, torch_dtype
 
 TINY_METHODS = ("full", "lora", "pissa", "lora-fa", "dora", "vera", "lamda")
 MINILM_METHODS = ("lora", "lamda", "lamda++")

@@ -12,9 +12,9 @@ import json
 
 import pytest
 
-from lamda_bench.cell import Cell
+from lamda_bench.suite.cell import Cell
 from lamda_bench.runner import run_cell
-from lamda_bench.workloads import CONFIG_DIR, build_model, get_workload, parameter_count
+from lamda_bench.model.workloads import CONFIG_DIR, build_model, get_workload, parameter_count
 
 # Published parameter counts of the real checkpoints (model cards / safetensors index).
 PUBLISHED = {
@@ -131,7 +131,7 @@ def test_catalogue_lamda_estimate_matches_the_shape(name):
 
 
 def test_presets_are_derived_from_module_names():
-    from lamda_bench.targets import preset_suffixes
+    from lamda_bench.model.targets import preset_suffixes
 
     phi = build_model(Cell(workload="phi3-mini", method="lora", layers=2), "meta")
     assert set(preset_suffixes(phi, "all")) == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
@@ -147,7 +147,7 @@ def test_presets_are_derived_from_module_names():
     assert preset_suffixes(bert, "attn") == ["query", "key", "value", "attention.output.dense"]
     assert set(preset_suffixes(bert, "all")) == {"query", "key", "value", "output.dense", "intermediate.dense"}
     bart = build_model(Cell(workload="tiny-bart", method="lora"), "meta")
-    from lamda_bench.targets import preset_modules
+    from lamda_bench.model.targets import preset_modules
 
     assert len(preset_modules(bart, "attn")) == 2 * 4 + 2 * 8  # encoder self-attn; decoder self + cross
     assert all(n.rsplit(".", 1)[-1] in ("fc1", "fc2") for n in preset_modules(bart, "mlp"))

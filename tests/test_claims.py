@@ -11,7 +11,7 @@ import pytest
 from lamda_bench.claims import ClaimsError, write_claims
 from lamda_bench.claims import updates_search, verdicts as v
 from lamda_bench.claims.probes import init_probe, run_probe, svd_probe
-from lamda_bench.results import append_record
+from lamda_bench.results.files import append_record
 
 
 # ---- synthetic records -------------------------------------------------------------------------
@@ -251,7 +251,7 @@ def test_write_claims_needs_results(tmp_path):
 # ---- a small real run --------------------------------------------------------------------------
 
 def test_real_cells_and_probes_feed_write_claims(tmp_path):
-    from lamda_bench.cell import Cell
+    from lamda_bench.suite.cell import Cell
     from lamda_bench.runner import run_cell
 
     for d in (64, 128):

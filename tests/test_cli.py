@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lamda_bench import cli
-from lamda_bench.results import load_records
+from lamda_bench.results.files import load_records
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -162,7 +162,7 @@ def test_run_exit_1_when_cells_fail(tmp_path, capsys):
 
 def test_list_shows_every_method_workload_and_suite(capsys):
     from lamda_bench.methods import all_methods
-    from lamda_bench.workloads import WORKLOADS
+    from lamda_bench.model.workloads import WORKLOADS
 
     code, out, _ = run_cli(capsys, "list")
     assert code == 0

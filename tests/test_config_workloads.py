@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from lamda_bench import cli
-from lamda_bench.cell import Cell
-from lamda_bench.suite import SuiteError, load_suite, parse_suite
-from lamda_bench.workloads import WorkloadError, get_workload, resolve_reference
+from lamda_bench.suite.cell import Cell
+from lamda_bench.suite.parse import SuiteError, load_suite, parse_suite
+from lamda_bench.model.workloads import WorkloadError, get_workload, resolve_reference
 
 # A small Qwen2 (q/k/v bias, GQA 4 heads / 2 kv heads, untied embeddings), as a config.json would say.
 TINY_QWEN = {
@@ -108,7 +108,7 @@ def test_layers_override_the_depth_of_a_config_workload(tmp_path):
     path = write_config(tmp_path / "q", TINY_QWEN)
     workload = get_workload(resolve_reference(str(path)))
     assert workload.default_layers == L and workload.task == "causal-lm"
-    from lamda_bench.workloads import build_model
+    from lamda_bench.model.workloads import build_model
 
     model = build_model(Cell(workload=str(path.resolve()), method="lora", layers=3), "meta")
     assert len(model.model.layers) == 3

@@ -10,9 +10,9 @@ import pkgutil
 import pytest
 
 import lamda_bench
-from lamda_bench.cell import Cell, CellError
+from lamda_bench.suite.cell import Cell, CellError
 from lamda_bench.errors import UserError, one_line
-from lamda_bench.suite import SuiteError, parse_suite
+from lamda_bench.suite.parse import SuiteError, parse_suite
 
 
 def _package_error_classes():

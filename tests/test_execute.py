@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from lamda_bench import workloads
-from lamda_bench.cell import Cell
+from lamda_bench.model import workloads
+from lamda_bench.suite.cell import Cell
 from lamda_bench.runner import run_cell
 
 N = 2 * 8  # batch x seq of the linear cells
@@ -230,7 +230,7 @@ def test_a_fixed_trainable_set_tracks_only_the_steady_step():
 @pytest.mark.parametrize("method", ["lamda", "lora"])
 def test_no_step_exceeds_the_candidate_steps(monkeypatch, method):
     """peaks.py's argument, checked: track every warmup step and the worst is a candidate."""
-    from lamda_bench import peaks
+    from lamda_bench.runner import peaks
 
     candidates = peaks.candidate_steps(method == "lamda", 10)
     monkeypatch.setattr(peaks, "candidate_steps", lambda shrinks, total: list(range(1, total + 1)))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 
-from lamda_bench.fake import FakeConversionError, fake_device_supported, to_fake
+from lamda_bench.model.fake import FakeConversionError, fake_device_supported, to_fake
 from lamda_bench.measure import FlopCounter, LiveMemoryTracker, ModuleScope, SavedTensorTracker, StepTrackers
 
 

@@ -13,10 +13,10 @@ import json
 import pytest
 
 from lamda_bench import cli
-from lamda_bench.budgets import (CARDS, DEVICE_OVERHEAD_BYTES, GIB, MIB, WORKSPACE_BYTES, BudgetError,
+from lamda_bench.fit.budgets import (CARDS, DEVICE_OVERHEAD_BYTES, GIB, MIB, WORKSPACE_BYTES, BudgetError,
                                  parse_budget, parse_size)
-from lamda_bench.cell import Cell
-from lamda_bench.fit import FitError, plan
+from lamda_bench.suite.cell import Cell
+from lamda_bench.fit.plan import FitError, plan
 
 # ---- budgets ----------------------------------------------------------------------------------
 

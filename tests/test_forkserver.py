@@ -1,4 +1,4 @@
-"""Cells forked from the preloaded server (lamda_bench/forkserver.py): imports paid once, and a
+"""Cells forked from the preloaded server (lamda_bench/launch/forkserver.py): imports paid once, and a
 fresh process per cell all the same.
 
 The runner_* functions run in the cell processes, imported by path ("test_forkserver:...").
@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from lamda_bench import forkserver
-from lamda_bench.cell import Cell
-from lamda_bench.launch import run_cells
+from lamda_bench.launch import forkserver
+from lamda_bench.suite.cell import Cell
+from lamda_bench.launch.local import run_cells
 
 pytestmark = pytest.mark.skipif(not forkserver.available(), reason="no forkserver start method here")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lamda_bench import gate
-from lamda_bench.results import RESULTS_FILE
+from lamda_bench.results import gate
+from lamda_bench.results.files import RESULTS_FILE
 from test_report import make_record, write_results
 
 

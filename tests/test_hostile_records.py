@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from lamda_bench import cli
-from lamda_bench.cell import Cell
-from lamda_bench import launch_sweep
-from lamda_bench.results import encode_record, load_results
+from lamda_bench.suite.cell import Cell
+from lamda_bench.launch import sweep as launch_sweep
+from lamda_bench.results.files import encode_record, load_results
 
 
 def record(r: int, **extra) -> dict:
@@ -166,7 +166,7 @@ def test_run_summary_survives_bad_values_in_resumed_records(tmp_path, capsys):
         seq = 16
     """))
     out = tmp_path / "out"
-    from lamda_bench.suite import load_suite
+    from lamda_bench.suite.parse import load_suite
 
     cells = load_suite(suite).cells
     recs = []

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from lamda_bench import cli
-from lamda_bench.results import load_records
+from lamda_bench.results.files import load_records
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -246,7 +246,7 @@ def test_die_with_parent_arms_the_death_signal():
     """In a fresh child: prctl(PR_GET_PDEATHSIG) reads back SIGKILL after die_with_parent()."""
     code = textwrap.dedent("""
         import ctypes, os, signal
-        from lamda_bench.lifeline import die_with_parent
+        from lamda_bench.launch.lifeline import die_with_parent
         how = die_with_parent(os.getppid())
         libc = ctypes.CDLL(None)
         sig = ctypes.c_int(0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lamda_bench import cli
-from lamda_bench.suite import SuiteError, load_suite, parse_override
+from lamda_bench.suite.parse import SuiteError, load_suite, parse_override
 
 BASE = """
 [suite]
@@ -132,7 +132,7 @@ def test_files_a_suite_names_are_checked_at_load(tmp_path, capsys, target, needl
 
 def test_allocation_read_at_run_time_is_bounded(tmp_path):
     from lamda_bench.methods.base import MethodError
-    from lamda_bench.methods.lamda_pp import Allocation
+    from lamda_bench.methods.lamda.plusplus import Allocation
 
     with pytest.raises(MethodError, match="is a character device"):
         Allocation.load("/dev/zero")

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lamda_bench.cell import Cell
+from lamda_bench.suite.cell import Cell
 from lamda_bench.methods.base import AdapterSpec, MethodError
-from lamda_bench.methods.lamda import FreezeSchedule, LamdaLinear, LamdaMethod, find_targets
-from lamda_bench.workloads import build_model, compute_loss, make_inputs, resolve_targets
+from lamda_bench.methods.lamda.layer import FreezeSchedule, LamdaLinear, LamdaMethod, find_targets
+from lamda_bench.model.workloads import build_model, compute_loss, make_inputs, resolve_targets
 
 LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BERT_ALL = ["query", "key", "value", "dense"]
@@ -111,7 +111,7 @@ def test_init_leaves_tiny_llama_output_unchanged(options):
 
 @pytest.fixture(scope="module")
 def minilm():
-    from lamda_bench.pretrained import load_minilm, minilm_available
+    from lamda_bench.model.pretrained import load_minilm, minilm_available
 
     return load_minilm() if minilm_available() else None
 
@@ -296,7 +296,7 @@ def test_a_few_steps_reduce_the_loss(mode):
 def test_hf_trainer_callback_advances_the_schedule(tmp_path):
     from transformers import Trainer, TrainingArguments
 
-    from lamda_bench.methods.lamda import LamdaFreezeCallback
+    from lamda_bench.methods.lamda.layer import LamdaFreezeCallback
 
     cell, model = tiny_llama()
     applied = apply(model, r=4, total_steps=4, freeze_fraction=0.5)

@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from lamda_bench.cell import Cell
+from lamda_bench.suite.cell import Cell
 from lamda_bench.methods.base import AdapterSpec, MethodError
-from lamda_bench.methods.lamda_pp import Allocation, LamdaPlusPlusMethod, allocate, compute_allocation
-from lamda_bench.workloads import build_model
+from lamda_bench.methods.lamda.plusplus import Allocation, LamdaPlusPlusMethod, allocate, compute_allocation
+from lamda_bench.model.workloads import build_model
 from test_lamda import train_losses  # the same plain training loop
 
 BERT_ALL = ["query", "key", "value", "dense"]
@@ -100,7 +100,7 @@ def test_budget_the_bounds_cannot_meet_is_an_error():
 # ---- the real MiniLM ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def minilm():
-    from lamda_bench.pretrained import load_minilm, minilm_available
+    from lamda_bench.model.pretrained import load_minilm, minilm_available
 
     return load_minilm() if minilm_available() else None
 

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from lamda_bench.cell import Cell
-from lamda_bench.launch import LaunchError, cuda_device_count, run_cells
-from lamda_bench.results import load_results, results_path
+from lamda_bench.suite.cell import Cell
+from lamda_bench.launch.local import LaunchError, cuda_device_count, run_cells
+from lamda_bench.results.files import load_results, results_path
 
 # ---- fake runners (run in the cell process) -----------------------------------------------
 
@@ -149,7 +149,7 @@ def test_one_gpu_cell_at_a_time_per_device_while_cpu_cells_run_in_parallel(tmp_p
 
 
 def test_auto_device_is_a_gpu_cell_only_when_a_gpu_exists(tmp_path):
-    from lamda_bench.launch import is_gpu_cell
+    from lamda_bench.launch.local import is_gpu_cell
 
     auto, = cells(1)
     assert is_gpu_cell(auto, 1) and not is_gpu_cell(auto, 0)
@@ -180,7 +180,7 @@ def test_parent_never_imports_torch(tmp_path):
     import subprocess
 
     code = (
-        "import sys; from lamda_bench.launch import run_cells; from lamda_bench.cell import Cell;"
+        "import sys; from lamda_bench.launch.local import run_cells; from lamda_bench.suite.cell import Cell;"
         "run_cells([Cell(workload='linear', method='lora', r=1, d_in=8, d_out=8)], sys.argv[1], suite='t',"
         " runner='test_launch:runner_ok', progress=False);"
         "print('torch' in sys.modules)"
@@ -217,7 +217,7 @@ def test_cuda_cells_without_a_gpu_still_get_a_record(tmp_path):
 
 @pytest.mark.parametrize("jobs", [1, 2, 64])
 def test_concurrent_cells_share_the_cores_for_their_thread_pools(tmp_path, monkeypatch, jobs):
-    from lamda_bench.launch import cpu_threads_per_cell
+    from lamda_bench.launch.local import cpu_threads_per_cell
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)

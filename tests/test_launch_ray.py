@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from lamda_bench.cell import Cell
+from lamda_bench.suite.cell import Cell
 from lamda_bench.cli import main
-from lamda_bench.launch import LaunchError, run_cells
-from lamda_bench.results import load_results, results_path
+from lamda_bench.launch.local import LaunchError, run_cells
+from lamda_bench.results.files import load_results, results_path
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray is not installed: pip install 'lamda-bench[ray]'")
@@ -61,7 +61,7 @@ def local_ray():
         pytest.skip("ray is not installed: pip install 'lamda-bench[ray]'")
     import ray
 
-    from lamda_bench.launch_ray import connect
+    from lamda_bench.launch.ray import connect
 
     started = connect(None, jobs=2)
     assert ray.cluster_resources().get("CPU") == 2
@@ -85,7 +85,7 @@ def by_r(records):
 
 
 def test_missing_ray_says_how_to_install_it(monkeypatch, tmp_path, capsys):
-    from lamda_bench.launch_ray import import_ray, run_cells_ray
+    from lamda_bench.launch.ray import import_ray, run_cells_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(LaunchError, match=r"pip install 'lamda-bench\[ray\]'"):
@@ -124,7 +124,7 @@ def test_an_address_where_nothing_listens_fails_in_one_line_not_after_minutes(tm
 
 @needs_ray
 def test_killed_raising_and_hung_cells_are_recorded_and_the_sweep_goes_on(local_ray, tmp_path):
-    from lamda_bench.launch_ray import run_cells_ray
+    from lamda_bench.launch.ray import run_cells_ray
 
     # Only the hung cell 5 gets the short timeout: on a loaded machine a worker's start and
     # imports alone can take seconds, and the other cells must not time out.
@@ -175,7 +175,7 @@ def test_records_match_the_local_launcher_in_estimate_mode(local_ray, tmp_path, 
     suite.write_text(
         '[suite]\nname = "cmp"\n[[sweep]]\nworkload = "linear"\nd_in = 64\nmethod = ["lora", "lamda"]\n'
         'r = 4\nbatch = 1\nseq = 16\ndevice = "cpu"\nmode = "estimate"\n')
-    from lamda_bench.suite import load_suite
+    from lamda_bench.suite.parse import load_suite
 
     todo = list(load_suite(suite).cells)
     run_cells(todo, tmp_path / "local", suite="cmp", jobs=2, progress=False)
@@ -195,7 +195,7 @@ def test_records_match_the_local_launcher_in_estimate_mode(local_ray, tmp_path, 
 
 @needs_ray
 def test_worker_without_the_output_dir_sends_its_log_back_and_writes_no_artifacts(local_ray, tmp_path):
-    from lamda_bench.launch_ray import cell_task
+    from lamda_bench.launch.ray import cell_task
 
     (tmp_path / "logs").mkdir()  # visible here, but the token names no file: "another node"
     task = local_ray.remote(max_calls=1, max_retries=0, num_cpus=1)(cell_task)
@@ -211,7 +211,7 @@ def test_worker_without_the_output_dir_sends_its_log_back_and_writes_no_artifact
 def test_sigterm_stops_the_sweep_keeps_what_finished_and_the_next_run_resumes(local_ray, tmp_path):
     import threading
 
-    from lamda_bench.launch_ray import run_cells_ray
+    from lamda_bench.launch.ray import run_cells_ray
 
     before = signal.getsignal(signal.SIGTERM)
     todo = cells(1, 2, 3, 4, 5, 6)

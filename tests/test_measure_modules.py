@@ -11,10 +11,10 @@ from collections import Counter
 import pytest
 import torch
 
-from lamda_bench.cell import Cell
+from lamda_bench.suite.cell import Cell
 from lamda_bench.measure.modules import ModuleScope
 from lamda_bench.methods import AdapterSpec, get_method
-from lamda_bench.workloads import build_model, compute_loss, make_inputs
+from lamda_bench.model.workloads import build_model, compute_loss, make_inputs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,9 +13,9 @@ from lamda_bench.analytic import AdaptedLinear
 from lamda_bench.claims.common import is_plain_lamda
 from lamda_bench.methods import REGISTRY, all_methods, get_method
 from lamda_bench.methods.base import AdapterSpec, Method, MethodError
-from lamda_bench.methods.lamda import DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE, FreezeSchedule, find_targets
+from lamda_bench.methods.lamda.layer import DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE, FreezeSchedule, find_targets
 from lamda_bench.report.records import method_label
-from lamda_bench.targets import target_linears
+from lamda_bench.model.targets import target_linears
 
 
 def test_every_registered_method_has_a_closed_form_family():

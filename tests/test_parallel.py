@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from lamda_bench import analytic
-from lamda_bench.cell import Cell
+from lamda_bench.suite.cell import Cell
 from lamda_bench.runner import run_cell
-from lamda_bench.suite import SuiteError, parse_suite
+from lamda_bench.suite.parse import SuiteError, parse_suite
 
 W = 3  # does not divide tiny-llama's dims (64, 32, 176, 256): padding is exercised
 
@@ -126,7 +126,7 @@ AFTER_FREEZE = dict(warmup=3, steps=1)  # instrumented step 4: B frozen, its sta
 def lamda_closed_forms(cell: dict, world_size: int):
     """(per-step closed form, schedule) from the model's own shapes, built on meta: the base
     model's parameters sharded (buffers replicated) plus ``analytic.lamda_sharded_params``."""
-    from lamda_bench.methods.lamda import FreezeSchedule
+    from lamda_bench.methods.lamda.layer import FreezeSchedule
     from lamda_bench.runner.build import prepare
     from lamda_bench.runner.resolve import resolve
 
@@ -223,10 +223,11 @@ def _tracked_step(c: Cell, freeze_after: int = 0) -> dict:
     LaMDA's B, which FSDP2 does not manage. ``freeze_after``: the method's
     ``on_step`` first (LaMDA's freezing, on the sharded parameters) for that many steps."""
     fsdp_tracker = pytest.importorskip("torch.distributed._tools.fsdp2_mem_tracker")
-    from lamda_bench import parallel, workloads
+    from lamda_bench.model import parallel
+    from lamda_bench.model import workloads
     from lamda_bench.runner.build import make_optimizer, prepare, prime_adam
     from lamda_bench.runner.resolve import estimate_device, resolve
-    from lamda_bench.fake import to_fake
+    from lamda_bench.model.fake import to_fake
 
     plan = resolve(c, timeline=False)
     applied, _ = prepare(plan, "meta")

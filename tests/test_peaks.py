@@ -1,7 +1,7 @@
 """Which steps can hold a run's peak (peaks.py): the pure selection, and the record fields."""
 
 from lamda_bench.measure.live import Peak
-from lamda_bench.peaks import candidate_steps, run_peak_fields, steps_to_track
+from lamda_bench.runner.peaks import candidate_steps, run_peak_fields, steps_to_track
 
 
 def test_candidates_fixed_and_shrinking_trainable_sets():

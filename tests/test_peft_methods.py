@@ -8,7 +8,7 @@ import torch
 from lamda_bench.methods import REGISTRY, AdapterSpec, MethodError
 from lamda_bench.methods import full as _full  # noqa: F401  (registers "full")
 from lamda_bench.methods import peft_methods as _peft  # noqa: F401  (registers the PEFT peers)
-from lamda_bench.workloads import (
+from lamda_bench.model.workloads import (
     WorkloadError,
     build_model,
     compute_loss,
@@ -258,9 +258,9 @@ def test_adapters_in_model_dtype_without_autocast_also_under_meta_device(method)
     fp32 adapter copies a real run never makes."""
     import torch
 
-    from lamda_bench.cell import Cell
+    from lamda_bench.suite.cell import Cell
     from lamda_bench.methods import AdapterSpec, get_method
-    from lamda_bench.workloads import build_model
+    from lamda_bench.model.workloads import build_model
 
     for device in ("meta", "cpu"):
         model = build_model(Cell(workload="tiny-llama", method=method, dtype="bf16"), device)

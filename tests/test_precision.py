@@ -11,9 +11,9 @@ import json
 import pytest
 import torch
 
-from lamda_bench.cell import ID_NEUTRAL_DEFAULTS, Cell
+from lamda_bench.suite.cell import ID_NEUTRAL_DEFAULTS, Cell
 from lamda_bench.runner import run_cell
-from lamda_bench.suite import SuiteError, parse_suite
+from lamda_bench.suite.parse import SuiteError, parse_suite
 
 TINY_LLAMA_PARAMS = None  # filled lazily: parameters of the 2-layer tiny LLaMA
 
@@ -178,7 +178,8 @@ def test_amp_fp16_grad_scaler_runs_in_measure_and_estimate():
 
 def test_amp_measure_trains():
     """The autocast step really updates the fp32 master weights (not a no-op policy)."""
-    from lamda_bench import precision, workloads
+    from lamda_bench.model import precision
+    from lamda_bench.model import workloads
     from lamda_bench.runner.build import make_optimizer, prepare
     from lamda_bench.runner.resolve import resolve
     from lamda_bench.runner.result import StepResult
@@ -214,7 +215,7 @@ def test_state_bytes_closed_form_by_hand_for_lamda_under_amp():
 
 
 def test_a_device_without_autocast_is_refused_in_one_line():
-    from lamda_bench import precision
+    from lamda_bench.model import precision
 
     assert not torch.amp.is_autocast_available("meta")
     with pytest.raises(precision.PrecisionError, match=r"^precision 'amp-bf16': torch .* has no autocast for device 'meta'$"):

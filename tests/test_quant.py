@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from lamda_bench.cell import ID_NEUTRAL_DEFAULTS, Cell
+from lamda_bench.suite.cell import ID_NEUTRAL_DEFAULTS, Cell
 from lamda_bench.runner import run_cell
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -136,7 +136,7 @@ def test_measured_on_cpu_weights_equal_the_hand_count_and_the_estimate(method, q
 
 
 def _tiny_model(q):
-    from lamda_bench import workloads
+    from lamda_bench.model import workloads
 
     model = workloads.build_model(Cell(workload="tiny-llama", method="lora", dtype="bf16", seed=0), "cpu")
     reference = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -220,7 +220,7 @@ def test_quant_under_a_precision_policy(precision, one_torch_thread):
 
 
 def test_suite_quant_axis_and_a_bad_value():
-    from lamda_bench.suite import SuiteError, parse_suite
+    from lamda_bench.suite.parse import SuiteError, parse_suite
 
     text = ('[suite]\nname = "q"\n[[sweep]]\nworkload = "tiny-llama"\nmethod = "lora"\n'
             'quant = ["none", "nf4", "nf4-dq"]\n')

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from lamda_bench import parallel, record as R
+from lamda_bench.model import parallel
+from lamda_bench.results import record as R
 from lamda_bench.runner import run_cell
 from lamda_bench.measure import live
 from lamda_bench.report import plotstyle

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from matplotlib import image as mpimg
 
-from lamda_bench.cell import Cell
+from lamda_bench.suite.cell import Cell
 from lamda_bench.report import ReportError, compare, flatten, write_report
 from lamda_bench.report.markdown import PLOTS_DIR
 from lamda_bench.report.records import width
 from lamda_bench.report.units import fmt_bytes, fmt_count, fmt_flops
-from lamda_bench.results import RESULTS_FILE, append_record
+from lamda_bench.results.files import RESULTS_FILE, append_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FP32 = 4

@@ -223,8 +223,8 @@ def test_import_lamda_bench_is_cheap():
 
 
 def test_progress_bar_names_running_cells_and_summary_follows_suite_order(tmp_path):
-    from lamda_bench.cell import Cell
-    from lamda_bench.launch_sweep import Sweep
+    from lamda_bench.suite.cell import Cell
+    from lamda_bench.launch.sweep import Sweep
 
     cells = [Cell(workload="linear", method=m, r=4, d_in=64, d_out=64, targets=t)
              for m in ("lora", "lamda") for t in ("all", "attn")]

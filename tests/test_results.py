@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from lamda_bench import results
-from lamda_bench.results import (
+from lamda_bench.results import files as results
+from lamda_bench.results.files import (
     SCHEMA_VERSION,
     ResultsError,
     append_record,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lamda_bench.cell import Cell
-from lamda_bench.suite import Catalog, SuiteError, load_suite, parse_suite
+from lamda_bench.suite.cell import Cell
+from lamda_bench.suite.parse import Catalog, SuiteError, load_suite, parse_suite
 
 SUITES = Path(__file__).resolve().parent.parent / "suites"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lamda_bench.workloads import (
+from lamda_bench.model.workloads import (
     WORKLOADS,
     WorkloadError,
     attention_implementation,
@@ -156,7 +156,7 @@ def test_bad_workload_inputs(make_cell):
 
 @pytest.mark.minilm
 def test_minilm_loads_the_real_weights(make_cell, minilm_required):
-    from lamda_bench.pretrained import load_minilm
+    from lamda_bench.model.pretrained import load_minilm
 
     model = build_model(make_cell(workload="minilm-l6"))
     reference = load_minilm()

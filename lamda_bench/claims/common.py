@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from ..methods.lamda import DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE
-from ..record import CELL
+from ..methods.lamda.layer import DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE
+from ..results.record import CELL
 from ..report.records import get
 
 HOLDS, PARTLY, NOT, CANNOT = "holds", "holds partly", "does not hold", "cannot be checked here"

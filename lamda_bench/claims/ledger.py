@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..results import RESULTS_FILE, latest_by_id, load_results
+from ..results.files import RESULTS_FILE, latest_by_id, load_results
 from .probes import PROBE_SUITE, default_probes
 from .verdicts import VERDICTS, ClaimRow, all_claims
 from ..errors import UserError
@@ -38,8 +38,8 @@ def verify_cli(out_dir: Path = DEFAULT_OUT, jobs: int = 2, gpu_dir: Path | None 
     """Run the claims suite (``jobs`` at once) and the probes (one at a time) into ``out_dir``,
     resuming what is recorded there, then write ``out_dir/claims.md``. Exit code: 0 done,
     1 some cell or probe ended in error/timeout (claims.md is still written), 130 interrupted."""
-    from ..launch import run_cells
-    from ..suite import load_suite
+    from ..launch.local import run_cells
+    from ..suite.parse import load_suite
 
     out_dir = Path(out_dir)
     suite = load_suite(CLAIMS_SUITE)

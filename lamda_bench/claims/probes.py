@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..cell import Cell
+from ..suite.cell import Cell
 
 PROBE_SUITE = "claims-probes"
 PROBE_KEYS = ("probe", "svd", "threads", "repeats", "scale_of")
@@ -146,7 +146,7 @@ def _load_average() -> float | None:
 def _init_diff(c: Cell) -> dict[str, Any]:
     import torch
 
-    from .. import workloads
+    from ..model import workloads
     from ..methods import AdapterSpec, get_method
 
     model = workloads.build_model(c, "cpu").eval()

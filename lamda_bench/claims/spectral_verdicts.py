@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 
-from ..record import CELL, INFO_METHOD, PROBE
+from ..results.record import CELL, INFO_METHOD, PROBE
 from ..report.records import get
 from ..report.units import fmt_seconds
 from .common import (

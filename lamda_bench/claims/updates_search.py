@@ -26,10 +26,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable
 
-from .. import analytic, workloads
-from ..cell import Cell
-from ..methods.lamda import DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE, FreezeSchedule
-from ..record import INFO_STEPS, PARAMS, get
+from .. import analytic
+from ..model import workloads
+from ..suite.cell import Cell
+from ..methods.lamda.layer import DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE, FreezeSchedule
+from ..results.record import INFO_STEPS, PARAMS, get
 
 RANKS = (1, 4, 8, 16, 24, 32, 64)
 FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5)

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Callable, Iterable
 
-from ..methods.lamda import DEFAULT_FREEZE_FRACTION
-from ..record import CELL, FLOPS, INFO, INFO_METHOD, INFO_STEPS, MEMORY, PARAMS, PREDICTED_MEMORY, PREDICTED_PARAMS, SERIES
+from ..methods.lamda.layer import DEFAULT_FREEZE_FRACTION
+from ..results.record import CELL, FLOPS, INFO, INFO_METHOD, INFO_STEPS, MEMORY, PARAMS, PREDICTED_MEMORY, PREDICTED_PARAMS, SERIES
 from ..report.records import get
 from ..report.units import fmt_bytes, fmt_count, fmt_flops
 from . import updates_search

@@ -44,8 +44,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from ..precision import autocast_enabled
-from ..record import CATEGORIES  # the categories of memory.at_peak, defined once
+from ..model.precision import autocast_enabled
+from ..results.record import CATEGORIES  # the categories of memory.at_peak, defined once
 from .active import tracker_active
 from .modules import ModuleScope
 

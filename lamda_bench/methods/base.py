@@ -66,7 +66,7 @@ class AppliedMethod:
     - ``info``: JSON-able facts to record (init used, autocast setting, LaMDA++ ranks...).
     - ``trainable_shrinks``: True when ``on_step`` freezes parameters during the run (LaMDA's
       split freezing): then the first steps, not the steady state, can hold the run's peak
-      (see ``lamda_bench/peaks.py``).
+      (see ``lamda_bench/runner/peaks.py``).
     """
 
     model: nn.Module
@@ -134,7 +134,7 @@ class Method:
         return name
     # True when apply() reads the base weight's values or shape (an SVD init, LaMDA's own
     # wrapper): on a quantized base it is given the dequantized weight, and the residual it
-    # leaves is re-quantized (lamda_bench/quant.py, QPiSSA's way).
+    # leaves is re-quantized (lamda_bench/model/quant.py, QPiSSA's way).
     init_reads_base: bool = False
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ class FullFineTuning(Method):
     family = "full"
 
     def apply(self, model: nn.Module, spec: AdapterSpec) -> AppliedMethod:
-        from ..workloads import target_linears
+        from ..model.workloads import target_linears
 
         self.resolve_options(spec.options)
         for param in model.parameters():

@@ -34,7 +34,7 @@ _COMMON_OPTIONS = {
 
 def validated_targets(model: nn.Module, spec: AdapterSpec, method: str) -> dict[str, nn.Linear]:
     """The target linears (qualified name -> module); every one must fit rank ``spec.r``."""
-    from ..workloads import target_linears
+    from ..model.workloads import target_linears
 
     check_rank(spec.r)
     linears = target_linears(model, spec.targets)
@@ -81,7 +81,7 @@ def adapter_module_names(model: nn.Module, adapted: dict[str, nn.Module]) -> fro
 def _peft_targets(model: nn.Module, spec: AdapterSpec, linears: dict[str, nn.Linear]) -> list[str]:
     """What to hand PEFT's ``target_modules``: the suffixes when they match only the validated
     linears (PEFT applies the same suffix rule), else the exact qualified names."""
-    from ..workloads import matches_target
+    from ..model.workloads import matches_target
 
     others = [n for n, m in model.named_modules() if n not in linears and matches_target(n, spec.targets)]
     return list(spec.targets) if not others else sorted(linears)

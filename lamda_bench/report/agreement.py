@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..record import CELL, ENV, INFO, MEMORY
+from ..results.record import CELL, ENV, INFO, MEMORY
 from .escape import md, md_code
 from .records import get, is_ok, load_dir, method_label
 from .tables import md_table
@@ -32,7 +32,7 @@ def pair_key(record: dict[str, Any]) -> str:
     """The resolved cell without the fields an estimate and a measurement differ in."""
     import json
 
-    from ..cell import ID_NEUTRAL_DEFAULTS
+    from ..suite.cell import ID_NEUTRAL_DEFAULTS
 
     cell = {k: v for k, v in (record.get("cell") or {}).items() if k not in _NOT_PAIRED_ON}
     for key, default in ID_NEUTRAL_DEFAULTS.items():  # keys added since: absent means default

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from ..record_values import is_number
+from ..results.values import is_number
 
 # Cell keys in display order. ``timeout_s`` is left out: it bounds a run, it does not
 # change what is measured.
@@ -46,7 +46,7 @@ IGNORED_BY = {"full": ("r", "alpha", "targets")}
 def cell_value(record: dict[str, Any], axis: str) -> Any:
     """The cell's value on ``axis``; a key added since the record was written (``quant``,
     ``precision``, ...) reads as its default, so old and new records of one setup group together."""
-    from ..cell import ID_NEUTRAL_DEFAULTS
+    from ..suite.cell import ID_NEUTRAL_DEFAULTS
 
     cell = record.get("cell") or {}
     if axis not in cell and axis in ID_NEUTRAL_DEFAULTS and cell:

@@ -13,8 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..record import FLOPS, MEMORY, PARAMS, TIME
-from ..results import ENV_FIELDS as RESULTS_ENV_FIELDS
+from ..results.record import FLOPS, MEMORY, PARAMS, TIME
+from ..results.files import ENV_FIELDS as RESULTS_ENV_FIELDS
 from .axes import Axes
 from .escape import md, md_code
 from .records import ReportError, get, is_ok, load_dir, mode

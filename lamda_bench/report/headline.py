@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..cell import ID_NEUTRAL_DEFAULTS
-from ..record import MEMORY
+from ..suite.cell import ID_NEUTRAL_DEFAULTS
+from ..results.record import MEMORY
 from .axes import SHAPE_AXES, Axes, cell_value, option_value, shape_key, show
 from .records import bytes_at_peak, get, is_ok, mode
 from .tables import md_table

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..record import ENV
+from ..results.record import ENV
 from .csv_export import write_csv
 from .plots import Plot, draw_all
 from .axes import Axes

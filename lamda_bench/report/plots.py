@@ -18,7 +18,7 @@ from typing import Any, Callable
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from ..record import FLOPS, MEMORY, PARAMS, PREDICTED_MEMORY, TIME
+from ..results.record import FLOPS, MEMORY, PARAMS, PREDICTED_MEMORY, TIME
 from .axes import Axes, cell_value, shape_key, shape_order, shape_title
 from .plotstyle import (CATEGORIES, CATEGORY_COLORS, ESTIMATE_HATCH, FLAGGED_COLOR, Plot, byte_scale, figure,
                         flop_scale, legend_outside, log_axis, method_color, method_marker, method_order, save,

@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..record import CELL, OPTIONS, SERIES
+from ..results.record import CELL, OPTIONS, SERIES
 from .axes import cell_value
 from .plotstyle import Plot, figure, legend_outside, method_color, method_order, save, unique_handles
 from .records import get, is_ok

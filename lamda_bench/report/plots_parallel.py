@@ -13,7 +13,7 @@ from typing import Any
 
 from matplotlib.lines import Line2D
 
-from ..record import MEMORY
+from ..results.record import MEMORY
 from .axes import Axes, cell_value
 from .plotstyle import (Plot, byte_scale, figure, legend_outside, log_axis, method_color, method_marker, save,
                         unique_handles)

@@ -12,9 +12,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..record import ARTIFACTS, CELL, OPTIONS
-from ..record_values import is_number
-from ..results import DataWarning
+from ..results.record import ARTIFACTS, CELL, OPTIONS
+from ..results.values import is_number
+from ..results.files import DataWarning
 from .plotstyle import CATEGORY_COLORS, Plot, byte_scale, method_color, save
 from .records import get, is_ok, mode, tokens, width
 

@@ -17,7 +17,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..record import CATEGORIES  # noqa: F401 - the tracker's categories (record.py), with their colors below
+from ..results.record import CATEGORIES  # noqa: F401 - the tracker's categories (record.py), with their colors below
 from .axes import cell_value
 
 METHOD_COLORS = {

@@ -2,7 +2,7 @@
 dotted path, flatten a record into one row, and describe a record's shape (d, tokens).
 
 The record format is documented in docs/ARCHITECTURE.md; parsing and schema checks live in
-``lamda_bench.results`` (this module only presents what it returns).
+``lamda_bench.results.files`` (this module only presents what it returns).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..record import AT_PEAK, CELL, ENV, INFO, MEMORY, RANK_AT_PEAK, get  # noqa: F401 - get re-exported: readers import it from here
-from ..results import RESULTS_FILE, latest_by_id, load_results
+from ..results.record import AT_PEAK, CELL, ENV, INFO, MEMORY, RANK_AT_PEAK, get  # noqa: F401 - get re-exported: readers import it from here
+from ..results.files import RESULTS_FILE, latest_by_id, load_results
 from ..errors import UserError
 
 
@@ -83,7 +83,7 @@ def width(record: dict[str, Any]) -> int | None:
 
 @functools.lru_cache(maxsize=None)
 def _workload_width(name: str) -> int | None:
-    from ..workloads import LINEAR_DEFAULT_DIM, WorkloadError, get_workload
+    from ..model.workloads import LINEAR_DEFAULT_DIM, WorkloadError, get_workload
 
     try:
         workload = get_workload(name)

@@ -7,7 +7,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ..record import MEMORY, PARAMS, TIME
+from ..results.record import MEMORY, PARAMS, TIME
 from .axes import Axes
 from .records import get
 from .units import UNITS_NOTE, fmt_bytes, fmt_count, fmt_rate

@@ -12,7 +12,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ..record import CELL, FLOPS, MEMORY, PARAMS, PREDICTED_FLOPS, PREDICTED_MEMORY, PREDICTED_PARAMS, TIME
+from ..results.record import CELL, FLOPS, MEMORY, PARAMS, PREDICTED_FLOPS, PREDICTED_MEMORY, PREDICTED_PARAMS, TIME
 from .axes import Axes
 from .escape import md, md_code
 from .records import get, is_ok, method_label, mode

@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from ..record import CELL, TIME
+from ..results.record import CELL, TIME
 from .axes import shape_key
 from .records import get, method_label
 from .units import fmt_seconds

@@ -56,8 +56,8 @@ import traceback
 
 import torch
 
-from .. import parallel
-from ..cell import Cell, CellError
+from ..model import parallel
+from ..suite.cell import Cell, CellError
 from ..errors import UserError, one_line
 from .assemble import blank_record, failed_cell_env, fill_record
 from .resolve import Plan, estimate_device, resolve
@@ -143,7 +143,7 @@ def _auto_on_cpu(plan: Plan) -> tuple[str, str, StepResult | None]:
     """Measure on this CPU only when the cell is small: a FLOP bound first, then the estimate."""
     import psutil
 
-    from .. import workloads
+    from ..model import workloads
 
     c = plan.cell
     ram = psutil.virtual_memory().total

@@ -16,15 +16,19 @@ from typing import Any
 
 import torch
 
-from .. import analytic, parallel, precision, quant, workloads
-from ..cell import Cell
+from .. import analytic
+from ..model import parallel
+from ..model import precision
+from ..model import quant
+from ..model import workloads
+from ..suite.cell import Cell
 from .observe import adapter_itemsize
 from .resolve import Plan
 from .result import StepResult
 
 
 def blank_record(cell: dict) -> dict:
-    from ..record import SCHEMA_VERSION, blank_blocks
+    from ..results.record import SCHEMA_VERSION, blank_blocks
 
     return {
         "schema": SCHEMA_VERSION,
@@ -45,7 +49,7 @@ def blank_record(cell: dict) -> dict:
 
 def failed_cell_env() -> dict | None:
     """The software environment for a record that failed before its device was known."""
-    from ..results import environment
+    from ..results.files import environment
 
     try:
         return environment()
@@ -71,7 +75,7 @@ def fill_record(record: dict, plan: Plan, res: StepResult, mode: str, device: st
         "trainable": series["trainable"][0],
         "updates": sum(series["trainable"]),
     }
-    from ..peaks import run_peak_fields
+    from .peaks import run_peak_fields
 
     peaks = live.phase_peaks
     run_peak, res.info["peak_steps"] = run_peak_fields(res.step_peaks, res.instrumented_step,
@@ -186,7 +190,7 @@ def info(c: Cell, res: StepResult) -> dict:
 
 def env(device: str, mode: str, applied) -> dict:
     from ..measure import device as devmem
-    from ..results import environment
+    from ..results.files import environment
 
     if mode == "estimate":
         name = device_class = f"fake {device} (estimate)"

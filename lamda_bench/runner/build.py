@@ -8,8 +8,10 @@ import contextlib
 import torch
 from torch import nn
 
-from .. import precision, quant, workloads
-from ..cell import CellError
+from ..model import precision
+from ..model import quant
+from ..model import workloads
+from ..suite.cell import CellError
 from .resolve import Plan
 
 

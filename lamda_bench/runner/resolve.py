@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import precision, workloads
-from ..cell import Cell, CellError
+from ..model import precision
+from ..model import workloads
+from ..suite.cell import Cell, CellError
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def resolve_device(c: Cell) -> str:
     if c.device == "cuda" and c.mode != "estimate" and not torch.cuda.is_available():
         why = (f"this torch build ({torch.__version__}) has no CUDA support" if torch.version.cuda is None
                else "no CUDA device is visible here")
-        from ..fake import fake_device_supported
+        from ..model.fake import fake_device_supported
 
         estimate = ", or mode = 'estimate'" if fake_device_supported("cuda") else ""
         raise CellError(f"device 'cuda' (mode {c.mode}): {why}; use device = 'cpu' or 'auto'{estimate}")
@@ -64,7 +65,7 @@ def resolve_device(c: Cell) -> str:
 
 def estimate_device(c: Cell, device: str) -> tuple[str, str]:
     """(device the fake tensors live on, why)."""
-    from ..fake import fake_device_supported
+    from ..model.fake import fake_device_supported
 
     if c.device != "auto":
         return c.device, f"the cell asks for {c.device}"

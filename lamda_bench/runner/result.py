@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import precision
+from ..model import precision
 
 if TYPE_CHECKING:
     from ..analytic import AdaptedLinear
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..measure.timing import Timing
     from ..methods.base import AppliedMethod
 
-from ..record import SERIES_KEYS  # the per-step series, one entry per step (``series.ran``: did it run)
+from ..results.record import SERIES_KEYS  # the per-step series, one entry per step (``series.ran``: did it run)
 
 
 def empty_series() -> dict[str, list]:

@@ -15,8 +15,10 @@ from typing import Any, Callable
 
 import torch
 
-from .. import parallel, precision, workloads
-from ..cell import Cell
+from ..model import parallel
+from ..model import precision
+from ..model import workloads
+from ..suite.cell import Cell
 from ..measure import StepTrackers
 from .build import make_optimizer, prepare, prime_optimizer
 from .observe import InputObserver
@@ -110,7 +112,7 @@ def snapshot_path(c: Cell, artifacts_dir: str | None) -> Path | None:
 
 def estimate(plan: Plan, device: str) -> StepResult:
     """The run on fake tensors on ``device`` (the estimate's target device)."""
-    from ..fake import to_fake
+    from ..model.fake import to_fake
 
     c = plan.cell
     res = StepResult(device=device, horizon=plan.horizon)
@@ -259,7 +261,7 @@ def note_step_peak(res: StepResult, step: int, peak) -> None:
 
 def extra_peak_steps(loop: Loop, trackable: set[int] | None) -> list[int]:
     """The steps besides the instrumented one that can hold the run's peak and can be tracked."""
-    from ..peaks import steps_to_track
+    from .peaks import steps_to_track
 
     c, res = loop.cell, loop.result
     extra, res.untracked_peak_steps = steps_to_track(

@@ -1,0 +1,81 @@
+"""``lamda-bench fit``: its flags, and the run they drive (``fit.plan`` probes cells, ``fit_output``
+prints and writes the answer). The budget and the answer are per card; every answer is an
+estimate. ``cli.py`` registers the verb and turns the result into an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .plan import FitError
+
+
+def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workload", required=True, help="e.g. llama2-7b (lamda-bench list workloads)")
+    parser.add_argument("--method", required=True, nargs="+", help="one or more methods, e.g. lora lamda")
+    parser.add_argument("--budget", required=True,
+                        help="device memory: a size (24GiB, 24GB = 24e9 bytes, 81559MiB) or a card (H100-80GB, ...)")
+    axis = parser.add_mutually_exclusive_group(required=True)
+    axis.add_argument("--seq", type=int, help="fixed sequence length: find the largest batch")
+    axis.add_argument("--batch", type=int, help="fixed batch: find the largest sequence length")
+    parser.add_argument("--r", type=int, default=None, help="rank (default: the cell default, 8)")
+    parser.add_argument("--targets", default=None, help="target preset or module suffix (default all)")
+    parser.add_argument("--multiple", type=int, default=None,
+                        help="search in multiples of K (default 1 for batch, 128 for seq)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="largest value searched (default 4096 for batch; for seq the model's max positions)")
+    parser.add_argument("--reserve", default="0", help="extra memory held back from the budget, e.g. 2GiB (default 0)")
+    parser.add_argument("--world-size", type=int, default=1,
+                        help="ranks of a data-parallel job (default 1); the budget and the answer are per card")
+    parser.add_argument("--parallel", default="none", choices=("none", "ddp", "fsdp2"),
+                        help="how the ranks split the model: fsdp2 (fully_shard per block) or ddp (replicas)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="any other cell key, e.g. --set gradient_checkpointing=true (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path("reports") / "fit",
+                        help="probe records, fit.json and fit.png (default reports/fit; recorded probes are reused)")
+    parser.add_argument("--jobs", type=int, default=2, help="probe cells estimated at once (default 2)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+FIT_RESERVED_KEYS = ("batch", "seq", "mode", "method", "workload", "world_size", "parallel")
+
+
+def run_fit(args: argparse.Namespace) -> bool:
+    """Plan, print and write the fit; True when some probe cell ended in error."""
+    from .budgets import parse_budget, parse_size
+    from .plan import DEFAULT_MULTIPLE, Layout, plan, probe_runner
+    from .output import table, write_json, write_plot
+    from ..suite.parse import parse_override, parse_suite
+
+    if args.jobs < 1:
+        raise FitError(f"--jobs: {args.jobs} is less than 1")
+    for flag, value in (("--multiple", args.multiple), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            raise FitError(f"{flag} {value}: expected an integer >= 1")
+    budget = parse_budget(args.budget, reserve=parse_size(args.reserve, "--reserve"))
+    axis, fixed = ("batch", "seq") if args.seq is not None else ("seq", "batch")
+    multiple = args.multiple if args.multiple is not None else DEFAULT_MULTIPLE[axis]
+    overrides = dict(parse_override(o) for o in args.overrides)
+    for key in FIT_RESERVED_KEYS:
+        if key in overrides:
+            raise FitError(f"--set {key}: fit sets {key} itself (use --workload, --method, --seq or --batch, "
+                           "--world-size, --parallel)")
+    layout = Layout(args.world_size, args.parallel)
+    layout.check(args.method)
+    overrides.update(workload=args.workload, method=list(args.method), mode="estimate",
+                     **{fixed: getattr(args, fixed), axis: multiple}, **layout.probe_keys())
+    if args.r is not None:
+        overrides["r"] = args.r
+    if args.targets is not None:
+        overrides["targets"] = args.targets
+    if args.out.exists() and not args.out.is_dir():
+        raise FitError(f"{args.out}: --out exists and is not a directory")
+    suite = parse_suite("[[sweep]]\n", source="lamda-bench fit", default_name="fit", overrides=overrides)
+    rows = plan(list(suite.cells), axis, budget, probe_runner(args.out, args.jobs, not args.no_progress),
+                multiple=args.multiple, limit=args.limit, layout=layout)
+    print(table(rows, budget))
+    written = [write_json(rows, budget, args.out), write_plot(rows, budget, args.out)]
+    print("written: " + ", ".join(str(p) for p in written if p is not None)
+          + f"; probe records in {args.out / 'results.jsonl'}")
+    return any(r["verdict"] == "error" for r in rows)

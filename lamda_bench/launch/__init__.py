@@ -1,0 +1,1 @@
+"""Launchers: a fresh process per cell (local pool, fork server, child, lifeline, Ray) and the shared sweep."""

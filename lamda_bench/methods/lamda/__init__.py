@@ -1,0 +1,1 @@
+"""LaMDA and LaMDA++: the layer, its inits, its freezing schedule, spectral rank allocation."""

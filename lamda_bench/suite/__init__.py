@@ -1,0 +1,1 @@
+"""Suites: TOML in, validated cells out (parse, text, values, sweep, conventions, cell)."""

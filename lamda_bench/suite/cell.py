@@ -1,0 +1,191 @@
+"""One benchmark cell: a fully resolved, hashable description of one training-step measurement.
+
+A suite expands into cells; the launcher hands each cell (as a plain dict, so it crosses
+process boundaries unchanged) to ``lamda_bench.runner.run_cell``; the record it returns
+carries the cell back verbatim. The cell id is a hash of the resolved cell, so the same
+settings give the same id in every run (that is what resume relies on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+DTYPES = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+MODES = ("auto", "measure", "estimate")
+OPTIMIZERS = ("adamw", "sgd")
+ATTENTION = ("auto", "sdpa", "eager")
+PRECISIONS = ("pure", "amp-bf16", "amp-fp16", "fp32")  # lamda_bench/model/precision.py says what each means
+PARALLEL = ("none", "fsdp2", "ddp")
+QUANTS = ("none", "nf4", "nf4-dq", "fp4", "fp4-dq", "int8")  # quantized frozen base: lamda_bench/model/quant.py
+# Keys added after cell ids were first recorded: at their default they are left out of the id's
+# hash, so every cell written before the key existed keeps its id (resume, baselines).
+ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True,
+                       "quant": "none"}
+# The integer keys and their least value. ``steps`` (timed steps) may be 0: the instrumented
+# step always runs, an estimate times nothing, and the runner's own tests use 0.
+MIN_INTS = {"r": 1, "batch": 1, "seq": 1, "layers": 1, "d_in": 1, "d_out": 1, "steps": 0, "warmup": 0, "seed": 0,
+            "world_size": 1}
+OPTIONAL_INTS = ("layers", "d_in", "d_out")  # None: the workload's own
+CHOICES = {"device": DEVICES, "mode": MODES, "optimizer": OPTIMIZERS,
+           "attn_implementation": ATTENTION, "precision": PRECISIONS, "parallel": PARALLEL,
+           "quant": QUANTS}
+
+
+class CellError(UserError):
+    """A cell that cannot run as given (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Everything that decides what one cell measures.
+
+    ``targets`` is either a preset name understood by the workload (``"all"``: every
+    adaptable linear of a block, ``"attn"``: the attention projections only) or a tuple of
+    module-name suffixes (``("q_proj", "v_proj")``). ``options`` holds method-specific keys
+    (``init``, ``freeze_fraction``, ...) with the method's defaults already filled in.
+    """
+
+    workload: str
+    method: str
+    r: int = 8
+    alpha: float = 16.0
+    targets: str | tuple[str, ...] = "all"
+    layers: int | None = None  # None: the workload's own depth
+    d_in: int | None = None  # linear workload only
+    d_out: int | None = None  # linear workload only
+    batch: int = 1
+    seq: int = 128
+    dtype: str = "bf16"
+    device: str = "auto"
+    mode: str = "auto"
+    steps: int = 3  # timed steps
+    warmup: int = 1
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "auto"
+    seed: int = 0
+    world_size: int = 1  # ranks of the data-parallel job; the record is rank 0's
+    parallel: str = "none"  # "fsdp2" (fully_shard per block and root) or "ddp"
+    reshard_after_forward: bool = True  # fsdp2 only: free the gathered block after its forward
+    timeout_s: float = 900.0
+    precision: str = "pure"  # precision policy (PRECISIONS)
+    quant: str = "none"  # quantized frozen base (QUANTS)
+    options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+    # ---- conversion -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict; ``options`` becomes a dict, ``targets`` a list or string."""
+        d = dataclasses.asdict(self)
+        d["options"] = dict(self.options)
+        if isinstance(self.targets, tuple):
+            d["targets"] = list(self.targets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Cell":
+        d = dict(d)
+        d.pop("id", None)
+        opts = d.pop("options", {}) or {}
+        targets = d.get("targets", "all")
+        if isinstance(targets, list):
+            d["targets"] = tuple(targets)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown cell keys: {', '.join(unknown)}")
+        return cls(**d, options=tuple(sorted(dict(opts).items())))
+
+    def validate(self) -> None:
+        """The cell rules, one set for the suite parser and the runner: a one-line CellError
+        for the first value this cell cannot have. The dtype is checked where it is resolved
+        to a torch dtype (``workloads.torch_dtype``, which also takes aliases such as "bfloat16")."""
+        found = self.problem()
+        if found:
+            raise CellError(found[1])
+
+    def problem(self) -> tuple[str, str] | None:
+        """(key, one line saying what is wrong with it) for the first bad value, or None."""
+        for key, allowed in CHOICES.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                return key, f"cell {key} {value!r} is not one of {list(allowed)}"
+        for key, least in MIN_INTS.items():
+            v = getattr(self, key)
+            if v is None and key in OPTIONAL_INTS:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                return key, f"cell {key} must be an integer >= {least}, got {v!r}"
+        problem = self.parallel_problem()
+        return ("world_size", problem) if problem else None
+
+    def parallel_problem(self) -> str | None:
+        """One line saying what is wrong with world_size/parallel, or None."""
+        ws = self.world_size
+        if isinstance(ws, bool) or not isinstance(ws, int) or ws < 1:
+            return f"cell world_size must be an integer >= 1, got {ws!r}"
+        if self.parallel not in PARALLEL:
+            return f"cell parallel {self.parallel!r} is not one of {list(PARALLEL)}"
+        if ws > 1 and self.parallel == "none":
+            return f"cell world_size {ws} needs parallel = 'fsdp2' or 'ddp' (parallel is 'none')"
+        if not isinstance(self.reshard_after_forward, bool):
+            return f"cell reshard_after_forward must be true or false, got {self.reshard_after_forward!r}"
+        return None
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.options).get(name, default)
+
+    # ---- identity ---------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """Stable id: method-workload-r prefix for humans, hash of the resolved cell for uniqueness.
+
+        ``timeout_s`` is excluded: changing how long we are willing to wait does not change
+        what is measured. Keys of ``ID_NEUTRAL_DEFAULTS`` are excluded at their default.
+        """
+        d = self.to_dict()
+        d.pop("timeout_s", None)
+        d["workload"] = workload_identity(self.workload)
+        for key, default in ID_NEUTRAL_DEFAULTS.items():
+            if d.get(key) == default:
+                d.pop(key)
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return f"{workload_label(self.workload)}-{self.method}-r{self.r}-{digest}"
+
+
+@functools.lru_cache(maxsize=256)
+def workload_identity(workload: str) -> str:
+    """What a cell id hashes for its workload: a catalogue name or hub id as is; for a config
+    file, its content (``config-sha256:...``), so the same config.json gives the same id in any
+    checkout or folder, and an edited one a new id."""
+    from ..model.config import config_sha256, read_config, ConfigSource
+
+    path = Path(workload)
+    if not (path.is_absolute() and path.is_file()):
+        return workload
+    return "config-sha256:" + config_sha256(read_config(ConfigSource("file", workload, path)))
+
+
+def workload_label(workload: str) -> str:
+    """A workload as a file-name-safe word for ids: a catalogue name as is; for a config path or
+    hub id, its folder or file stem (``/x/qwen/config.json`` -> ``qwen``, ``Qwen/Qwen2.5-7B`` -> ``Qwen2.5-7B``)."""
+    if "/" not in workload and "\\" not in workload and not workload.endswith(".json"):
+        return workload
+    parts = [p for p in re.split(r"[/\\]", workload) if p]
+    name = parts[-1] if parts else "config"
+    if name == "config.json" and len(parts) > 1:
+        name = parts[-2]
+    elif name.endswith(".json"):
+        name = name[: -len(".json")]
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name).strip(".") or "config"
