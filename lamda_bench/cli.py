@@ -281,7 +281,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if "workloads" in parts:
         from .model.workloads import workload_rows
 
-        print("Workloads (catalogue configs in lamda_bench/configs/; a suite may also name a config.json path "
+        print("Workloads (catalogue configs in lamda_bench/model/configs/; a suite may also name a config.json path "
               "or a cached hub id):")
         print(tabulate(workload_rows(), headers=["workload", "params", "shape", "description", "target presets"],
                        maxcolwidths=[None, None, 44, 44, None]))

@@ -18,7 +18,8 @@ from lamda_bench.runner import run_cell
 
 bnb = pytest.importorskip("bitsandbytes")
 
-from lamda_bench import quant, quant_bytes  # noqa: E402
+from lamda_bench.model import quant  # noqa: E402
+from lamda_bench.analytic import quant as quant_bytes  # noqa: E402
 
 
 def ok(record):

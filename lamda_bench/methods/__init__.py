@@ -36,7 +36,8 @@ def all_methods() -> dict[str, Method]:
 
 def _load_all() -> None:
     # Imported lazily so that ``import lamda_bench.methods`` stays cheap and cycle-free.
-    from . import full, lamda, lamda_pp, peft_methods  # noqa: F401
+    from . import full, peft_methods  # noqa: F401
+    from .lamda import layer, plusplus  # noqa: F401
 
 
 __all__ = [

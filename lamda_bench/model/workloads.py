@@ -3,7 +3,7 @@
 A cell's ``workload`` is
 
 - a catalogue name (``lamda-bench list workloads``): a committed ``config.json`` under
-  ``lamda_bench/configs/`` (shape facts from the public model cards, no weights), or ``linear``;
+  ``lamda_bench/model/configs/`` (shape facts from the public model cards, no weights), or ``linear``;
 - a path to a ``config.json`` or a folder holding one, or a Hugging Face hub id found in the
   local cache (``model_config``: nothing is downloaded).
 
