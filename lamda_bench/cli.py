@@ -1,4 +1,4 @@
-"""The ``lamda-bench`` command: run, list, report, compare, check, agreement, verify, fit.
+"""The ``lamda-bench`` command: run, estimate, list, report, compare, check, agreement, verify, fit.
 
 Exit codes: 0 done; 1 a run finished but some cells ended in ``error`` or ``timeout``
 (their records say why); 2 bad input (one line on stderr, nothing written); 130
@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from .terminal import printable, printable_lines
 from .errors import UserError
 from .fit.cli import add_fit_arguments
+from .one_cell.cli import add_estimate_arguments
 
 PROG = "lamda-bench"
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -34,7 +35,7 @@ class CliError(UserError):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_size_values(sys.argv[1:] if argv is None else list(argv)))
     try:
         with _data_warnings_printed():
             return args.func(args)
@@ -72,6 +73,25 @@ def _data_warnings_printed():
 
         warnings.showwarning = show
         yield
+
+
+SIZE_FLAGS = ("--budget", "--reserve")
+
+
+def _glue_size_values(argv: list[str]) -> list[str]:
+    """``--budget -1GiB`` -> ``--budget=-1GiB``: argparse takes a value starting with "-" for an
+    option and would say "expected one argument"; glued, the size parser says what is wrong."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in SIZE_FLAGS and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1] != "--" \
+                and not argv[i + 1].startswith("--"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
 
 
 def _is_user_error(e: BaseException) -> bool:
@@ -116,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a suite key in every sweep, e.g. --set mode=estimate (repeatable; "
                           "the cells' ids change with it)")
     run.set_defaults(func=cmd_run)
+
+    est = verbs.add_parser("estimate", help="one cell, no suite file: flags, or --from a trainer config")
+    add_estimate_arguments(est)  # one_cell/cli.py: a flag per cell key, --from/--adapter, --json, --out
+    est.set_defaults(func=cmd_estimate)
 
     lst = verbs.add_parser("list", help="methods, workloads and suites")
     lst.add_argument("what", nargs="?", choices=["methods", "workloads", "suites"], help="only this part")
@@ -367,6 +391,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise CliError(f"--jobs: {args.jobs} is less than 1")
     return int(verify_cli(args.out, jobs=args.jobs, gpu_dir=args.gpu, progress=not args.no_progress))
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from .one_cell.cli import run_estimate
+
+    return EXIT_OK if run_estimate(args) == 0 else EXIT_FAILED_CELLS
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

@@ -1,0 +1,95 @@
+"""The readable answer of ``lamda-bench estimate``: the peak, where it sits (by category and
+by phase), trainable parameters, FLOPs, the closed forms beside the traced figures, and
+whether the figures are an estimate or a measurement. Bytes print as GiB/MiB (2^30/2^20) with
+the raw bytes beside the peak."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tabulate import tabulate
+
+from ..results.record import AT_PEAK, CATEGORIES, FLOPS, MEMORY, PARAMS, PREDICTED_FLOPS, PREDICTED_MEMORY, \
+    PREDICTED_PARAMS, get
+from ..report.units import UNITS_NOTE, fmt_bytes, fmt_count, fmt_flops
+
+SHOWN_KEYS = ("workload", "method", "r", "alpha", "targets", "batch", "seq", "dtype", "precision", "quant",
+              "optimizer", "gradient_checkpointing", "world_size", "parallel")
+PHASES = (("forward", MEMORY.peak_forward), ("backward", MEMORY.peak_backward), ("optimizer step", MEMORY.peak_step))
+CLOSED_FORMS = (
+    ("trainable parameters", PARAMS.trainable, PREDICTED_PARAMS.trainable, fmt_count),
+    ("weights", MEMORY.weights, PREDICTED_MEMORY.weights, fmt_bytes),
+    ("gradients", MEMORY.grads, PREDICTED_MEMORY.grads, fmt_bytes),
+    ("optimizer state", MEMORY.optimizer, PREDICTED_MEMORY.optimizer, fmt_bytes),
+    ("saved activations (adapter)", MEMORY.saved_activations_adapter, PREDICTED_MEMORY.saved_activations_adapter,
+     fmt_bytes),
+    ("adapter forward FLOPs", FLOPS.adapter_forward, PREDICTED_FLOPS.adapter_forward, fmt_flops),
+    ("adapter backward FLOPs", FLOPS.adapter_backward, PREDICTED_FLOPS.adapter_backward, fmt_flops),
+)
+
+
+def kind_of(record: dict[str, Any]) -> str:
+    """"estimate" (fake tensors, the real step traced) or "measured" (real tensors on a device)."""
+    return "estimate" if (record.get("cell") or {}).get("mode") == "estimate" else "measured"
+
+
+def describe(record: dict[str, Any], reused: bool, where: str) -> str:
+    cell = record.get("cell") or {}
+    settings = " ".join(f"{k}={_value(cell.get(k))}" for k in SHOWN_KEYS if k in cell)
+    kind = kind_of(record)
+    how = (f"estimate: fake tensors on {get(record, 'info.estimate_device', 'cpu')}, the real training step traced; "
+           "nothing measured on a GPU") if kind == "estimate" else \
+        f"measured on {get(record, 'env.device_name', 'the device')}"
+    lines = [settings, f"{how}", f"{record.get('id')}: " + ("already recorded in " if reused else "recorded in ") + where]
+    if record.get("status") != "ok":
+        return "\n".join(lines + [f"status {record.get('status')}: {record.get('error')}"])
+    lines += ["", _peak(record, kind), _params(record), _flops(record), "", _closed_forms(record), UNITS_NOTE]
+    return "\n".join(lines)
+
+
+def _peak(record: dict[str, Any], kind: str) -> str:
+    peak = get(record, MEMORY.peak)
+    phases = [(name, get(record, path)) for name, path in PHASES]
+    phase = max((p for p in phases if p[1] is not None), key=lambda p: p[1], default=(None, None))[0]
+    rows = [[c, fmt_bytes(get(record, AT_PEAK.path(c))), _share(get(record, AT_PEAK.path(c)), peak)]
+            for c in CATEGORIES]
+    per_rank = get(record, "memory.per_rank.at_peak")
+    if per_rank:
+        rows += [[c, fmt_bytes(v), _share(v, peak)] for c, v in per_rank.items() if c not in CATEGORIES]
+    head = f"peak memory ({kind}): {fmt_bytes(peak)} ({peak} B), reached in {phase or 'n/a'}"
+    by_phase = "peak by phase: " + ", ".join(f"{name} {fmt_bytes(v)}" for name, v in phases)
+    return "\n".join([head, tabulate(rows, headers=["at the peak", "bytes", "share"], disable_numparse=True),
+                      by_phase])
+
+
+def _params(record: dict[str, Any]) -> str:
+    trainable, total = get(record, PARAMS.trainable), get(record, PARAMS.total)
+    share = f" ({100 * trainable / total:.3f}%)" if trainable is not None and total else ""
+    return f"trainable parameters: {fmt_count(trainable)} of {fmt_count(total)}{share}"
+
+
+def _flops(record: dict[str, Any]) -> str:
+    return (f"FLOPs per step: forward {fmt_flops(get(record, FLOPS.forward))}, backward "
+            f"{fmt_flops(get(record, FLOPS.backward))} (adapter: forward {fmt_flops(get(record, FLOPS.adapter_forward))}, "
+            f"backward {fmt_flops(get(record, FLOPS.adapter_backward))})")
+
+
+def _closed_forms(record: dict[str, Any]) -> str:
+    rows = []
+    for name, traced_path, closed_path, fmt in CLOSED_FORMS:
+        traced, closed = get(record, traced_path), get(record, closed_path)
+        agree = "" if traced is None or closed is None else ("equal" if traced == closed else
+                                                             f"differ by {fmt(traced - closed)}")
+        rows.append([name, fmt(traced), fmt(closed), agree])
+    return "traced vs closed form (lamda_bench/analytic):\n" + tabulate(
+        rows, headers=["", "traced", "closed form", ""], disable_numparse=True)
+
+
+def _share(part: Any, whole: Any) -> str:
+    return "" if part is None or not whole else f"{100 * part / whole:.1f}%"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, list):
+        return ",".join(map(str, v))
+    return str(v).lower() if isinstance(v, bool) else str(v)

@@ -1,0 +1,151 @@
+"""The fate of every key of a trainer config: what became of it on the way to one cell.
+
+Each key of the file ends as exactly one ``Fate``:
+
+- ``mapped``: it sets a cell key (``lora_r: 16`` -> ``r = 16``);
+- ``no effect``: it does not change the memory of one training step (logging, paths, the
+  learning rate, the number of epochs), or it is set to its "off" value;
+- ``not modelled``: it changes memory, and the estimate does not follow it (``sample_packing``,
+  ``deepspeed``, flash attention kernels the CPU cannot trace). The answer names these first;
+- ``unknown``: the translator has no entry for it, so it cannot say; named first as well.
+
+Why a table per format and no silent default: a practitioner's question is "does MY config
+fit", so every key the estimate did not follow must be visible next to the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UserError
+
+MAPPED, NO_EFFECT, NOT_MODELLED, UNKNOWN = "mapped", "no effect", "not modelled", "unknown"
+
+
+class TrainerConfigError(UserError):
+    """A trainer config that cannot become a cell (unreadable, not YAML/JSON, a method we lack)."""
+
+
+@dataclass(frozen=True)
+class Fate:
+    """What became of one key: ``cell`` holds the cell keys it set (empty unless mapped)."""
+
+    key: str
+    value: Any
+    fate: str
+    note: str = ""
+    cell: tuple[tuple[str, Any], ...] = ()
+
+    def line(self) -> str:
+        value = _short(self.value)
+        if self.fate == MAPPED:
+            sets = ", ".join(f"{k} = {_short(v)}" for k, v in self.cell) or "(read with another key)"
+            text = f"{self.key}: {value} -> {sets}"
+        else:
+            text = f"{self.key}: {value}"
+        return f"  [{self.fate}] {text}" + (f"  ({self.note})" if self.note else "")
+
+
+@dataclass
+class Translation:
+    """A trainer config read into cell keys (``cell``), with every key's fate, in file order."""
+
+    format: str
+    source: str
+    cell: dict[str, Any] = field(default_factory=dict)
+    fates: list[Fate] = field(default_factory=list)
+
+    def map(self, key: str, value: Any, note: str = "", **cell: Any) -> None:
+        self.cell.update(cell)
+        self.fates.append(Fate(key, value, MAPPED, note, tuple(cell.items())))
+
+    def no_effect(self, key: str, value: Any, note: str = "") -> None:
+        self.fates.append(Fate(key, value, NO_EFFECT, note))
+
+    def not_modelled(self, key: str, value: Any, note: str) -> None:
+        self.fates.append(Fate(key, value, NOT_MODELLED, note))
+
+    def unknown(self, key: str, value: Any) -> None:
+        self.fates.append(Fate(key, value, UNKNOWN, f"not in lamda-bench's {self.format} table; not read"))
+
+    def merge(self, other: "Translation") -> None:
+        """Another file's keys (``--adapter``) on top of this one's."""
+        self.cell.update(other.cell)
+        self.fates.extend(Fate(f"{other.format}:{f.key}", f.value, f.fate, f.note, f.cell) for f in other.fates)
+
+    def caveats(self) -> list[Fate]:
+        return [f for f in self.fates if f.fate in (NOT_MODELLED, UNKNOWN)]
+
+    def headline(self) -> str | None:
+        """The answer's first line when some key was not followed; None when every key was."""
+        bad = self.caveats()
+        if not bad:
+            return None
+        names = ", ".join(f.key for f in bad)
+        return (f"NOTE: {len(bad)} key(s) of {self.source} may change memory and are not modelled or not known: "
+                f"{names}; the figures below leave them out")
+
+    def lines(self) -> list[str]:
+        head = f"{self.source} read as {self.format}: every key's fate"
+        order = {MAPPED: 0, NOT_MODELLED: 1, UNKNOWN: 2, NO_EFFECT: 3}
+        return [head] + [f.line() for f in sorted(self.fates, key=lambda f: order[f.fate])]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "source": self.source,
+                "cell": {k: list(v) if isinstance(v, tuple) else v for k, v in self.cell.items()},
+                "keys": [{"key": f.key, "value": _jsonable(f.value), "fate": f.fate, "note": f.note,
+                          "cell": {k: _jsonable(v) for k, v in f.cell}} for f in self.fates]}
+
+
+def is_off(value: Any) -> bool:
+    """A key left empty or switched off (``deepspeed:``, ``sample_packing: false``, ``fsdp: []``)."""
+    return value is None or value is False or value == 0 or value == "" or value == [] or value == {} \
+        or (isinstance(value, str) and value.strip().lower() in ("false", "none", "no", "off", "null"))
+
+
+def classify_rest(t: Translation, key: str, value: Any, no_effect: dict[str, str],
+                  not_modelled: dict[str, str]) -> None:
+    """The shared tail of every format: a key that is not mapped is ``no effect`` (from the
+    format's table), ``not modelled`` when on (off: no effect), or ``unknown``."""
+    if key in not_modelled:
+        if is_off(value):
+            t.no_effect(key, value, "off")
+        else:
+            t.not_modelled(key, value, not_modelled[key])
+    elif key in no_effect:
+        t.no_effect(key, value, no_effect[key])
+    else:
+        t.unknown(key, value)
+
+
+# Notes shared by the formats' tables.
+NO_MEMORY = "does not change one step's memory"
+ACCUMULATION = ("memory follows the micro batch: each accumulated micro step frees its activations; "
+                "the gradients are the same buffers")
+ATTENTION_KERNEL = ("attention kernel the CPU cannot trace; the estimate uses the model's own attention "
+                    "(sdpa/eager; attn_implementation in the record), whose saved tensors differ")
+DEEPSPEED = "DeepSpeed ZeRO partitions state across ranks in its own way; not modelled (fsdp2 is: --world-size N --parallel fsdp2)"
+FSDP = ("an FSDP job's ranks are not in the file; give --world-size N --parallel fsdp2 (FSDP2, fully_shard per "
+        "block) when that is the layout; otherwise not modelled")
+PACKING = "packed rows (varlen attention over several sequences) are not modelled; the estimate takes one full sequence per row"
+LIGER = "Liger kernels (fused cross-entropy, RMSNorm...) save less than the model's own modules; not modelled"
+NEFTUNE = "NEFTune adds noise to the embeddings; its extra tensors are not modelled"
+KBIT_PREPARE = ("prepare_model_for_kbit_training (casts the non-quantized weights to fp32, enables input "
+                "grads) is not modelled yet (issue 34)")
+FULL_ROWS = "the estimate takes every row at seq tokens, the most a padded batch reaches"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)

@@ -1,0 +1,96 @@
+"""A PEFT ``adapter_config.json`` (a ``LoraConfig`` / ``VeraConfig`` as ``save_pretrained`` writes
+it, or ``peft_config.to_dict()``) -> cell keys, every key's fate recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import fate as F
+from .common import map_model, targets_of
+from .fate import Translation, TrainerConfigError
+
+PEFT_TYPES = {"LORA": "lora", "VERA": "vera"}
+
+NOT_MODELLED = {
+    "modules_to_save": "fully trained extra modules (classifier, LM head): not modelled",
+    "layers_to_transform": "adapters on some layers only: not modelled",
+    "rank_pattern": "per-module ranks: not modelled", "alpha_pattern": F.NO_MEMORY,
+    "loftq_config": "LoftQ initialisation: not modelled",
+    "use_qalora": "QA-LoRA: not modelled", "lora_bias": "LoRA's bias term on B: not modelled",
+    "trainable_token_indices": "trainable token rows: not modelled", "layer_replication": "layer replication: not modelled",
+    "megatron_config": "Megatron layers: not modelled", "eva_config": "EVA init: not modelled",
+    "corda_config": "CorDA init: not modelled", "target_parameters": "adapters on parameters (MoE experts): not modelled",
+    "exclude_modules": "modules excluded from the targets: not modelled",
+    "fan_in_fan_out": "Conv1D (fan-in/fan-out) layout: not modelled",
+}
+NOT_MODELLED.pop("alpha_pattern")
+NO_EFFECT = {k: F.NO_MEMORY for k in (
+    "task_type", "inference_mode", "revision", "auto_mapping", "use_rslora", "layers_pattern", "megatron_core",
+    "peft_version", "alpha_pattern", "lora_alpha", "init_weights", "save_projection", "arrow_config",
+    "ensure_weight_tying", "alora_invocation_tokens",
+)}
+
+
+def translate(doc: dict[str, Any], source: str, config_dir: Path, with_model: bool = True) -> Translation:
+    """``with_model`` False: ``base_model_name_or_path`` is left to the trainer config (or --workload)."""
+    t = Translation("peft-adapter", source)
+    kind = str(doc.get("peft_type", "LORA")).upper()
+    if kind not in PEFT_TYPES:
+        raise TrainerConfigError(f"{source}: peft_type {kind!r}: lamda-bench models {', '.join(PEFT_TYPES)}")
+    for key, value in doc.items():
+        if not _map(t, key, value, doc, kind, config_dir, with_model):
+            F.classify_rest(t, key, value, NO_EFFECT, NOT_MODELLED)
+    if "method" not in t.cell:
+        t.map("(default) peft_type", "LORA", "PEFT's LoraConfig", method="lora")
+    return t
+
+
+def _map(t: Translation, key: str, value: Any, doc: dict[str, Any], kind: str, config_dir: Path,
+         with_model: bool) -> bool:
+    if key == "peft_type":
+        method = PEFT_TYPES[kind]
+        init = str(doc.get("init_lora_weights", True)).lower()
+        if method == "lora" and doc.get("use_dora"):
+            method = "dora"
+        elif method == "lora" and init.startswith("pissa"):
+            method = "pissa"
+        t.map(key, value, method=method)
+    elif key == "base_model_name_or_path":
+        if with_model and value:
+            map_model(t, key, value, config_dir)
+        else:
+            t.no_effect(key, value, "the trainer config's model (or --workload) is used" if value else "unset")
+    elif key == "r":
+        t.map(key, value, r=value)
+    elif key == "lora_alpha" and doc.get("peft_type", "LORA").upper() == "LORA":
+        t.map(key, value, "scales the update; no memory effect", alpha=float(value))
+    elif key in ("lora_dropout", "vera_dropout"):
+        t.map(key, value, dropout=float(value or 0.0))
+    elif key == "target_modules":
+        targets = targets_of(value)
+        if targets is None:
+            t.no_effect(key, value, "unset: PEFT's default for the model type")
+            t.cell["targets"] = "peft"
+        else:
+            t.map(key, value, targets=targets)
+    elif key == "use_dora":
+        t.map(key, value, "sets the method (with peft_type)") if value else t.no_effect(key, value, "off")
+    elif key == "init_lora_weights":
+        text = str(value).lower()
+        if text.startswith("pissa"):
+            t.map(key, value, "PiSSA init: method pissa")
+        elif value in (True, False, "gaussian"):
+            t.no_effect(key, value, "the initial values; no memory effect")
+        else:
+            t.not_modelled(key, value, "this initialisation is not modelled; estimated as LoRA's")
+    elif key == "bias":
+        t.no_effect(key, value, "none") if value in (None, "none") else \
+            t.not_modelled(key, value, "trained biases: not modelled")
+    elif key == "projection_prng_key" and kind == "VERA":
+        t.map(key, value, projection_prng_key=value)
+    elif key == "d_initial" and kind == "VERA":
+        t.map(key, value, d_initial=value)
+    else:
+        return False
+    return True
