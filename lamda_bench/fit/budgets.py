@@ -52,12 +52,28 @@ class Card:
 
 
 _COMMON = "nvidia-smi total as commonly reported for this card; not measured by this project"
+# Totals seen in public nvidia-smi outputs ("NNNNNMiB" after "/" in the Memory-Usage column;
+# each figure below was found in several independent logs), not measured by this project.
+_SEEN = "nvidia-smi Memory-Usage total in public logs of this card; not measured by this project"
 CARDS = {c.name.lower(): c for c in (
     Card("H100-80GB", 81559, "nvidia-smi total on the H100 80GB HBM3 that measured reports/gpu"),
+    Card("H200-141GB", 143771, _SEEN),  # H200 SXM 141 GB HBM3e: 143771MiB
+    Card("B200", 183359, _SEEN),  # B200 180 GB HBM3e (1000 W SXM): 183359MiB
     Card("A100-80GB", 81920, _COMMON),
     Card("A100-40GB", 40960, _COMMON),
+    Card("L40S-48GB", 46068, _SEEN),  # L40S (and A40) 48 GB GDDR6: 46068MiB
+    Card("A6000-48GB", 49140, _SEEN),  # RTX A6000 48 GB GDDR6: 49140MiB
     Card("RTX4090-24GB", 24564, _COMMON),
+    Card("RTX3090-24GB", 24576, _SEEN),  # GeForce RTX 3090 24 GB GDDR6X: 24576MiB
+    Card("RTX5090-32GB", 32607, _SEEN),  # GeForce RTX 5090 32 GB GDDR7: 32607MiB
+    Card("A10G-24GB", 23028, _SEEN),  # AWS g5 A10G 24 GB: 23028MiB
     Card("L4-24GB", 23034, _COMMON),
+    Card("T4-16GB", 15360, _SEEN),  # T4 16 GB GDDR6: 15360MiB
+    # MI300X 192 GB HBM3: rocm-smi "VRAM Total Memory (B)" in public logs is 205822885888 to
+    # 206158430208 B (196288-196608 MiB) across hosts; the smallest is taken. The device margin
+    # (the CUDA context measured on the H100) is applied to it too: ROCm's own is not measured.
+    Card("MI300X", 196288, "rocm-smi VRAM total in public logs, 196288-196608 MiB across hosts, the smallest "
+                           "taken; not measured by this project (device margin: the H100's CUDA figure)"),
 )}
 
 _UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
@@ -109,8 +125,16 @@ class Budget:
         return d
 
 
+def _looks_like_card(text: str) -> bool:
+    """A name rather than a size: it does not start with a number or a sign."""
+    return bool(re.match(r"^\s*[A-Za-z]", str(text))) and not _SIZE_RE.match(str(text))
+
+
 def parse_size(text: str, what: str = "size") -> int:
     """'24GiB' -> 25769803776; '24GB' -> 24000000000; '1024' -> 1024 bytes."""
+    if str(text).strip().startswith("-"):
+        raise BudgetError(f"{what} {text!r}: a size cannot be negative; expected a size like 24GiB, 24GB, "
+                          "81559MiB or a number of bytes")
     match = _SIZE_RE.match(str(text))
     unit = match.group(2).lower() if match else None
     if not match or unit not in _UNITS:
@@ -123,6 +147,12 @@ def parse_size(text: str, what: str = "size") -> int:
 def parse_budget(text: str, reserve: int = 0) -> Budget:
     """A card name (``H100-80GB``, case-insensitive) or a size; must leave room above the margin."""
     card = CARDS.get(str(text).strip().lower())
+    if card is None and _looks_like_card(text):
+        from ..hints import did_you_mean
+
+        names = [c.name for c in CARDS.values()]
+        raise BudgetError(f"--budget {text!r}: unknown card{did_you_mean(text, names)}; known cards: "
+                          f"{', '.join(names)}, or give a size (24GiB, 24GB, 81559MiB, bytes)")
     if card is not None:
         budget = Budget(text=text, bytes=card.total_mib * MIB, card=card.name, source=card.source,
                         device=DEVICE_OVERHEAD_BYTES, reserve=reserve)
@@ -130,6 +160,8 @@ def parse_budget(text: str, reserve: int = 0) -> Budget:
         try:
             size = parse_size(text, "--budget")
         except BudgetError:
+            if str(text).strip().startswith("-"):
+                raise
             names = ", ".join(c.name for c in CARDS.values())
             raise BudgetError(f"--budget {text!r}: not a size (24GiB, 24GB, 81559MiB, bytes) "
                               f"nor a known card ({names})") from None
