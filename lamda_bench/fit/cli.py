@@ -12,12 +12,19 @@ from .plan import FitError
 
 
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workload", required=True, help="e.g. llama2-7b (lamda-bench list workloads)")
-    parser.add_argument("--method", required=True, nargs="+", help="one or more methods, e.g. lora lamda")
+    parser.add_argument("--workload", default=None, help="e.g. llama2-7b (lamda-bench list workloads)")
+    parser.add_argument("--method", default=None, nargs="+", help="one or more methods, e.g. lora lamda")
+    parser.add_argument("--from", dest="config", type=Path, default=None, metavar="FILE",
+                        help="a trainer config (axolotl / LLaMA-Factory YAML, TrainingArguments JSON): its cell "
+                             "keys, with every key's fate printed; the flags given beside it win")
+    parser.add_argument("--format", default=None, help="the --from file's format (default: detected)")
+    parser.add_argument("--adapter", type=Path, default=None, metavar="ADAPTER_CONFIG",
+                        help="a PEFT adapter_config.json")
     parser.add_argument("--budget", required=True,
                         help="device memory: a size (24GiB, 24GB = 24e9 bytes, 81559MiB) or a card (H100-80GB, ...)")
-    axis = parser.add_mutually_exclusive_group(required=True)
-    axis.add_argument("--seq", type=int, help="fixed sequence length: find the largest batch")
+    axis = parser.add_mutually_exclusive_group()
+    axis.add_argument("--seq", type=int, help="fixed sequence length: find the largest batch (default with --from: "
+                                              "the config's sequence length)")
     axis.add_argument("--batch", type=int, help="fixed batch: find the largest sequence length")
     parser.add_argument("--r", type=int, default=None, help="rank (default: the cell default, 8)")
     parser.add_argument("--targets", default=None, help="target preset or module suffix (default all)")
@@ -54,7 +61,8 @@ def run_fit(args: argparse.Namespace) -> bool:
         if value is not None and value < 1:
             raise FitError(f"{flag} {value}: expected an integer >= 1")
     budget = parse_budget(args.budget, reserve=parse_size(args.reserve, "--reserve"))
-    axis, fixed = ("batch", "seq") if args.seq is not None else ("seq", "batch")
+    translation, given = _from_config(args)
+    axis, fixed = ("batch", "seq") if args.seq is not None or args.batch is None else ("seq", "batch")
     multiple = args.multiple if args.multiple is not None else DEFAULT_MULTIPLE[axis]
     overrides = dict(parse_override(o) for o in args.overrides)
     for key in FIT_RESERVED_KEYS:
@@ -63,6 +71,8 @@ def run_fit(args: argparse.Namespace) -> bool:
                            "--world-size, --parallel)")
     layout = Layout(args.world_size, args.parallel)
     layout.check(args.method)
+    overrides = {**{k: list(v) if isinstance(v, tuple) else v for k, v in given.items() if k not in FIT_RESERVED_KEYS},
+                 **overrides}
     overrides.update(workload=args.workload, method=list(args.method), mode="estimate",
                      **{fixed: getattr(args, fixed), axis: multiple}, **layout.probe_keys())
     if args.r is not None:
@@ -74,8 +84,34 @@ def run_fit(args: argparse.Namespace) -> bool:
     suite = parse_suite("[[sweep]]\n", source="lamda-bench fit", default_name="fit", overrides=overrides)
     rows = plan(list(suite.cells), axis, budget, probe_runner(args.out, args.jobs, not args.no_progress),
                 multiple=args.multiple, limit=args.limit, layout=layout)
+    if translation is not None and translation.headline():
+        print(translation.headline())
     print(table(rows, budget))
     written = [write_json(rows, budget, args.out), write_plot(rows, budget, args.out)]
     print("written: " + ", ".join(str(p) for p in written if p is not None)
           + f"; probe records in {args.out / 'results.jsonl'}")
+    if translation is not None:
+        print("\n".join(translation.lines()))
     return any(r["verdict"] == "error" for r in rows)
+
+
+def _from_config(args: argparse.Namespace):
+    """(translation or None, its cell keys): fills --workload, --method and the fixed axis from
+    ``--from``/``--adapter`` where the flags leave them out; one line when nothing gives them."""
+    from ..trainer_config import load
+
+    translation, keys = None, {}
+    if args.config is not None or args.adapter is not None:
+        translation = load(args.config, args.format, args.adapter)
+        keys = dict(translation.cell)
+        if args.seq is None and args.batch is None:
+            args.seq = keys.get("seq")
+    for name in ("workload", "method"):
+        if getattr(args, name) is None:
+            value = keys.get(name)
+            if value is None:
+                raise FitError(f"--{name} is required (or --from a trainer config that names it)")
+            setattr(args, name, value if name == "workload" else [value])
+    if args.seq is None and args.batch is None:
+        raise FitError("give --seq (find the largest batch) or --batch (find the largest seq)")
+    return translation, keys

@@ -29,7 +29,6 @@ NOT_MODELLED = {
     "liger_kernel_config": F.LIGER,
     "neftune_noise_alpha": F.NEFTUNE,
     "auto_find_batch_size": "the Trainer halves the batch after an OOM; the estimate takes the batch as given",
-    "activation_checkpointing": "FSDP activation checkpointing: not modelled (gradient_checkpointing is)",
     "optim_target_modules": "GaLore/APOLLO projections of chosen modules: not modelled",
     "optim_args": "extra optimizer arguments: not modelled",
     "packing": F.PACKING,
@@ -45,7 +44,7 @@ NO_EFFECT = {k: F.NO_MEMORY for k in (
     "output_dir", "overwrite_output_dir", "num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type",
     "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
     "average_tokens_across_devices", "max_grad_norm", "tf32", "bf16_full_eval", "fp16_full_eval",
-    "gradient_checkpointing_kwargs", "torch_empty_cache_steps", "logging_strategy", "logging_steps",
+    "gradient_checkpointing_kwargs", "activation_checkpointing_kwargs", "torch_empty_cache_steps", "logging_strategy", "logging_steps",
     "logging_first_step", "log_on_each_node", "logging_nan_inf_filter", "include_num_input_tokens_seen", "log_level",
     "log_level_replica", "disable_tqdm", "report_to", "run_name", "project", "trackio_space_id", "trackio_bucket_id",
     "trackio_static_space_id", "eval_strategy", "evaluation_strategy", "eval_steps", "eval_delay",
@@ -70,6 +69,7 @@ NO_EFFECT = {k: F.NO_MEMORY for k in (
     "ddp_timeout_delta", "gradient_checkpointing_kwargs", "log_on_each_node", "hub_private_repo",
 )}
 NO_EFFECT.update({
+    "bf16": "off: no bf16 mixed precision", "fp16": "off: no fp16 mixed precision",
     "gradient_accumulation_steps": F.ACCUMULATION,
     "per_device_eval_batch_size": "evaluation is not estimated (training step only)",
     "model_init_kwargs": "read for its torch_dtype only; the rest (device_map, attn_implementation...) is not",
@@ -93,8 +93,11 @@ def map_key(t: Translation, key: str, value: Any, doc: dict[str, Any]) -> bool:
         t.map(key, value, "per-device micro batch; memory follows it", batch=value)
     elif key in SEQ_KEYS and value is not None and not any(k in doc for k in SEQ_KEYS[:SEQ_KEYS.index(key)]):
         t.map(key, value, F.FULL_ROWS, seq=value)
-    elif key == "gradient_checkpointing":
-        t.map(key, value, gradient_checkpointing=bool(value))
+    elif key in ("gradient_checkpointing", "activation_checkpointing"):
+        other = "activation_checkpointing" if key == "gradient_checkpointing" else "gradient_checkpointing"
+        on = bool(value) or bool(doc.get(other))  # transformers 5 renamed the one into the other
+        t.map(key, value, "transformers 5's name for gradient checkpointing" if key == "activation_checkpointing"
+              else "", gradient_checkpointing=on)
     elif key == "bf16" and value:
         t.map(key, value, "the Trainer's bf16 mixed precision: fp32 master weights for what trains",
               precision="amp-bf16")

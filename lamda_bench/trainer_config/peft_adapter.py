@@ -23,12 +23,15 @@ NOT_MODELLED = {
     "corda_config": "CorDA init: not modelled", "target_parameters": "adapters on parameters (MoE experts): not modelled",
     "exclude_modules": "modules excluded from the targets: not modelled",
     "fan_in_fan_out": "Conv1D (fan-in/fan-out) layout: not modelled",
+    "lora_ga_config": "LoRA-GA init: not modelled", "velora_config": "VeLoRA: not modelled",
+    "monteclora_config": "MonteCLoRA: not modelled", "use_bdlora": "BD-LoRA: not modelled",
+    "kasa_config": "KaSA: not modelled",
 }
 NOT_MODELLED.pop("alpha_pattern")
 NO_EFFECT = {k: F.NO_MEMORY for k in (
     "task_type", "inference_mode", "revision", "auto_mapping", "use_rslora", "layers_pattern", "megatron_core",
     "peft_version", "alpha_pattern", "lora_alpha", "init_weights", "save_projection", "arrow_config",
-    "ensure_weight_tying", "alora_invocation_tokens",
+    "ensure_weight_tying", "alora_invocation_tokens", "qalora_group_size",
 )}
 
 
