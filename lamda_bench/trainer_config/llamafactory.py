@@ -84,8 +84,7 @@ def _map(t: Translation, key: str, value: Any, doc: dict[str, Any], lora: bool, 
     if key == "model_name_or_path":
         map_model(t, key, value, config_dir)
     elif key == "finetuning_type":
-        method = "full" if not lora else "dora" if doc.get("use_dora") else "pissa" if doc.get("pissa_init") else "lora"
-        t.map(key, value, method=method)
+        t.map(key, value, method=_method(doc, lora))
     elif key in ("use_dora", "pissa_init"):
         t.map(key, value, "sets the method (with finetuning_type)") if value and lora else t.no_effect(key, value, "off")
     elif key in ("pissa_iter",):
@@ -127,6 +126,10 @@ def _map(t: Translation, key: str, value: Any, doc: dict[str, Any], lora: bool, 
     return True
 
 
+def _method(doc: dict[str, Any], lora: bool) -> str:
+    return "full" if not lora else "dora" if doc.get("use_dora") else "pissa" if doc.get("pissa_init") else "lora"
+
+
 def _quant(t: Translation, key: str, value: Any, doc: dict[str, Any]) -> None:
     if value in (None, 0):
         t.no_effect(key, value, "off")
@@ -153,6 +156,8 @@ def _quant(t: Translation, key: str, value: Any, doc: dict[str, Any]) -> None:
 def _defaults(t: Translation, doc: dict[str, Any], lora: bool) -> None:
     """LLaMA-Factory's own defaults for what the file leaves out (they differ from the cell's)."""
     implied = {"seq": ("cutoff_len", 2048), "batch": ("per_device_train_batch_size", 8)}
+    if "method" not in t.cell:
+        t.map("(default) finetuning_type", "lora", "LLaMA-Factory's default", method=_method(doc, lora))
     if lora:
         implied.update(r=("lora_rank", 8), targets=("lora_target", "all"))
     for cell_key, (key, default) in implied.items():
