@@ -64,9 +64,9 @@ NO_EFFECT = {k: F.NO_MEMORY for k in (
     "dataset_kwargs", "dataset_num_proc", "dataset_batch_size", "eos_token", "pad_token", "chat_template_path",
     "completion_only_loss", "assistant_only_loss", "dataset_name", "shuffle_dataset", "loss_type",
     "model_init_kwargs", "pad_to_multiple_of", "per_device_eval_batch_size", "per_gpu_eval_batch_size",
-    "world_size_note", "_n_gpu", "use_ipex", "jit_mode_eval", "use_mps_device", "tpu_num_cores", "tpu_metrics_debug",
+    "_n_gpu", "use_ipex", "jit_mode_eval", "use_mps_device", "tpu_num_cores", "tpu_metrics_debug",
     "fp16_opt_level", "fp16_backend", "push_to_hub_organization", "push_to_hub_token", "torchdynamo",
-    "ddp_timeout_delta", "gradient_checkpointing_kwargs", "log_on_each_node", "hub_private_repo",
+    "log_on_each_node",
 )}
 NO_EFFECT.update({
     "bf16": "off: no bf16 mixed precision", "fp16": "off: no fp16 mixed precision",
