@@ -14,6 +14,7 @@ import pytest
 from lamda_bench import cli
 from lamda_bench.results.files import load_records
 from lamda_bench.suite.parse import load_suite, parse_suite
+from lamda_bench.trainer_config import read_document
 
 CONFIGS = Path(__file__).resolve().parent / "trainer_configs"
 BLOCKS = ("params", "memory", "flops", "predicted")
@@ -39,6 +40,8 @@ def test_trainer_config_answer_is_the_suite_cells_bytes(tmp_path, capsys, name, 
         assert first.startswith("NOTE:") and "prepare_model_for_kbit_training" in first
     assert f"peak memory (estimate): " in text and f"({est['memory']['peak']} B)" in text
     assert "trainable parameters: " in text and "closed form" in text and "every key's fate" in text
+    fates = json.loads((tmp_path / "est" / "trainer-configs" / f"{cell.id}.json").read_text())
+    assert fates["id"] == cell.id and {k["key"] for k in fates["keys"]} >= set(read_document(config))
 
     # asked again: nothing runs, the record is the one already there
     assert cli.main(["estimate", "--from", str(config), "--out", str(tmp_path / "est"), "--json"]) == 0

@@ -221,3 +221,12 @@ def test_cards_people_rent():
                  "L4-24GB", "T4-16GB", "MI300X"):
         card = CARDS[name.lower()]
         assert card.source and parse_budget(name.lower()).bytes == card.total_mib * MIB
+
+
+def test_a_config_without_a_sequence_length_asks_for_seq(tmp_path, capsys):
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"per_device_train_batch_size": 2, "output_dir": "o"}))
+    code = cli.main(["estimate", "--from", str(args), "--workload", "tiny-llama", "--method", "lora",
+                     "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "gives no sequence length" in err and "--seq" in err and not (tmp_path / "o").exists()

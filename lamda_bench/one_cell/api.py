@@ -51,6 +51,10 @@ def estimate(model: Any, peft_config: Any = None, training_args: Any = None, seq
     if seq is not None:
         keys["seq"] = seq
     keys.update(cell_keys)
+    if "seq" not in keys:
+        from ..api import ApiError
+
+        raise ApiError("estimate: no sequence length: give seq= (or an SFTConfig with max_length)")
     if t.headline():
         warnings.warn(t.headline() + ": " + "; ".join(f"{f.key} ({f.note})" for f in t.caveats()),
                       EstimateWarning, stacklevel=2)

@@ -70,6 +70,8 @@ def gather_keys(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         else:
             keys[key] = parse_override(f"{key}={raw}")[1]
     keys.update(parse_override(o) for o in args.overrides)
+    if translation is not None and "seq" not in keys:
+        raise EstimateError(f"{translation.source} gives no sequence length ({translation.format}); give --seq")
     return keys, translation
 
 
@@ -84,6 +86,8 @@ def run_estimate(args: argparse.Namespace) -> int:
     headline = translation.headline() if translation is not None else None
     cell = build_cell(keys)
     record, reused = run_one(cell, args.out, progress=not args.no_progress and not args.json)
+    if translation is not None:
+        write_fates(translation, args.out, cell.id)
     if args.json:
         if headline:
             print(printable(headline), file=sys.stderr)
@@ -94,3 +98,13 @@ def run_estimate(args: argparse.Namespace) -> int:
             lines += [""] + translation.lines()
         print(printable_lines("\n".join(lines)))
     return 0 if record.get("status") == "ok" else 1
+
+
+def write_fates(translation, out: Path, cell_id: str) -> Path:
+    """``OUT/trainer-configs/<cell id>.json``: the config's keys and their fates beside the record
+    (the runner's record knows the cell, not the file it came from)."""
+    path = out / "trainer-configs" / f"{cell_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"id": cell_id, "note": translation.headline(), **translation.to_dict()}, indent=1),
+                    encoding="utf-8")
+    return path
