@@ -230,3 +230,11 @@ def test_a_config_without_a_sequence_length_asks_for_seq(tmp_path, capsys):
                      "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "gives no sequence length" in err and "--seq" in err and not (tmp_path / "o").exists()
+
+
+def test_fit_from_a_config_without_a_model_asks_for_one(tmp_path, capsys):
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"per_device_train_batch_size": 2, "max_length": 64, "output_dir": "o"}))
+    code = cli.main(["fit", "--from", str(args), "--budget", "24GiB", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--workload is required (or --from a trainer config that names it)" in err

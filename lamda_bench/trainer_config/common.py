@@ -37,11 +37,12 @@ def map_model(t: Translation, key: str, value: Any, config_dir: Path) -> None:
     if ref in WORKLOADS:
         t.map(key, value, "a catalogue name", workload=ref)
         return
-    name = catalogue_hub_ids().get(ref.lower())
+    here = Path.cwd() / ref
+    local = here.exists() or (config_dir / ref).exists()  # a folder named like a hub id is that folder
+    name = None if local else catalogue_hub_ids().get(ref.lower())
     if name is not None:
         t.map(key, value, f"the catalogue's copy of {ref}'s config.json", workload=name)
         return
-    here = Path.cwd() / ref
     base = Path.cwd() if here.exists() else config_dir
     t.map(key, value, "config.json read offline (a path, or the HF cache)",
           workload=resolve_reference(ref, base))
