@@ -41,8 +41,10 @@ def test_budgets_by_card_name_include_the_device_overhead():
     assert plain.card is None and plain.margin == WORKSPACE_BYTES + GIB and plain.usable == 23 * GIB - WORKSPACE_BYTES
     assert "64 MiB" not in plain.policy() and str(WORKSPACE_BYTES) in plain.policy()
     assert all(card.total_mib > 1024 and card.source for card in CARDS.values())
-    with pytest.raises(BudgetError, match="nor a known card"):
+    with pytest.raises(BudgetError, match="unknown card \\(did you mean 'H100-80GB'\\?\\)"):
         parse_budget("H100-90GB")
+    with pytest.raises(BudgetError, match="nor a known card"):
+        parse_budget("24 parsecs")
     with pytest.raises(BudgetError, match="leaves nothing above the margin"):
         parse_budget("64MiB")
 
