@@ -238,3 +238,18 @@ def test_fit_from_a_config_without_a_model_asks_for_one(tmp_path, capsys):
     code = cli.main(["fit", "--from", str(args), "--budget", "24GiB", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "--workload is required (or --from a trainer config that names it)" in err
+
+
+def test_api_takes_a_pretrained_config_by_content(tmp_path):
+    """A transformers config object becomes a config.json under out/configs (named by content),
+    read by the workload rules like any path: the same config gives the same cell id."""
+    from transformers import LlamaConfig
+
+    from lamda_bench.one_cell.api import _workload
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=256, architectures=["LlamaForCausalLM"])
+    first, again = _workload(config, tmp_path / "a"), _workload(config, tmp_path / "b")
+    assert Path(first).is_file() and Path(first).name == Path(again).name
+    cells = [build_cell({"workload": ref, "method": "lora", "seq": 32}) for ref in (first, again)]
+    assert cells[0].id == cells[1].id
