@@ -5,6 +5,10 @@ pandas DataFrame (see ``lamda_bench.api``); they are imported on first use, so `
 lamda_bench`` stays cheap (no torch, no pandas).
 """
 
+from . import library_noise
+
+library_noise.install()  # before anything imports bitsandbytes (see library_noise.py)
+
 __version__ = "0.1.0"
 __all__ = ["load", "run"]
 
