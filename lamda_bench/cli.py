@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from .terminal import printable, printable_lines
 from .errors import UserError
 from .fit.cli import add_fit_arguments
+from .paths import writable_dir, writable_file
 
 PROG = "lamda-bench"
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -185,9 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise LaunchError(f"--jobs: {args.jobs} is less than 1")
     runner = args.runner or DEFAULT_RUNNER
     suite = load_suite(args.suite, overrides=dict(parse_override(o) for o in args.overrides))
-    out = args.out if args.out is not None else Path("reports") / suite.name
-    if out.exists() and not out.is_dir():
-        raise CliError(f"{out}: --out exists and is not a directory")
+    out = writable_dir(args.out if args.out is not None else Path("reports") / suite.name, "--out")
     path = results_path(out)
 
     if args.dry_run:
@@ -321,6 +320,12 @@ def _existing_dir(path: Path) -> Path:
     return path
 
 
+def _output_file(path: Path | None, flag: str) -> None:
+    """An output file flag (``--out FILE``), checked before the work: a writable file or none yet."""
+    if path is not None:
+        writable_file(path, flag)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -353,6 +358,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
 
     if not 0 < args.tolerance < 1:
         raise CliError(f"--tolerance: {args.tolerance} is not between 0 and 1")
+    _output_file(args.out, "--out")
     text = agreement(_existing_dir(args.measured), _existing_dir(args.estimated), args.tolerance)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

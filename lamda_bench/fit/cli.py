@@ -69,8 +69,7 @@ def run_fit(args: argparse.Namespace) -> bool:
         overrides["r"] = args.r
     if args.targets is not None:
         overrides["targets"] = args.targets
-    if args.out.exists() and not args.out.is_dir():
-        raise FitError(f"{args.out}: --out exists and is not a directory")
+    check_out(args.out)
     suite = parse_suite("[[sweep]]\n", source="lamda-bench fit", default_name="fit", overrides=overrides)
     rows = plan(list(suite.cells), axis, budget, probe_runner(args.out, args.jobs, not args.no_progress),
                 multiple=args.multiple, limit=args.limit, layout=layout)
@@ -79,3 +78,12 @@ def run_fit(args: argparse.Namespace) -> bool:
     print("written: " + ", ".join(str(p) for p in written if p is not None)
           + f"; probe records in {args.out / 'results.jsonl'}")
     return any(r["verdict"] == "error" for r in rows)
+
+
+def check_out(out: Path) -> None:
+    """``--out`` and the two files fit writes there at the end, checked before any probe runs."""
+    from ..paths import writable_dir, writable_file
+
+    writable_dir(out, "--out")
+    for name in ("fit.json", "fit.png"):
+        writable_file(out / name, "--out")
