@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     agr.set_defaults(func=cmd_agreement)
 
     fit = verbs.add_parser("fit", help="largest batch (or seq) whose estimated step fits a memory budget")
-    add_fit_arguments(fit)  # fit_cli.py: the fit command's flags and the run they drive
+    add_fit_arguments(fit)  # fit/cli.py: the fit command's flags and the run they drive
     fit.set_defaults(func=cmd_fit)
 
     ver = verbs.add_parser("verify", help="claims ledger: run the claims suite and write claims.md")

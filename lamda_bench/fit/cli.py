@@ -1,4 +1,4 @@
-"""``lamda-bench fit``: its flags, and the run they drive (``fit.plan`` probes cells, ``fit_output``
+"""``lamda-bench fit``: its flags, and the run they drive (``fit.plan`` probes cells, ``fit.output``
 prints and writes the answer). The budget and the answer are per card; every answer is an
 estimate. ``cli.py`` registers the verb and turns the result into an exit code.
 """
