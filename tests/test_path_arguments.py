@@ -78,16 +78,16 @@ def test_checks_create_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_unwritable_ancestor_is_named(tmp_path):
+def test_an_unwritable_ancestor_is_named(tmp_path, monkeypatch):
+    """A directory the user cannot write to (simulated: the tests run as root, whom chmod cannot stop)."""
+    import os
+
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        import os
-
-        if os.access(locked, os.W_OK):
-            pytest.skip("running as a user who can write anywhere (root)")
-        with pytest.raises(paths.PathArgumentError, match="is not writable"):
-            paths.writable_dir(locked / "out", "--out")
-    finally:
-        locked.chmod(0o700)
+    real_access = os.access
+    monkeypatch.setattr(paths.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    with pytest.raises(paths.PathArgumentError, match="locked is not writable"):
+        paths.writable_dir(locked / "out", "--out")
+    with pytest.raises(paths.PathArgumentError, match="directory is not writable"):
+        paths.writable_dir(locked, "--out")
+    assert paths.writable_dir(tmp_path / "free", "--out") == tmp_path / "free"
