@@ -6,6 +6,10 @@ training_args=..., seq=...)`` answers one cell (``lamda_bench.one_cell.api``); t
 lamda_bench`` stays cheap (no torch, no pandas).
 """
 
+from . import library_noise
+
+library_noise.install()  # before anything imports bitsandbytes (see library_noise.py)
+
 __version__ = "0.1.0"
 __all__ = ["load", "run", "estimate"]
 

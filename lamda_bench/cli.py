@@ -23,6 +23,7 @@ from .terminal import printable, printable_lines
 from .errors import UserError
 from .fit.cli import add_fit_arguments
 from .one_cell.cli import add_estimate_arguments
+from .paths import writable_dir, writable_file
 
 PROG = "lamda-bench"
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -183,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     agr.set_defaults(func=cmd_agreement)
 
     fit = verbs.add_parser("fit", help="largest batch (or seq) whose estimated step fits a memory budget")
-    add_fit_arguments(fit)  # fit_cli.py: the fit command's flags and the run they drive
+    add_fit_arguments(fit)  # fit/cli.py: the fit command's flags and the run they drive
     fit.set_defaults(func=cmd_fit)
 
     ver = verbs.add_parser("verify", help="claims ledger: run the claims suite and write claims.md")
@@ -209,9 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise LaunchError(f"--jobs: {args.jobs} is less than 1")
     runner = args.runner or DEFAULT_RUNNER
     suite = load_suite(args.suite, overrides=dict(parse_override(o) for o in args.overrides))
-    out = args.out if args.out is not None else Path("reports") / suite.name
-    if out.exists() and not out.is_dir():
-        raise CliError(f"{out}: --out exists and is not a directory")
+    out = writable_dir(args.out if args.out is not None else Path("reports") / suite.name, "--out")
     path = results_path(out)
 
     if args.dry_run:
@@ -345,6 +344,12 @@ def _existing_dir(path: Path) -> Path:
     return path
 
 
+def _output_file(path: Path | None, flag: str) -> None:
+    """An output file flag (``--out FILE``), checked before the work: a writable file or none yet."""
+    if path is not None:
+        writable_file(path, flag)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -377,6 +382,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
 
     if not 0 < args.tolerance < 1:
         raise CliError(f"--tolerance: {args.tolerance} is not between 0 and 1")
+    _output_file(args.out, "--out")
     text = agreement(_existing_dir(args.measured), _existing_dir(args.estimated), args.tolerance)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,7 @@ def lamda_sharded_params(layers: Sequence[AdaptedLinear], r: int, b_trainable: C
     """LaMDA's adapter parameters on a mesh, for ``fsdp2_rank_memory``: per layer A (r x d_in,
     frozen), S (r x r, trainable), B's frozen columns (d_out x (r - t)) and its trainable ones
     (d_out x t, t = ``b_trainable(r)``), each only while it has columns; every one sharded on
-    dim 0 (A and S by fully_shard, B by hand: ``methods/lamda_freeze.py``). Once t is 0, B has
+    dim 0 (A and S by fully_shard, B by hand: ``methods/lamda/freeze.py``). Once t is 0, B has
     no trainable tensor: no gradient, no Adam moments, no ``step`` scalar."""
     params: list[ShardedParam] = []
     for layer in layers:

@@ -42,6 +42,7 @@ def verify_cli(out_dir: Path = DEFAULT_OUT, jobs: int = 2, gpu_dir: Path | None 
     from ..suite.parse import load_suite
 
     out_dir = Path(out_dir)
+    check_paths(out_dir, gpu_dir)
     suite = load_suite(CLAIMS_SUITE)
     summaries = [run_cells(list(suite.cells), out_dir, suite=suite.name, jobs=jobs, progress=progress)]
     if not summaries[0].interrupted:
@@ -59,6 +60,19 @@ def verify_cli(out_dir: Path = DEFAULT_OUT, jobs: int = 2, gpu_dir: Path | None 
     for rec in failed:
         print(f"lamda-bench: {rec.get('status')}: {rec.get('id')}: {rec.get('error')}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def check_paths(out_dir: Path, gpu_dir: Path | None) -> None:
+    """Every path ``verify`` will read or write, checked before its first cell (one line, exit 2):
+    an explicit ``--gpu`` must hold GPU results; ``--out``, its probes folder and claims.md must
+    be writable."""
+    from ..paths import results_dir, writable_dir, writable_file
+
+    if gpu_dir is not None:
+        results_dir(Path(gpu_dir), "--gpu")
+    writable_dir(out_dir, "--out")
+    writable_dir(out_dir / PROBES_DIR, "--out")
+    writable_file(out_dir / CLAIMS_FILE, "--out")
 
 
 def write_claims(results_dir: Path, gpu_dir: Path | None = None) -> Path:

@@ -11,7 +11,7 @@ cell) whose ``options`` carry ``probe`` (the kind) plus the method options it ne
 - ``init-diff``: the model's output before and after applying the method (eval mode, no
   dropout, fp32), max absolute difference and the output's max absolute value: does the
   SVD init leave the output unchanged? (PiSSA's claim; for LaMDA's inits, a check of this
-  harness's residual base, see ``methods/lamda_init.py``.)
+  harness's residual base, see ``methods/lamda/init.py``.)
 
 ``run_probe(cell_dict, artifacts_dir)`` is the launcher's runner for them; like
 ``runner.run_cell`` it returns a record and never raises. The figures sit under

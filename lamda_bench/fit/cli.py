@@ -1,4 +1,4 @@
-"""``lamda-bench fit``: its flags, and the run they drive (``fit.plan`` probes cells, ``fit_output``
+"""``lamda-bench fit``: its flags, and the run they drive (``fit.plan`` probes cells, ``fit.output``
 prints and writes the answer). The budget and the answer are per card; every answer is an
 estimate. ``cli.py`` registers the verb and turns the result into an exit code.
 """
@@ -79,8 +79,7 @@ def run_fit(args: argparse.Namespace) -> bool:
         overrides["r"] = args.r
     if args.targets is not None:
         overrides["targets"] = args.targets
-    if args.out.exists() and not args.out.is_dir():
-        raise FitError(f"{args.out}: --out exists and is not a directory")
+    check_out(args.out)
     suite = parse_suite("[[sweep]]\n", source="lamda-bench fit", default_name="fit", overrides=overrides)
     rows = plan(list(suite.cells), axis, budget, probe_runner(args.out, args.jobs, not args.no_progress),
                 multiple=args.multiple, limit=args.limit, layout=layout)
@@ -115,3 +114,12 @@ def _from_config(args: argparse.Namespace):
     if args.seq is None and args.batch is None:
         raise FitError("give --seq (find the largest batch) or --batch (find the largest seq)")
     return translation, keys
+
+
+def check_out(out: Path) -> None:
+    """``--out`` and the two files fit writes there at the end, checked before any probe runs."""
+    from ..paths import writable_dir, writable_file
+
+    writable_dir(out, "--out")
+    for name in ("fit.json", "fit.png"):
+        writable_file(out / name, "--out")

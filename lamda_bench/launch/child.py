@@ -1,7 +1,7 @@
 """The cell process's side of a launch: find the runner, run one cell through it with the
 process set up for it (output to the cell's log, CPU thread pools sized, the CUDA device
 chosen, dying with its launcher), and send back exactly one record.
-``run_runner`` and ``redirect_output`` serve the Ray launcher too (``launch_ray.py``)."""
+``run_runner`` and ``redirect_output`` serve the Ray launcher too (``launch/ray.py``)."""
 
 from __future__ import annotations
 

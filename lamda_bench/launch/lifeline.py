@@ -8,7 +8,7 @@ its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``), and checks the parent is st
 afterwards (it may have died before the call). Where prctl is not available, a daemon
 thread polls the parent pid instead and ends the process within ``poll_s``.
 
-Called first thing in a cell process's entry point (``launch_child.child_main``); a launcher
+Called first thing in a cell process's entry point (``launch.child.child_main``); a launcher
 that starts cells from an intermediate process (a fork server) calls it in both.
 """
 

@@ -31,9 +31,9 @@ Why this shape:
 - Each cell's stdout/stderr go to ``<out>/logs/<id>.log`` (kept only when non-empty), so a
   crash leaves its traceback (faulthandler is on) without garbling the progress bar.
 - The launch is three modules: this one (the parent side: scheduling, polling, stopping),
-  ``launch_child.py`` (the cell process's side: runner, log, threads, one record back) and
-  ``launch_sweep.py`` (``Sweep``: resume, the one writer, progress bar, summary;
-  ``complete_record``), the last two shared with the Ray launcher (``launch_ray.py``).
+  ``launch/child.py`` (the cell process's side: runner, log, threads, one record back) and
+  ``launch/sweep.py`` (``Sweep``: resume, the one writer, progress bar, summary;
+  ``complete_record``), the last two shared with the Ray launcher (``launch/ray.py``).
 """
 
 from __future__ import annotations

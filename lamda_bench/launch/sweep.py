@@ -1,4 +1,4 @@
-"""What every launcher shares (the local one, ``launch.py``, and Ray's, ``launch_ray.py``): the
+"""What every launcher shares (the local one, ``launch/local.py``, and Ray's, ``launch/ray.py``): the
 cells still to run (resume), the one writer of ``results.jsonl``, the progress bar, the
 summary of a launch, and the record as written (``complete_record``)."""
 

@@ -25,7 +25,7 @@ replaces by a narrower one, and FSDP2 fixes the set and shapes of a module's sha
 parameters at ``fully_shard`` time. B is therefore kept out of FSDP2's parameter groups
 (``ignored_params``) and sharded by hand the same way: a DTensor on dim 0 per part, gathered
 in the forward and its gradient reduce-scattered in the backward (``LamdaB.distribute``,
-``methods/lamda_freeze.py``). Every parameter the optimizer holds is then a DTensor (a foreach
+``methods/lamda/freeze.py``). Every parameter the optimizer holds is then a DTensor (a foreach
 AdamW refuses a group that mixes plain tensors and DTensors), and the freezing slices each
 rank's rows locally, freeing the frozen columns' Adam state on every rank.
 ``freeze_mode = "mask"`` is refused: its gradient hook sits on the parameter FSDP2 replaces,

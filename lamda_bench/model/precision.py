@@ -146,7 +146,7 @@ def predict_state(c, res, b_schedule) -> dict:
         trainable = base if analytic.family(c.method) == "full" else adapter  # full trains the model's own weights
     params = {id(p): p for p in applied.model.parameters()}
     buffers = {id(b.untyped_storage()): b.untyped_storage().nbytes() for b in applied.model.buffers()}
-    # A quantized base (quant_bytes.py): its linears leave the count at the model dtype (their
+    # A quantized base (analytic/quant.py): its linears leave the count at the model dtype (their
     # stored elements and quant-state buffers) and come back as the hand count of their bytes.
     qbase = quant_bytes.quantized_base(applied.model)
     stored, state = (qbase.stored_elements, qbase.state_storages) if qbase else (0, frozenset())

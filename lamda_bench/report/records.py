@@ -1,7 +1,7 @@
 """Reading result records for presentation: load a results directory, pick fields by
 dotted path, flatten a record into one row, and describe a record's shape (d, tokens).
 
-The record format is documented in docs/ARCHITECTURE.md; parsing and schema checks live in
+The record format is documented in docs/records.md; parsing and schema checks live in
 ``lamda_bench.results.files`` (this module only presents what it returns).
 """
 

@@ -4,7 +4,7 @@ Why it looks like this:
 - Each record is written with a single ``os.write`` on an ``O_APPEND`` descriptor followed
   by ``fsync``, and nothing ever rewrites earlier lines. A crash or a kill can still cut
   the line being written (Linux may stop a write of more than a page part-way on SIGKILL;
-  records are kept to a few KiB, see ``MAX_TEXT_CHARS`` in launch.py), so at worst the
+  records are kept to a few KiB, see ``MAX_TEXT_CHARS`` in launch/sweep.py), so at worst the
   *last* line is torn: ``load_results`` skips it with a warning, the next append starts on
   a new line, and resume runs that cell again. Every reader warns with file and line for
   each line it skips and each value it cannot use (``LoadedResults.warnings``).
@@ -179,7 +179,7 @@ def encode_record(record: dict[str, Any]) -> bytes:
         raise ResultsError(
             f"record {record.get('id')!r} has schema {schema!r}; this harness writes {SCHEMA_VERSION}"
         )
-    # Standard JSON only: NaN/infinity become null, listed in nonfinite_fields (record_values).
+    # Standard JSON only: NaN/infinity become null, listed in nonfinite_fields (results/values.py).
     line = json.dumps(finite_or_null(record), separators=(",", ":"), sort_keys=False, default=str,
                       allow_nan=False)
     if "\n" in line:  # json.dumps escapes newlines inside strings; belt and braces
@@ -226,7 +226,7 @@ class LoadedResults:
     ``skipped``: (line, reason) of each line that gave no record (a torn write, bytes that
     are not UTF-8 or not JSON, a file of NUL bytes, a record without an ``id``).
     ``repaired``: (line, problem) of each value set to null because a reader cannot compute
-    with it (``record_values.check_values``); the record itself is kept.
+    with it (``results.values.check_values``); the record itself is kept.
     """
 
     records: list[dict[str, Any]] = field(default_factory=list)

@@ -12,7 +12,7 @@ paths: writers build blocks from the key tuples, readers read through ``get(reco
 the paths below (``MEMORY.peak`` is ``"memory.peak"``), so a misspelt path fails at import time
 (AttributeError) instead of reading None forever.
 
-The record format is documented in docs/ARCHITECTURE.md; schema checks on load live in
+The record format is documented in docs/records.md; schema checks on load live in
 ``lamda_bench.results.files``.
 """
 

@@ -1,4 +1,4 @@
-"""The cell runner. run_cell: one cell in, one record out (the record of docs/ARCHITECTURE.md).
+"""The cell runner. run_cell: one cell in, one record out (the record of docs/records.md).
 Never raises.
 
 The package reads in the order the data flows: ``resolve`` (the cell's rules, dtype, device,

@@ -13,7 +13,7 @@ sweep wins), then expanded:
 - ``targets``: a string is a preset (``"all"``, ``"attn"``, ``"mlp"``, ``"peft"``) or a single
   module-name suffix, checked when the model is built; a list of module names is ONE setting
   (PEFT's ``target_modules``); an axis is a list of presets or of lists, and an ambiguous
-  mix is refused (``suite_conventions``). ``dtype`` takes torch's names as aliases.
+  mix is refused (``suite.conventions``). ``dtype`` takes torch's names as aliases.
 - ``zip = [["r", "alpha"]]``: the named axes advance together (equal lengths required)
   instead of forming a product.
 - ``exclude = [{method = "full", r = 16}]``: drop combinations where every named key has
@@ -30,9 +30,9 @@ Every problem raises ``SuiteError`` with one line: ``<file>: <where>: <key>: <pr
 Checks that need a built model (r larger than a model layer's shape) happen at run time
 and give an error record; r larger than a linear workload's d is caught here.
 
-Beside this parser: ``suite_values`` (what each key's value may be), ``suite_sweep`` (a
-sweep's axes into combinations, ``zip``), ``suite_conventions`` (aliases, targets axes),
-``suite_text`` (reading the TOML safely); the cell's own rules are ``Cell.validate``.
+Beside this parser: ``suite.values`` (what each key's value may be), ``suite.sweep`` (a
+sweep's axes into combinations, ``zip``), ``suite.conventions`` (aliases, targets axes),
+``suite.text`` (reading the TOML safely); the cell's own rules are ``Cell.validate``.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def parse_suite(
     catalog: Catalog | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Suite:
-    text = text.removeprefix("\ufeff")  # a byte-order mark: see suite_text
+    text = text.removeprefix("\ufeff")  # a byte-order mark: see suite.text
     try:
         doc = toml_loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -5,7 +5,7 @@
 This is our own module, not PEFT. The paper's text is not available to us, so these are the
 decisions (see docs/DESIGN, "The methods"):
 
-* Inits (``lamda_init.py`` has the details): ``"svd"`` (default) is the paper's form as its
+* Inits (``lamda/init.py`` has the details): ``"svd"`` (default) is the paper's form as its
   summary states it: A = V_r^T, B = U_r from the top-r singular vectors of W, S = I; the base
   weight becomes W - s U_r V_r^T (our choice: the paper does not say) so the output is
   unchanged at init. ``"svd-sigma"`` is ours: S = Sigma_r / s, base W - U_r Sigma_r V_r^T
@@ -39,7 +39,7 @@ decisions (see docs/DESIGN, "The methods"):
   ``optimizer.step()`` with the number of steps completed) or, with the HF Trainer, through
   ``LamdaFreezeCallback(applied)``.
 * The freezing itself (``FreezeSchedule``, ``LamdaB``, ``swap_optimizer_parameter``, and B
-  sharded on dim 0 under FSDP2) is in ``lamda_freeze.py``.
+  sharded on dim 0 under FSDP2) is in ``lamda/freeze.py``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from torch import nn
 from .. import register
 from ...model.targets import is_target_linear, matches_target
 from ..base import AdapterSpec, AppliedMethod, Method, MethodError, Option, adamw_over_trainable, check_rank
-# The freezing (schedule, B, optimizer surgery) lives in lamda_freeze; its names stay importable from here.
+# The freezing (schedule, B, optimizer surgery) lives in lamda/freeze.py; its names stay importable from here.
 from .freeze import (  # noqa: F401
     DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE, FREEZE_MODES, FreezeSchedule, LamdaB, swap_optimizer_parameter)
 from .init import INIT_DOC, INITS, initial_factors
