@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from . import config as model_config
+from . import moe
 from ..suite.cell import Cell
 from .config import WorkloadError
 from .targets import PRESETS, available_presets, matches_target, target_linears  # noqa: F401 - re-exported
@@ -74,6 +75,10 @@ CATALOGUE = {
     "tiny-llama": "tiny LLaMA for tests",
     "tiny-deberta": "tiny DeBERTa-v2 classifier for tests",
     "tiny-bart": "tiny BART seq2seq for tests",
+    "mixtral-8x7b-v0.1": "Mixtral-8x7B-v0.1 (mistralai/Mixtral-8x7B-v0.1), MoE: 8 experts, top-2",
+    "qwen3-30b-a3b": "Qwen3-30B-A3B (Qwen/Qwen3-30B-A3B), MoE: 128 experts, top-8",
+    "tiny-mixtral": "tiny Mixtral MoE for tests (4 experts, top-2)",
+    "tiny-qwen3-moe": "tiny Qwen3-MoE for tests (8 experts, top-2)",
 }
 PRETRAINED = ("minilm-l6",)
 
@@ -263,6 +268,7 @@ def build_model(cell: Cell, device: str | torch.device = "cpu") -> nn.Module:
 
     model_class = model_config.model_class(workload.class_name)
     config = copy.deepcopy(hf_config(cell.workload, layers))  # _from_config writes dtype/attention into it
+    moe.apply_cell_keys(config, cell, workload.name)  # experts kernel, router loss: refused on a dense model
     attn = _choose_attention(model_class, cell.attn_implementation, workload.name)
     with torch.device(device):
         model = model_class._from_config(config, dtype=dtype, attn_implementation=attn)
