@@ -153,6 +153,9 @@ def predicted(plan: Plan, res: StepResult) -> dict:
     info = applied.info
     from ..methods import get_method
 
+    if isinstance(info.get("expert_targets"), list):  # MoE experts adapted (methods/peft_experts.py)
+        return {"error": "closed forms cover adapted nn.Linear calls only; the adapted expert parameters "
+                         "(PEFT ParamWrapper) are traced, not modelled"}
     b_schedule = get_method(method).b_schedule(info, res.horizon)  # the method's own freezing schedule
     itemsize = adapter_itemsize(applied)
     calls = res.calls
