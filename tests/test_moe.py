@@ -185,3 +185,9 @@ def test_moe_module_detection():
     assert moe.expert_parameter_suffixes(model) == ["experts.gate_up_proj", "experts.down_proj"]
     assert moe.facts(model)["experts"] == 4 and moe.facts(model)["top_k"] == 2
     assert moe.facts(build_model(Cell(workload="tiny-llama", method="lora"), "meta")) is None
+
+
+def test_a_quantized_base_says_the_experts_stay_unquantized():
+    rec = run(workload="tiny-mixtral", quant="nf4", dtype="bf16", targets="attn")
+    assert rec["info"]["quant"]["quantized_linears"] == 8  # attention projections only
+    assert "kept in the model dtype" in rec["info"]["quant"]["experts_unquantized"]

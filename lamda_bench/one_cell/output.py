@@ -87,6 +87,9 @@ def _moe(record: dict[str, Any]) -> list[str]:
     not_adapted = get(record, "info.method.not_adapted")
     if not_adapted:
         lines.append(f"NOTE: {not_adapted}")
+    unquantized = get(record, "info.quant.experts_unquantized")
+    if unquantized:
+        lines.append(f"NOTE: quantized base, but {unquantized}")
     return lines
 
 

@@ -195,6 +195,9 @@ def info(c: Cell, res: StepResult) -> dict:
     info["autocast_adapter_dtype"] = applied.info.get("autocast_adapter_dtype")
     info["precision"] = res.precision.policy.to_info()
     info["quant"] = quant.describe(applied.model)  # None for an unquantized base
+    if moe_facts is not None and info["quant"]:  # bitsandbytes quantizes nn.Linear only
+        info["quant"]["experts_unquantized"] = (f"{moe_facts['expert_parameters']} expert weights (fused 3-D "
+                                                "parameters, not nn.Linear) kept in the model dtype")
     info["method"] = applied.info
     info["steps"] = {"warmup": c.warmup, "instrumented_step": res.instrumented_step, "timed": c.steps,
                      "total_steps": res.horizon}
