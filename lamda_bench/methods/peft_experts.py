@@ -31,9 +31,9 @@ from torch import nn
 
 from ..model import moe
 from ..model.config import WorkloadError
+from ..model.targets import EXPERT_PRESETS
 from .base import MethodError
 
-EXPERT_PRESETS = {"experts": None, "all+experts": "all", "attn+experts": "attn"}
 EXPERT_METHODS = ("lora",)  # methods that adapt expert parameters (full fine-tuning trains them anyway)
 
 
