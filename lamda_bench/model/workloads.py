@@ -196,6 +196,10 @@ def _meta_summary(name: str) -> tuple[int, int, tuple[str, ...]]:
         counts.append(sum(p.numel() for p in model.parameters()))
         if layers == 2 and workload.task != "linear":
             presets = tuple(available_presets(model, workload.family))
+            if moe.experts_modules(model):  # the fused experts: parameters, reached by the expert presets
+                from .targets import EXPERT_PRESETS
+
+                presets += tuple(EXPERT_PRESETS)
     return counts[0], counts[1], presets
 
 
@@ -404,6 +408,16 @@ def resolve_targets(cell: Cell, model: nn.Module) -> list[str]:
     return _resolve_targets(cell.targets, model, workload.name, workload.family)
 
 
+def _experts_shape(name: str, workload: Workload) -> str:
+    """", 8 experts top-2 (expert MLP 14336)" for a MoE config, else ""."""
+    cfg = hf_config(name, workload.default_layers)
+    if not moe.is_moe_config(cfg):
+        return ""
+    facts = {k: workload.config.get(k) for k in ("num_experts_per_tok", "moe_intermediate_size", "intermediate_size")}
+    mlp = facts["moe_intermediate_size"] or facts["intermediate_size"]
+    return f", {moe.expert_count(cfg)} experts top-{facts['num_experts_per_tok']} (expert MLP {mlp})"
+
+
 def workload_rows() -> list[list[str]]:
     """``lamda-bench list workloads``: name, parameter count, shape, what it is, presets."""
     from ..report.units import fmt_count
@@ -417,7 +431,8 @@ def workload_rows() -> list[list[str]]:
         kv = f" ({f['kv_heads']} kv)" if f["kv_heads"] != f["heads"] else ""
         shape = (f"{workload.task}, hidden {f['hidden_size']}, MLP {f['intermediate_size']}, {f['layers']} layers, "
                  f"{f['heads']} heads{kv} x {f['head_dim']}, vocab {f['vocab_size']}"
-                 + (", tied" if f["tie_word_embeddings"] and workload.task == "causal-lm" else ""))
+                 + (", tied" if f["tie_word_embeddings"] and workload.task == "causal-lm" else "")
+                 + _experts_shape(name, workload))
         rows.append([name, fmt_count(parameter_count(name)), shape, workload.description,
                      ", ".join(workload.target_presets)])
     return rows
