@@ -96,6 +96,12 @@ def test_cpu_measure_and_estimate_agree_on_every_figure(dtype, targets):
     assert _figures(measured) == _figures(estimated)
 
 
+@pytest.mark.parametrize("dtype,precision", [("fp16", "pure"), ("fp32", "amp-bf16"), ("fp32", "amp-fp16")])
+def test_other_precisions_estimate_and_agree_with_the_cpu(dtype, precision):
+    keys = dict(workload="tiny-mixtral", dtype=dtype, precision=precision, targets="attn+experts", seq=16, batch=1)
+    assert _figures(run(mode="measure", **keys)) == _figures(run(mode="estimate", **keys))
+
+
 def test_expert_presets_train_exactly_the_hand_count():
     s, r, layers = shape("tiny-qwen3-moe"), 4, 2
     experts = layers * s["e"] * r * ((s["h"] + 2 * s["i"]) + (s["i"] + s["h"]))  # A and B per expert, per parameter
