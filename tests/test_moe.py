@@ -197,3 +197,27 @@ def test_a_quantized_base_says_the_experts_stay_unquantized():
     rec = run(workload="tiny-mixtral", quant="nf4", dtype="bf16", targets="attn")
     assert rec["info"]["quant"]["quantized_linears"] == 8  # attention projections only
     assert "kept in the model dtype" in rec["info"]["quant"]["experts_unquantized"]
+
+
+def test_shared_experts_count_beside_the_routed_ones(tmp_path):
+    # Qwen2-MoE: a dense shared expert (nn.Linear, gated by a 1-output linear) runs on every token
+    config = {"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe", "hidden_size": 64,
+              "intermediate_size": 128, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 96,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2, "num_experts": 8,
+              "num_experts_per_tok": 2, "decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": False,
+              "vocab_size": 256, "tie_word_embeddings": False, "max_position_embeddings": 512}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    rec = run(workload=str(path), method="full")
+    t, h, layers = 2 * 32, 64, 2
+    projections = 2 * t * h * (64 + 2 * 32) + 2 * t * 64 * h
+    scores = 4 * 2 * 4 * 32 * 32 * 16
+    router = 2 * t * h * 8
+    experts = 2 * t * 2 * (h * 2 * 32 + 32 * h)
+    shared = 3 * 2 * t * h * 96 + 2 * t * h * 1  # gate, up, down; the shared expert's gate
+    head = 2 * t * h * 256
+    assert rec["flops"]["experts_forward"] == layers * experts
+    assert rec["flops"]["forward"] == layers * (projections + scores + router + experts + shared) + head
+    lora = run(workload=str(path), targets="all", r=1)  # r 1: "all" includes the 64 -> 1 shared-expert gate
+    assert lora["info"]["method"]["experts_adapted"] is False  # the shared expert's linears are, the routed are not
+    assert lora["info"]["method"]["adapted_layers"] == layers * (4 + 3 + 1)
