@@ -159,7 +159,8 @@ def _numel(shape) -> int:
 
 
 def experts_flops(by_module: dict[str, dict[str, int]], model: nn.Module) -> dict[str, int]:
-    """FLOPs run inside the experts modules (base and any adapter folded into them), per phase."""
+    """FLOPs run inside the experts modules (their grouped matmuls, on the folded weight where the
+    experts are adapted; the fold itself runs in PEFT's wrapper, on the adapter side), per phase."""
     experts = frozenset(experts_modules(model))
     out = {}
     for phase, modules in by_module.items():
