@@ -221,3 +221,25 @@ def test_shared_experts_count_beside_the_routed_ones(tmp_path):
     lora = run(workload=str(path), targets="all", r=1)  # r 1: "all" includes the 64 -> 1 shared-expert gate
     assert lora["info"]["method"]["experts_adapted"] is False  # the shared expert's linears are, the routed are not
     assert lora["info"]["method"]["adapted_layers"] == layers * (4 + 3 + 1)
+
+
+@pytest.mark.slow  # lamda_bench.estimate runs its cell in a fresh process
+def test_a_peft_config_with_expert_target_parameters_maps_to_the_expert_presets(tmp_path):
+    import warnings
+
+    from peft import LoraConfig
+
+    import lamda_bench
+    from lamda_bench.trainer_config import peft_adapter
+
+    experts = ["experts.gate_up_proj", "experts.down_proj"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left unmodelled: no EstimateWarning
+        rec = lamda_bench.estimate("tiny-mixtral", peft_config=LoraConfig(r=4, target_parameters=experts),
+                                   seq=16, out=tmp_path, device="cpu", dtype="fp32")
+    assert rec["cell"]["targets"] == "experts" and rec["info"]["method"]["experts_adapted"] is True
+    both = peft_adapter.translate({"r": 4, "target_modules": "all-linear", "target_parameters": experts}, "x", tmp_path,
+                                  with_model=False)
+    assert both.cell["targets"] == "all+experts" and both.headline() is None
+    partial = peft_adapter.translate({"r": 4, "target_parameters": experts[:1]}, "x", tmp_path, with_model=False)
+    assert "target_parameters" in partial.headline()  # only some expert weights: said, not guessed
