@@ -43,7 +43,8 @@ def describe(record: dict[str, Any], reused: bool, where: str) -> str:
     lines = [settings, f"{how}", f"{record.get('id')}: " + ("already recorded in " if reused else "recorded in ") + where]
     if record.get("status") != "ok":
         return "\n".join(lines + [f"status {record.get('status')}: {record.get('error')}"])
-    lines += ["", _peak(record, kind), _params(record), _flops(record), "", _closed_forms(record), UNITS_NOTE]
+    lines += ["", _peak(record, kind), _params(record), _flops(record)] + _moe(record) + \
+        ["", _closed_forms(record), UNITS_NOTE]
     return "\n".join(lines)
 
 
@@ -72,6 +73,24 @@ def _flops(record: dict[str, Any]) -> str:
     return (f"FLOPs per step: forward {fmt_flops(get(record, FLOPS.forward))}, backward "
             f"{fmt_flops(get(record, FLOPS.backward))} (adapter: forward {fmt_flops(get(record, FLOPS.adapter_forward))}, "
             f"backward {fmt_flops(get(record, FLOPS.adapter_backward))})")
+
+
+def _moe(record: dict[str, Any]) -> list[str]:
+    """A mixture-of-experts model: its experts' share of the FLOPs, and whether they were adapted."""
+    moe = get(record, "info.model.moe")
+    if not isinstance(moe, dict):
+        return []
+    lines = [f"experts: {moe.get('experts')} per block, top-{moe.get('top_k')}, run by "
+             f"{moe.get('experts_implementation')}; their FLOPs: forward {fmt_flops(get(record, FLOPS.experts_forward))}"
+             f", backward {fmt_flops(get(record, FLOPS.experts_backward))}; router aux loss "
+             f"{'on' if moe.get('output_router_logits') else 'off'}"]
+    not_adapted = get(record, "info.method.not_adapted")
+    if not_adapted:
+        lines.append(f"NOTE: {not_adapted}")
+    unquantized = get(record, "info.quant.experts_unquantized")
+    if unquantized:
+        lines.append(f"NOTE: quantized base, but {unquantized}")
+    return lines
 
 
 def _closed_forms(record: dict[str, Any]) -> str:

@@ -17,23 +17,26 @@ from .resolve import Plan
 
 def prepare(plan: Plan, build_device: str):
     """Build the model, apply the method; (applied, spec)."""
-    from ..methods import AdapterSpec, get_method
+    from ..methods import AdapterSpec, get_method, peft_experts
 
     c = plan.cell
     method = get_method(c.method)
     model = workloads.build_model(c, build_device)
     qformat = quant.quantize_base(model, c.quant, c.parallel)  # the quantized frozen base, before the adapter
-    targets = workloads.resolve_targets(c, model)
+    targets, expert_params = peft_experts.split_targets(c, model)  # linears; MoE expert parameters
+    peft_experts.check_method(method, expert_params)
     if c.gradient_checkpointing:
         enable_checkpointing(model, c.workload)
     spec = AdapterSpec(r=c.r, alpha=c.alpha, targets=targets, dtype=plan.dtype,
-                       options=dict(plan.options), total_steps=plan.horizon, seed=c.seed)
+                       options=dict(plan.options), total_steps=plan.horizon, seed=c.seed,
+                       target_parameters=expert_params)
     # On meta, modules the method creates (PEFT's lora_A / lora_B) must be created on meta
     # too: PEFT builds them on cpu first otherwise, which costs seconds at full size.
     ctx = torch.device("meta") if build_device == "meta" else contextlib.nullcontext()
     with ctx, quant.float_base_for_init(model, qformat, method, targets):  # QPiSSA-style residual
         applied = method.apply(model, spec)
     precision.cast_trainable(applied.model, precision.get_policy(c.precision))  # before the optimizer exists
+    applied.info.update(peft_experts.coverage(applied.model, method.name, expert_params))  # MoE: experts adapted?
     return applied, spec
 
 

@@ -18,6 +18,7 @@ import torch
 from ..model import parallel
 from ..model import precision
 from ..model import workloads
+from ..model import moe
 from ..suite.cell import Cell
 from ..measure import StepTrackers
 from .build import make_optimizer, prepare, prime_optimizer
@@ -123,6 +124,9 @@ def estimate(plan: Plan, device: str) -> StepResult:
         job = parallel.fake_job(c.world_size, device)  # before the fake mode: the mesh must be real
     applied, spec = prepare(plan, "meta")
     res.applied = applied
+    if moe.experts_modules(applied.model):  # MoE: refuse the routing-shaped eager loop; fp32/fp16 grouped_mm
+        moe.check_estimate(applied.model, c.workload)
+        moe.allow_fake_grouped_mm_any_dtype()
     fake_mode = to_fake(applied.model, device)
     with job as mesh, fake_mode:
         if mesh is not None:
