@@ -10,6 +10,10 @@ backward the module is read from the node autograd is executing
 module "entered" for the rest of backward when the module's inputs need no gradient
 (the first adapted layer of a PEFT model), which would misattribute everything after.
 
+Nodes no torch function creates (a custom ``autograd.Function``'s, as bitsandbytes' int8
+matmul) are tagged at the exit of the module whose forward created them, by a walk back from
+its outputs; left to the next torch function's walk, they went to whichever module ran it.
+
 During gradient-checkpoint recomputation (forward inside backward) the forward stack is
 non-empty again and wins, so recomputed ops are attributed like the original forward.
 
