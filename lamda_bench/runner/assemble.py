@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .. import analytic
+from ..model import kbit
 from ..model import parallel
 from ..model import precision
 from ..model import quant
@@ -181,6 +182,7 @@ def info(c: Cell, res: StepResult) -> dict:
     info["autocast_adapter_dtype"] = applied.info.get("autocast_adapter_dtype")
     info["precision"] = res.precision.policy.to_info()
     info["quant"] = quant.describe(applied.model)  # None for an unquantized base
+    info["kbit_prepare"] = kbit.describe(applied.model)  # None unless the cell's kbit_prepare ran
     info["method"] = applied.info
     info["steps"] = {"warmup": c.warmup, "instrumented_step": res.instrumented_step, "timed": c.steps,
                      "total_steps": res.horizon}

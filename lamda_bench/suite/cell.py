@@ -30,7 +30,7 @@ QUANTS = ("none", "nf4", "nf4-dq", "fp4", "fp4-dq", "int8")  # quantized frozen 
 # Keys added after cell ids were first recorded: at their default they are left out of the id's
 # hash, so every cell written before the key existed keeps its id (resume, baselines).
 ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True,
-                       "quant": "none"}
+                       "quant": "none", "kbit_prepare": False}
 # The integer keys and their least value. ``steps`` (timed steps) may be 0: the instrumented
 # step always runs, an estimate times nothing, and the runner's own tests use 0.
 MIN_INTS = {"r": 1, "batch": 1, "seq": 1, "layers": 1, "d_in": 1, "d_out": 1, "steps": 0, "warmup": 0, "seed": 0,
@@ -81,6 +81,7 @@ class Cell:
     timeout_s: float = 900.0
     precision: str = "pure"  # precision policy (PRECISIONS)
     quant: str = "none"  # quantized frozen base (QUANTS)
+    kbit_prepare: bool = False  # PEFT's prepare_model_for_kbit_training on the quantized base (model/kbit.py)
     options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
 
     # ---- conversion -------------------------------------------------------------------
@@ -126,6 +127,11 @@ class Cell:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 return key, f"cell {key} must be an integer >= {least}, got {v!r}"
+        if not isinstance(self.kbit_prepare, bool):
+            return "kbit_prepare", f"cell kbit_prepare must be true or false, got {self.kbit_prepare!r}"
+        if self.kbit_prepare and self.quant == "none":
+            return "kbit_prepare", ("cell kbit_prepare = true needs a quantized base (quant = 'nf4', 'int8', ...): "
+                                    "PEFT's prepare_model_for_kbit_training prepares a k-bit model")
         problem = self.parallel_problem()
         return ("world_size", problem) if problem else None
 

@@ -100,6 +100,7 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "timeout_s": _number(),
     "precision": _choice(PRECISIONS),
     "quant": _choice(QUANTS),
+    "kbit_prepare": _bool,
 }
 assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
 
