@@ -214,5 +214,9 @@ def shape_title(record: dict[str, Any], axes: Axes) -> str:
             if value != "none":
                 parts.append(f"{value} base")
             continue
+        if axis == "kbit_prepare":  # PEFT's prepare_model_for_kbit_training ran; not: unsaid
+            if value:
+                parts.append("kbit-prepared")
+            continue
         parts.append(f"{SHORT[axis]}{value}" if axis in SHORT else show(value))
     return " ".join(parts) or "all cells"
