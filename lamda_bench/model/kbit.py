@@ -20,6 +20,8 @@ The record's ``info.kbit_prepare`` says what it did.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -44,8 +46,13 @@ def prepare(model: nn.Module, cell) -> dict | None:
     to_cast = [p for p in model.parameters() if p.dtype in _HALF and type(p).__name__ != "Params4bit"]
     cast_elements = sum(p.numel() for p in to_cast)
     cast_bytes_before = sum(p.numel() * p.element_size() for p in to_cast)
-    prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cell.gradient_checkpointing),
-                                    gradient_checkpointing_kwargs=dict(CHECKPOINTING_KWARGS))
+    with warnings.catch_warnings():
+        # peft 0.21 calls transformers 5's deprecated alias (gradient_checkpointing_enable): the
+        # same function, a FutureWarning about peft's code, not about the cell
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.* is deprecated",
+                                category=FutureWarning)
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cell.gradient_checkpointing),
+                                        gradient_checkpointing_kwargs=dict(CHECKPOINTING_KWARGS))
     still_half = [p for p in to_cast if p.dtype in _HALF]
     if still_half:  # PEFT's rule changed: say so rather than record a cast that did not happen
         raise QuantError(f"kbit_prepare: peft {peft.__version__} left {len(still_half)} fp16/bf16 parameters "
