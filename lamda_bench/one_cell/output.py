@@ -36,6 +36,8 @@ def kind_of(record: dict[str, Any]) -> str:
 def describe(record: dict[str, Any], reused: bool, where: str) -> str:
     cell = record.get("cell") or {}
     settings = " ".join(f"{k}={_value(cell.get(k))}" for k in SHOWN_KEYS if k in cell)
+    if cell.get("kbit_prepare"):  # said only when on: every other cell's line stays as it was
+        settings += " kbit_prepare=true"
     kind = kind_of(record)
     how = (f"estimate: fake tensors on {get(record, 'info.estimate_device', 'cpu')}, the real training step traced; "
            "nothing measured on a GPU") if kind == "estimate" else \

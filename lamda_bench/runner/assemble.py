@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .. import analytic
+from ..model import kbit
 from ..model import parallel
 from ..model import precision
 from ..model import quant
@@ -198,6 +199,7 @@ def info(c: Cell, res: StepResult) -> dict:
     if moe_facts is not None and info["quant"]:  # bitsandbytes quantizes nn.Linear only
         info["quant"]["experts_unquantized"] = (f"{moe_facts['expert_parameters']} expert weights (fused 3-D "
                                                 "parameters, not nn.Linear) kept in the model dtype")
+    info["kbit_prepare"] = kbit.describe(applied.model)  # None unless the cell's kbit_prepare ran
     info["method"] = applied.info
     info["steps"] = {"warmup": c.warmup, "instrumented_step": res.instrumented_step, "timed": c.steps,
                      "total_steps": res.horizon}

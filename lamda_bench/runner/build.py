@@ -8,6 +8,7 @@ import contextlib
 import torch
 from torch import nn
 
+from ..model import kbit
 from ..model import precision
 from ..model import quant
 from ..model import workloads
@@ -23,9 +24,10 @@ def prepare(plan: Plan, build_device: str):
     method = get_method(c.method)
     model = workloads.build_model(c, build_device)
     qformat = quant.quantize_base(model, c.quant, c.parallel)  # the quantized frozen base, before the adapter
+    prepared = kbit.prepare(model, c)  # PEFT's prepare_model_for_kbit_training (kbit_prepare key)
     targets, expert_params = peft_experts.split_targets(c, model)  # linears; MoE expert parameters
     peft_experts.check_method(method, expert_params)
-    if c.gradient_checkpointing:
+    if c.gradient_checkpointing and prepared is None:  # a prepared model: PEFT enabled it, non-reentrant
         enable_checkpointing(model, c.workload)
     spec = AdapterSpec(r=c.r, alpha=c.alpha, targets=targets, dtype=plan.dtype,
                        options=dict(plan.options), total_steps=plan.horizon, seed=c.seed,

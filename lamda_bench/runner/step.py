@@ -21,6 +21,7 @@ from ..model import workloads
 from ..model import moe
 from ..suite.cell import Cell
 from ..measure import StepTrackers
+from ..measure.garbage import CyclicGarbage
 from .build import make_optimizer, prepare, prime_optimizer
 from .observe import InputObserver
 from .resolve import Plan
@@ -221,8 +222,9 @@ def tracked_step(loop: Loop, step: int) -> None:
     applied = loop.applied
     trackers = StepTrackers(applied.model, applied.is_adapter_module, loop.optimizer, saved=False,
                             timeline=False, inputs=loop.inputs)
-    with trackers, fsdp_tracking(loop.cell, trackers.live):
+    with CyclicGarbage() as garbage, trackers, fsdp_tracking(loop.cell, trackers.live):
         train_step(loop, step, trackers)
+        garbage.collect(trackers.live)
     finish_step(loop, step, trackers.flops)
     note_step_peak(loop.result, step, trackers.live.peak)
 
@@ -245,8 +247,9 @@ def instrumented_step(loop: Loop, step: int, timeline: bool) -> None:
     def grads_done() -> None:
         res.grads_bytes = unique_bytes(p.grad for p in model.parameters() if p.grad is not None)
 
-    with observer, trackers, fsdp_tracking(c, live):
+    with CyclicGarbage() as garbage, observer, trackers, fsdp_tracking(c, live):
         train_step(loop, step, trackers, on_grads=grads_done)
+        res.info["cyclic_garbage_bytes"] = garbage.collect(live)
     # Read now: the live tracker's free callbacks outlive it, and on_step replaces parameters.
     res.weights_bytes = live.current["weights"]
     if parallel.is_parallel(c):  # the trainable set this step trained (memory.optimizer's moment)

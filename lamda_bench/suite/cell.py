@@ -31,7 +31,8 @@ EXPERTS = ("auto", "grouped_mm", "batched_mm", "eager")  # MoE experts kernels: 
 # Keys added after cell ids were first recorded: at their default they are left out of the id's
 # hash, so every cell written before the key existed keeps its id (resume, baselines).
 ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True,
-                       "quant": "none", "experts_implementation": "auto", "output_router_logits": None}
+                       "quant": "none", "experts_implementation": "auto", "output_router_logits": None,
+                       "kbit_prepare": False}
 # The integer keys and their least value. ``steps`` (timed steps) may be 0: the instrumented
 # step always runs, an estimate times nothing, and the runner's own tests use 0.
 MIN_INTS = {"r": 1, "batch": 1, "seq": 1, "layers": 1, "d_in": 1, "d_out": 1, "steps": 0, "warmup": 0, "seed": 0,
@@ -84,6 +85,7 @@ class Cell:
     quant: str = "none"  # quantized frozen base (QUANTS)
     experts_implementation: str = "auto"  # MoE only: transformers' experts kernel (EXPERTS); auto: its default
     output_router_logits: bool | None = None  # MoE only: router aux (load-balancing) loss; None: the config's
+    kbit_prepare: bool = False  # PEFT's prepare_model_for_kbit_training on the quantized base (model/kbit.py)
     options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
 
     # ---- conversion -------------------------------------------------------------------
@@ -131,6 +133,11 @@ class Cell:
                 return key, f"cell {key} must be an integer >= {least}, got {v!r}"
         if self.output_router_logits is not None and not isinstance(self.output_router_logits, bool):
             return "output_router_logits", f"cell output_router_logits must be true or false, got {self.output_router_logits!r}"
+        if not isinstance(self.kbit_prepare, bool):
+            return "kbit_prepare", f"cell kbit_prepare must be true or false, got {self.kbit_prepare!r}"
+        if self.kbit_prepare and self.quant == "none":
+            return "kbit_prepare", ("cell kbit_prepare = true needs a quantized base (quant = 'nf4', 'int8', ...): "
+                                    "PEFT's prepare_model_for_kbit_training prepares a k-bit model")
         problem = self.parallel_problem()
         return ("world_size", problem) if problem else None
 

@@ -102,6 +102,7 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "quant": _choice(QUANTS),
     "experts_implementation": _choice(EXPERTS),
     "output_router_logits": _bool,
+    "kbit_prepare": _bool,
 }
 assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
 
