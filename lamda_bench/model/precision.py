@@ -150,7 +150,7 @@ def predict_state(c, res, b_schedule) -> dict:
     # stored elements and quant-state buffers) and come back as the hand count of their bytes.
     qbase = quant_bytes.quantized_base(applied.model)
     stored, state = (qbase.stored_elements, qbase.state_storages) if qbase else (0, frozenset())
-    adamw = res.info.get("optimizer_class") == "AdamW"
+    adamw = res.info.get("optimizer_class") == "AdamW" and c.optimizer in TORCH_ADAMW
     try:
         out = analytic.state_bytes(
             c.method, res.layers, c.r, total_params=applied.num_total() - stored, total_tensors=len(params),
@@ -161,6 +161,25 @@ def predict_state(c, res, b_schedule) -> dict:
         return {"weights": None, "grads": None, "optimizer": None}
     if qbase is not None:
         out["weights"] += qbase.weight_bytes
+    if c.optimizer not in TORCH_ADAMW:  # every other optimizer's closed form (analytic/optimizers.py)
+        out.update(optimizer_forms(c, res))
+    return out
+
+
+TORCH_ADAMW = ("adamw", "adamw_torch", "adamw_torch_fused")  # analytic.state_bytes' AdamW rule
+
+
+def optimizer_forms(c, res) -> dict:
+    """optimizer and optimizer_paged closed forms from the trainable tensors' shapes (observed)."""
+    from ..analytic import optimizers as forms
+    from ..optimizers.build import embedding_params
+
+    embeddings = embedding_params(res.applied.model)
+    tensors = [forms.Tensor(tuple(p.shape), p.element_size(), id(p) in embeddings)
+               for p in res.applied.trainable_parameters()]
+    out = forms.state_bytes(c.optimizer, tensors, paged_target=bool(res.info.get("optimizer_paged_target")))
+    if c.optimizer == "sgd":
+        out.pop("optimizer_paged")
     return out
 
 
