@@ -87,6 +87,13 @@ def tag_paged_buffers(opt, paged_target: bool) -> None:
         return buf
 
     opt.get_state_buffer = get_state_buffer
+    original_prefetch = opt.prefetch_state
+
+    def prefetch_state(p):  # only bitsandbytes' own paged buffers (they carry a page_deviceid) prefetch
+        if getattr(opt.state[p].get("state1"), "page_deviceid", None) is not None:
+            original_prefetch(p)
+
+    opt.prefetch_state = prefetch_state
 
 
 def is_paged(t: torch.Tensor) -> bool:

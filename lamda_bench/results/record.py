@@ -42,6 +42,7 @@ MEMORY_KEYS = (
 MEMORY_OPTIONAL_KEYS = (
     "per_rank", "saved_discarded", "saved_discarded_adapter", "saved_recomputed", "saved_recomputed_adapter",
     "autocast_weight_copies", "autocast_weight_copies_at_peak", "saved_autocast_weight_copies",
+    "optimizer_paged",  # any optimizer but adamw/sgd: paged optimizer state (CUDA unified memory), 0 if none
 )
 FLOPS_KEYS = ("forward", "backward", "adapter_forward", "adapter_backward", "attention_counting")
 TIME_KEYS = ("step_median_s", "step_min_s", "step_max_s", "steps_timed", "tokens_per_s")
