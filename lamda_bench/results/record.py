@@ -47,7 +47,7 @@ MEMORY_OPTIONAL_KEYS = (
 FLOPS_KEYS = ("forward", "backward", "adapter_forward", "adapter_backward", "attention_counting")
 TIME_KEYS = ("step_median_s", "step_min_s", "step_max_s", "steps_timed", "tokens_per_s")
 SERIES_KEYS = ("step", "trainable", "optimizer", "backward_flops", "peak", "ran")
-PREDICTED_MEMORY_KEYS = ("saved_activations_adapter", "weights", "grads", "optimizer")
+PREDICTED_MEMORY_KEYS = ("saved_activations_adapter", "weights", "grads", "optimizer", "optimizer_paged")
 PREDICTED_FLOPS_KEYS = ("adapter_forward", "adapter_backward")
 
 
