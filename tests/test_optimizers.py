@@ -156,3 +156,15 @@ def test_fit_takes_an_optimizer_and_counts_paged_state_unless_evictable(tmp_path
     assert "left out of each peak" in capsys.readouterr().out
     assert counted["cell"]["optimizer"] == "paged_adamw_8bit" and counted["paged_optimizer_counted"]
     assert counted["peak_at_max"] - evictable["peak_at_max"] == 2 * 2 * 512 * 512
+
+
+def test_the_one_cell_estimate_names_paged_state_and_its_closed_form(tmp_path, capsys):
+    argv = ["estimate", "--workload", "linear", "--method", "full", "--d-in", "512", "--d-out", "512", "--layers", "2",
+            "--dtype", "fp32", "--batch", "2", "--seq", "8", "--optimizer", "paged_adamw_8bit", "--out", str(tmp_path),
+            "--no-progress"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "optimizer=paged_adamw_8bit" in out
+    assert f"not in the peak): 1.00 MiB ({2 * 2 * 512 * 512} B)" in out
+    line, = [ln for ln in out.splitlines() if ln.startswith("paged optimizer state ")]
+    assert line.split()[-1] == "equal"
