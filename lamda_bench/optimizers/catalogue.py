@@ -51,14 +51,15 @@ CATALOGUE: dict[str, Entry] = {
 }
 OPTIMIZERS = tuple(CATALOGUE)
 
-# Trainer names that need a package this environment does not have: (package, how to install).
+# Trainer names that need a package this environment does not have: (package, how to install, in
+# transformers' own words). Not in pyproject's extras: none of them is installed or traced here.
 MISSING_PACKAGE = {
     "adamw_torch_8bit": ("torchao>=0.4", "pip install torchao"),
     "adamw_torch_4bit": ("torchao>=0.4", "pip install torchao"),
-    "galore_adamw": ("galore_torch", "pip install galore-torch"),
-    "galore_adamw_8bit": ("galore_torch", "pip install galore-torch"),
-    "galore_adafactor": ("galore_torch", "pip install galore-torch"),
-    "apollo_adamw": ("apollo_torch", "pip install apollo-torch"),
+    "galore_adamw": ("galore_torch", "pip install git+https://github.com/jiaweizzhao/GaLore"),
+    "galore_adamw_8bit": ("galore_torch", "pip install git+https://github.com/jiaweizzhao/GaLore"),
+    "galore_adafactor": ("galore_torch", "pip install git+https://github.com/jiaweizzhao/GaLore"),
+    "apollo_adamw": ("apollo_torch", "pip install git+https://github.com/zhuhanqing/APOLLO"),
 }
 
 # The optimizers whose state LaMDA's freezing can slice (every state tensor shaped like its
