@@ -168,3 +168,10 @@ def test_the_one_cell_estimate_names_paged_state_and_its_closed_form(tmp_path, c
     assert f"not in the peak): 1.00 MiB ({2 * 2 * 512 * 512} B)" in out
     row, = [ln for ln in out.splitlines() if ln.startswith("paged optimizer state ") and "1.00 MiB  " in ln]
     assert row.split()[-1] == "equal"  # the closed-form table's row
+
+
+def test_list_optimizers_names_every_catalogue_entry(capsys):
+    assert cli.main(["list", "optimizers"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"\n{name} " in out for name in OPTIMIZERS)
+    assert "adamw_torch_4bit (torchao>=0.4" in out

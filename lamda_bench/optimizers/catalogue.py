@@ -83,8 +83,10 @@ def problem(name: object) -> str | None:
         return None
     if name in MISSING_PACKAGE:
         package, how = MISSING_PACKAGE[name]
-        return (f"optimizer {name!r} needs the package {package}, which is not installed "
-                f"({how})")
+        if not installed(package):
+            return f"optimizer {name!r} needs the package {package}, which is not installed ({how})"
+        return (f"optimizer {name!r}: {package} is installed, but this benchmark does not build or model "
+                f"that optimizer yet (known: {', '.join(OPTIMIZERS)})")
     try:
         from transformers.training_args import OptimizerNames
 
@@ -95,6 +97,14 @@ def problem(name: object) -> str | None:
         return (f"optimizer {name!r} is an HF Trainer name this benchmark does not model "
                 f"(known: {', '.join(OPTIMIZERS)})")
     return f"optimizer {name!r} is not known{did_you_mean(name, OPTIMIZERS)}; known: {', '.join(OPTIMIZERS)}"
+
+
+def installed(package: str) -> bool:
+    """Whether the import name of ``package`` ("torchao>=0.4" -> torchao) can be found."""
+    import importlib.util
+    import re
+
+    return importlib.util.find_spec(re.split(r"[<>=!~ ]", package, maxsplit=1)[0]) is not None
 
 
 def method_problem(name: str, method_family: str, parallel: str) -> str | None:
