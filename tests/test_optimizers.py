@@ -175,3 +175,9 @@ def test_list_optimizers_names_every_catalogue_entry(capsys):
     out = capsys.readouterr().out
     assert all(f"\n{name} " in out for name in OPTIMIZERS)
     assert "adamw_torch_4bit (torchao>=0.4" in out
+
+
+def test_sgd_is_what_the_trainer_builds():
+    from lamda_bench.optimizers.build import trainer_class_and_kwargs
+
+    assert trainer_class_and_kwargs("sgd", 3e-4) == (torch.optim.SGD, {"lr": 3e-4})

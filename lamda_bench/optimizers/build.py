@@ -46,6 +46,8 @@ def build(name: str, params: list[nn.Parameter], lr: float, *, model: nn.Module 
         return muon_with_adamw(params, lr, model)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr)
+    if e.kind == "sgd":  # the Trainer's SGD(lr) (a test checks), built directly: it also serves parallel cells,
+        return torch.optim.SGD(params, lr=lr)  # where TrainingArguments would look at the process group
     cls, kwargs = trainer_class_and_kwargs(name, lr)
     fake = next((p.fake_mode for p in params if isinstance(p, FakeTensor)), None)
     if e.kind.startswith("bnb"):
