@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     est.set_defaults(func=cmd_estimate)
 
     lst = verbs.add_parser("list", help="methods, workloads and suites")
-    lst.add_argument("what", nargs="?", choices=["methods", "workloads", "suites"], help="only this part")
+    lst.add_argument("what", nargs="?", choices=["methods", "workloads", "suites", "optimizers"],
+                     help="only this part (optimizers: only when named)")
     lst.set_defaults(func=cmd_list)
 
     rep = verbs.add_parser("report", help="tables and plots from DIR/results.jsonl into DIR")
@@ -323,6 +324,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("Suites:")
         rows = [[printable(v) if isinstance(v, str) else v for v in row] for row in rows]
         print(tabulate(rows, headers=["file", "name", "cells", "description"], maxcolwidths=[None, None, None, 70]))
+    if "optimizers" in parts:  # docs/optimizers.md
+        from .optimizers.catalogue import CATALOGUE, MISSING_PACKAGE, installed
+
+        print("Optimizers (the optimizer key; HF Trainer names, built as the Trainer builds them):")
+        print(tabulate([[n, e.note] for n, e in CATALOGUE.items()], headers=["optimizer", "built as"]))
+        print("Refused (not modelled here): " + ", ".join(
+            f"{n} ({pkg}{'' if installed(pkg) else ', not installed'})" for n, (pkg, _) in MISSING_PACKAGE.items()))
     return EXIT_OK
 
 

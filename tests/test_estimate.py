@@ -60,12 +60,15 @@ def test_python_api_gives_the_same_cell(tmp_path):
         warnings.simplefilter("always")
         rec = lamda_bench.estimate("tiny-llama", peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
                                    training_args=args, seq=64, out=tmp_path / "api")
-    toml = ('[[sweep]]\nworkload = "tiny-llama"\nmethod = "lora"\nr = 4\nalpha = 8\ntargets = ["q_proj", "v_proj"]\n'
-            'batch = 2\nseq = 64\ngradient_checkpointing = true\nmode = "estimate"\n')
-    assert rec["status"] == "ok" and rec["id"] == parse_suite(toml).cells[0].id
-    # TrainingArguments' default optim is a Trainer name: named in the warning unless the cell knows it
     from lamda_bench.suite.cell import OPTIMIZERS
 
+    toml = ('[[sweep]]\nworkload = "tiny-llama"\nmethod = "lora"\nr = 4\nalpha = 8\ntargets = ["q_proj", "v_proj"]\n'
+            'batch = 2\nseq = 64\ngradient_checkpointing = true\nmode = "estimate"\n')
+    if args.optim.value in OPTIMIZERS:  # TrainingArguments' default optim (adamw_torch_fused) goes to the cell
+        toml += f'optimizer = "{args.optim.value}"\n'
+    assert rec["status"] == "ok" and rec["id"] == parse_suite(toml).cells[0].id
+    assert rec["cell"]["optimizer"] == (args.optim.value if args.optim.value in OPTIMIZERS else "adamw")
+    # TrainingArguments' default optim is a Trainer name: named in the warning unless the cell knows it
     if args.optim.value not in OPTIMIZERS:
         assert any("optim" in str(w.message) for w in seen)
     frame = lamda_bench.estimate("tiny-llama", peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),

@@ -231,3 +231,7 @@ def test_llama7b_suite_covers_the_issue(catalog):
     assert min(c.r for c in big if c.method != "full") == 8 and max(c.r for c in big) == 64
     assert len({c.batch for c in big}) > 1 and len({c.seq for c in big}) > 1
     assert any(c.method == "lamda++" for c in cells)
+    # issue 25: full fine-tuning and LoRA with the optimizers people train with
+    wanted = {"adamw_bnb_8bit", "paged_adamw_8bit", "adafactor", "adamw_torch_fused"}
+    for method in ("full", "lora"):
+        assert wanted <= {c.optimizer for c in big if c.method == method}

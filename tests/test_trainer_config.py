@@ -84,13 +84,16 @@ def test_optimizer_name_goes_through_unchanged_or_is_named():
     from lamda_bench.trainer_config import translate
 
     base = {"base_model": "tiny-llama", "adapter": "lora", "lora_r": 4}
-    for name in ("adamw_torch", "paged_adamw_8bit", "adamw"):
+    for name in ("adamw_torch", "paged_adamw_8bit", "adamw", "adamw_bnb_8bit", "adafactor", "rmsprop", "adamw_torch_4bit"):
         t = translate({**base, "optimizer": name}, "x.yml")
         fate = _fates(t)["optimizer"]
         if name in OPTIMIZERS:
             assert fate == MAPPED and t.cell["optimizer"] == name
-        else:  # a Trainer name the cell does not know yet (issue 25): said, estimated with the default
+        else:  # a Trainer name the cell does not model (or whose package is missing): said, estimated with the default
             assert fate == NOT_MODELLED and "optimizer" in t.headline() and "optimizer" not in t.cell
+    assert {"paged_adamw_8bit", "adamw_bnb_8bit", "adafactor"} <= set(OPTIMIZERS)  # issue 25's names pass through
+    assert "torchao" in translate({**base, "optimizer": "adamw_torch_4bit"}, "x.yml").headline() + "".join(
+        translate({**base, "optimizer": "adamw_torch_4bit"}, "x.yml").lines())
 
 
 def test_llamafactory_defaults_and_quantization():

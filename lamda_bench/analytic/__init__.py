@@ -11,6 +11,7 @@ are written per method family (``FAMILIES``); a registered method names its fami
 - ``activations``: saved bytes and FLOPs of the adapter paths;
 - ``state``: weights, gradients and optimizer state under a precision policy;
 - ``sharded``: rank 0's bytes under FSDP2;
+- ``optimizers``: every catalogue optimizer's state bytes (8-bit, paged, Adafactor, Lion, Muon);
 - ``predict`` (here): the ``predicted`` block of a record.
 """
 

@@ -40,7 +40,8 @@ def state_bytes(
       start the adapter's.
     - grads: T x trainable itemsize (one gradient per trainable parameter, same dtype).
     - optimizer (torch AdamW): 2 T x trainable itemsize (exp_avg, exp_avg_sq) + 4 bytes per
-      trainable tensor (its fp32 ``step`` scalar); None for any other optimizer.
+      trainable tensor (its fp32 ``step`` scalar); None for any other optimizer (their closed
+      forms are in ``optimizers.py``, applied by ``precision.predict_state``).
     Observed structure: P, the parameter-tensor count of full fine-tuning and the buffer bytes.
     """
     fam = family(method)

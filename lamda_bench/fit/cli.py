@@ -37,6 +37,12 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ranks of a data-parallel job (default 1); the budget and the answer are per card")
     parser.add_argument("--parallel", default="none", choices=("none", "ddp", "fsdp2"),
                         help="how the ranks split the model: fsdp2 (fully_shard per block) or ddp (replicas)")
+    parser.add_argument("--optimizer", default=None, metavar="NAME",
+                        help="an HF Trainer optimizer name, e.g. adamw_bnb_8bit, paged_adamw_8bit, adafactor "
+                             "(default: the cell default adamw; docs/optimizers.md)")
+    parser.add_argument("--paged-evictable", action="store_true",
+                        help="leave paged optimizer state (paged_*: CUDA unified memory, evictable to host RAM) "
+                             "out of each peak; counted by default")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="any other cell key, e.g. --set gradient_checkpointing=true (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("reports") / "fit",
@@ -69,7 +75,7 @@ def run_fit(args: argparse.Namespace) -> bool:
         if key in overrides:
             raise FitError(f"--set {key}: fit sets {key} itself (use --workload, --method, --seq or --batch, "
                            "--world-size, --parallel)")
-    layout = Layout(args.world_size, args.parallel)
+    layout = Layout(args.world_size, args.parallel, paged_evictable=args.paged_evictable)
     layout.check(args.method)
     overrides = {**{k: list(v) if isinstance(v, tuple) else v for k, v in given.items() if k not in FIT_RESERVED_KEYS},
                  **overrides}
@@ -79,6 +85,8 @@ def run_fit(args: argparse.Namespace) -> bool:
         overrides["r"] = args.r
     if args.targets is not None:
         overrides["targets"] = args.targets
+    if args.optimizer is not None:
+        overrides["optimizer"] = args.optimizer
     check_out(args.out)
     suite = parse_suite("[[sweep]]\n", source="lamda-bench fit", default_name="fit", overrides=overrides)
     rows = plan(list(suite.cells), axis, budget, probe_runner(args.out, args.jobs, not args.no_progress),
@@ -86,12 +94,22 @@ def run_fit(args: argparse.Namespace) -> bool:
     if translation is not None and translation.headline():
         print(translation.headline())
     print(table(rows, budget))
+    if _paged(overrides.get("optimizer")):
+        print("Paged optimizer state (memory.optimizer_paged, CUDA unified memory that the driver can evict to host "
+              "RAM) is " + ("left out of each peak (--paged-evictable)." if args.paged_evictable else
+                            "counted in each peak; --paged-evictable leaves it out."))
     written = [write_json(rows, budget, args.out), write_plot(rows, budget, args.out)]
     print("written: " + ", ".join(str(p) for p in written if p is not None)
           + f"; probe records in {args.out / 'results.jsonl'}")
     if translation is not None:
         print("\n".join(translation.lines()))
     return any(r["verdict"] == "error" for r in rows)
+
+
+def _paged(name) -> bool:
+    from ..optimizers.catalogue import CATALOGUE
+
+    return isinstance(name, str) and name in CATALOGUE and CATALOGUE[name].paged
 
 
 def _from_config(args: argparse.Namespace):

@@ -68,6 +68,7 @@ class Layout:
 
     world_size: int = 1
     parallel: str = "none"
+    paged_evictable: bool = False  # --paged-evictable: paged optimizer state left out of a card's peak
 
     def check(self, methods: Sequence[str]) -> None:
         if self.parallel not in PARALLEL:
@@ -94,13 +95,16 @@ class Layout:
         all run: one more copy of every trainable parameter's gradient (``gradient_as_bucket_view``
         False, DDP's default), i.e. the record's ``memory.grads``."""
         peak = get(record, MEMORY.peak)
+        if peak is not None and not self.paged_evictable:  # paged optimizer state: counted unless evictable
+            peak += get(record, MEMORY.optimizer_paged, 0)
         if peak is None or self.parallel != "ddp":
             return peak
         grads = get(record, MEMORY.grads)
         return None if grads is None else peak + grads
 
     def to_dict(self) -> dict[str, Any]:
-        return {"world_size": self.world_size, "parallel": self.parallel, "per_card": True}
+        return {"world_size": self.world_size, "parallel": self.parallel, "per_card": True,
+                "paged_optimizer_counted": not self.paged_evictable}
 
 
 @dataclass

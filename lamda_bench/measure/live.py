@@ -50,6 +50,11 @@ from .active import tracker_active
 from .modules import ModuleScope
 
 _TO_COPY = torch.ops.aten._to_copy.default
+# Paged optimizer state (bitsandbytes' CUDA unified memory, tagged ``is_paged``): its own category,
+# outside live_bytes (the caching allocator never holds it); memory.optimizer_paged reports it.
+# A peak taken while such a buffer was first created (an optimizer's first step) still counts it,
+# as a temporary: the estimate primes that step untracked, so only a tracked first step sees it.
+PAGED = "optimizer_paged"
 
 
 
@@ -224,7 +229,7 @@ class LiveMemoryTracker:
         key = id(st)
         rec = self._storages.get(key)
         if rec is not None:
-            if category in ("weights", "grads", "optimizer") and rec.category != category:
+            if category in ("weights", "grads", "optimizer", PAGED) and rec.category != category:
                 self._reclassify(rec, category)
             return
         nbytes = st.nbytes()
@@ -232,6 +237,8 @@ class LiveMemoryTracker:
         rec.ref = weakref.ref(st, self._freer(key))
         self._storages[key] = rec
         self.current[category] = self.current.get(category, 0) + nbytes
+        if category == PAGED:  # outside the device allocator: never in live_bytes
+            return
         self.live_bytes += nbytes
         if weight_copy:
             self.weight_copies += nbytes
@@ -243,7 +250,8 @@ class LiveMemoryTracker:
             rec = self._storages.pop(key, None)
             if rec is not None:
                 self.current[rec.category] -= rec.nbytes
-                self.live_bytes -= rec.nbytes
+                if rec.category != PAGED:
+                    self.live_bytes -= rec.nbytes
                 if rec.weight_copy:
                     self.weight_copies -= rec.nbytes
 
@@ -256,6 +264,8 @@ class LiveMemoryTracker:
                 snap.by_category[category] = snap.by_category.get(category, 0) + rec.nbytes
         self.current[rec.category] -= rec.nbytes
         self.current[category] = self.current.get(category, 0) + rec.nbytes
+        if category == PAGED and rec.category != PAGED:  # leaves the device count from now on
+            self.live_bytes -= rec.nbytes
         rec.category = category
 
     def _note_peak(self) -> None:
@@ -283,7 +293,7 @@ class LiveMemoryTracker:
         for state in self.optimizer.state.values():
             for v in state.values():
                 if isinstance(v, torch.Tensor):
-                    self._register(v, "optimizer")
+                    self._register(v, PAGED if getattr(v, "is_paged", False) else "optimizer")
 
     # ---- timeline -----------------------------------------------------------------------
     def _on_boundary(self, phase: str, module: str, event: str) -> None:

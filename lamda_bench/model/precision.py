@@ -153,7 +153,7 @@ def predict_state(c, res, b_schedule) -> dict:
     # kbit_prepare (model/kbit.py): PEFT cast every fp16/bf16 parameter of the base left in the
     # count (embeddings, norms, lm_head; not the quantized linears, counted apart) to fp32.
     base_weights = 4 if getattr(c, "kbit_prepare", False) else base
-    adamw = res.info.get("optimizer_class") == "AdamW"
+    adamw = res.info.get("optimizer_class") == "AdamW" and c.optimizer in TORCH_ADAMW
     try:
         out = analytic.state_bytes(
             c.method, res.layers, c.r, total_params=applied.num_total() - stored, total_tensors=len(params),
@@ -164,6 +164,25 @@ def predict_state(c, res, b_schedule) -> dict:
         return {"weights": None, "grads": None, "optimizer": None}
     if qbase is not None:
         out["weights"] += qbase.weight_bytes
+    if c.optimizer not in TORCH_ADAMW:  # every other optimizer's closed form (analytic/optimizers.py)
+        out.update(optimizer_forms(c, res))
+    return out
+
+
+TORCH_ADAMW = ("adamw", "adamw_torch", "adamw_torch_fused")  # analytic.state_bytes' AdamW rule
+
+
+def optimizer_forms(c, res) -> dict:
+    """optimizer and optimizer_paged closed forms from the trainable tensors' shapes (observed)."""
+    from ..analytic import optimizers as forms
+    from ..optimizers.build import embedding_params
+
+    embeddings = embedding_params(res.applied.model)
+    tensors = [forms.Tensor(tuple(p.shape), p.element_size(), id(p) in embeddings)
+               for p in res.applied.trainable_parameters()]
+    out = forms.state_bytes(c.optimizer, tensors, paged_target=bool(res.info.get("optimizer_paged_target")))
+    if c.optimizer == "sgd":
+        out.pop("optimizer_paged")
     return out
 
 

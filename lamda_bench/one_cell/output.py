@@ -61,8 +61,12 @@ def _peak(record: dict[str, Any], kind: str) -> str:
         rows += [[c, fmt_bytes(v), _share(v, peak)] for c, v in per_rank.items() if c not in CATEGORIES]
     head = f"peak memory ({kind}): {fmt_bytes(peak)} ({peak} B), reached in {phase or 'n/a'}"
     by_phase = "peak by phase: " + ", ".join(f"{name} {fmt_bytes(v)}" for name, v in phases)
-    return "\n".join([head, tabulate(rows, headers=["at the peak", "bytes", "share"], disable_numparse=True),
-                      by_phase])
+    lines = [head, tabulate(rows, headers=["at the peak", "bytes", "share"], disable_numparse=True), by_phase]
+    paged = get(record, MEMORY.optimizer_paged)
+    if paged:  # docs/optimizers.md
+        lines.append(f"paged optimizer state (CUDA unified memory, evictable to host RAM; not in the peak): "
+                     f"{fmt_bytes(paged)} ({paged} B); lamda-bench fit counts it unless --paged-evictable")
+    return "\n".join(lines)
 
 
 def _params(record: dict[str, Any]) -> str:
@@ -97,7 +101,8 @@ def _moe(record: dict[str, Any]) -> list[str]:
 
 def _closed_forms(record: dict[str, Any]) -> str:
     rows = []
-    for name, traced_path, closed_path, fmt in CLOSED_FORMS:
+    paged = (("paged optimizer state", MEMORY.optimizer_paged, PREDICTED_MEMORY.optimizer_paged, fmt_bytes),)
+    for name, traced_path, closed_path, fmt in CLOSED_FORMS + (paged if get(record, MEMORY.optimizer_paged) else ()):
         traced, closed = get(record, traced_path), get(record, closed_path)
         agree = "" if traced is None or closed is None else ("equal" if traced == closed else
                                                              f"differ by {fmt(traced - closed)}")

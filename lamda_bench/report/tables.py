@@ -82,8 +82,18 @@ def results_table(records: list[dict[str, Any]], axes: Axes | None = None) -> st
                                                              if r.get("id") in flagged else "")))
                         if h == TIME_COLUMNS[0][0] else (h, read) for h, read in columns)
 
+    if any(get(r, MEMORY.optimizer_paged) is not None for r in ok):  # issue 25's optimizers: their state shown
+        columns = columns[:3] + OPTIMIZER_COLUMNS + columns[3:]
     rows = [axes.row(rec) + [read(rec) for _, read in columns] + [Raw(md_code(rec.get("id")))] for rec in ok]
     return md_table(axes.columns() + [h for h, _ in columns] + ["id"], rows)
+
+
+# Shown where a record has memory.optimizer_paged (any optimizer but adamw / sgd): the state on the
+# device, and the paged state (CUDA unified memory, evictable to host RAM; not in peak).
+OPTIMIZER_COLUMNS = (
+    ("optimizer state", lambda r: fmt_bytes(get(r, MEMORY.optimizer))),
+    ("optimizer state (paged, not in peak)", lambda r: fmt_bytes(get(r, MEMORY.optimizer_paged, 0))),
+)
 
 
 # (label, measured field, predicted field, formatter) for the closed-form check.
@@ -95,13 +105,21 @@ PREDICTED_FIELDS = (
     ("adapter forward FLOPs", FLOPS.adapter_forward, PREDICTED_FLOPS.adapter_forward, fmt_flops),
     ("adapter backward FLOPs", FLOPS.adapter_backward, PREDICTED_FLOPS.adapter_backward, fmt_flops),
 )
+# Checked where a record has memory.optimizer_paged (analytic/optimizers.py's closed forms).
+OPTIMIZER_PREDICTED_FIELDS = (
+    ("optimizer state", MEMORY.optimizer, PREDICTED_MEMORY.optimizer, fmt_bytes),
+    ("optimizer state (paged)", MEMORY.optimizer_paged, PREDICTED_MEMORY.optimizer_paged, fmt_bytes),
+)
 
 
 def predicted_summary(records: list[dict[str, Any]]) -> str:
     """One line per predicted field: how many cells have a closed form, and the one that
     deviates most (observed / predicted). The per-cell figures are in the CSV."""
     rows = []
-    for label, observed_key, predicted_key, fmt in PREDICTED_FIELDS:
+    fields = PREDICTED_FIELDS
+    if any(get(r, MEMORY.optimizer_paged) is not None for r in records if is_ok(r)):
+        fields += OPTIMIZER_PREDICTED_FIELDS
+    for label, observed_key, predicted_key, fmt in fields:
         pairs = [(rec, get(rec, observed_key), get(rec, predicted_key)) for rec in records if is_ok(rec)]
         pairs = [(rec, o, p) for rec, o, p in pairs if p is not None and o is not None]
         if not pairs:

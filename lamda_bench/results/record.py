@@ -42,13 +42,14 @@ MEMORY_KEYS = (
 MEMORY_OPTIONAL_KEYS = (
     "per_rank", "saved_discarded", "saved_discarded_adapter", "saved_recomputed", "saved_recomputed_adapter",
     "autocast_weight_copies", "autocast_weight_copies_at_peak", "saved_autocast_weight_copies",
+    "optimizer_paged",  # any optimizer but adamw/sgd: paged optimizer state (CUDA unified memory), 0 if none
 )
 FLOPS_KEYS = ("forward", "backward", "adapter_forward", "adapter_backward", "attention_counting")
 # Written for mixture-of-experts models only (lamda_bench/model/moe.py): read with a default.
 FLOPS_OPTIONAL_KEYS = ("experts_forward", "experts_backward", "grouped_counting")
 TIME_KEYS = ("step_median_s", "step_min_s", "step_max_s", "steps_timed", "tokens_per_s")
 SERIES_KEYS = ("step", "trainable", "optimizer", "backward_flops", "peak", "ran")
-PREDICTED_MEMORY_KEYS = ("saved_activations_adapter", "weights", "grads", "optimizer")
+PREDICTED_MEMORY_KEYS = ("saved_activations_adapter", "weights", "grads", "optimizer", "optimizer_paged")
 PREDICTED_FLOPS_KEYS = ("adapter_forward", "adapter_backward")
 
 

@@ -99,6 +99,8 @@ def fill_record(record: dict, plan: Plan, res: StepResult, mode: str, device: st
         "nvml_used": res.device_memory.get("nvml_used"),
         "host_rss_peak": res.device_memory.get("host_rss_peak"),
     }
+    if c.optimizer not in ("adamw", "sgd"):  # issue 25's optimizers: the paged state said apart (0: none)
+        record["memory"]["optimizer_paged"] = res.optimizer_paged
     if parallel.is_parallel(c):
         record["memory"].update(parallel.rank_memory(live))
     if saved.discarded_bytes:  # graphs dropped in forward (DoRA's weight-norm path): saved, never kept

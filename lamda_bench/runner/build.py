@@ -61,13 +61,18 @@ def make_optimizer(c, applied, for_cuda: bool) -> torch.optim.Optimizer:
     """The method's optimizer. For a CUDA target it runs the multi-tensor (foreach) path:
     torch picks it by default for CUDA tensors but not for fake ones, and its temporaries are
     large for full fine-tuning (an estimate was 0.75 GiB under the H100 measurement without it)."""
+    from ..methods import get_method
+    from ..optimizers import build as optimizers
+
+    optimizers.check(c.optimizer, get_method(c.method).family, c.parallel)
     if c.optimizer == "adamw":
         optimizer = applied.make_optimizer(c.lr)
-    else:
-        optimizer = torch.optim.SGD(applied.trainable_parameters(), lr=c.lr)
+    else:  # as the HF Trainer builds it (optimizers/build.py); paged state tagged where a GPU run pages it
+        optimizer = optimizers.build(c.optimizer, list(applied.trainable_parameters()), c.lr,
+                                     model=applied.model, paged_target=for_cuda)
     if for_cuda:
         for group in optimizer.param_groups:
-            if "foreach" in group:
+            if "foreach" in group and not group.get("fused") and "ns_steps" not in group:  # fused, Muon: no foreach
                 group["foreach"] = True
     return optimizer
 

@@ -34,6 +34,7 @@ class StepResult:
     calls: "list[AdaptedLinear]" = field(default_factory=list)  # one per adapted call observed
     layers: "list[AdaptedLinear]" = field(default_factory=list)  # one per adapted module
     grads_bytes: int = 0  # gradients held after the instrumented step's backward
+    optimizer_paged: int = 0  # paged optimizer state after the instrumented step (memory.optimizer_paged)
     weights_bytes: int = 0  # weights after the instrumented step, before on_step moves any
     series: dict[str, list] = field(default_factory=empty_series)
     timing: "Timing | None" = None  # the timed steps (measure only)

@@ -58,6 +58,7 @@ def measure(plan: Plan, artifacts_dir: str | None = None, mesh=None) -> StepResu
         res.info["parallel"]["process_group"] = "real, one rank"
     inputs = workloads.make_inputs(c, device)
     optimizer = make_optimizer(c, applied, for_cuda=dev.type == "cuda")
+    res.info["optimizer_paged_target"] = dev.type == "cuda"  # paged optimizers page on a GPU only
     loop = Loop(c, applied, inputs, optimizer, res)
     devmem.warm_up_blas(dev, plan.dtype)
 
@@ -138,6 +139,7 @@ def estimate(plan: Plan, device: str) -> StepResult:
         optimizer = make_optimizer(c, applied, for_cuda=c.device != "cpu")
         loop = Loop(c, applied, inputs, optimizer, res)
         res.info["optimizer_foreach"] = c.device != "cpu"
+        res.info["optimizer_paged_target"] = c.device != "cpu"  # the run stands for a GPU run: paged as there
         res.instrumented_step = c.warmup + 1
         tracked = set(extra_peak_steps(loop, trackable=None))
         for step in range(1, c.warmup + c.steps + 2):
@@ -259,6 +261,9 @@ def instrumented_step(loop: Loop, step: int, timeline: bool) -> None:
     res.saved, res.live, res.flops = saved, live, flops
     res.calls, res.layers = observer.calls, observer.layers
     res.info["optimizer_class"] = type(loop.optimizer).__name__
+    res.optimizer_paged = optimizer_bytes(loop.optimizer, paged=True)  # memory.optimizer_paged
+    if hasattr(loop.optimizer, "split"):  # Muon: which parameters went to Muon, which to AdamW
+        res.info["optimizer_split"] = loop.optimizer.split
 
 
 def note_step_peak(res: StepResult, step: int, peak) -> None:
@@ -292,8 +297,11 @@ def record_after(loop: Loop, backward_flops: int | None) -> None:
     loop.result.series["backward_flops"].append(backward_flops)
 
 
-def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
-    return unique_bytes(v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor))
+def optimizer_bytes(optimizer: torch.optim.Optimizer, paged: bool = False) -> int:
+    """The optimizer state's bytes: device-resident (default), or only the paged buffers
+    (bitsandbytes' ``is_paged``: CUDA unified memory, memory.optimizer_paged)."""
+    return unique_bytes(v for state in optimizer.state.values() for v in state.values()
+                        if isinstance(v, torch.Tensor) and bool(getattr(v, "is_paged", False)) == paged)
 
 
 def unique_bytes(tensors) -> int:

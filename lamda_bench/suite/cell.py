@@ -22,7 +22,7 @@ from ..errors import UserError
 DTYPES = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("auto", "measure", "estimate")
-OPTIMIZERS = ("adamw", "sgd")
+from ..optimizers.catalogue import OPTIMIZERS, problem as optimizer_problem  # HF Trainer names (docs/optimizers.md)
 ATTENTION = ("auto", "sdpa", "eager")
 PRECISIONS = ("pure", "amp-bf16", "amp-fp16", "fp32")  # lamda_bench/model/precision.py says what each means
 PARALLEL = ("none", "fsdp2", "ddp")
@@ -121,6 +121,8 @@ class Cell:
 
     def problem(self) -> tuple[str, str] | None:
         """(key, one line saying what is wrong with it) for the first bad value, or None."""
+        if self.optimizer not in OPTIMIZERS:  # a did-you-mean, or the package it needs
+            return "optimizer", optimizer_problem(self.optimizer)
         for key, allowed in CHOICES.items():
             value = getattr(self, key)
             if value not in allowed:

@@ -53,6 +53,16 @@ def _choice(choices: tuple[str, ...]) -> Callable[[Any], Any]:
     return check
 
 
+def _optimizer(v: Any) -> Any:
+    """An HF Trainer optimizer name (optimizers/catalogue.py): a did-you-mean, or the package it needs."""
+    from ..optimizers.catalogue import problem
+
+    found = problem(v) if isinstance(v, str) else f"expected one of {list(OPTIMIZERS)}, got {v!r}"
+    if found:
+        raise BadValue(found)
+    return v
+
+
 def _str(v: Any) -> Any:
     if not isinstance(v, str) or not v:
         raise BadValue(f"expected a non-empty string, got {v!r}")
@@ -89,7 +99,7 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "mode": _choice(MODES),
     "steps": _int(MIN_INTS["steps"]),
     "warmup": _int(MIN_INTS["warmup"]),
-    "optimizer": _choice(OPTIMIZERS),
+    "optimizer": _optimizer,
     "lr": _number(),
     "gradient_checkpointing": _bool,
     "attn_implementation": _choice(ATTENTION),

@@ -58,8 +58,10 @@ def map_optimizer(t: Translation, key: str, value: Any) -> None:
     elif value in OPTIMIZERS:
         t.map(key, value, optimizer=value)
     else:
-        t.not_modelled(key, value, f"optimizer {value!r} is not a cell optimizer here (known: {', '.join(OPTIMIZERS)}); "
-                                   f"estimated with {Cell.optimizer!r}, whose state may differ")
+        from ..optimizers.catalogue import problem
+
+        why = problem(value) if isinstance(value, str) else f"optimizer {value!r} is not a name"
+        t.not_modelled(key, value, f"{why}; estimated with {Cell.optimizer!r}, whose state may differ")
 
 
 def targets_of(value: Any) -> str | tuple[str, ...] | None:
