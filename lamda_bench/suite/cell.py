@@ -30,12 +30,12 @@ QUANTS = ("none", "nf4", "nf4-dq", "fp4", "fp4-dq", "int8")  # quantized frozen 
 # Keys added after cell ids were first recorded: at their default they are left out of the id's
 # hash, so every cell written before the key existed keeps its id (resume, baselines).
 ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True,
-                       "quant": "none"}
+                       "quant": "none", "images": None, "image_size": None, "vision_layers": None}
 # The integer keys and their least value. ``steps`` (timed steps) may be 0: the instrumented
 # step always runs, an estimate times nothing, and the runner's own tests use 0.
 MIN_INTS = {"r": 1, "batch": 1, "seq": 1, "layers": 1, "d_in": 1, "d_out": 1, "steps": 0, "warmup": 0, "seed": 0,
-            "world_size": 1}
-OPTIONAL_INTS = ("layers", "d_in", "d_out")  # None: the workload's own
+            "world_size": 1, "images": 1, "vision_layers": 1}
+OPTIONAL_INTS = ("layers", "d_in", "d_out", "images", "vision_layers")  # None: the workload's own
 CHOICES = {"device": DEVICES, "mode": MODES, "optimizer": OPTIMIZERS,
            "attn_implementation": ATTENTION, "precision": PRECISIONS, "parallel": PARALLEL,
            "quant": QUANTS}
@@ -81,6 +81,9 @@ class Cell:
     timeout_s: float = 900.0
     precision: str = "pure"  # precision policy (PRECISIONS)
     quant: str = "none"  # quantized frozen base (QUANTS)
+    images: int | None = None  # image-text workloads: images per sample (None: 1); lamda_bench/model/vlm.py
+    image_size: int | str | None = None  # image-text: pixels, one side or "HxW" (None: the tower's own)
+    vision_layers: int | None = None  # image-text: the vision tower's depth (None: its own)
     options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
 
     # ---- conversion -------------------------------------------------------------------
