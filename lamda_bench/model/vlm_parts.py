@@ -74,7 +74,8 @@ def by_owner(per_module: dict[str, int], is_adapter: Callable[[str], bool] | Non
 
 def owner_figures(saved_by_module: dict[str, int], flops_by_module: dict[str, dict[str, int]],
                   is_adapter: Callable[[str], bool] | None) -> dict[str, dict[str, int]]:
-    """``info.vlm_owners``: saved-for-backward bytes and FLOPs (forward + backward) per owner."""
+    """``info.vlm_owners``: bytes saved for backward by the forward (what the step holds; a
+    checkpointed block's recomputation excluded) and FLOPs (forward + backward) per owner."""
     flops: dict[str, int] = {}
     for table in flops_by_module.values():
         for name, value in table.items():
