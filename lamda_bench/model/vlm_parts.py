@@ -73,11 +73,19 @@ def by_owner(per_module: dict[str, int], is_adapter: Callable[[str], bool] | Non
 
 
 def owner_figures(saved_by_module: dict[str, int], flops_by_module: dict[str, dict[str, int]],
-                  is_adapter: Callable[[str], bool] | None) -> dict[str, dict[str, int]]:
+                  is_adapter: Callable[[str], bool] | None, model: nn.Module | None = None) -> dict[str, dict[str, int]]:
     """``info.vlm_owners``: bytes saved for backward by the forward (what the step holds; a
-    checkpointed block's recomputation excluded) and FLOPs (forward + backward) per owner."""
+    checkpointed block's recomputation excluded), FLOPs (forward + backward) and parameter
+    bytes (each storage once) per owner."""
     flops: dict[str, int] = {}
     for table in flops_by_module.values():
         for name, value in table.items():
             flops[name] = flops.get(name, 0) + int(value)
-    return {"saved_bytes": by_owner(saved_by_module, is_adapter), "flops": by_owner(flops, is_adapter)}
+    out = {"saved_bytes": by_owner(saved_by_module, is_adapter), "flops": by_owner(flops, is_adapter)}
+    if model is not None:
+        params: dict[str, int] = {}
+        for name, p in model.named_parameters():  # shared (tied) parameters are listed once
+            module = name.rsplit(".", 1)[0]
+            params[module] = params.get(module, 0) + p.numel() * p.element_size()
+        out["param_bytes"] = by_owner(params, is_adapter)
+    return out

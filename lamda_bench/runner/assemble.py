@@ -188,7 +188,8 @@ def info(c: Cell, res: StepResult) -> dict:
     if info["model"].get("vlm") is not None:  # image-text: saved bytes and FLOPs per part (model/vlm_parts.py)
         from ..model.vlm_parts import owner_figures
 
-        info["vlm_owners"] = owner_figures(res.saved.forward_by_module, res.flops.by_module, applied.is_adapter_module)
+        info["vlm_owners"] = owner_figures(res.saved.forward_by_module, res.flops.by_module,
+                                           applied.is_adapter_module, applied.model)
     return info
 
 
