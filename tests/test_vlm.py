@@ -1,0 +1,184 @@
+"""Vision-language (image-text) workloads: token rules against hand counts, bad values refused in
+one line, catalogue parameter counts against the published ones, LM-only targets, tiny real VLMs
+estimated and measured (agreeing to the byte), figures per owner, claim 2v and the report section."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lamda_bench.claims import vlm_verdicts
+from lamda_bench.claims.common import CANNOT
+from lamda_bench.model import vlm, vlm_parts, workloads
+from lamda_bench.model.config import WorkloadError
+from lamda_bench.report.owners import owners_section
+from lamda_bench.runner import run_cell
+from lamda_bench.suite.cell import Cell, CellError
+
+
+def facts(workload: str, **keys) -> dict:
+    return workloads.model_facts(Cell(workload=workload, method="lora", **keys))["vlm"]
+
+
+# ---- tokens per image: the architecture's rule, hand counted ------------------------------------
+
+@pytest.mark.parametrize("workload, size, pixels, tokens", [
+    ("qwen2-vl-2b", None, "448x448", 32 * 32 // 4),  # patch 14, merge 2: (448/14)^2 / 4 = 256
+    ("qwen2-vl-2b", "448x672", "448x672", 32 * 48 // 4),  # 384
+    ("qwen2-vl-2b", 500, "504x504", 36 * 36 // 4),  # processor rounds 500 to 18 x 28 = 504: 324
+    ("qwen2-vl-2b", 20, "56x56", 4 * 4 // 4),  # below min_pixels (56 x 56): scaled up, 4 tokens
+    ("llava1.5-7b", None, "336x336", 24 * 24),  # CLIP-L/14 at 336, CLS dropped: 576
+    ("gemma3-4b", 896, "896x896", 256),  # mm_tokens_per_image
+    ("tiny-llava", None, "56x56", 16),
+])
+def test_tokens_per_image(workload, size, pixels, tokens):
+    f = facts(workload, image_size=size, images=2, seq=100)
+    assert (f["image_size"], f["tokens_per_image"]) == (pixels, tokens)
+    assert (f["text_tokens"], f["image_tokens"], f["total_tokens"]) == (100, 2 * tokens, 100 + 2 * tokens)
+
+
+@pytest.mark.parametrize("workload, keys, match", [
+    ("qwen2-vl-2b", {"image_size": 10}, "below one 14-pixel patch"),
+    ("qwen2-vl-2b", {"image_size": "448x2"}, "below one 14-pixel patch"),
+    ("llava1.5-7b", {"image_size": 448}, "takes 336x336 images only"),
+    ("gemma3-4b", {"image_size": "896x448"}, "takes 896x896 images only"),
+    ("qwen2-vl-2b", {"image_size": "big"}, "image_size must be pixels"),
+    ("qwen2-vl-2b", {"images": 3, "seq": 6}, r"seq >= 7"),
+    ("llama3.2-11b-vision", {}, "cross-attention layers"),
+])
+def test_bad_image_values_one_line(workload, keys, match):
+    with pytest.raises(WorkloadError, match=match) as e:
+        facts(workload, **keys)
+    assert "\n" not in str(e.value)
+
+
+def test_images_zero_and_text_models_refused():
+    with pytest.raises(CellError, match="images must be an integer >= 1"):
+        Cell(workload="tiny-llava", method="lora", images=0).validate()
+    with pytest.raises(WorkloadError, match="apply to image-text workloads only"):
+        workloads.build_model(Cell(workload="tiny-llama", method="lora", images=1), "meta")
+    with pytest.raises(WorkloadError, match="for image-text workloads"):
+        model = workloads.build_model(Cell(workload="tiny-llama", method="lora"), "meta")
+        workloads.resolve_targets(Cell(workload="tiny-llama", method="lora", targets="all+vision"), model)
+
+
+def test_new_keys_leave_old_ids_alone():
+    assert Cell(workload="tiny-llama", method="lora").id == Cell(workload="tiny-llama", method="lora", images=None).id
+    assert Cell(workload="tiny-llava", method="lora").id != Cell(workload="tiny-llava", method="lora", images=2).id
+
+
+# ---- catalogue: parameter counts against the model cards ------------------------------------------
+
+@pytest.mark.parametrize("workload, published", [
+    ("qwen2-vl-2b", 2_208_985_600),  # Qwen/Qwen2-VL-2B-Instruct safetensors: 2.21B
+    ("llava1.5-7b", 7_063_427_072),  # llava-hf/llava-1.5-7b-hf: 7.06B
+    ("gemma3-4b", 4_300_079_472),  # google/gemma-3-4b-it: 4.3B
+    ("llama3.2-11b-vision", 10_670_220_835),  # meta-llama/Llama-3.2-11B-Vision: 10.7B
+])
+def test_catalogue_parameter_counts(workload, published):
+    model = workloads.build_model(Cell(workload=workload, method="lora"), "meta")
+    assert workloads.get_workload(workload).task == vlm.TASK
+    assert sum(p.numel() for p in model.parameters()) == published
+
+
+def test_depth_overrides():
+    cfg = workloads.cell_config(Cell(workload="llava1.5-7b", method="lora", layers=3, vision_layers=5))
+    assert cfg.text_config.num_hidden_layers == 3 and cfg.vision_config.num_hidden_layers == 5
+    cfg = workloads.cell_config(Cell(workload="qwen2-vl-2b", method="lora", layers=2, vision_layers=4))
+    assert cfg.get_text_config().num_hidden_layers == 2 and cfg.vision_config.depth == 4
+
+
+# ---- targets: the language model by default ------------------------------------------------------
+
+def test_targets_language_model_by_default_presets_add_parts():
+    model = workloads.build_model(Cell(workload="tiny-llava", method="lora"), "meta")
+    cell = lambda t: Cell(workload="tiny-llava", method="lora", targets=t)  # noqa: E731
+    lm = workloads.resolve_targets(cell("all"), model)
+    assert lm and all(vlm_parts.owner(n) == "language_model" for n in lm)
+    assert len(lm) == 2 * 7  # 2 layers x q k v o gate up down
+    with_vision = workloads.resolve_targets(cell("all+vision"), model)
+    assert {vlm_parts.owner(n) for n in with_vision} == {"language_model", "vision"}
+    assert len(with_vision) == len(lm) + 3 * 6  # 3 CLIP layers x q k v out fc1 fc2
+    everything = workloads.resolve_targets(cell("all+vision+projector"), model)
+    assert {vlm_parts.owner(n) for n in everything} == {"language_model", "vision", "projector"}
+    gemma = workloads.build_model(Cell(workload="tiny-gemma3", method="lora"), "meta")
+    with pytest.raises(WorkloadError, match="no nn.Linear in its projector"):
+        workloads.resolve_targets(Cell(workload="tiny-gemma3", method="lora", targets="all+projector"), gemma)
+
+
+def test_owner_names():
+    assert vlm_parts.owner("model.visual.merger.mlp.0") == "projector"
+    assert vlm_parts.owner("model.visual.blocks.3.attn.qkv") == "vision"
+    assert vlm_parts.owner("model.vision_tower.encoder.layers.0.mlp.fc1") == "vision"
+    assert vlm_parts.owner("model.multi_modal_projector.linear_1") == "projector"
+    assert vlm_parts.owner("lm_head") == "language_model"
+
+
+# ---- inputs as the processor makes them ----------------------------------------------------------
+
+def test_inputs_placeholders_and_labels():
+    c = Cell(workload="tiny-qwen2-vl", method="lora", batch=2, seq=40, images=2, image_size="112x168")
+    inputs = workloads.make_inputs(c, "cpu")
+    per_image = (112 // 14) * (168 // 14) // 4  # 24
+    ids, labels = inputs["input_ids"], inputs["labels"]
+    assert ids.shape == (2, 40 + 2 * per_image)
+    assert ((ids == 254).sum(dim=1) == 2 * per_image).all()
+    assert ((ids == 251).sum(dim=1) == 2).all() and ((ids == 252).sum(dim=1) == 2).all()  # markers
+    assert (labels[ids == 254] == -100).all() and (labels[ids != 254] == ids[ids != 254]).all()
+    assert inputs["image_grid_thw"].tolist() == [[1, 8, 12]] * 4
+    assert inputs["pixel_values"].shape == (4 * 8 * 12, 3 * 2 * 14 * 14)
+
+
+# ---- tiny real VLMs: estimate vs measurement, owners, claim 2v, report ----------------------------
+
+def _run(workload: str, mode: str, **keys) -> dict:
+    base = dict(workload=workload, method="lora", mode=mode, device="cpu", dtype="fp32", batch=1, seq=24,
+                steps=0, warmup=0)
+    base.update(keys)
+    rec = run_cell(Cell(**base).to_dict())
+    assert rec["status"] == "ok", rec.get("error")
+    return rec
+
+
+@pytest.mark.parametrize("workload", ["tiny-llava", "tiny-gemma3"])
+def test_estimate_agrees_with_measurement_to_the_byte(workload):
+    est, meas = _run(workload, "estimate"), _run(workload, "measure")
+    for key in ("peak", "saved_activations", "saved_activations_adapter"):
+        assert est["memory"][key] == meas["memory"][key], key
+    assert {k: est["flops"][k] for k in ("forward", "backward")} == {k: meas["flops"][k] for k in ("forward", "backward")}
+    assert est["info"]["vlm_owners"] == meas["info"]["vlm_owners"]
+
+
+@pytest.fixture(scope="module")
+def llava_pair():
+    return [_run("tiny-llava", "estimate", method=m, warmup=2) for m in ("lora", "lamda")]
+
+
+def test_owners_split_and_frozen_tower(llava_pair):
+    lora = llava_pair[0]
+    owners = lora["info"]["vlm_owners"]
+    assert sum(owners["saved_bytes"].values()) == lora["memory"]["saved_activations"]
+    assert owners["saved_bytes"]["vision"] == 0  # frozen tower, input needs no grad: nothing saved
+    assert owners["flops"]["vision"] > 0 and owners["flops"]["projector"] > 0
+    assert owners["saved_bytes"]["adapter"] == lora["memory"]["saved_activations_adapter"]
+    tuned = _run("tiny-llava", "estimate", targets="all+vision")["info"]["vlm_owners"]
+    checkpointed = _run("tiny-llava", "estimate", targets="all+vision", gradient_checkpointing=True)["info"]["vlm_owners"]
+    assert tuned["saved_bytes"]["vision"] > checkpointed["saved_bytes"]["vision"] > 0
+    assert checkpointed["flops"]["vision"] > tuned["flops"]["vision"]  # recomputation
+
+
+def test_claim_2v_and_report_section(llava_pair):
+    row = vlm_verdicts.claim_vlm_activations(llava_pair)
+    assert row.key == "2v" and row.verdict != CANNOT
+    assert "vision tower" in row.measured
+    assert vlm_verdicts.claim_vlm_activations([]).verdict == CANNOT
+    lines = owners_section(llava_pair)
+    assert lines[0].startswith("## Vision-language cells")
+    assert len([x for x in lines if x.startswith("| tiny-llava")]) == 2
+
+
+def test_qwen2_vl_estimate_runs_with_rope_positions():
+    rec = _run("tiny-qwen2-vl", "estimate", image_size=56)
+    assert rec["info"]["model"]["vlm"]["tokens_per_image"] == 4
+    assert rec["info"]["vlm_owners"]["flops"]["vision"] > 0
+    assert torch.tensor(rec["memory"]["peak"]) > 0
