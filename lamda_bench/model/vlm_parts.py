@@ -64,6 +64,18 @@ def preset_targets(model: nn.Module, preset: str, workload_name: str) -> list[st
     return chosen
 
 
+def available_presets(model: nn.Module, workload_name: str) -> tuple[str, ...]:
+    """The image-text presets that select something on this model (``list workloads``)."""
+    found = []
+    for preset in VLM_PRESETS:
+        try:
+            preset_targets(model, preset, workload_name)
+        except WorkloadError:
+            continue
+        found.append(preset)
+    return tuple(found)
+
+
 def by_owner(per_module: dict[str, int], is_adapter: Callable[[str], bool] | None) -> dict[str, int]:
     """Sum a module -> value table per owner (every owner present, 0 when it has none)."""
     out = dict.fromkeys((*OWNERS, "outside"), 0)

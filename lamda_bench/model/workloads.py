@@ -53,7 +53,7 @@ from ..suite.cell import Cell
 from .config import WorkloadError
 from .targets import PRESETS, available_presets, matches_target, target_linears  # noqa: F401 - re-exported
 from .targets import resolve_targets as _resolve_targets
-from . import vlm
+from . import vlm, vlm_parts
 from ..hints import did_you_mean as _hint
 
 LINEAR_DEFAULT_DIM = 4096  # LLaMA2-7B hidden size, when a linear cell gives no d_in / d_out
@@ -202,7 +202,15 @@ def _meta_summary(name: str) -> tuple[int, int, tuple[str, ...]]:
         counts.append(sum(p.numel() for p in model.parameters()))
         if layers == 2 and workload.task != "linear":
             presets = tuple(available_presets(model, workload.family))
+            if workload.task == vlm.TASK:
+                presets += vlm_parts.available_presets(model, name)
     return counts[0], counts[1], presets
+
+
+@functools.lru_cache(maxsize=None)
+def _built_count(name: str, layers: int) -> int:
+    model = build_model(Cell(workload=name, method="lora", layers=layers), "meta")
+    return sum(p.numel() for p in model.parameters())
 
 
 def _presets_of(name: str) -> tuple[str, ...]:
@@ -211,8 +219,11 @@ def _presets_of(name: str) -> tuple[str, ...]:
 
 def parameter_count(name: str, layers: int | None = None) -> int:
     """Parameters of the model at ``layers`` depth (default: its own), from two small meta
-    builds: blocks are identical, so P(L) = P(1) + (L - 1) * (P(2) - P(1))."""
+    builds: blocks are identical, so P(L) = P(1) + (L - 1) * (P(2) - P(1)); an image-text model
+    is built at its depth (its vision tower does not scale with ``layers``)."""
     depth = get_workload(name).default_layers if layers is None else layers
+    if get_workload(name).task == vlm.TASK:  # unlike blocks (Mllama's cross-attention layers): one meta build
+        return _built_count(name, depth)
     one, two, _ = _meta_summary(name)
     return one + (depth - 1) * (two - one)
 
