@@ -111,7 +111,8 @@ def test_owner_names():
     assert vlm_parts.owner("model.visual.blocks.3.attn.qkv") == "vision"
     assert vlm_parts.owner("model.vision_tower.encoder.layers.0.mlp.fc1") == "vision"
     assert vlm_parts.owner("model.multi_modal_projector.linear_1") == "projector"
-    assert vlm_parts.owner("lm_head") == "language_model"
+    assert vlm_parts.owner("lm_head") == "language_model" == vlm_parts.owner("")  # root: the loss
+    assert vlm_parts.owner("<outside>") == "outside"
 
 
 # ---- inputs as the processor makes them ----------------------------------------------------------
@@ -182,3 +183,9 @@ def test_qwen2_vl_estimate_runs_with_rope_positions():
     assert rec["info"]["model"]["vlm"]["tokens_per_image"] == 4
     assert rec["info"]["vlm_owners"]["flops"]["vision"] > 0
     assert torch.tensor(rec["memory"]["peak"]) > 0
+
+
+def test_lamda_loss_is_the_language_models(llava_pair):
+    for rec in llava_pair:  # LaMDA adapts the bare model: its root runs the loss
+        saved = rec["info"]["vlm_owners"]["saved_bytes"]
+        assert saved["outside"] == 0 and saved["language_model"] > 0

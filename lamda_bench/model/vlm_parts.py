@@ -6,7 +6,8 @@ Owners are read from module names, the same for every family transformers writes
 - ``projector``: under ``multi_modal_projector`` (LLaVA, Gemma 3, Mllama) or ``merger``
   (Qwen2-VL's patch merger, which sits inside ``visual``);
 - ``vision``: under ``visual`` / ``vision_tower`` / ``vision_model``, the projector excepted;
-- ``language_model``: everything else (the decoder, embeddings, LM head);
+- ``language_model``: everything else (the decoder, embeddings, LM head, the top-level model's
+  own ops: the loss);
 - ``adapter``: an adapter's own modules (the method's ``is_adapter_module``), wherever they sit.
 
 Targets (PEFT's VLM recipes): the presets ``all`` / ``attn`` / ``mlp`` select the *language
@@ -31,9 +32,12 @@ _PROJECTOR = ("multi_modal_projector", "merger", "mm_projector")
 
 
 def owner(name: str | None, is_adapter: Callable[[str], bool] | None = None) -> str:
-    """The part a qualified module name belongs to ("outside" for work outside every module)."""
-    if not name or name == "<outside>":
+    """The part a qualified module name belongs to: the root module ("", the top-level model's own
+    ops: logits and loss) is the language model's; "outside" is work outside every module."""
+    if name is None or name == "<outside>":
         return "outside"
+    if name == "":
+        return "language_model"
     if is_adapter is not None and is_adapter(name):
         return "adapter"
     parts = name.split(".")
