@@ -189,3 +189,21 @@ def test_lamda_loss_is_the_language_models(llava_pair):
     for rec in llava_pair:  # LaMDA adapts the bare model: its root runs the loss
         saved = rec["info"]["vlm_owners"]["saved_bytes"]
         assert saved["outside"] == 0 and saved["language_model"] > 0
+
+
+@pytest.mark.slow
+def test_fit_answers_for_a_vlm_with_images(tmp_path):
+    import json
+
+    from lamda_bench import cli
+
+    code = cli.main(["fit", "--workload", "tiny-llava", "--method", "lora", "--budget", "72MiB", "--seq", "32",
+                     "--set", "images=2", "--set", "dtype=fp32", "--set", "device=cpu", "--out", str(tmp_path),
+                     "--jobs", "1", "--no-progress"])
+    assert code == 0
+    rows = json.loads((tmp_path / "fit.json").read_text())
+    row, = rows
+    assert row["verdict"] == "certified" and row["max_batch"] >= 1
+    assert row["peak_at_max"] + row["margin"] <= row["budget"] < row["peak_at_next"] + row["margin"]
+    probes = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert all(p["info"]["model"]["vlm"]["image_tokens"] == 32 for p in probes)  # 2 images x 16 tokens
