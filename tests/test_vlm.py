@@ -173,6 +173,12 @@ def test_claim_2v_and_report_section(llava_pair):
     assert row.key == "2v" and row.verdict != CANNOT
     assert "vision tower" in row.measured
     assert vlm_verdicts.claim_vlm_activations([]).verdict == CANNOT
+    import copy
+
+    tower_adapted = copy.deepcopy(llava_pair)
+    for rec in tower_adapted:
+        rec["cell"]["targets"] = "all+vision"
+    assert vlm_verdicts.claim_vlm_activations(tower_adapted).verdict == CANNOT  # the claim is the LM's
     lines = owners_section(llava_pair)
     assert lines[0].startswith("## Vision-language cells")
     assert len([x for x in lines if x.startswith("| tiny-llava")]) == 2

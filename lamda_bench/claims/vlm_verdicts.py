@@ -10,6 +10,7 @@ what it saved, over the peak (``report.owners.vision_share``).
 
 from __future__ import annotations
 
+from ..model.vlm_parts import VLM_PRESETS
 from ..report.owners import vision_share
 from ..report.records import get
 from ..report.units import fmt_bytes
@@ -21,7 +22,8 @@ KEY, CLAIM = "2v", "LaMDA's r-dimensional activation saving holds on a VLM's lan
 
 
 def _is_vlm(record: dict) -> bool:
-    return bool(get(record, "info.model.vlm"))
+    """An image-text record adapting the language model only (the tower and projector frozen)."""
+    return bool(get(record, "info.model.vlm")) and get(record, CELL.targets) not in VLM_PRESETS
 
 
 def claim_vlm_activations(records: list[dict]) -> ClaimRow:
