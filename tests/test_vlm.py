@@ -44,12 +44,32 @@ def test_tokens_per_image(workload, size, pixels, tokens):
     ("gemma3-4b", {"image_size": "896x448"}, "takes 896x896 images only"),
     ("qwen2-vl-2b", {"image_size": "big"}, "image_size must be pixels"),
     ("qwen2-vl-2b", {"images": 3, "seq": 6}, r"seq >= 7"),
-    ("llama3.2-11b-vision", {}, "cross-attention layers"),
+    ("llama3.2-11b-vision", {"image_size": 700}, "image_size must be a tiled canvas"),
+    ("llama3.2-11b-vision", {"image_size": "1680x1120"}, "image_size must be a tiled canvas"),  # 3x2 tiles
+    ("llama3.2-11b-vision", {"vision_layers": 4}, "projector width"),
+    ("llama3.2-11b-vision", {"layers": 3}, "keeps none of Mllama's cross-attention layers"),  # first is 3
+    ("tiny-qwen2-vl", {"image_size": 56, "seq": 1}, r"seq >= 3"),
 ])
 def test_bad_image_values_one_line(workload, keys, match):
     with pytest.raises(WorkloadError, match=match) as e:
         facts(workload, **keys)
     assert "\n" not in str(e.value)
+
+
+def test_mllama_tiles_and_cross_attention_tokens():
+    f = facts("llama3.2-11b-vision", seq=64)  # one 560 x 560 tile; 4 tile slots x (40^2 + 1 -> 1608)
+    assert (f["tokens_per_image"], f["total_tokens"], f["tiles_per_image"]) == (1, 65, "1x1")
+    assert (f["cross_attention_tokens_per_image"], f["cross_attention_layers"]) == (4 * 1608, 8)
+    assert facts("llama3.2-11b-vision", image_size="560x1120")["tiles_per_image"] == "1x2"
+    c = Cell(workload="tiny-mllama", method="lora", seq=10, images=2, image_size="112x56")
+    inputs = workloads.make_inputs(c, "cpu")
+    assert inputs["pixel_values"].shape == (1, 2, 4, 3, 56, 56)
+    assert inputs["aspect_ratio_mask"].tolist() == [[[1, 1, 0, 0]] * 2]
+    assert inputs["aspect_ratio_ids"].tolist() == [[3, 3]]  # (2, 1) is the 3rd supported canvas
+    cross, ids = inputs["cross_attention_mask"], inputs["input_ids"][0]
+    first, second = (ids == 256).nonzero().flatten().tolist()
+    assert cross[0, :first].sum() == 0 and cross[0, first:second, 1].sum() == 0
+    assert cross[0, second:, :, :2].all() and cross[0, :, :, 2:].sum() == 0
 
 
 def test_images_zero_and_text_models_refused():
@@ -141,9 +161,10 @@ def _run(workload: str, mode: str, **keys) -> dict:
     return rec
 
 
-@pytest.mark.parametrize("workload", ["tiny-llava", "tiny-gemma3"])
-def test_estimate_agrees_with_measurement_to_the_byte(workload):
-    est, meas = _run(workload, "estimate"), _run(workload, "measure")
+@pytest.mark.parametrize("workload, keys", [("tiny-llava", {}), ("tiny-gemma3", {}),
+                                           ("tiny-mllama", {"images": 2, "image_size": "56x112"})])
+def test_estimate_agrees_with_measurement_to_the_byte(workload, keys):
+    est, meas = _run(workload, "estimate", **keys), _run(workload, "measure", **keys)
     for key in ("peak", "saved_activations", "saved_activations_adapter"):
         assert est["memory"][key] == meas["memory"][key], key
     assert {k: est["flops"][k] for k in ("forward", "backward")} == {k: meas["flops"][k] for k in ("forward", "backward")}

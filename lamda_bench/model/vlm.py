@@ -24,9 +24,15 @@ Tokens per image, per family (``image_rule``):
   feature strategy): 336 / 14 -> 576;
 - ``gemma3``: the SigLIP tower's fixed size only; tokens = ``mm_tokens_per_image`` (256).
 
+- ``mllama`` (Llama 3.2 Vision): one ``<|image|>`` token per image in the text; the image is
+  cut into 560 x 560 tiles (``image_size`` must be such a canvas: 560, 560x1120, 1120x1120...,
+  one of the config's ``supported_aspect_ratios``; the processor's resize to the best canvas is
+  not modelled) that the language model reads through its cross-attention layers:
+  ``aspect_ratio_ids``, ``aspect_ratio_mask`` and a ``cross_attention_mask`` (each text token sees
+  the images before it) come with it; ``info.vlm.cross_attention_tokens_per_image`` is
+  tiles x (patches + 1, padded to a multiple of 8) = 1608 per 560 tile.
+
 Other image-text families are refused in one line (no rule here to count their tokens).
-Llama 3.2 Vision (``mllama``) is refused too: its images enter through cross-attention layers
-with tiles, aspect-ratio ids and a cross-attention mask per tile, none of which is modelled.
 
 Fake tensors (estimate mode) carry no values, and these models read their integer inputs
 (grid sizes, placeholder positions): those small integer tensors are made *constant* fake
@@ -52,8 +58,7 @@ from .config import WorkloadError
 TASK = "image-text"
 QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 FIXED_FAMILIES = ("llava", "gemma3")
-REFUSED = {"mllama": "Llama 3.2 Vision feeds images through cross-attention layers (tiles, aspect-ratio ids, "
-                     "a cross-attention mask per tile), which lamda-bench does not model"}
+TILED_FAMILIES = ("mllama",)
 QWEN_DEFAULT_SIZE = 448
 QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 56 * 56, 28 * 28 * 16384  # Qwen2-VL's preprocessor_config.json bounds
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -73,7 +78,9 @@ class ImageRule:
     temporal: int = 1
     channels: int = 3
     extra_tokens: int = 0  # LLaVA "full": the CLS token kept
-    fixed_tokens: int | None = None  # Gemma 3: mm_tokens_per_image
+    fixed_tokens: int | None = None  # Gemma 3: mm_tokens_per_image; Mllama: 1 <|image|> token
+    aspect_ratios: tuple[tuple[int, int], ...] = ()  # Mllama: the tile canvases it takes
+    max_tiles: int = 1  # Mllama: tile slots per image (the processor pads every image to them)
 
     def size(self, image_size: Any) -> tuple[int, int]:
         """The (H, W) the model sees for a cell's ``image_size`` (None: the native / default size)."""
@@ -82,6 +89,13 @@ class ImageRule:
         h, w = parse_image_size(image_size)
         if h < self.patch or w < self.patch:
             raise WorkloadError(f"image_size {h}x{w} is below one {self.patch}-pixel patch of {self.family}")
+        if self.aspect_ratios:
+            t = self.native[0]
+            if h % t or w % t or (h // t, w // t) not in self.aspect_ratios:
+                canvases = ", ".join(f"{a * t}x{b * t}" for a, b in self.aspect_ratios)
+                raise WorkloadError(f"{self.family} cuts images into {t}x{t} tiles: image_size must be a tiled "
+                                    f"canvas ({canvases}), got {h}x{w} (the processor's resize is not modelled)")
+            return h, w
         if self.native is not None:
             if (h, w) != self.native:
                 nh, nw = self.native
@@ -95,6 +109,15 @@ class ImageRule:
             return self.fixed_tokens
         h, w = hw
         return (h // self.patch) * (w // self.patch) // (self.merge * self.merge) + self.extra_tokens
+
+    def tiles(self, hw: tuple[int, int]) -> tuple[int, int]:
+        return hw[0] // self.native[0], hw[1] // self.native[1]
+
+    def cross_attention_tokens(self) -> int:
+        """Mllama: vision tokens one image puts in the cross-attention: every tile slot (unused ones
+        masked, still computed), each tile's patches + CLS padded to a multiple of 8."""
+        per_tile = (self.native[0] // self.patch) ** 2 + 1
+        return self.max_tiles * (per_tile + (8 - per_tile % 8) % 8)
 
     @property
     def markers(self) -> int:
@@ -131,9 +154,11 @@ def _qwen_resize(h: int, w: int, factor: int) -> tuple[int, int]:
 
 def image_rule(cfg, family: str) -> ImageRule:
     """The family's image rule from the transformers config object; one line for a family without one."""
-    if family in REFUSED:
-        raise WorkloadError(f"model_type {family!r}: {REFUSED[family]}")
     vision = cfg.vision_config
+    if family in TILED_FAMILIES:
+        return ImageRule(family, vision.patch_size, (vision.image_size,) * 2, cfg.image_token_id,
+                         channels=vision.num_channels, fixed_tokens=1, max_tiles=vision.max_num_tiles,
+                         aspect_ratios=tuple(tuple(a) for a in vision.supported_aspect_ratios))
     if family in QWEN_FAMILIES:
         return ImageRule(family, vision.patch_size, None, cfg.image_token_id, cfg.vision_start_token_id,
                          cfg.vision_end_token_id, merge=vision.spatial_merge_size,
@@ -147,7 +172,7 @@ def image_rule(cfg, family: str) -> ImageRule:
                          cfg.boi_token_id, cfg.eoi_token_id, channels=vision.num_channels,
                          fixed_tokens=cfg.mm_tokens_per_image)
     raise WorkloadError(f"model_type {family!r}: no rule here for how many tokens an image becomes; "
-                        f"image-text families modelled: {', '.join(QWEN_FAMILIES + FIXED_FAMILIES)}")
+                        f"image-text families modelled: {', '.join(QWEN_FAMILIES + FIXED_FAMILIES + TILED_FAMILIES)}")
 
 
 # ---- config: depth of the language model and of the vision tower ------------------------------
@@ -163,12 +188,17 @@ def adjust_config(config: dict[str, Any], layers: int | None, vision_layers: int
         text = dict(d["text_config"]) if isinstance(d.get("text_config"), dict) else None
         target = text if text is not None else d
         target["num_hidden_layers"] = layers
+        if isinstance(target.get("cross_attention_layers"), list):  # Mllama: those that still exist
+            target["cross_attention_layers"] = [i for i in target["cross_attention_layers"] if i < layers]
         if isinstance(target.get("layer_types"), list) and target["layer_types"]:
             pattern = target["layer_types"]
             target["layer_types"] = [pattern[i % len(pattern)] for i in range(layers)]
         if text is not None:
             d["text_config"] = text
     if vision_layers is not None:
+        if d.get("model_type") in TILED_FAMILIES:
+            raise WorkloadError("vision_layers: Mllama's projector width follows its tower's "
+                                "intermediate_layers_indices, so its depth is not overridden here")
         vision = dict(d.get("vision_config") or {})
         keys = [k for k in _VISION_DEPTH_KEYS if k in vision] or ["num_hidden_layers"]
         for key in keys:
@@ -212,6 +242,9 @@ def layout(cell, cfg, family: str) -> Layout:
         raise WorkloadError(f"images must be an integer >= 1 for image-text workload {cell.workload!r} "
                             f"(its loss needs at least one image per sample), got {images!r}")
     h, w = rule.size(cell.image_size)
+    if family in TILED_FAMILIES and not cfg.text_config.cross_attention_layers:
+        raise WorkloadError(f"layers {cfg.text_config.num_hidden_layers} keeps none of Mllama's cross-attention "
+                            "layers, so the images would not reach the language model; use more layers")
     need = images * rule.markers + 1
     if cell.seq < need:
         raise WorkloadError(f"seq {cell.seq} (text tokens) is too short for {images} image(s) of {family}: "
@@ -222,11 +255,18 @@ def layout(cell, cfg, family: str) -> Layout:
 def facts(cell, cfg, family: str) -> dict[str, Any]:
     """``info.vlm``: the image layout and the rule's count, text and total tokens per sample."""
     lay = layout(cell, cfg, family)
+    extra = {}
+    if family in TILED_FAMILIES:
+        rule = image_rule(cfg, family)
+        extra = {"tiles_per_image": "x".join(map(str, rule.tiles((lay.height, lay.width)))),
+                 "tile_slots_per_image": rule.max_tiles,
+                 "cross_attention_tokens_per_image": rule.cross_attention_tokens(),
+                 "cross_attention_layers": len(cfg.text_config.cross_attention_layers)}
     return {"images_per_sample": lay.images, "image_size": f"{lay.height}x{lay.width}",
             "tokens_per_image": lay.tokens_per_image, "text_tokens": lay.text_tokens,
             "image_tokens": lay.image_tokens, "total_tokens": lay.total_tokens,
             "seq_counts": "text tokens (markers included); image tokens are added",
-            "vision_layers": vision_depth(cfg)}
+            "vision_layers": vision_depth(cfg)} | extra
 
 
 def _fake_mode():
@@ -272,7 +312,18 @@ def make_inputs(cell, cfg, family: str, device: torch.device, dtype: torch.dtype
         is_image = ids == rule.image_token
         labels = ids.masked_fill(is_image, -100)
         ints = {"input_ids": ids, "labels": labels}
-        if family in QWEN_FAMILIES:
+        if family in TILED_FAMILIES:
+            th, tw = rule.tiles((lay.height, lay.width))
+            tiles, slots, side = th * tw, rule.max_tiles, rule.native[0]
+            ints["aspect_ratio_ids"] = torch.full((b, lay.images), rule.aspect_ratios.index((th, tw)) + 1)
+            ints["aspect_ratio_mask"] = torch.zeros((b, lay.images, slots), dtype=torch.long)
+            ints["aspect_ratio_mask"][..., :tiles] = 1
+            cross = torch.zeros((b, lay.total_tokens, lay.images, slots), dtype=torch.long)
+            for i, pos in enumerate(torch.nonzero(is_image[0]).flatten().tolist()):
+                cross[:, pos:, i, :tiles] = 1  # each text token sees the images before it, their used tiles
+            ints["cross_attention_mask"] = cross
+            pixel_shape = (b, lay.images, slots, rule.channels, side, side)
+        elif family in QWEN_FAMILIES:
             grid = [lay.height // rule.patch, lay.width // rule.patch]
             ints["image_grid_thw"] = torch.tensor([[1, *grid]] * (b * lay.images), dtype=torch.long)
             ints["mm_token_type_ids"] = is_image.int()

@@ -81,10 +81,11 @@ CATALOGUE = {
     "qwen2-vl-2b": "Qwen2-VL-2B (Qwen/Qwen2-VL-2B-Instruct), vision-language: 675M ViT, patch merger, tied embeddings",
     "llava1.5-7b": "LLaVA-1.5-7B (llava-hf/llava-1.5-7b-hf), vision-language: CLIP ViT-L/14-336, 2-layer MLP projector",
     "gemma3-4b": "Gemma-3-4B multimodal (google/gemma-3-4b-it), vision-language: SigLIP 896, 256 tokens per image",
-    "llama3.2-11b-vision": "Llama-3.2-11B-Vision (meta-llama/Llama-3.2-11B-Vision), cross-attention VLM: listed, refused",
+    "llama3.2-11b-vision": "Llama-3.2-11B-Vision (meta-llama/Llama-3.2-11B-Vision), images through cross-attention, 560 tiles",
     "tiny-qwen2-vl": "tiny Qwen2-VL vision-language model for tests",
     "tiny-llava": "tiny LLaVA vision-language model for tests",
     "tiny-gemma3": "tiny Gemma 3 vision-language model for tests",
+    "tiny-mllama": "tiny Mllama (Llama 3.2 Vision) model for tests, 56-pixel tiles",
 }
 PRETRAINED = ("minilm-l6",)
 
