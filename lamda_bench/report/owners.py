@@ -29,6 +29,12 @@ def vision_share(record: dict[str, Any]) -> float | None:
     return (weights + saved) / peak
 
 
+def _tokens(v: dict[str, Any]) -> str:
+    """Tokens per image in the sequence; Mllama's cross-attended vision tokens beside them."""
+    cross = v.get("cross_attention_tokens_per_image")
+    return f"{v['tokens_per_image']} (+{cross:,} cross-attended)" if cross else str(v["tokens_per_image"])
+
+
 def owners_section(records: list[dict[str, Any]]) -> list[str]:
     """Markdown lines of the section ([] when no record is image-text)."""
     vlm = [r for r in records if get(r, "info.model.vlm")]
@@ -46,7 +52,7 @@ def owners_section(records: list[dict[str, Any]]) -> list[str]:
         row = [f"{get(r, 'cell.workload')} ({mode(r)})", method_label(r),
                "+".join(targets) if isinstance(targets, list) else targets,
                "yes" if get(r, "cell.gradient_checkpointing") else "no",
-               f"{v['images_per_sample']} x {v['image_size']}", v["tokens_per_image"],
+               f"{v['images_per_sample']} x {v['image_size']}", _tokens(v),
                f"{v['text_tokens']} + {v['image_tokens']}", fmt_bytes(get(r, MEMORY.peak))]
         row += [fmt_bytes((owners.get("saved_bytes") or {}).get(k)) for k, _ in PARTS]
         row += [fmt_flops((owners.get("flops") or {}).get(k)) for k, _ in PARTS]
