@@ -148,6 +148,7 @@ def test_inputs_placeholders_and_labels():
     assert (labels[ids == 254] == -100).all() and (labels[ids != 254] == ids[ids != 254]).all()
     assert inputs["image_grid_thw"].tolist() == [[1, 8, 12]] * 4
     assert inputs["pixel_values"].shape == (4 * 8 * 12, 3 * 2 * 14 * 14)
+    assert inputs["position_ids"].shape == (3, 2, 40 + 2 * per_image)  # 3-D rope, by the model's get_rope_index
 
 
 # ---- tiny real VLMs: estimate vs measurement, owners, claim 2v, report ----------------------------
@@ -162,7 +163,8 @@ def _run(workload: str, mode: str, **keys) -> dict:
 
 
 @pytest.mark.parametrize("workload, keys", [("tiny-llava", {}), ("tiny-gemma3", {}),
-                                           ("tiny-mllama", {"images": 2, "image_size": "56x112"})])
+                                           ("tiny-mllama", {"images": 2, "image_size": "56x112"}),
+                                           ("tiny-qwen2-vl", {"images": 2, "image_size": "56x84"})])
 def test_estimate_agrees_with_measurement_to_the_byte(workload, keys):
     est, meas = _run(workload, "estimate", **keys), _run(workload, "measure", **keys)
     for key in ("peak", "saved_activations", "saved_activations_adapter"):

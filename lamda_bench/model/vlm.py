@@ -38,8 +38,8 @@ Fake tensors (estimate mode) carry no values, and these models read their intege
 (grid sizes, placeholder positions): those small integer tensors are made *constant* fake
 tensors (real values inside, ``constant_inputs``), the fake mode propagates constants through
 integer ops while the forward runs (``forward_context``), and every float tensor stays a plain
-fake. Qwen2-VL's 3-D rope positions are computed by the model's own ``get_rope_index`` from the
-real ids, in both modes, so estimate and measurement run the same ops.
+fake. Qwen2-VL's 3-D rope positions are computed with the inputs by the model class's own
+``get_rope_index`` from the real ids, in both modes, so estimate and measurement run the same ops.
 """
 
 from __future__ import annotations
@@ -327,6 +327,7 @@ def make_inputs(cell, cfg, family: str, device: torch.device, dtype: torch.dtype
             grid = [lay.height // rule.patch, lay.width // rule.patch]
             ints["image_grid_thw"] = torch.tensor([[1, *grid]] * (b * lay.images), dtype=torch.long)
             ints["mm_token_type_ids"] = is_image.int()
+            ints["position_ids"] = _rope_positions(cfg, ints)
             pixel_shape = (b * lay.images * grid[0] * grid[1], rule.channels * rule.temporal * rule.patch ** 2)
         else:
             if family == "gemma3":
@@ -338,11 +339,6 @@ def make_inputs(cell, cfg, family: str, device: torch.device, dtype: torch.dtype
     else:
         inputs["pixel_values"] = torch.randn(pixel_shape, generator=gen).to(device=device, dtype=dtype)
     return inputs
-
-
-def _real(t: torch.Tensor) -> torch.Tensor:
-    constant = getattr(t, "constant", None)
-    return constant if constant is not None else t
 
 
 @contextlib.contextmanager
@@ -359,24 +355,24 @@ def forward_context():
         ft.CONSTANT_NUMEL_LIMIT = old
 
 
-def forward_inputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model's keyword arguments: Qwen2-VL's 3-D rope positions added, computed by the model's
-    own ``get_rope_index`` from the real ids (its data-dependent loop never sees a fake tensor)."""
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
+def _rope_positions(cfg, ints: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Qwen2-VL's 3-D rope positions, by the model class's own ``get_rope_index`` (it reads only
+    the config), made with the inputs: as untracked as ``input_ids`` in both modes, and its
+    data-dependent loop never sees a fake tensor."""
+    import sys
 
-    if "image_grid_thw" not in inputs:
-        return inputs
-    owner = next((m for m in model.modules() if hasattr(type(m), "get_rope_index")), None)
-    if owner is None:
-        raise WorkloadError(f"{type(model).__name__} has no get_rope_index for its 3-D rope positions")
-    device = inputs["input_ids"].device
-    with unset_fake_temporarily():
-        positions, _ = owner.get_rope_index(
-            _real(inputs["input_ids"]).cpu(), mm_token_type_ids=_real(inputs["mm_token_type_ids"]).cpu(),
-            image_grid_thw=_real(inputs["image_grid_thw"]).cpu())
-    out = dict(inputs)
-    out["position_ids"] = constant_inputs({"p": positions}, device)["p"]
-    return out
+    from .config import model_class
+
+    outer = model_class(cfg.architectures[0])
+    inner = getattr(sys.modules[outer.__module__], outer.__name__.replace("ForConditionalGeneration", "Model"), None)
+    if inner is None or not hasattr(inner, "get_rope_index"):
+        raise WorkloadError(f"{outer.__name__}: no get_rope_index to compute its 3-D rope positions from")
+    stub = type("RopeIndex", (), {k: getattr(inner, k) for k in ("get_rope_index", "get_vision_position_ids")
+                                  if hasattr(inner, k)})()
+    stub.config = cfg
+    positions, _ = stub.get_rope_index(ints["input_ids"], mm_token_type_ids=ints["mm_token_type_ids"],
+                                       image_grid_thw=ints["image_grid_thw"])
+    return positions
 
 
 @functools.lru_cache(maxsize=None)

@@ -441,7 +441,7 @@ def compute_loss(cell: Cell, model: nn.Module, inputs: dict[str, torch.Tensor]) 
         return nn.functional.mse_loss(pooled, inputs["labels"].float())
     if task == vlm.TASK:
         with vlm.forward_context():
-            return model(**vlm.forward_inputs(model, inputs)).loss
+            return model(**inputs).loss
     return model(**inputs).loss
 
 
