@@ -236,3 +236,26 @@ def test_fit_answers_for_a_vlm_with_images(tmp_path):
     assert row["peak_at_max"] + row["margin"] <= row["budget"] < row["peak_at_next"] + row["margin"]
     probes = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert all(p["info"]["model"]["vlm"]["image_tokens"] == 32 for p in probes)  # 2 images x 16 tokens
+
+
+QWEN25 = {  # a tiny Qwen2.5-VL config.json given by path (windowed vision attention, as the user had)
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
+    "hidden_size": 64, "intermediate_size": 176, "num_attention_heads": 4, "num_hidden_layers": 2,
+    "num_key_value_heads": 2, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+    "tie_word_embeddings": True, "vocab_size": 256, "vision_start_token_id": 251, "vision_end_token_id": 252,
+    "vision_token_id": 253, "image_token_id": 254, "video_token_id": 255,
+    "vision_config": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "in_chans": 3,
+                      "out_hidden_size": 64, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                      "window_size": 56, "fullatt_block_indexes": [1]},
+}
+
+
+def test_qwen25_vl_config_path_estimate_agrees_with_measurement(tmp_path):
+    import json
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(QWEN25))
+    est, meas = (_run(str(path), m, image_size=112, images=2) for m in ("estimate", "measure"))
+    assert est["info"]["model"]["vlm"]["tokens_per_image"] == 16  # (112/14)^2 / 4
+    for key in ("peak", "saved_activations", "saved_activations_adapter"):
+        assert est["memory"][key] == meas["memory"][key], key

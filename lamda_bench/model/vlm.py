@@ -349,10 +349,48 @@ def forward_context():
 
     old = ft.CONSTANT_NUMEL_LIMIT
     ft.CONSTANT_NUMEL_LIMIT = 1 << 26
+    patched = _patch_vision_utils() if _fake_mode() is not None else []
     try:
         yield
     finally:
         ft.CONSTANT_NUMEL_LIMIT = old
+        for module, name, original in patched:
+            setattr(module, name, original)
+
+
+def _patch_vision_utils() -> list:
+    """transformers' ``vision_utils`` helpers that build their integer bookkeeping from ``grid_thw``
+    with factory ops, which constant propagation does not reach (Qwen2.5-VL's window index): under
+    a fake mode they run for real on the constants' values and return constant fakes. Only those:
+    the helpers constant propagation does reach are left alone (wrapping them moved a tiny
+    Qwen2-VL estimate 48 B off its measurement; as is, both agree to the byte)."""
+    import sys
+
+    from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+    from torch.utils._pytree import tree_map
+    from transformers import vision_utils
+
+    mode = _fake_mode()
+    names = ["get_vision_window_index"]
+
+    def wrap(fn):
+        def run(*args, **kwargs):
+            real = lambda t: t.constant if isinstance(t, FakeTensor) and t.constant is not None else t  # noqa: E731
+            with unset_fake_temporarily():
+                out = fn(*tree_map(real, args), **{k: (v if k == "kwargs" else tree_map(real, v))
+                                                  for k, v in kwargs.items()})
+            return tree_map(lambda t: mode.fake_tensor_converter.from_real_tensor(mode, t, make_constant=True)
+                            if isinstance(t, torch.Tensor) and not isinstance(t, FakeTensor) else t, out)
+        return run
+
+    patched = []
+    for module in [m for k, m in list(sys.modules.items()) if k.startswith("transformers.models.") and m]:
+        for name in names:
+            original = module.__dict__.get(name)
+            if original is not None and original is getattr(vision_utils, name):
+                patched.append((module, name, original))
+                setattr(module, name, wrap(original))
+    return patched
 
 
 def _rope_positions(cfg, ints: dict[str, torch.Tensor]) -> torch.Tensor:
