@@ -259,3 +259,11 @@ def test_qwen25_vl_config_path_estimate_agrees_with_measurement(tmp_path):
     assert est["info"]["model"]["vlm"]["tokens_per_image"] == 16  # (112/14)^2 / 4
     for key in ("peak", "saved_activations", "saved_activations_adapter"):
         assert est["memory"][key] == meas["memory"][key], key
+
+
+def test_estimate_output_says_what_the_images_became():
+    from lamda_bench.one_cell.output import describe
+
+    rec = _run("tiny-llava", "estimate", images=2)
+    text = describe(rec, False, "x")
+    assert "images: 2 per sample at 56x56, 16 tokens each; per sample 24 text + 32 image = 56 tokens" in text
