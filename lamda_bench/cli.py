@@ -265,7 +265,8 @@ def _print_plan(suite, recorded: dict[str, dict[str, Any]], out: Path) -> None:
         shape = f"{cell.d_in}x{cell.d_out}" if cell.d_in is not None else ""
         options = " ".join(f"{k}={v}" for k, v in cell.options)
         rows.append([i, cell.workload, shape, cell.layers or "", cell.method, cell.r, targets, cell.batch,
-                     cell.seq, " ".join(v for v in (cell.dtype, cell.precision, cell.quant) if v not in ("pure", "none")),
+                     cell.seq, " ".join(v for v in (cell.dtype, cell.precision, cell.quant,
+                                             "kbit-prepared" if cell.kbit_prepare else "none") if v not in ("pure", "none")),
                      cell.device, cell.mode, options,
                      rec.get("status") if rec else "", cell.id])
     headers = ["#", "workload", "d_in x d_out", "layers", "method", "r", "targets", "batch", "seq",

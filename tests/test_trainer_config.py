@@ -56,9 +56,11 @@ def test_axolotl_qlora_fates():
     assert "micro batch" in next(f.note for f in t.fates if f.key == "gradient_accumulation_steps")
     assert fates["sample_packing"] == NO_EFFECT and fates["deepspeed"] == NO_EFFECT  # off: nothing to model
     assert fates["learning_rate"] == NO_EFFECT
-    # the QLoRA path runs prepare_model_for_kbit_training (issue 34): named, not modelled yet
-    assert any(f.fate == NOT_MODELLED and "kbit" in f.key for f in t.fates)
-    assert t.headline().startswith("NOTE: 1 key(s)")
+    # the QLoRA path runs prepare_model_for_kbit_training, then axolotl casts norms and embeddings
+    # back to the load dtype: mapped, to kbit_prepare = false
+    kbit = next(f for f in t.fates if "kbit" in f.key)
+    assert kbit.fate == MAPPED and t.cell["kbit_prepare"] is False and "back to the load dtype" in kbit.note
+    assert t.headline() is None
 
 
 def test_unmodelled_and_unknown_keys_lead_the_answer(tmp_path):
@@ -99,6 +101,9 @@ def test_llamafactory_defaults_and_quantization():
     c = t.cell
     assert (c["r"], c["alpha"], c["targets"], c["seq"], c["batch"]) == (8, 16, "all", 2048, 8)
     assert c["quant"] == "nf4-dq" and c["gradient_checkpointing"] is True
+    # LLaMA-Factory prepares with its own function, not PEFT's k-bit one: no fp32 cast
+    prep = next(f for f in t.fates if f.key.startswith("prepare_model_for_training"))
+    assert prep.fate == MAPPED and c["kbit_prepare"] is False and "not PEFT's" in prep.note
     t = translate({"model_name_or_path": "tiny-llama", "quantization_bit": 8, "lora_rank": 16,
                    "disable_gradient_checkpointing": True, "use_dora": True}, "lf.yaml")
     assert (t.cell["quant"], t.cell["alpha"], t.cell["method"], t.cell["gradient_checkpointing"]) == \

@@ -74,6 +74,8 @@ class StepTrackers:
                 if tracker is not None:
                     stack.enter_context(tracker.phase(name))
             yield
+        if name == "backward":  # after the trackers' phase ends: nothing above reads the hooks after it
+            self.scope.release_grad_hooks()
 
     def summary(self) -> dict:
         """JSON-able results of the trackers that ran (no per-tensor detail, no timeline)."""

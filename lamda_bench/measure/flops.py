@@ -105,10 +105,55 @@ def _bitsandbytes_formulas() -> dict:
     return {} if op is None else {op: _gemm_4bit_flop}  # keyed by packet, as torch's registry is
 
 
+GROUPED_COUNTING = (
+    "grouped matmuls (aten._grouped_mm, transformers::grouped_mm_fallback and its backward, the MoE "
+    "experts' kernels) counted as 2*rows*k*n over every routed row (tokens x top_k in total, whatever "
+    "the routing: the per-group split does not change the sum); aten.bmm (batched_mm experts) by torch's formula"
+)
+
+
+def _grouped_mm_flop(a, b, *args, out_shape=None, **kwargs) -> int:
+    """aten._grouped_mm: 2-D x 3-D (rows split by offs over the groups of b), 2-D x 2-D (the shared
+    dimension split: one (k x n) product per group, the weight gradient), 3-D x 2-D, 3-D x 3-D (bmm).
+    Every routed row is multiplied once, so the total is exact without the offsets' values."""
+    if len(a) == 2 and len(b) == 2:
+        return 2 * a[0] * a[1] * b[1]
+    out = 1
+    for n in out_shape:
+        out *= n
+    return 2 * out * a[-1]
+
+
+def _grouped_fallback_flop(a, b, offs, *args, out_shape=None, **kwargs) -> int:
+    """transformers::grouped_mm_fallback: input (S, k) by expert weights (E, k, n) -> (S, n)."""
+    return 2 * a[0] * a[1] * b[-1]
+
+
+def _grouped_fallback_backward_flop(a, b, offs, grad_out, *args, out_shape=None, **kwargs) -> int:
+    """Its backward op: grad_input (S, n) @ W^T and grad_weight input^T @ grad_out, per group."""
+    return 4 * a[0] * a[1] * b[-1]
+
+
+def _grouped_formulas() -> dict:
+    """The MoE experts' grouped matmuls: torch's counter has no formula for them, so the experts
+    (most of a MoE model's FLOPs) would count 0."""
+    found = {}
+    if hasattr(aten, "_grouped_mm"):
+        found[aten._grouped_mm] = _grouped_mm_flop
+    ops = getattr(torch.ops, "transformers", None)
+    for name, formula in (("grouped_mm_fallback", _grouped_fallback_flop),
+                          ("grouped_mm_fallback_backward", _grouped_fallback_backward_flop)):
+        try:
+            found[getattr(ops, name)] = formula
+        except (AttributeError, RuntimeError):  # transformers' MoE integration not imported (no MoE model)
+            pass
+    return found
+
+
 def flop_formulas() -> dict:
-    """torch's flop registry with our attention formulas and bitsandbytes' matmuls
-    (shape-wrapped like torch's own)."""
-    ours = {**ATTENTION_FORMULAS, **_bitsandbytes_formulas()}
+    """torch's flop registry with our attention formulas, bitsandbytes' matmuls and the grouped
+    matmuls of MoE experts (shape-wrapped like torch's own)."""
+    ours = {**ATTENTION_FORMULAS, **_bitsandbytes_formulas(), **_grouped_formulas()}
     return {**flop_registry, **{k: shape_wrapper(v) for k, v in ours.items()}}
 
 
@@ -169,6 +214,7 @@ class FlopCounter:
             "by_op": {k: dict(v) for k, v in self.by_op.items()},
             "attention_ops": dict(self.attention_ops),
             "attention_counting": ATTENTION_COUNTING,
+            "grouped_counting": GROUPED_COUNTING,
         }
 
     # ---- phases / context ---------------------------------------------------------------

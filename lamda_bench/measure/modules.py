@@ -10,6 +10,10 @@ backward the module is read from the node autograd is executing
 module "entered" for the rest of backward when the module's inputs need no gradient
 (the first adapted layer of a PEFT model), which would misattribute everything after.
 
+Nodes no torch function creates (a custom ``autograd.Function``'s, as bitsandbytes' int8
+matmul) are tagged at the exit of the module whose forward created them, by a walk back from
+its outputs; left to the next torch function's walk, they went to whichever module ran it.
+
 During gradient-checkpoint recomputation (forward inside backward) the forward stack is
 non-empty again and wins, so recomputed ops are attributed like the original forward.
 
@@ -126,6 +130,18 @@ class ModuleScope:
             self._handles, self._grad_hooks = [], []
             self._stack.clear()
 
+    def release_grad_hooks(self) -> None:
+        """Remove the backward-boundary hooks of this step's forward, once its backward is over.
+
+        Each holds the autograd nodes of a module's inputs or outputs, and with them the
+        graph behind them; a node of a custom ``autograd.Function`` (bitsandbytes' int8
+        matmul keeps its input on ``ctx``, not as a saved tensor) holds tensors until it
+        is freed, so kept hooks would keep those inputs alive into the optimizer step.
+        """
+        hooks, self._grad_hooks = self._grad_hooks, []
+        for h in hooks:
+            h.remove()
+
     # ---- hooks --------------------------------------------------------------------------
     def _pre_hook(self, module: nn.Module, args) -> None:
         name = self._names.get(id(module))
@@ -146,6 +162,11 @@ class ModuleScope:
         if self._stack:
             self._stack.pop()
         name = self._names.get(id(module))
+        if name is not None and torch.is_grad_enabled():
+            # nodes no torch function created (a custom autograd.Function's, as bitsandbytes'
+            # int8 matmul) are still untagged here: they belong to this module, not to the
+            # module that runs the next torch function
+            self._tag_as(name, _grad_fns(output))
         if name is None or not self._listeners or not self._is_wanted(name):
             return
         self._emit("forward", name, "post")
@@ -167,8 +188,11 @@ class ModuleScope:
         name = self._stack[-1] if self._stack else None
         if name is None:
             return
+        self._tag_as(name, [t.grad_fn for t in outputs if isinstance(t, torch.Tensor) and t.grad_fn is not None])
+
+    def _tag_as(self, name: str, todo: list) -> None:
+        """Tag ``todo`` and the untagged nodes behind them (created in this scope) with ``name``."""
         first_seq = self._first_seq
-        todo = [t.grad_fn for t in outputs if isinstance(t, torch.Tensor) and t.grad_fn is not None]
         while todo:
             node = todo.pop()
             if node is None:
@@ -199,6 +223,13 @@ class _TagNodes(TorchFunctionMode):
             elif isinstance(out, (tuple, list)):
                 self.scope._tag(out)
         return out
+
+
+def _grad_fns(obj) -> list:
+    """The autograd nodes of a module's output tensors (as ``_grad_tensors`` finds them)."""
+    if isinstance(obj, torch.Tensor):  # the common case, without building a list of tensors
+        return [obj.grad_fn] if obj.grad_fn is not None else []
+    return [t.grad_fn for t in _grad_tensors(obj) if t.grad_fn is not None]
 
 
 def _grad_tensors(obj) -> list[torch.Tensor]:

@@ -50,6 +50,7 @@ class AdapterSpec:
     options: dict[str, Any] = field(default_factory=dict)
     total_steps: int = 1  # the training horizon schedules (LaMDA's freezing) are laid over
     seed: int = 0
+    target_parameters: list[str] = field(default_factory=list)  # MoE expert parameters (methods/peft_experts.py)
 
 
 @dataclass

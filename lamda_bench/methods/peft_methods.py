@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import register
+from . import peft_experts, register
 from .base import AdapterSpec, AppliedMethod, Method, MethodError, Option, adamw_over_trainable, check_rank
 
 _COMMON_OPTIONS = {
@@ -116,8 +116,13 @@ class PeftMethod(Method):
 
         opts = self.resolve_options(spec.options)
         opts["dropout"] = _check_dropout(self.name, opts["dropout"])
-        linears = validated_targets(model, spec, self.name)
+        if spec.target_parameters and self.name != "lora":  # MoE experts: LoRA's ParamWrapper only
+            raise MethodError(f"method {self.name!r} cannot adapt the experts ({', '.join(spec.target_parameters)}): "
+                              "PEFT 0.21 adapts nn.Parameter targets (target_parameters) with LoRA only; use lora")
+        linears = validated_targets(model, spec, self.name) if spec.targets or not spec.target_parameters else {}
         config, facts = self.peft_config(spec, opts, _peft_targets(model, spec, linears), _on_meta(linears))
+        peft_experts.lora_config_extra(config, spec)
+        wrappers = peft_experts.expected_wrappers(model, spec)
 
         torch.manual_seed(spec.seed)
         with warnings.catch_warnings():
@@ -126,12 +131,15 @@ class PeftMethod(Method):
                 model, config, autocast_adapter_dtype=opts["autocast_adapter_dtype"]
             )
         self.finish(peft_model, spec)
+        if wrappers:
+            peft_experts.fold_on_entry(peft_model)
 
         adapted = {n: m for n, m in peft_model.named_modules() if isinstance(m, BaseTunerLayer)}
         if not opts["autocast_adapter_dtype"]:
             _adapters_in_base_dtype(adapted)
-        if len(adapted) != len(linears):
-            raise MethodError(f"method {self.name!r}: PEFT adapted {len(adapted)} layers, expected {len(linears)}")
+        if len(adapted) != len(linears) + wrappers:
+            raise MethodError(f"method {self.name!r}: PEFT adapted {len(adapted)} layers, expected "
+                              f"{len(linears) + wrappers}")
         adapter_names = adapter_module_names(peft_model, adapted)
         trainable_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in peft_model.parameters() if p.requires_grad})
         info = {

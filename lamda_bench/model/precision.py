@@ -150,11 +150,14 @@ def predict_state(c, res, b_schedule) -> dict:
     # stored elements and quant-state buffers) and come back as the hand count of their bytes.
     qbase = quant_bytes.quantized_base(applied.model)
     stored, state = (qbase.stored_elements, qbase.state_storages) if qbase else (0, frozenset())
+    # kbit_prepare (model/kbit.py): PEFT cast every fp16/bf16 parameter of the base left in the
+    # count (embeddings, norms, lm_head; not the quantized linears, counted apart) to fp32.
+    base_weights = 4 if getattr(c, "kbit_prepare", False) else base
     adamw = res.info.get("optimizer_class") == "AdamW"
     try:
         out = analytic.state_bytes(
             c.method, res.layers, c.r, total_params=applied.num_total() - stored, total_tensors=len(params),
-            buffer_bytes=sum(n for k, n in buffers.items() if k not in state), base_itemsize=base,
+            buffer_bytes=sum(n for k, n in buffers.items() if k not in state), base_itemsize=base_weights,
             adapter_itemsize=adapter, trainable_itemsize=trainable, optimizer="adamw" if adamw else None,
             step=res.instrumented_step - 1, optimizer_step=res.instrumented_step - 1, b_schedule=b_schedule)
     except analytic.AnalyticError:

@@ -150,6 +150,7 @@ def quantize_base(model: nn.Module, quant: str, parallel: str = "none") -> Quant
             new.bias = nn.Parameter(old.bias.data, requires_grad=False)
         _store(new, old.weight.data, fmt)
     setattr(model, "is_loaded_in_4bit" if fmt.bits == 4 else "is_loaded_in_8bit", True)
+    model.lamda_bench_compute_dtype = dtype  # kbit_prepare casts the first parameters to fp32 after this
     model.lamda_bench_quant_skipped = skip
     return fmt
 
@@ -263,7 +264,11 @@ def _check_method(model: nn.Module, fmt: QuantFormat, method) -> None:
 
 
 def _compute_dtype(model: nn.Module) -> torch.dtype:
-    """The model dtype: that of its first floating-point parameter (the embeddings)."""
+    """The model dtype: that of its first floating-point parameter (the embeddings), or the one
+    ``quantize_base`` noted (after ``kbit_prepare`` the embeddings are fp32)."""
+    noted = getattr(model, "lamda_bench_compute_dtype", None)
+    if noted is not None:
+        return noted
     for p in model.parameters():
         if p.is_floating_point():
             return p.dtype

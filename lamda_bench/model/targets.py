@@ -29,7 +29,10 @@ from torch import nn
 from ..hints import did_you_mean
 from .config import WorkloadError
 
-PRESETS = ("all", "attn", "mlp", "peft")
+# Mixture-of-experts presets: the fused expert parameters (not linears), alone or with a linear
+# preset; resolved by lamda_bench/methods/peft_experts.py (LoRA through PEFT's target_parameters).
+EXPERT_PRESETS = {"experts": None, "attn+experts": "attn", "all+experts": "all"}
+PRESETS = ("all", "attn", "mlp", "peft", *EXPERT_PRESETS)
 _BLOCK_RE = re.compile(r"^(?P<stack>.*?)\.(?P<index>\d+)\.(?P<rest>.+)$")
 _ATTENTION_RE = re.compile(r"attn|attention", re.IGNORECASE)
 
@@ -142,6 +145,9 @@ def resolve_targets(targets, model: nn.Module, workload_name: str, model_type: s
     ``targets`` is a preset name (``"all"``, ``"attn"``, ``"mlp"``, ``"peft"``), a single
     suffix, or a tuple of suffixes.
     """
+    if isinstance(targets, str) and targets in EXPERT_PRESETS:
+        raise WorkloadError(f"preset {targets!r} adapts the fused experts of a mixture-of-experts model, which are "
+                            f"parameters, not linears: only a training cell resolves it (methods/peft_experts.py)")
     if isinstance(targets, str) and targets in PRESETS:
         suffixes = preset_suffixes(model, targets, model_type)
         if not suffixes:

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from . import config as model_config
+from . import moe
 from ..suite.cell import Cell
 from .config import WorkloadError
 from .targets import PRESETS, available_presets, matches_target, target_linears  # noqa: F401 - re-exported
@@ -78,6 +79,10 @@ CATALOGUE = {
     "tiny-llama": "tiny LLaMA for tests",
     "tiny-deberta": "tiny DeBERTa-v2 classifier for tests",
     "tiny-bart": "tiny BART seq2seq for tests",
+    "mixtral-8x7b-v0.1": "Mixtral-8x7B-v0.1 (mistralai/Mixtral-8x7B-v0.1), MoE: 8 experts, top-2",
+    "qwen3-30b-a3b": "Qwen3-30B-A3B (Qwen/Qwen3-30B-A3B), MoE: 128 experts, top-8",
+    "tiny-mixtral": "tiny Mixtral MoE for tests (4 experts, top-2)",
+    "tiny-qwen3-moe": "tiny Qwen3-MoE for tests (8 experts, top-2)",
     "qwen2-vl-2b": "Qwen2-VL-2B (Qwen/Qwen2-VL-2B-Instruct), vision-language: 675M ViT, patch merger, tied embeddings",
     "llava1.5-7b": "LLaVA-1.5-7B (llava-hf/llava-1.5-7b-hf), vision-language: CLIP ViT-L/14-336, 2-layer MLP projector",
     "gemma3-4b": "Gemma-3-4B multimodal (google/gemma-3-4b-it), vision-language: SigLIP 896, 256 tokens per image",
@@ -205,6 +210,10 @@ def _meta_summary(name: str) -> tuple[int, int, tuple[str, ...]]:
             presets = tuple(available_presets(model, workload.family))
             if workload.task == vlm.TASK:
                 presets += vlm_parts.available_presets(model, name)
+            if moe.experts_modules(model):  # the fused experts: parameters, reached by the expert presets
+                from .targets import EXPERT_PRESETS
+
+                presets += tuple(EXPERT_PRESETS)
     return counts[0], counts[1], presets
 
 
@@ -311,6 +320,7 @@ def build_model(cell: Cell, device: str | torch.device = "cpu") -> nn.Module:
 
     model_class = model_config.model_class(workload.class_name)
     config = copy.deepcopy(cell_config(cell))  # _from_config writes dtype/attention into it
+    moe.apply_cell_keys(config, cell, workload.name)  # experts kernel, router loss: refused on a dense model
     attn = _choose_attention(model_class, cell.attn_implementation, workload.name)
     with torch.device(device):
         model = model_class._from_config(config, dtype=dtype, attn_implementation=attn)
@@ -460,6 +470,16 @@ def resolve_targets(cell: Cell, model: nn.Module) -> list[str]:
     return _resolve_targets(cell.targets, model, workload.name, workload.family)
 
 
+def _experts_shape(name: str, workload: Workload) -> str:
+    """", 8 experts top-2 (expert MLP 14336)" for a MoE config, else ""."""
+    cfg = hf_config(name, workload.default_layers)
+    if not moe.is_moe_config(cfg):
+        return ""
+    facts = {k: workload.config.get(k) for k in ("num_experts_per_tok", "moe_intermediate_size", "intermediate_size")}
+    mlp = facts["moe_intermediate_size"] or facts["intermediate_size"]
+    return f", {moe.expert_count(cfg)} experts top-{facts['num_experts_per_tok']} (expert MLP {mlp})"
+
+
 def workload_rows() -> list[list[str]]:
     """``lamda-bench list workloads``: name, parameter count, shape, what it is, presets."""
     from ..report.units import fmt_count
@@ -473,7 +493,8 @@ def workload_rows() -> list[list[str]]:
         kv = f" ({f['kv_heads']} kv)" if f["kv_heads"] != f["heads"] else ""
         shape = (f"{workload.task}, hidden {f['hidden_size']}, MLP {f['intermediate_size']}, {f['layers']} layers, "
                  f"{f['heads']} heads{kv} x {f['head_dim']}, vocab {f['vocab_size']}"
-                 + (", tied" if f["tie_word_embeddings"] and workload.task == "causal-lm" else ""))
+                 + (", tied" if f["tie_word_embeddings"] and workload.task == "causal-lm" else "")
+                 + _experts_shape(name, workload))
         rows.append([name, fmt_count(parameter_count(name)), shape, workload.description,
                      ", ".join(workload.target_presets)])
     return rows

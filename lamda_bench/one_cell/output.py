@@ -36,6 +36,8 @@ def kind_of(record: dict[str, Any]) -> str:
 def describe(record: dict[str, Any], reused: bool, where: str) -> str:
     cell = record.get("cell") or {}
     settings = " ".join(f"{k}={_value(cell.get(k))}" for k in SHOWN_KEYS if k in cell)
+    if cell.get("kbit_prepare"):  # said only when on: every other cell's line stays as it was
+        settings += " kbit_prepare=true"
     kind = kind_of(record)
     how = (f"estimate: fake tensors on {get(record, 'info.estimate_device', 'cpu')}, the real training step traced; "
            "nothing measured on a GPU") if kind == "estimate" else \
@@ -48,7 +50,8 @@ def describe(record: dict[str, Any], reused: bool, where: str) -> str:
                      f"{vlm['image_tokens']} image = {vlm['total_tokens']} tokens (seq counts text tokens)")
     if record.get("status") != "ok":
         return "\n".join(lines + [f"status {record.get('status')}: {record.get('error')}"])
-    lines += ["", _peak(record, kind), _params(record), _flops(record), "", _closed_forms(record), UNITS_NOTE]
+    lines += ["", _peak(record, kind), _params(record), _flops(record)] + _moe(record) + \
+        ["", _closed_forms(record), UNITS_NOTE]
     return "\n".join(lines)
 
 
@@ -77,6 +80,24 @@ def _flops(record: dict[str, Any]) -> str:
     return (f"FLOPs per step: forward {fmt_flops(get(record, FLOPS.forward))}, backward "
             f"{fmt_flops(get(record, FLOPS.backward))} (adapter: forward {fmt_flops(get(record, FLOPS.adapter_forward))}, "
             f"backward {fmt_flops(get(record, FLOPS.adapter_backward))})")
+
+
+def _moe(record: dict[str, Any]) -> list[str]:
+    """A mixture-of-experts model: its experts' share of the FLOPs, and whether they were adapted."""
+    moe = get(record, "info.model.moe")
+    if not isinstance(moe, dict):
+        return []
+    lines = [f"experts: {moe.get('experts')} per block, top-{moe.get('top_k')}, run by "
+             f"{moe.get('experts_implementation')}; their FLOPs: forward {fmt_flops(get(record, FLOPS.experts_forward))}"
+             f", backward {fmt_flops(get(record, FLOPS.experts_backward))}; router aux loss "
+             f"{'on' if moe.get('output_router_logits') else 'off'}"]
+    not_adapted = get(record, "info.method.not_adapted")
+    if not_adapted:
+        lines.append(f"NOTE: {not_adapted}")
+    unquantized = get(record, "info.quant.experts_unquantized")
+    if unquantized:
+        lines.append(f"NOTE: quantized base, but {unquantized}")
+    return lines
 
 
 def _closed_forms(record: dict[str, Any]) -> str:

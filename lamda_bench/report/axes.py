@@ -21,14 +21,16 @@ from ..results.values import is_number
 # Cell keys in display order. ``timeout_s`` is left out: it bounds a run, it does not
 # change what is measured.
 CELL_AXES = ("workload", "d_in", "d_out", "layers", "method", "r", "alpha", "targets", "batch", "seq",
-             "dtype", "precision", "quant", "world_size", "parallel", "reshard_after_forward", "gradient_checkpointing",
+             "dtype", "precision", "quant", "kbit_prepare", "world_size", "parallel", "reshard_after_forward",
+             "gradient_checkpointing",
              "optimizer", "lr", "steps", "warmup", "attn_implementation", "seed", "device", "mode")
 # The axes that make a "shape group": cells that train the same model on the same data under
 # the same precision policy and sharding, so their methods can be ranked against each other.
-SHAPE_AXES = ("workload", "d_in", "d_out", "layers", "batch", "seq", "dtype", "precision", "quant", "world_size",
-              "parallel", "device", "mode")
+SHAPE_AXES = ("workload", "d_in", "d_out", "layers", "batch", "seq", "dtype", "precision", "quant", "kbit_prepare",
+              "world_size", "parallel", "device", "mode")
 
-AXIS_TITLES = {"gradient_checkpointing": "checkpointing", "attn_implementation": "attention"}
+AXIS_TITLES = {"gradient_checkpointing": "checkpointing", "attn_implementation": "attention",
+               "kbit_prepare": "kbit prepared"}
 OPTION_TITLES = {"autocast_adapter_dtype": "adapters", "freeze_mode": "freeze"}
 # Short prefixes for plot labels ("r16 b4 s1024").
 SHORT = {"r": "r", "batch": "b", "seq": "s", "layers": "L", "d_in": "d", "d_out": "d_out=", "world_size": "W"}
@@ -211,6 +213,10 @@ def shape_title(record: dict[str, Any], axes: Axes) -> str:
         if axis == "quant":  # 'nf4 base'; an unquantized base goes unsaid
             if value != "none":
                 parts.append(f"{value} base")
+            continue
+        if axis == "kbit_prepare":  # PEFT's prepare_model_for_kbit_training ran; not: unsaid
+            if value:
+                parts.append("kbit-prepared")
             continue
         parts.append(f"{SHORT[axis]}{value}" if axis in SHORT else show(value))
     return " ".join(parts) or "all cells"

@@ -44,6 +44,8 @@ MEMORY_OPTIONAL_KEYS = (
     "autocast_weight_copies", "autocast_weight_copies_at_peak", "saved_autocast_weight_copies",
 )
 FLOPS_KEYS = ("forward", "backward", "adapter_forward", "adapter_backward", "attention_counting")
+# Written for mixture-of-experts models only (lamda_bench/model/moe.py): read with a default.
+FLOPS_OPTIONAL_KEYS = ("experts_forward", "experts_backward", "grouped_counting")
 TIME_KEYS = ("step_median_s", "step_min_s", "step_max_s", "steps_timed", "tokens_per_s")
 SERIES_KEYS = ("step", "trainable", "optimizer", "backward_flops", "peak", "ran")
 PREDICTED_MEMORY_KEYS = ("saved_activations_adapter", "weights", "grads", "optimizer")
@@ -115,6 +117,7 @@ CELL = Block("cell", (
     "workload", "method", "r", "alpha", "targets", "layers", "d_in", "d_out", "batch", "seq", "dtype", "device",
     "mode", "steps", "warmup", "optimizer", "lr", "gradient_checkpointing", "attn_implementation", "seed",
     "world_size", "parallel", "reshard_after_forward", "timeout_s", "precision", "options",
+    "experts_implementation", "output_router_logits",
 ))
 # Method options readers look at (cell.options holds every option of the cell's method).
 OPTIONS = Block("cell.options", ("freeze_mode", "freeze_fraction", "autocast_adapter_dtype", "dropout"))
@@ -122,7 +125,7 @@ PARAMS = Block("params", PARAMS_KEYS)
 MEMORY = Block("memory", MEMORY_KEYS + MEMORY_OPTIONAL_KEYS)
 AT_PEAK = Block("memory.at_peak", CATEGORIES)
 RANK_AT_PEAK = Block("memory.per_rank.at_peak", CATEGORIES + SHARDED_CATEGORIES)  # sharded cells: rank 0's
-FLOPS = Block("flops", FLOPS_KEYS)
+FLOPS = Block("flops", FLOPS_KEYS + FLOPS_OPTIONAL_KEYS)
 TIME = Block("time", TIME_KEYS)
 SERIES = Block("series", SERIES_KEYS)
 PREDICTED_PARAMS = Block("predicted.params", ("trainable", "updates"))

@@ -24,7 +24,7 @@ from .record import FLOPS
 # Sections whose leaves are numbers (or null); nested tables (memory.at_peak) are walked.
 NUMERIC_SECTIONS = ("params", "memory", "flops", "time")
 # Text fields inside those sections.
-TEXT_FIELDS = frozenset({FLOPS.attention_counting})
+TEXT_FIELDS = frozenset({FLOPS.attention_counting, FLOPS.grouped_counting})
 # Cell keys that are numbers (lamda_bench.suite.cell.Cell).
 NUMERIC_CELL_KEYS = ("r", "alpha", "layers", "d_in", "d_out", "batch", "seq", "steps", "warmup", "lr",
                      "seed", "timeout_s")

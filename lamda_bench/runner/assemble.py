@@ -17,9 +17,11 @@ from typing import Any
 import torch
 
 from .. import analytic
+from ..model import kbit
 from ..model import parallel
 from ..model import precision
 from ..model import quant
+from ..model import moe
 from ..model import workloads
 from ..suite.cell import Cell
 from .observe import adapter_itemsize
@@ -118,6 +120,12 @@ def fill_record(record: dict, plan: Plan, res: StepResult, mode: str, device: st
         "adapter_backward": flops.adapter_backward,
         "attention_counting": ATTENTION_COUNTING,
     }
+    if moe.experts_modules(applied.model):  # MoE: the experts' share, and how grouped matmuls count
+        from ..measure.flops import GROUPED_COUNTING
+
+        experts = moe.experts_flops(flops.by_module, applied.model)
+        record["flops"].update(experts_forward=experts.get("forward", 0), experts_backward=experts.get("backward", 0),
+                               grouped_counting=GROUPED_COUNTING)
     tokens = c.batch * c.seq
     t = res.timing
     record["time"] = {
@@ -146,6 +154,9 @@ def predicted(plan: Plan, res: StepResult) -> dict:
     info = applied.info
     from ..methods import get_method
 
+    if isinstance(info.get("expert_targets"), list):  # MoE experts adapted (methods/peft_experts.py)
+        return {"error": "closed forms cover adapted nn.Linear calls only; the adapted expert parameters "
+                         "(PEFT ParamWrapper) are traced, not modelled"}
     b_schedule = get_method(method).b_schedule(info, res.horizon)  # the method's own freezing schedule
     itemsize = adapter_itemsize(applied)
     calls = res.calls
@@ -177,10 +188,18 @@ def info(c: Cell, res: StepResult) -> dict:
     info = dict(res.info)
     info["attn_implementation"] = workloads.attention_implementation(applied.model)
     info["model"] = workloads.model_facts(c)  # config source + hash + the shape fields that decide memory
+    moe_facts = moe.facts(applied.model)
+    if moe_facts is not None:
+        info["model"]["moe"] = moe_facts
+        info["model"]["experts_implementation"] = moe_facts["experts_implementation"]
     info["attention_kernels"] = sorted(res.flops.attention_ops)
     info["autocast_adapter_dtype"] = applied.info.get("autocast_adapter_dtype")
     info["precision"] = res.precision.policy.to_info()
     info["quant"] = quant.describe(applied.model)  # None for an unquantized base
+    if moe_facts is not None and info["quant"]:  # bitsandbytes quantizes nn.Linear only
+        info["quant"]["experts_unquantized"] = (f"{moe_facts['expert_parameters']} expert weights (fused 3-D "
+                                                "parameters, not nn.Linear) kept in the model dtype")
+    info["kbit_prepare"] = kbit.describe(applied.model)  # None unless the cell's kbit_prepare ran
     info["method"] = applied.info
     info["steps"] = {"warmup": c.warmup, "instrumented_step": res.instrumented_step, "timed": c.steps,
                      "total_steps": res.horizon}

@@ -8,6 +8,7 @@ import contextlib
 import torch
 from torch import nn
 
+from ..model import kbit
 from ..model import precision
 from ..model import quant
 from ..model import workloads
@@ -17,23 +18,27 @@ from .resolve import Plan
 
 def prepare(plan: Plan, build_device: str):
     """Build the model, apply the method; (applied, spec)."""
-    from ..methods import AdapterSpec, get_method
+    from ..methods import AdapterSpec, get_method, peft_experts
 
     c = plan.cell
     method = get_method(c.method)
     model = workloads.build_model(c, build_device)
     qformat = quant.quantize_base(model, c.quant, c.parallel)  # the quantized frozen base, before the adapter
-    targets = workloads.resolve_targets(c, model)
-    if c.gradient_checkpointing:
+    prepared = kbit.prepare(model, c)  # PEFT's prepare_model_for_kbit_training (kbit_prepare key)
+    targets, expert_params = peft_experts.split_targets(c, model)  # linears; MoE expert parameters
+    peft_experts.check_method(method, expert_params)
+    if c.gradient_checkpointing and prepared is None:  # a prepared model: PEFT enabled it, non-reentrant
         enable_checkpointing(model, c.workload)
     spec = AdapterSpec(r=c.r, alpha=c.alpha, targets=targets, dtype=plan.dtype,
-                       options=dict(plan.options), total_steps=plan.horizon, seed=c.seed)
+                       options=dict(plan.options), total_steps=plan.horizon, seed=c.seed,
+                       target_parameters=expert_params)
     # On meta, modules the method creates (PEFT's lora_A / lora_B) must be created on meta
     # too: PEFT builds them on cpu first otherwise, which costs seconds at full size.
     ctx = torch.device("meta") if build_device == "meta" else contextlib.nullcontext()
     with ctx, quant.float_base_for_init(model, qformat, method, targets):  # QPiSSA-style residual
         applied = method.apply(model, spec)
     precision.cast_trainable(applied.model, precision.get_policy(c.precision))  # before the optimizer exists
+    applied.info.update(peft_experts.coverage(applied.model, method.name, expert_params))  # MoE: experts adapted?
     return applied, spec
 
 

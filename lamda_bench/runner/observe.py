@@ -28,11 +28,12 @@ class InputObserver:
         self._handles: list = []
 
     def __enter__(self) -> "InputObserver":
+        linears = {n: m for n, m in self.applied.adapted.items() if not is_parameter_adapter(m)}
         self.layers = [
             analytic.AdaptedLinear(*linear_shape(m), r=module_rank(m), name=n)
-            for n, m in self.applied.adapted.items()
+            for n, m in linears.items()
         ]
-        for name, module in self.applied.adapted.items():
+        for name, module in linears.items():
             self._handles.append(module.register_forward_pre_hook(self._hook(name, module)))
         return self
 
@@ -61,6 +62,12 @@ class InputObserver:
             ))
 
         return pre
+
+
+def is_parameter_adapter(module: nn.Module) -> bool:
+    """PEFT's ParamWrapper (a MoE expert parameter adapted): no linear call to observe; the closed
+    forms do not cover it (``assemble.predicted`` says so)."""
+    return type(module).__name__ == "ParamWrapper"
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:

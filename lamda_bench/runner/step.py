@@ -18,8 +18,10 @@ import torch
 from ..model import parallel
 from ..model import precision
 from ..model import workloads
+from ..model import moe
 from ..suite.cell import Cell
 from ..measure import StepTrackers
+from ..measure.garbage import CyclicGarbage
 from .build import make_optimizer, prepare, prime_optimizer
 from .observe import InputObserver
 from .resolve import Plan
@@ -123,6 +125,9 @@ def estimate(plan: Plan, device: str) -> StepResult:
         job = parallel.fake_job(c.world_size, device)  # before the fake mode: the mesh must be real
     applied, spec = prepare(plan, "meta")
     res.applied = applied
+    if moe.experts_modules(applied.model):  # MoE: refuse the routing-shaped eager loop; fp32/fp16 grouped_mm
+        moe.check_estimate(applied.model, c.workload)
+        moe.allow_fake_grouped_mm_any_dtype()
     fake_mode = to_fake(applied.model, device)
     with job as mesh, fake_mode:
         if mesh is not None:
@@ -217,8 +222,9 @@ def tracked_step(loop: Loop, step: int) -> None:
     applied = loop.applied
     trackers = StepTrackers(applied.model, applied.is_adapter_module, loop.optimizer, saved=False,
                             timeline=False, inputs=loop.inputs)
-    with trackers, fsdp_tracking(loop.cell, trackers.live):
+    with CyclicGarbage() as garbage, trackers, fsdp_tracking(loop.cell, trackers.live):
         train_step(loop, step, trackers)
+        garbage.collect(trackers.live)
     finish_step(loop, step, trackers.flops)
     note_step_peak(loop.result, step, trackers.live.peak)
 
@@ -241,8 +247,9 @@ def instrumented_step(loop: Loop, step: int, timeline: bool) -> None:
     def grads_done() -> None:
         res.grads_bytes = unique_bytes(p.grad for p in model.parameters() if p.grad is not None)
 
-    with observer, trackers, fsdp_tracking(c, live):
+    with CyclicGarbage() as garbage, observer, trackers, fsdp_tracking(c, live):
         train_step(loop, step, trackers, on_grads=grads_done)
+        res.info["cyclic_garbage_bytes"] = garbage.collect(live)
     # Read now: the live tracker's free callbacks outlive it, and on_step replaces parameters.
     res.weights_bytes = live.current["weights"]
     if parallel.is_parallel(c):  # the trainable set this step trained (memory.optimizer's moment)

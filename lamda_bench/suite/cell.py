@@ -27,10 +27,12 @@ ATTENTION = ("auto", "sdpa", "eager")
 PRECISIONS = ("pure", "amp-bf16", "amp-fp16", "fp32")  # lamda_bench/model/precision.py says what each means
 PARALLEL = ("none", "fsdp2", "ddp")
 QUANTS = ("none", "nf4", "nf4-dq", "fp4", "fp4-dq", "int8")  # quantized frozen base: lamda_bench/model/quant.py
+EXPERTS = ("auto", "grouped_mm", "batched_mm", "eager")  # MoE experts kernels: lamda_bench/model/moe.py
 # Keys added after cell ids were first recorded: at their default they are left out of the id's
 # hash, so every cell written before the key existed keeps its id (resume, baselines).
 ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True,
-                       "quant": "none", "images": None, "image_size": None, "vision_layers": None}
+                       "quant": "none", "experts_implementation": "auto", "output_router_logits": None,
+                       "kbit_prepare": False, "images": None, "image_size": None, "vision_layers": None}
 # The integer keys and their least value. ``steps`` (timed steps) may be 0: the instrumented
 # step always runs, an estimate times nothing, and the runner's own tests use 0.
 MIN_INTS = {"r": 1, "batch": 1, "seq": 1, "layers": 1, "d_in": 1, "d_out": 1, "steps": 0, "warmup": 0, "seed": 0,
@@ -38,7 +40,7 @@ MIN_INTS = {"r": 1, "batch": 1, "seq": 1, "layers": 1, "d_in": 1, "d_out": 1, "s
 OPTIONAL_INTS = ("layers", "d_in", "d_out", "images", "vision_layers")  # None: the workload's own
 CHOICES = {"device": DEVICES, "mode": MODES, "optimizer": OPTIMIZERS,
            "attn_implementation": ATTENTION, "precision": PRECISIONS, "parallel": PARALLEL,
-           "quant": QUANTS}
+           "quant": QUANTS, "experts_implementation": EXPERTS}
 
 
 class CellError(UserError):
@@ -81,6 +83,9 @@ class Cell:
     timeout_s: float = 900.0
     precision: str = "pure"  # precision policy (PRECISIONS)
     quant: str = "none"  # quantized frozen base (QUANTS)
+    experts_implementation: str = "auto"  # MoE only: transformers' experts kernel (EXPERTS); auto: its default
+    output_router_logits: bool | None = None  # MoE only: router aux (load-balancing) loss; None: the config's
+    kbit_prepare: bool = False  # PEFT's prepare_model_for_kbit_training on the quantized base (model/kbit.py)
     images: int | None = None  # image-text workloads: images per sample (None: 1); lamda_bench/model/vlm.py
     image_size: int | str | None = None  # image-text: pixels, one side or "HxW" (None: the tower's own)
     vision_layers: int | None = None  # image-text: the vision tower's depth (None: its own)
@@ -129,6 +134,13 @@ class Cell:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 return key, f"cell {key} must be an integer >= {least}, got {v!r}"
+        if self.output_router_logits is not None and not isinstance(self.output_router_logits, bool):
+            return "output_router_logits", f"cell output_router_logits must be true or false, got {self.output_router_logits!r}"
+        if not isinstance(self.kbit_prepare, bool):
+            return "kbit_prepare", f"cell kbit_prepare must be true or false, got {self.kbit_prepare!r}"
+        if self.kbit_prepare and self.quant == "none":
+            return "kbit_prepare", ("cell kbit_prepare = true needs a quantized base (quant = 'nf4', 'int8', ...): "
+                                    "PEFT's prepare_model_for_kbit_training prepares a k-bit model")
         problem = self.parallel_problem()
         return ("world_size", problem) if problem else None
 

@@ -9,7 +9,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
-from .cell import ATTENTION, DEVICES, DTYPES, MIN_INTS, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, QUANTS, Cell
+from .cell import ATTENTION, DEVICES, DTYPES, EXPERTS, MIN_INTS, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, QUANTS, Cell
 from .conventions import canonical_dtype
 from ..hints import did_you_mean
 
@@ -114,6 +114,9 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "timeout_s": _number(),
     "precision": _choice(PRECISIONS),
     "quant": _choice(QUANTS),
+    "experts_implementation": _choice(EXPERTS),
+    "output_router_logits": _bool,
+    "kbit_prepare": _bool,
     "images": _int(MIN_INTS["images"]),
     "image_size": _image_size,
     "vision_layers": _int(MIN_INTS["vision_layers"]),

@@ -7,7 +7,8 @@ with ``load_in_8bit`` -> ``quant = "int8"``. The load dtype is bf16 when ``bf16`
 ``auto``, else fp16 when ``fp16`` or ``load_in_8bit``, else fp32. With an adapter the Trainer's
 autocast runs the step: ``precision = "amp-bf16"`` (fp32 adapter weights, as PEFT keeps them);
 full fine-tuning keeps bf16 weights, gradients and moments (``pure``).
-Either quantized path also runs PEFT's ``prepare_model_for_kbit_training`` (not modelled yet).
+Either quantized path also runs PEFT's ``prepare_model_for_kbit_training``, and then casts the norms and
+the embedding modules back to the load dtype: ``kbit_prepare`` stays false (``fate.KBIT_PREPARE_AXOLOTL``).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def translate(doc: dict[str, Any], source: str, config_dir: Path) -> Translation
     if "base_model" not in doc:
         raise TrainerConfigError(f"{source}: no base_model: an axolotl config names its model there")
     if adapter in ("lora", "qlora") and (four or eight):
-        t.not_modelled("prepare_model_for_kbit_training (implied by adapter and load_in_*bit)", True, F.KBIT_PREPARE)
+        t.map("prepare_model_for_kbit_training (implied by adapter and load_in_*bit)", True, F.KBIT_PREPARE_AXOLOTL,
+              kbit_prepare=False)
     if "dtype" not in t.cell:
         dtype = "fp16" if eight else "fp32"
         t.map("(implied) load dtype", dtype, "neither bf16 nor fp16: axolotl loads in "

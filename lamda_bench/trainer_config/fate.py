@@ -131,8 +131,14 @@ FSDP = ("an FSDP job's ranks are not in the file; give --world-size N --parallel
 PACKING = "packed rows (varlen attention over several sequences) are not modelled; the estimate takes one full sequence per row"
 LIGER = "Liger kernels (fused cross-entropy, RMSNorm...) save less than the model's own modules; not modelled"
 NEFTUNE = "NEFTune adds noise to the embeddings; its extra tensors are not modelled"
-KBIT_PREPARE = ("prepare_model_for_kbit_training (casts the non-quantized weights to fp32, enables input "
-                "grads) is not modelled yet (issue 34)")
+KBIT_PREPARE_AXOLOTL = ("axolotl runs PEFT's prepare_model_for_kbit_training, then, for lora/qlora, casts every norm "
+                        "and the embedding modules (embed_tokens, lm_head) back to the load dtype (src/axolotl/loaders/"
+                        "model.py, _configure_embedding_dtypes): the weights stay in the load dtype, so kbit_prepare = "
+                        "false (true is PEFT's recipe without that step); checkpointing is the config's "
+                        "gradient_checkpointing")
+KBIT_PREPARE_LLAMAFACTORY = ("LLaMA-Factory's own prepare_model_for_training, not PEFT's prepare_model_for_kbit_training "
+                             "(src/llamafactory/model/model_utils/checkpointing.py): nothing cast to fp32 unless "
+                             "upcast_layernorm / upcast_lmhead_output, so kbit_prepare = false")
 FULL_ROWS = "the estimate takes every row at seq tokens, the most a padded batch reaches"
 
 

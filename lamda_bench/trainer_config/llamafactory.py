@@ -149,8 +149,8 @@ def _quant(t: Translation, key: str, value: Any, doc: dict[str, Any]) -> None:
               quant=quant)
     else:
         t.not_modelled(key, value, f"{value}-bit quantization: not modelled (4 and 8 are)")
-    t.not_modelled("prepare_model_for_training (implied by quantization_bit)", True,
-                   "LLaMA-Factory's k-bit preparation; " + F.KBIT_PREPARE)
+    t.map("prepare_model_for_training (implied by quantization_bit)", True, F.KBIT_PREPARE_LLAMAFACTORY,
+          kbit_prepare=False)
 
 
 def _defaults(t: Translation, doc: dict[str, Any], lora: bool) -> None:

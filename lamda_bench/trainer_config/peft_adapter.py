@@ -70,6 +70,10 @@ def _map(t: Translation, key: str, value: Any, doc: dict[str, Any], kind: str, c
         t.map(key, value, "scales the update; no memory effect", alpha=float(value))
     elif key in ("lora_dropout", "vera_dropout"):
         t.map(key, value, dropout=float(value or 0.0))
+    elif key == "target_modules" and _expert_preset(doc):  # with MoE expert parameters (methods/peft_experts.py)
+        t.map(key, value, "with target_parameters on the experts", targets=_expert_preset(doc))
+    elif key == "target_parameters" and _expert_preset(doc):
+        t.map(key, value, "the fused MoE expert weights (LoRA ParamWrapper)", targets=_expert_preset(doc))
     elif key == "target_modules":
         targets = targets_of(value)
         if targets is None:
@@ -97,3 +101,19 @@ def _map(t: Translation, key: str, value: Any, doc: dict[str, Any], kind: str, c
     else:
         return False
     return True
+
+
+def _expert_preset(doc: dict[str, Any]) -> str | None:
+    """The expert preset a LoRA config with ``target_parameters`` is: exactly the fused experts'
+    gate_up_proj and down_proj, with no target_modules ("experts") or all-linear ("all+experts");
+    None for anything else (then ``target_parameters`` stays not modelled)."""
+    value = doc.get("target_parameters")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        return None
+    if {".".join(v.split(".")[-2:]) for v in value} != {"experts.gate_up_proj", "experts.down_proj"}:
+        return None
+    try:
+        modules = targets_of(doc.get("target_modules"))
+    except TrainerConfigError:
+        return None
+    return {None: "experts", "all": "all+experts"}.get(modules) if not isinstance(modules, tuple) else None
