@@ -234,7 +234,7 @@ def test_real_search_bound_at_default_fraction():
 
 def test_no_records_cannot_be_checked():
     rows = v.all_claims([])
-    assert [r.key for r in rows] == ["1a", "1b", "2a", "2b", "3", "4", "5", "6a", "6b"]
+    assert [r.key for r in rows] == ["1a", "1b", "2a", "2b", "3", "4", "5", "6a", "6b", "2v"]
     assert {r.verdict for r in rows} == {v.CANNOT}
 
 

@@ -64,13 +64,14 @@ def test_deberta_v3_base_shape(make_cell):
 
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
 def test_every_workload_builds_on_meta_and_all_preset_resolves(make_cell, name):
-    kw = {"layers": 2} if name != "linear" else {"layers": 2, "d_in": 32}
+    depth = 4 if name == "llama3.2-11b-vision" else 2  # its first cross-attention layer is layer 3
+    kw = {"layers": depth} if name != "linear" else {"layers": 2, "d_in": 32}
     cell = make_cell(workload=name, **kw)
     model = build_model(cell, "meta")
     targets = resolve_targets(cell, model)
     linears = target_linears(model, targets)
     assert linears and all(isinstance(m, nn.Linear) for m in linears.values())
-    blocks = 2 * 2 if get_workload(name).family == "bart" else 2  # bart: 2 encoder + 2 decoder layers
+    blocks = 2 * 2 if get_workload(name).family == "bart" else depth  # bart: 2 encoder + 2 decoder layers
     assert len(linears) % blocks == 0  # every block adapts the same linears
     inputs = make_inputs(cell, "meta")
     assert all(t.device.type == "meta" for t in inputs.values())

@@ -71,7 +71,7 @@ def training(records: Iterable[dict]) -> list[dict]:
 
 _PAIR_FIELDS = ("workload", "layers", "d_in", "d_out", "r", "alpha", "targets", "batch", "seq", "dtype",
                 "device", "mode", "gradient_checkpointing", "attn_implementation", "seed", "optimizer",
-                "warmup", "steps")
+                "warmup", "steps", "images", "image_size", "vision_layers")
 
 
 def pair_key(record: dict) -> tuple:

@@ -27,6 +27,7 @@ from .common import (
     is_plain_lamda, lora_lamda_pairs, option, pairs, pct, ratio_text, setting_label, table, training, uniq,
 )
 from .spectral_verdicts import _full_svd_extrapolation, claim_init_unchanged, claim_lamda_pp, claim_svd_time
+from .vlm_verdicts import claim_vlm_activations
 
 __all__ = ["CANNOT", "HOLDS", "NOT", "PARTLY", "VERDICTS", "ClaimRow", "_full_svd_extrapolation", "all_claims",
            "claim_init_unchanged", "claim_lamda_pp", "claim_svd_time"]
@@ -392,4 +393,5 @@ def all_claims(records: list[dict], gpu_records: list[dict] | None = None) -> li
         claim_svd_time(records),
         claim_init_unchanged(records),
         claim_lamda_pp(records),
+        claim_vlm_activations(records),
     ]

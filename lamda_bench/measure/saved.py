@@ -76,6 +76,7 @@ class SavedTensorTracker:
         self.tensors: list[SavedTensor] = []
         self.bytes = {"forward": {"adapter": 0, "base": 0}, "backward": {"adapter": 0, "base": 0}}
         self.by_module: dict[str, int] = {}
+        self.forward_by_module: dict[str, int] = {}  # forward's share of by_module (what the step holds)
         self.discarded = {"adapter": 0, "base": 0}
         self._held: dict[int, weakref.ref] = {}  # forward's counted storages, until they die
         self._forward_done = False
@@ -201,6 +202,8 @@ class SavedTensorTracker:
             key = module if module is not None else "<outside>"
             self.bytes[phase][kind] += nbytes
             self.by_module[key] = self.by_module.get(key, 0) + nbytes
+            if phase == "forward":
+                self.forward_by_module[key] = self.forward_by_module.get(key, 0) + nbytes
             if entry is not None:
                 entry.new_bytes = nbytes
             if phase == "forward" and not self._forward_done:
@@ -221,6 +224,9 @@ class SavedTensorTracker:
             self.by_module[key] -= nbytes
             if self.by_module[key] == 0:
                 del self.by_module[key]
+            self.forward_by_module[key] -= nbytes
+            if self.forward_by_module[key] == 0:
+                del self.forward_by_module[key]
             if entry is not None:
                 entry.discarded = True
 

@@ -14,7 +14,9 @@ the model class, the inputs and the loss (see ``workloads``):
 - ``causal-lm``: an ``AutoModelForCausalLM`` class (``LlamaForCausalLM``, ``Qwen2ForCausalLM``...);
 - ``seq2seq``: an ``AutoModelForSeq2SeqLM`` class (``BartForConditionalGeneration``...);
 - ``seq-cls``: an ``AutoModelForSequenceClassification`` class;
-- ``encoder``: a bare ``AutoModel`` class (``BertModel``): a sentence-embedding regression.
+- ``encoder``: a bare ``AutoModel`` class (``BertModel``): a sentence-embedding regression;
+- ``image-text``: an ``AutoModelForImageTextToText`` class (``Qwen2VLForConditionalGeneration``,
+  ``LlavaForConditionalGeneration``...): images and text in, text out (``lamda_bench.model.vlm``).
 
 Without ``architectures`` the model type decides: seq2seq for an encoder-decoder, else causal
 LM, else sequence classification, else the bare model. Custom-code configs (``auto_map``
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from ..errors import UserError
 
-TASKS = ("causal-lm", "seq2seq", "seq-cls", "encoder")
+TASKS = ("causal-lm", "seq2seq", "seq-cls", "encoder", "image-text")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Keys that set a model's depth; ``layers`` overrides every one the config has.
 DEPTH_KEYS = ("num_hidden_layers", "encoder_layers", "decoder_layers", "num_layers", "num_decoder_layers", "n_layer")
@@ -133,6 +135,7 @@ def _mapping_names():
         "seq-cls": names(ma.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
         "causal-lm": names(ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
         "encoder": names(ma.MODEL_MAPPING_NAMES),
+        "image-text": names(ma.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES),
     }
 
 
@@ -150,11 +153,12 @@ def task_and_class(config: dict[str, Any], where: str) -> tuple[str, str]:
         raise WorkloadError(f"{where}: \"architectures\" must be a list of class names, got {archs!r}")
     if archs:
         arch = archs[0]
-        for task in ("seq2seq", "seq-cls", "causal-lm", "encoder"):
+        # image-text before causal-lm: Gemma 3's multimodal class is in both mappings
+        for task in ("seq2seq", "seq-cls", "image-text", "causal-lm", "encoder"):
             if any(arch in classes for classes in mappings[task].values()):
                 return task, arch
         raise WorkloadError(
-            f"{where}: architecture {arch!r} is not a causal LM, seq2seq LM, sequence classifier or bare model "
+            f"{where}: architecture {arch!r} is not a causal LM, seq2seq LM, image-text-to-text model, sequence classifier or bare model "
             f"that transformers knows; supported tasks: {', '.join(TASKS)}")
     order = ("seq2seq", "causal-lm", "seq-cls", "encoder") if config.get("is_encoder_decoder", _encdec(model_type)) \
         else ("causal-lm", "seq-cls", "encoder")

@@ -28,6 +28,9 @@ What a fine-tuner would run, per task (``make_inputs`` / ``compute_loss``):
 - ``linear``: ``layers`` stacked ``nn.Linear(d_in, d_out, bias=False)`` (no nonlinearity),
   input ``x`` with ``requires_grad=True`` so each layer behaves like one deep in a
   network (its input gradient is computed); loss = mean of the squared output.
+- ``image-text`` (vision-language models): images and text as the model's processor would make
+  them, labels on the text (``lamda_bench.model.vlm``; ``images``, ``image_size``,
+  ``vision_layers`` cell keys; ``seq`` counts text tokens only).
 
 Every model is returned in train mode (dropout active), as a training step runs it.
 Targets and presets: ``lamda_bench.model.targets``.
@@ -51,6 +54,7 @@ from ..suite.cell import Cell
 from .config import WorkloadError
 from .targets import PRESETS, available_presets, matches_target, target_linears  # noqa: F401 - re-exported
 from .targets import resolve_targets as _resolve_targets
+from . import vlm, vlm_parts
 from ..hints import did_you_mean as _hint
 
 LINEAR_DEFAULT_DIM = 4096  # LLaMA2-7B hidden size, when a linear cell gives no d_in / d_out
@@ -79,6 +83,14 @@ CATALOGUE = {
     "qwen3-30b-a3b": "Qwen3-30B-A3B (Qwen/Qwen3-30B-A3B), MoE: 128 experts, top-8",
     "tiny-mixtral": "tiny Mixtral MoE for tests (4 experts, top-2)",
     "tiny-qwen3-moe": "tiny Qwen3-MoE for tests (8 experts, top-2)",
+    "qwen2-vl-2b": "Qwen2-VL-2B (Qwen/Qwen2-VL-2B-Instruct), vision-language: 675M ViT, patch merger, tied embeddings",
+    "llava1.5-7b": "LLaVA-1.5-7B (llava-hf/llava-1.5-7b-hf), vision-language: CLIP ViT-L/14-336, 2-layer MLP projector",
+    "gemma3-4b": "Gemma-3-4B multimodal (google/gemma-3-4b-it), vision-language: SigLIP 896, 256 tokens per image",
+    "llama3.2-11b-vision": "Llama-3.2-11B-Vision (meta-llama/Llama-3.2-11B-Vision), images through cross-attention, 560 tiles",
+    "tiny-qwen2-vl": "tiny Qwen2-VL vision-language model for tests",
+    "tiny-llava": "tiny LLaVA vision-language model for tests",
+    "tiny-gemma3": "tiny Gemma 3 vision-language model for tests",
+    "tiny-mllama": "tiny Mllama (Llama 3.2 Vision) model for tests, 56-pixel tiles",
 }
 PRETRAINED = ("minilm-l6",)
 
@@ -196,11 +208,19 @@ def _meta_summary(name: str) -> tuple[int, int, tuple[str, ...]]:
         counts.append(sum(p.numel() for p in model.parameters()))
         if layers == 2 and workload.task != "linear":
             presets = tuple(available_presets(model, workload.family))
+            if workload.task == vlm.TASK:
+                presets += vlm_parts.available_presets(model, name)
             if moe.experts_modules(model):  # the fused experts: parameters, reached by the expert presets
                 from .targets import EXPERT_PRESETS
 
                 presets += tuple(EXPERT_PRESETS)
     return counts[0], counts[1], presets
+
+
+@functools.lru_cache(maxsize=None)
+def _built_count(name: str, layers: int) -> int:
+    model = build_model(Cell(workload=name, method="lora", layers=layers), "meta")
+    return sum(p.numel() for p in model.parameters())
 
 
 def _presets_of(name: str) -> tuple[str, ...]:
@@ -209,8 +229,11 @@ def _presets_of(name: str) -> tuple[str, ...]:
 
 def parameter_count(name: str, layers: int | None = None) -> int:
     """Parameters of the model at ``layers`` depth (default: its own), from two small meta
-    builds: blocks are identical, so P(L) = P(1) + (L - 1) * (P(2) - P(1))."""
+    builds: blocks are identical, so P(L) = P(1) + (L - 1) * (P(2) - P(1)); an image-text model
+    is built at its depth (its vision tower does not scale with ``layers``)."""
     depth = get_workload(name).default_layers if layers is None else layers
+    if get_workload(name).task == vlm.TASK:  # unlike blocks (Mllama's cross-attention layers): one meta build
+        return _built_count(name, depth)
     one, two, _ = _meta_summary(name)
     return one + (depth - 1) * (two - one)
 
@@ -250,6 +273,30 @@ def hf_config(name: str, layers: int):
     return model_config.build_config(workload.config, layers, workload.task, f"workload {name!r}")
 
 
+@functools.lru_cache(maxsize=32)
+def _vlm_config(name: str, layers: int, vision_layers: int | None):
+    """An image-text workload's config: ``layers`` sets the language model's depth, ``vision_layers`` the tower's."""
+    workload = get_workload(name)
+    d = vlm.adjust_config(workload.config, layers, vision_layers)
+    return model_config.build_config(d, None, workload.task, f"workload {name!r}")
+
+
+def cell_config(cell: Cell):
+    """The transformers config object a cell builds (every depth override applied)."""
+    workload = get_workload(cell.workload)
+    if workload.task == vlm.TASK:
+        return _vlm_config(cell.workload, _layers(workload, cell), cell.vision_layers)
+    return hf_config(cell.workload, _layers(workload, cell))
+
+
+def _check_image_keys(workload: Workload, cell: Cell) -> None:
+    if workload.task != vlm.TASK:
+        given = [k for k in ("images", "image_size", "vision_layers") if getattr(cell, k, None) is not None]
+        if given:
+            raise WorkloadError(f"{', '.join(given)} apply to image-text workloads only, not {workload.name!r} "
+                                f"({workload.task})")
+
+
 def build_model(cell: Cell, device: str | torch.device = "cpu") -> nn.Module:
     """The cell's model in ``cell.dtype`` on ``device`` (``meta``: shapes only, no memory), train mode."""
     workload = get_workload(cell.workload)
@@ -257,6 +304,7 @@ def build_model(cell: Cell, device: str | torch.device = "cpu") -> nn.Module:
     device = torch.device(device)
     if workload.task != "linear" and (cell.d_in is not None or cell.d_out is not None):
         raise WorkloadError(f"d_in / d_out apply to the linear workload only, not {workload.name!r}")
+    _check_image_keys(workload, cell)
     layers = _layers(workload, cell)
 
     torch.manual_seed(cell.seed)
@@ -271,7 +319,7 @@ def build_model(cell: Cell, device: str | torch.device = "cpu") -> nn.Module:
         return _load_pretrained(workload, cell, layers, dtype, device).train()
 
     model_class = model_config.model_class(workload.class_name)
-    config = copy.deepcopy(hf_config(cell.workload, layers))  # _from_config writes dtype/attention into it
+    config = copy.deepcopy(cell_config(cell))  # _from_config writes dtype/attention into it
     moe.apply_cell_keys(config, cell, workload.name)  # experts kernel, router loss: refused on a dense model
     attn = _choose_attention(model_class, cell.attn_implementation, workload.name)
     with torch.device(device):
@@ -338,7 +386,10 @@ def model_facts(cell: Cell) -> dict[str, Any]:
         "class": workload.class_name,
         "task": workload.task,
     }
-    facts.update(model_config.shape_facts(hf_config(cell.workload, _layers(workload, cell))))
+    cfg = cell_config(cell)
+    facts.update(model_config.shape_facts(cfg))
+    if workload.task == vlm.TASK:
+        facts["vlm"] = vlm.facts(cell, cfg, workload.family)
     return facts
 
 
@@ -366,6 +417,8 @@ def make_inputs(cell: Cell, device: str | torch.device = "cpu") -> dict[str, tor
     if workload.task == "linear":
         d_in, _ = _linear_dims(cell)
         return {"x": floats((b, s, d_in)).requires_grad_(True)}
+    if workload.task == vlm.TASK:
+        return vlm.make_inputs(cell, cell_config(cell), workload.family, device, dtype, gen)
     config = hf_config(cell.workload, _layers(workload, cell))
     facts = model_config.shape_facts(config)
     vocab = facts["vocab_size"]
@@ -396,6 +449,9 @@ def compute_loss(cell: Cell, model: nn.Module, inputs: dict[str, torch.Tensor]) 
         hidden = model(input_ids=inputs["input_ids"]).last_hidden_state
         pooled = hidden.float().mean(dim=1)
         return nn.functional.mse_loss(pooled, inputs["labels"].float())
+    if task == vlm.TASK:
+        with vlm.forward_context():
+            return model(**inputs).loss
     return model(**inputs).loss
 
 
@@ -404,7 +460,13 @@ def compute_loss(cell: Cell, model: nn.Module, inputs: dict[str, torch.Tensor]) 
 
 def resolve_targets(cell: Cell, model: nn.Module) -> list[str]:
     """The cell's targets as module-name suffixes (``lamda_bench.model.targets.resolve_targets``)."""
+    from .vlm_parts import VLM_PRESETS, preset_targets
+
     workload = get_workload(cell.workload)
+    if workload.task == vlm.TASK and isinstance(cell.targets, str) and cell.targets in (*VLM_PRESETS, "all", "attn", "mlp"):
+        return preset_targets(model, cell.targets, workload.name)
+    if isinstance(cell.targets, str) and cell.targets in VLM_PRESETS:
+        raise WorkloadError(f"preset {cell.targets!r} is for image-text workloads; {workload.name!r} is {workload.task}")
     return _resolve_targets(cell.targets, model, workload.name, workload.family)
 
 

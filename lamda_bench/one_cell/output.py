@@ -43,6 +43,11 @@ def describe(record: dict[str, Any], reused: bool, where: str) -> str:
            "nothing measured on a GPU") if kind == "estimate" else \
         f"measured on {get(record, 'env.device_name', 'the device')}"
     lines = [settings, f"{how}", f"{record.get('id')}: " + ("already recorded in " if reused else "recorded in ") + where]
+    vlm = get(record, "info.model.vlm")
+    if vlm:  # image-text: what the images became (lamda_bench/model/vlm.py)
+        lines.append(f"images: {vlm['images_per_sample']} per sample at {vlm['image_size']}, "
+                     f"{vlm['tokens_per_image']} tokens each; per sample {vlm['text_tokens']} text + "
+                     f"{vlm['image_tokens']} image = {vlm['total_tokens']} tokens (seq counts text tokens)")
     if record.get("status") != "ok":
         return "\n".join(lines + [f"status {record.get('status')}: {record.get('error')}"])
     lines += ["", _peak(record, kind), _params(record), _flops(record)] + _moe(record) + \

@@ -14,6 +14,7 @@ from .escape import md
 from .headline import headline
 from .records import ReportError, device, get, is_ok, load_dir, mode
 from .tables import failures_table, predicted_summary, results_table
+from .owners import owners_section
 from .units import UNITS_NOTE
 
 REPORT_FILE = "report.md"
@@ -97,6 +98,8 @@ def render_markdown(records: list[dict[str, Any]], plots: list[Plot], results_di
                 "One line per figure `lamda_bench.analytic` predicts: the cell whose observed (measured or "
                 "estimated) figure deviates most from its closed form. Every cell's pair is in "
                 f"[`{CSV_FILE}`]({CSV_FILE}) (columns `predicted.*`).", "", predicted, ""]
+
+    out += owners_section(ok)  # image-text cells only (report/owners.py)
 
     failed = [r for r in records if not is_ok(r)]
     out += ["## Cells that did not finish", ""]

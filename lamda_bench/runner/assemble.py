@@ -206,6 +206,11 @@ def info(c: Cell, res: StepResult) -> dict:
     info["steps"] = {"warmup": c.warmup, "instrumented_step": res.instrumented_step, "timed": c.steps,
                      "total_steps": res.horizon}
     info["tracked_adapted_calls"] = len(res.calls)
+    if info["model"].get("vlm") is not None:  # image-text: saved bytes and FLOPs per part (model/vlm_parts.py)
+        from ..model.vlm_parts import owner_figures
+
+        info["vlm_owners"] = owner_figures(res.saved.forward_by_module, res.flops.by_module,
+                                           applied.is_adapter_module, applied.model)
     return info
 
 

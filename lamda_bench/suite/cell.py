@@ -32,12 +32,12 @@ EXPERTS = ("auto", "grouped_mm", "batched_mm", "eager")  # MoE experts kernels: 
 # hash, so every cell written before the key existed keeps its id (resume, baselines).
 ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True,
                        "quant": "none", "experts_implementation": "auto", "output_router_logits": None,
-                       "kbit_prepare": False}
+                       "kbit_prepare": False, "images": None, "image_size": None, "vision_layers": None}
 # The integer keys and their least value. ``steps`` (timed steps) may be 0: the instrumented
 # step always runs, an estimate times nothing, and the runner's own tests use 0.
 MIN_INTS = {"r": 1, "batch": 1, "seq": 1, "layers": 1, "d_in": 1, "d_out": 1, "steps": 0, "warmup": 0, "seed": 0,
-            "world_size": 1}
-OPTIONAL_INTS = ("layers", "d_in", "d_out")  # None: the workload's own
+            "world_size": 1, "images": 1, "vision_layers": 1}
+OPTIONAL_INTS = ("layers", "d_in", "d_out", "images", "vision_layers")  # None: the workload's own
 CHOICES = {"device": DEVICES, "mode": MODES, "optimizer": OPTIMIZERS,
            "attn_implementation": ATTENTION, "precision": PRECISIONS, "parallel": PARALLEL,
            "quant": QUANTS, "experts_implementation": EXPERTS}
@@ -86,6 +86,9 @@ class Cell:
     experts_implementation: str = "auto"  # MoE only: transformers' experts kernel (EXPERTS); auto: its default
     output_router_logits: bool | None = None  # MoE only: router aux (load-balancing) loss; None: the config's
     kbit_prepare: bool = False  # PEFT's prepare_model_for_kbit_training on the quantized base (model/kbit.py)
+    images: int | None = None  # image-text workloads: images per sample (None: 1); lamda_bench/model/vlm.py
+    image_size: int | str | None = None  # image-text: pixels, one side or "HxW" (None: the tower's own)
+    vision_layers: int | None = None  # image-text: the vision tower's depth (None: its own)
     options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
 
     # ---- conversion -------------------------------------------------------------------

@@ -17,7 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..hints import did_you_mean
-from ..model.targets import PRESETS
+from ..model.targets import PRESETS as _TEXT_PRESETS
+from ..model.vlm_parts import VLM_PRESETS
+
+PRESETS = _TEXT_PRESETS + VLM_PRESETS  # image-text presets too (model/vlm_parts.py)
 from ..errors import UserError
 
 DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}

@@ -83,6 +83,20 @@ def _targets(v: Any) -> Any:
     raise BadValue(f"expected a preset name or a list of module-name suffixes, got {v!r}")
 
 
+def _image_size(v: Any) -> Any:
+    if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= INT64_MAX:
+        return v
+    if isinstance(v, str):
+        from ..model.vlm import parse_image_size
+        from ..model.config import WorkloadError
+        try:
+            parse_image_size(v)
+        except WorkloadError as e:
+            raise BadValue(str(e)) from None
+        return v
+    raise BadValue(f"expected pixels as one side (448) or 'HxW' ('448x672'), got {v!r}")
+
+
 CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "workload": _str,
     "method": _str,
@@ -113,6 +127,9 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "experts_implementation": _choice(EXPERTS),
     "output_router_logits": _bool,
     "kbit_prepare": _bool,
+    "images": _int(MIN_INTS["images"]),
+    "image_size": _image_size,
+    "vision_layers": _int(MIN_INTS["vision_layers"]),
 }
 assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
 
