@@ -14,8 +14,10 @@ The search, cheapest first:
    answer is "none of the allowed levers is enough", after a handful of estimates.
 3. Levels of growing total step (one lever one step, then two steps, ...). A candidate is
    skipped when it is at or above a combination that fits on every monotone lever (it fits
-   too, at more cost: not minimal), or at or below one that does not (it cannot fit). The
-   search stops after the first level that brings the number of fitting combinations to
+   too, at more cost: not minimal), or at or below one that does not (it cannot fit). Before a
+   level, the bound of each candidate's lever set (those levers at their strongest, the others
+   as asked) is estimated when that is fewer estimates than the level: a bound that does not fit
+   rules out every combination of those levers at once. The search stops after the first level that brings the number of fitting combinations to
    ``top``, when the levels run out, or at ``max_estimates``.
 4. For each fitting combination, fit's certified search (``plan.plan``) finds the largest
    batch (or seq) it allows.
@@ -164,6 +166,11 @@ class Advice:
             by_level.setdefault(sum(c), []).append(c)
         for level in sorted(by_level):
             wanted = [c for c in by_level[level] if c not in self.outcomes and not self._inferred(c)]
+            bounds = list(dict.fromkeys(b for b in map(self.bound, wanted) if b not in self.outcomes))
+            if bounds and len(bounds) < len(wanted):  # one estimate that may rule out a whole sub-space
+                room = self.max_estimates - len(self.outcomes)
+                self._estimate(bounds[:max(room, 0)], run)
+                wanted = [c for c in wanted if c not in self.outcomes and not self._inferred(c)]
             room = self.max_estimates - len(self.outcomes)
             if len(wanted) > room:
                 self._estimate(wanted[:room], run)
@@ -177,6 +184,11 @@ class Advice:
                 self.stopped = f"{found} fitting combinations by level {level} (--advise-top {self.top})"
                 return
         self.stopped = "every combination searched"
+
+    def bound(self, c: tuple[int, ...]) -> tuple[int, ...]:
+        """The strongest combination of the levers ``c`` pulls (its other levers left as asked): if
+        it does not fit, nothing that pulls only those levers does."""
+        return tuple(len(st) if k and lv.monotone else k for lv, st, k in zip(self.levers, self.steps, c))
 
     def _inferred(self, c: tuple[int, ...]) -> bool:
         """Known without an estimate: at or above a fit (not minimal), at or below a non-fit."""

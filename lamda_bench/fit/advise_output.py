@@ -69,12 +69,18 @@ def advice_text(row: dict[str, Any], budget: Budget) -> str:
         named = {k: v for f in adv["fitting"] for k, v in f["caveats"].items()}
         lines += [f"  caveat {k}: {v}" for k, v in named.items()]
         lines.append("  " + ORDER_NOTE)
-        lines.append("  run #1: lamda-bench fit ... " + " ".join(adv["fitting"][0]["flags"]))
+        first = adv["fitting"][0]
+        lines.append("  #1 as a fit: " + first.get("command", "lamda-bench fit ... " + " ".join(first["flags"])))
     base = adv["base"]
     lines.append(f"  cell as asked: peak {fmt_bytes(base['peak'])} at {axis} {adv[axis]}; search: {adv['stopped']}; "
                  f"{adv['lever_estimates']} lever estimates over {adv['combinations']} combinations, "
                  f"{adv['max_search_estimates']} for the max {axis} searches; of these "
                  f"{adv['estimates_new']} cells estimated now, {adv['estimates_reused']} records reused.")
+    failed = [e for e in adv["estimated"] if e["error"]]
+    if failed:
+        first = ", ".join(f"{k}={v}" for k, v in failed[0]["changes"].items()) or "the cell as asked"
+        lines.append(f"  {len(failed)} combination(s) could not be estimated and were left out (first: {first}: "
+                     f"{failed[0]['error']}).")
     if adv["premise_violations"]:
         lines.append(f"  WARNING: the monotone premise failed on {len(adv['premise_violations'])} estimated pair(s) "
                      f"(first: {adv['premise_violations'][0]}); combinations inferred not to fit may fit.")

@@ -136,10 +136,31 @@ def _advise(args, rows, cells, levers, budget, layout, runner, axis, multiple) -
         row["advice"] = advise(row, cell, levers, budget, layout, counter, axis, multiple, args.limit,
                                top=args.advise_top or DEFAULT_TOP,
                                max_estimates=args.advise_max_estimates or DEFAULT_MAX_ESTIMATES)
+        for f in row["advice"]["fitting"]:
+            f["command"] = _command(args, row, f["flags"])
         print(advice_text(row, budget))
     if not stuck:
         print("advice: every method fits as asked; no lever searched.")
     return [write_advice_plot(rows, budget, args.out)]
+
+
+def _command(args: argparse.Namespace, row: dict, flags: list[str]) -> str:
+    """The ``fit`` command line that asks for a suggestion (the flags as given, the change's on top)."""
+    import shlex
+
+    fixed = "seq" if row["axis"] == "batch" else "batch"
+    opts = {"--workload": args.workload, "--method": row["method"], "--budget": args.budget,
+            f"--{fixed}": getattr(args, fixed), "--r": args.r, "--targets": args.targets}
+    if args.world_size > 1:
+        opts.update({"--world-size": args.world_size, "--parallel": args.parallel})
+    sets = list(args.overrides)
+    for flag, value in zip(flags[::2], flags[1::2]):
+        if flag == "--set":
+            sets.append(value)
+        else:
+            opts[flag] = value
+    words = ["lamda-bench", "fit"] + [w for k, v in opts.items() if v is not None for w in (k, str(v))]
+    return shlex.join(words + [w for v in sets for w in ("--set", v)])
 
 
 def _from_config(args: argparse.Namespace):

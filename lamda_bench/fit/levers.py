@@ -138,11 +138,12 @@ def _sharding(cell: Cell) -> list[Change]:
 LEVERS: dict[str, Lever] = {lever.name: lever for lever in (
     Lever("gradient_checkpointing", ("gradient_checkpointing",), _checkpointing, monotone=True,
           premise="a checkpointed block keeps only its input for the backward"),
-    Lever("autocast_adapter_dtype", ("autocast_adapter_dtype",), _adapter_dtype, monotone=True,
+    Lever("autocast_adapter_dtype", ("autocast_adapter_dtype",), _adapter_dtype, monotone=True, excludes=("quant",),
           caveat="adapter weights, gradients and optimizer state in the model's 16-bit dtype instead of "
-                 "PEFT's fp32 default: the updates are rounded to 16 bits (not measured here)",
+                 "PEFT's fp32 default: the updates are rounded to 16 bits (not measured here); no effect on a "
+                 "quantized base (PEFT keeps its adapters in fp32 there)",
           premise="the same tensors in 2 bytes instead of 4"),
-    Lever("quant", ("quant",), _quant, monotone=True, excludes=("world_size",),
+    Lever("quant", ("quant",), _quant, monotone=True, excludes=("world_size", "autocast_adapter_dtype"),
           caveat="a quantized frozen base (bitsandbytes): the adapter trains against dequantized weights, "
                  "not the model's own (the quantization error is not measured here); cannot be sharded",
           premise="fewer bytes per frozen weight (int8, then nf4; nf4-dq left out: its double "
