@@ -126,7 +126,7 @@ def write_advice_plot(rows: list[dict[str, Any]], budget: Budget, out_dir: Path)
     ax.set_ylabel(f"estimated peak ({yunit})")
     adv0 = advised[0]["advice"]
     ax.set_title(f"{advised[0]['workload'].split('/')[-1]}: lever combinations at {adv0['axis']} {adv0[adv0['axis']]}, "
-                 f"budget {budget.text} (estimates)", fontsize=9)
+                 f"budget {budget.text} (estimates)", fontsize=8)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=7)
     FigureCanvasAgg(fig)
     path = out_dir / "fit-advise.png"
