@@ -136,6 +136,7 @@ def test_advice_finds_a_measured_and_a_caveat_lever_that_fit(tmp_path, capsys):
     flops = lambda rec: rec["flops"]["forward"] + rec["flops"]["backward"]  # noqa: E731
     assert g["peak"] == gc["memory"]["peak"] and g["extra_flops"] == flops(gc) - flops(base) > 0
     assert g["caveats"] == {} and a["caveats"].keys() == {"autocast_adapter_dtype"}
+    assert g["command"].endswith("--seq 64 --set gradient_checkpointing=true")  # runnable as a fit
     assert a["peak"] == half["memory"]["peak"] and a["extra_flops"] == flops(half) - flops(base)
     assert adv["fitting"][0] is not None and adv["fitting"][0]["changes"] == {"gradient_checkpointing": True}
     for f in adv["fitting"]:  # a runnable cell: the same id, and it fits

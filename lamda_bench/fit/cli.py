@@ -150,7 +150,9 @@ def _command(args: argparse.Namespace, row: dict, flags: list[str]) -> str:
 
     fixed = "seq" if row["axis"] == "batch" else "batch"
     opts = {"--workload": args.workload, "--method": row["method"], "--budget": args.budget,
-            f"--{fixed}": getattr(args, fixed), "--r": args.r, "--targets": args.targets}
+            f"--{fixed}": getattr(args, fixed), "--r": args.r, "--targets": args.targets,
+            "--multiple": args.multiple, "--limit": args.limit,
+            "--reserve": args.reserve if str(args.reserve) != "0" else None}
     if args.world_size > 1:
         opts.update({"--world-size": args.world_size, "--parallel": args.parallel})
     sets = list(args.overrides)
