@@ -49,6 +49,16 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="probe records, fit.json and fit.png (default reports/fit; recorded probes are reused)")
     parser.add_argument("--jobs", type=int, default=2, help="probe cells estimated at once (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--advise", action="store_true",
+                        help="for a method that does not fit: search the levers that would make it fit, cheapest "
+                             "first (docs/fit-advise.md)")
+    parser.add_argument("--levers", default=None, metavar="A,B",
+                        help="the levers --advise may pull (implies --advise; default all: gradient_checkpointing, "
+                             "autocast_adapter_dtype, quant, r, targets, seq, world_size)")
+    parser.add_argument("--advise-top", type=int, default=None, metavar="N",
+                        help="stop the lever search once N combinations fit (default 3)")
+    parser.add_argument("--advise-max-estimates", type=int, default=None, metavar="N",
+                        help="most lever-search estimates per method (default 48)")
 
 
 FIT_RESERVED_KEYS = ("batch", "seq", "mode", "method", "workload", "world_size", "parallel")
@@ -87,10 +97,11 @@ def run_fit(args: argparse.Namespace) -> bool:
         overrides["targets"] = args.targets
     if args.optimizer is not None:
         overrides["optimizer"] = args.optimizer
+    levers = _levers(args, axis)
     check_out(args.out)
     suite = parse_suite("[[sweep]]\n", source="lamda-bench fit", default_name="fit", overrides=overrides)
-    rows = plan(list(suite.cells), axis, budget, probe_runner(args.out, args.jobs, not args.no_progress),
-                multiple=args.multiple, limit=args.limit, layout=layout)
+    runner = probe_runner(args.out, args.jobs, not args.no_progress)
+    rows = plan(list(suite.cells), axis, budget, runner, multiple=args.multiple, limit=args.limit, layout=layout)
     if translation is not None and translation.headline():
         print(translation.headline())
     print(table(rows, budget))
@@ -98,7 +109,8 @@ def run_fit(args: argparse.Namespace) -> bool:
         print("Paged optimizer state (memory.optimizer_paged, CUDA unified memory that the driver can evict to host "
               "RAM) is " + ("left out of each peak (--paged-evictable)." if args.paged_evictable else
                             "counted in each peak; --paged-evictable leaves it out."))
-    written = [write_json(rows, budget, args.out), write_plot(rows, budget, args.out)]
+    advised = _advise(args, rows, list(suite.cells), levers, budget, layout, runner, axis, multiple)
+    written = [write_json(rows, budget, args.out), write_plot(rows, budget, args.out), *advised]
     print("written: " + ", ".join(str(p) for p in written if p is not None)
           + f"; probe records in {args.out / 'results.jsonl'}")
     if translation is not None:
@@ -110,6 +122,65 @@ def _paged(name) -> bool:
     from ..optimizers.catalogue import CATALOGUE
 
     return isinstance(name, str) and name in CATALOGUE and CATALOGUE[name].paged
+
+
+def _levers(args: argparse.Namespace, axis: str):
+    """The levers --advise may pull (None without --advise); bad flags are one line."""
+    from .levers import parse_levers
+
+    for flag, value in (("--advise-top", args.advise_top), ("--advise-max-estimates", args.advise_max_estimates)):
+        if value is not None and value < 1:
+            raise FitError(f"{flag} {value}: expected an integer >= 1")
+    if args.levers is not None:
+        args.advise = True
+    return parse_levers(args.levers, axis) if args.advise else None
+
+
+def _advise(args, rows, cells, levers, budget, layout, runner, axis, multiple) -> list:
+    """--advise: each row that does not fit gets an ``advice`` block (printed; the plot's path
+    returned). Without it, one pointer line per such row."""
+    from .advise import DEFAULT_MAX_ESTIMATES, DEFAULT_TOP, Counter, advise
+    from .advise_output import advice_text, pointer, write_advice_plot
+    from ..results.files import latest_by_id, load_results, results_path
+
+    stuck = [(row, cell) for row, cell in zip(rows, cells) if row["verdict"] == "does not fit"]
+    if levers is None:
+        for row, _ in stuck:
+            print(pointer(row))
+        return []
+    known = set(latest_by_id(load_results(results_path(args.out)).records))
+    counter = Counter(runner, known)
+    for row, cell in stuck:
+        row["advice"] = advise(row, cell, levers, budget, layout, counter, axis, multiple, args.limit,
+                               top=args.advise_top or DEFAULT_TOP,
+                               max_estimates=args.advise_max_estimates or DEFAULT_MAX_ESTIMATES)
+        for f in row["advice"]["fitting"]:
+            f["command"] = _command(args, row, f["flags"])
+        print(advice_text(row, budget))
+    if not stuck:
+        print("advice: every method fits as asked; no lever searched.")
+    return [write_advice_plot(rows, budget, args.out)]
+
+
+def _command(args: argparse.Namespace, row: dict, flags: list[str]) -> str:
+    """The ``fit`` command line that asks for a suggestion (the flags as given, the change's on top)."""
+    import shlex
+
+    fixed = "seq" if row["axis"] == "batch" else "batch"
+    opts = {"--workload": args.workload, "--method": row["method"], "--budget": args.budget,
+            f"--{fixed}": getattr(args, fixed), "--r": args.r, "--targets": args.targets,
+            "--multiple": args.multiple, "--limit": args.limit,
+            "--reserve": args.reserve if str(args.reserve) != "0" else None}
+    if args.world_size > 1:
+        opts.update({"--world-size": args.world_size, "--parallel": args.parallel})
+    sets = list(args.overrides)
+    for flag, value in zip(flags[::2], flags[1::2]):
+        if flag == "--set":
+            sets.append(value)
+        else:
+            opts[flag] = value
+    words = ["lamda-bench", "fit"] + [w for k, v in opts.items() if v is not None for w in (k, str(v))]
+    return shlex.join(words + [w for v in sets for w in ("--set", v)])
 
 
 def _from_config(args: argparse.Namespace):
@@ -139,5 +210,5 @@ def check_out(out: Path) -> None:
     from ..paths import writable_dir, writable_file
 
     writable_dir(out, "--out")
-    for name in ("fit.json", "fit.png"):
+    for name in ("fit.json", "fit.png", "fit-advise.png"):
         writable_file(out / name, "--out")
