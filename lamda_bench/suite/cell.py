@@ -27,6 +27,7 @@ ATTENTION = ("auto", "sdpa", "eager")
 PRECISIONS = ("pure", "amp-bf16", "amp-fp16", "fp32")  # lamda_bench/model/precision.py says what each means
 PARALLEL = ("none", "fsdp2", "ddp")
 QUANTS = ("none", "nf4", "nf4-dq", "fp4", "fp4-dq", "int8")  # quantized frozen base: lamda_bench/model/quant.py
+TRACES = ("auto", "full")  # an estimate's trace: depth-extrapolated where certified, or every block (docs/extrapolation.md)
 # Keys added after cell ids were first recorded: at their default they are left out of the id's
 # hash, so every cell written before the key existed keeps its id (resume, baselines).
 ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True,
@@ -38,7 +39,7 @@ MIN_INTS = {"r": 1, "batch": 1, "seq": 1, "layers": 1, "d_in": 1, "d_out": 1, "s
 OPTIONAL_INTS = ("layers", "d_in", "d_out")  # None: the workload's own
 CHOICES = {"device": DEVICES, "mode": MODES, "optimizer": OPTIMIZERS,
            "attn_implementation": ATTENTION, "precision": PRECISIONS, "parallel": PARALLEL,
-           "quant": QUANTS}
+           "quant": QUANTS, "trace": TRACES}
 
 
 class CellError(UserError):
@@ -82,6 +83,7 @@ class Cell:
     precision: str = "pure"  # precision policy (PRECISIONS)
     quant: str = "none"  # quantized frozen base (QUANTS)
     options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+    trace: str = "auto"  # estimates: "full" traces every block; not in the id (both give the same bytes)
 
     # ---- conversion -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -155,6 +157,7 @@ class Cell:
         """
         d = self.to_dict()
         d.pop("timeout_s", None)
+        d.pop("trace", None)  # how an estimate is traced, not what it answers (runner/depth.py)
         d["workload"] = workload_identity(self.workload)
         for key, default in ID_NEUTRAL_DEFAULTS.items():
             if d.get(key) == default:

@@ -9,7 +9,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
-from .cell import ATTENTION, DEVICES, DTYPES, MIN_INTS, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, QUANTS, Cell
+from .cell import ATTENTION, DEVICES, DTYPES, MIN_INTS, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, QUANTS, TRACES, Cell
 from .conventions import canonical_dtype
 from ..hints import did_you_mean
 
@@ -100,6 +100,7 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "timeout_s": _number(),
     "precision": _choice(PRECISIONS),
     "quant": _choice(QUANTS),
+    "trace": _choice(TRACES),
 }
 assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
 
