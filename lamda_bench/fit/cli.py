@@ -43,6 +43,9 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="probe records, fit.json and fit.png (default reports/fit; recorded probes are reused)")
     parser.add_argument("--jobs", type=int, default=2, help="probe cells estimated at once (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--trace", choices=["auto", "full"], default="auto",
+                        help="auto: certified depth extrapolation where it applies; full: trace every block "
+                             "(docs/extrapolation.md)")
 
 
 FIT_RESERVED_KEYS = ("batch", "seq", "mode", "method", "workload", "world_size", "parallel")
@@ -73,6 +76,8 @@ def run_fit(args: argparse.Namespace) -> bool:
     layout.check(args.method)
     overrides = {**{k: list(v) if isinstance(v, tuple) else v for k, v in given.items() if k not in FIT_RESERVED_KEYS},
                  **overrides}
+    if getattr(args, "trace", "auto") != "auto":
+        overrides["trace"] = args.trace
     overrides.update(workload=args.workload, method=list(args.method), mode="estimate",
                      **{fixed: getattr(args, fixed), axis: multiple}, **layout.probe_keys())
     if args.r is not None:
