@@ -23,6 +23,7 @@ from .resolve import Plan
 from .result import StepResult
 
 PROBE_DEPTHS = (3, 4, 5)  # a first block, a last, and 1-3 between them: six middle visits per event
+MIN_DEPTH = 16  # extrapolate from here: the probes trace 12 blocks and pay a model build each
 # Maxima over the step's events: from the event logs (extrapolate.step_at), never fitted as fields.
 EVENT_MEMORY = ("peak_forward", "peak_backward", "peak_step", "peak", "at_peak", "peak_steady",
                 "autocast_weight_copies", "autocast_weight_copies_at_peak")
@@ -52,8 +53,9 @@ def why_full(plan: Plan) -> str | None:
     if workload.pretrained:
         return "a pretrained workload is traced in full (its real weights stop at their own depth)"
     depth = workload.default_layers if c.layers is None else c.layers
-    if depth <= PROBE_DEPTHS[-1]:
-        return f"depth {depth} is not beyond the probe depths {list(PROBE_DEPTHS)}"
+    if depth < MIN_DEPTH:
+        return (f"depth {depth} is below {MIN_DEPTH}: probes at depths {list(PROBE_DEPTHS)} would cost about "
+                "as much as the full trace")
     if c.method == "lamda++":
         return "LaMDA++ gives each layer its own rank: the blocks differ"
     config = workloads.hf_config(c.workload, depth).to_dict()

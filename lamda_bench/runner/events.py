@@ -8,7 +8,8 @@ with the ops run, not with the parameters registered (the tracker's enter, a for
 
 ``block`` is the decoder block a change belongs to: that of the innermost module running, else
 (the optimizer phase, the autograd engine's own work) that of a parameter, gradient or optimizer
-state the op reads, else the block of the op before it in the phase; ``None`` outside blocks.
+state the op reads (``None`` when it reads several blocks', as a foreach optimizer op does), else the
+block of the op before it in the phase; ``None`` outside blocks.
 Reclassifications are logged, so a peak's breakdown is corrected as the tracker corrects its own.
 """
 
@@ -94,12 +95,13 @@ class EventLog:
         if name is not None:
             self._block = self.block_of(name)
             return
-        for t in tree_flatten((args, kwargs))[0]:
-            if isinstance(t, torch.Tensor):
-                k = self._by_storage.get(id(t.untyped_storage()))
-                if k is not None:
-                    self._block = k
-                    return
+        blocks = {self._by_storage.get(id(t.untyped_storage()))
+                  for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        blocks.discard(None)
+        if len(blocks) == 1:
+            self._block = blocks.pop()
+        elif blocks:  # a foreach op over many blocks' tensors belongs to none of them
+            self._block = None
         # else: the block of the op before (the loss after the head, an optimizer temporary's next op)
 
     # ---- the log --------------------------------------------------------------------------
