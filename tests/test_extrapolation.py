@@ -166,3 +166,13 @@ def test_other_stacks(workload):
     auto, full = both(**keys)
     assert auto["info"]["trace"]["mode"] == "extrapolated", auto["info"]["trace"]
     assert comparable(auto) == comparable(full)
+
+
+def test_with_trace_sets_the_key_and_refuses_unknown_values():
+    from lamda_bench.api import ApiError, with_trace
+
+    cells = [Cell(workload="tiny-llama", method="lora")]
+    assert [c.trace for c in with_trace(cells, "full")] == ["full"]
+    assert with_trace(cells, "auto") is cells
+    with pytest.raises(ApiError, match="trace 'some' is not one of"):
+        with_trace(cells, "some")
