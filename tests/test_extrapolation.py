@@ -146,7 +146,7 @@ def test_an_event_that_is_not_affine_is_refused():
 MATRIX = [dict(method=m, precision=p, quant=q, gradient_checkpointing=g)
           for m in ("lora", "lamda", "pissa", "dora", "full")
           for p in ("pure", "amp-bf16") for q in ("none", "nf4") for g in (False, True)
-          if not (m == "full" and q != "none")]
+          if not (m in ("full", "dora") and q != "none")]  # refused by the runner: no quantized full FT; DoRA on a fake nf4 base
 
 
 @pytest.mark.slow
