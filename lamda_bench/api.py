@@ -78,14 +78,15 @@ def _suite(suite_or_cells: Any, overrides: dict[str, Any] | None, name: str) -> 
 
 def run(suite_or_cells: "str | Path | Suite | Cell | dict | Iterable[Cell | dict]", out: str | Path, *,
         jobs: int = 1, overrides: dict[str, Any] | None = None, retry_failed: bool = False,
-        progress: bool = True, name: str = "notebook") -> "pandas.DataFrame":
+        progress: bool = True, name: str = "notebook", trace: str = "auto") -> "pandas.DataFrame":
     """Run every cell not yet recorded in ``out`` (as ``lamda-bench run``: resumes, one
     process per cell) and return the records of these cells, in their order.
 
     ``suite_or_cells``: a suite file path, a ``Suite``, ``Cell`` objects, or dicts of cell
     keys (each read as a ``[[sweep]]`` table: ``{"workload": "linear", "method": ["lora",
     "lamda"], "d_in": 256}``). ``overrides`` are ``--set`` values. ``name`` is the suite name
-    recorded for cells given in Python."""
+    recorded for cells given in Python. ``trace="full"`` traces every block of each estimate
+    instead of certified depth extrapolation (docs/extrapolation.md); ids do not change."""
     from .launch.local import run_cells
     from .report.records import load_dir
 
@@ -93,9 +94,21 @@ def run(suite_or_cells: "str | Path | Suite | Cell | dict | Iterable[Cell | dict
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ApiError(f"{out}: out exists and is not a directory")
-    summary = run_cells(list(suite.cells), out, suite=suite.name, jobs=jobs, retry_failed=retry_failed,
+    cells = with_trace(list(suite.cells), trace)
+    summary = run_cells(cells, out, suite=suite.name, jobs=jobs, retry_failed=retry_failed,
                         progress=progress)
     if summary.interrupted:
         raise KeyboardInterrupt
     latest = {r.get("id"): r for r in load_dir(out)}
     return frame([latest[c.id] for c in suite.cells if c.id in latest])
+
+
+def with_trace(cells: list, trace: str) -> list:
+    """The cells with ``trace`` set (``run``'s and ``fit``'s ``--trace``); "auto" leaves them as they are."""
+    import dataclasses
+
+    from .suite.cell import TRACES
+
+    if trace not in TRACES:
+        raise ApiError(f"trace {trace!r} is not one of {list(TRACES)}")
+    return cells if trace == "auto" else [dataclasses.replace(c, trace=trace) for c in cells]

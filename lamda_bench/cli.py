@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                      help="override a suite key in every sweep, e.g. --set mode=estimate (repeatable; "
                           "the cells' ids change with it)")
+    run.add_argument("--trace", choices=["auto", "full"], default="auto",
+                     help="estimates: auto extrapolates deep uniform stacks from a few traced depths where "
+                          "certified to the byte; full traces every block (docs/extrapolation.md; ids unchanged)")
     run.set_defaults(func=cmd_run)
 
     est = verbs.add_parser("estimate", help="one cell, no suite file: flags, or --from a trainer config")
@@ -211,6 +214,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise LaunchError(f"--jobs: {args.jobs} is less than 1")
     runner = args.runner or DEFAULT_RUNNER
     suite = load_suite(args.suite, overrides=dict(parse_override(o) for o in args.overrides))
+    if getattr(args, "trace", "auto") != "auto":
+        import dataclasses
+
+        from .api import with_trace
+
+        suite = dataclasses.replace(suite, cells=type(suite.cells)(with_trace(list(suite.cells), args.trace)))
     out = writable_dir(args.out if args.out is not None else Path("reports") / suite.name, "--out")
     path = results_path(out)
 

@@ -54,11 +54,14 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
                              "first (docs/fit-advise.md)")
     parser.add_argument("--levers", default=None, metavar="A,B",
                         help="the levers --advise may pull (implies --advise; default all: gradient_checkpointing, "
-                             "autocast_adapter_dtype, quant, r, targets, seq, world_size)")
+                             "autocast_adapter_dtype, quant, optimizer, r, targets, seq, world_size)")
     parser.add_argument("--advise-top", type=int, default=None, metavar="N",
                         help="stop the lever search once N combinations fit (default 3)")
     parser.add_argument("--advise-max-estimates", type=int, default=None, metavar="N",
                         help="most lever-search estimates per method (default 48)")
+    parser.add_argument("--trace", choices=["auto", "full"], default="auto",
+                        help="auto: certified depth extrapolation where it applies; full: trace every block "
+                             "(docs/extrapolation.md)")
 
 
 FIT_RESERVED_KEYS = ("batch", "seq", "mode", "method", "workload", "world_size", "parallel")
@@ -89,6 +92,8 @@ def run_fit(args: argparse.Namespace) -> bool:
     layout.check(args.method)
     overrides = {**{k: list(v) if isinstance(v, tuple) else v for k, v in given.items() if k not in FIT_RESERVED_KEYS},
                  **overrides}
+    if getattr(args, "trace", "auto") != "auto":
+        overrides["trace"] = args.trace
     overrides.update(workload=args.workload, method=list(args.method), mode="estimate",
                      **{fixed: getattr(args, fixed), axis: multiple}, **layout.probe_keys())
     if args.r is not None:

@@ -113,6 +113,10 @@ class LiveMemoryTracker:
         self.weight_copies = 0  # autocast weight copies live now (bytes)
         self.weight_copies_peak = 0  # the most of them live at once
         self.weight_copies_at_peak = 0  # live at the step's overall peak
+        # Optional observers (depth extrapolation's event log, runner/events.py): called on every
+        # change that can set a peak, and before a storage changes category.
+        self.on_change: Callable[[], None] | None = None
+        self.on_reclassify: Callable[[_Storage, str], None] | None = None
 
     # ---- results ------------------------------------------------------------------------
     def summary(self) -> dict:
@@ -258,6 +262,8 @@ class LiveMemoryTracker:
         return free
 
     def _reclassify(self, rec: _Storage, category: str) -> None:
+        if self.on_reclassify is not None:
+            self.on_reclassify(rec, category)
         for snap in [self.peak, *self.phase_peaks.values()]:
             if rec.created_at <= snap.at and rec.category in snap.by_category:
                 snap.by_category[rec.category] -= rec.nbytes
@@ -269,6 +275,8 @@ class LiveMemoryTracker:
         rec.category = category
 
     def _note_peak(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
         live = self.live_bytes
         if live > self.peak.live_bytes:
             self.peak = Peak(live, dict(self.current), self._ops)

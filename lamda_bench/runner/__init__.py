@@ -126,7 +126,15 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
     else:
         est_device, why = estimate_device(c, device)
         if result is None or result.device != est_device:
-            result = estimate(plan, est_device)
+            from .depth import estimate_traced
+
+            result, blocks, trace = estimate_traced(plan, est_device, artifacts_dir)
+            if blocks is not None:  # certified depth extrapolation: the record comes from the probes
+                _fill_extrapolated(record, requested, blocks, trace, est_device, why, mode_reason, c)
+                return
+        else:
+            trace = {"mode": "full", "probe_depths": [], "reason": "auto on cpu: the estimate that chose the mode"}
+        result.info["trace"] = trace
         result.info["estimate_device"] = est_device
         result.info["estimate_device_reason"] = why
         run_device = est_device
@@ -137,6 +145,16 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
     result.info["mode_reason"] = mode_reason
     result.info["requested"] = {"device": c.device, "mode": c.mode}
     fill_record(record, plan, result, mode, run_device, artifacts_dir)
+
+
+def _fill_extrapolated(record: dict, requested: Cell, blocks: dict, trace: dict, est_device: str, why: str,
+                       mode_reason: str, c: Cell) -> None:
+    record.update(blocks)
+    resolved = requested.to_dict()
+    resolved["device"], resolved["mode"] = est_device, "estimate"
+    record["cell"] = resolved
+    record["info"].update(trace=trace, estimate_device=est_device, estimate_device_reason=why,
+                          mode_reason=mode_reason, requested={"device": c.device, "mode": c.mode})
 
 
 def _auto_on_cpu(plan: Plan) -> tuple[str, str, StepResult | None]:

@@ -47,3 +47,5 @@ class StepResult:
     untracked_peak_steps: list[int] = field(default_factory=list)
     sharded_prediction: dict | None = None  # parallel cells: rank 0's closed forms (parallel.predicted)
     precision: precision.PrecisionRun = field(default_factory=precision.PrecisionRun)  # forward, backward, step
+    event_logs: "dict[int, Any] | None" = None  # depth probes only: step -> events.EventLog
+    blocks_prefix: str = ""  # depth probes only: the qualified name of the decoder blocks' list

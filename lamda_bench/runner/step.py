@@ -113,12 +113,15 @@ def snapshot_path(c: Cell, artifacts_dir: str | None) -> Path | None:
 # ---- estimate --------------------------------------------------------------------------
 
 
-def estimate(plan: Plan, device: str) -> StepResult:
-    """The run on fake tensors on ``device`` (the estimate's target device)."""
+def estimate(plan: Plan, device: str, probe: bool = False) -> StepResult:
+    """The run on fake tensors on ``device`` (the estimate's target device). A depth probe
+    (``depth.py``) keeps each tracked step's event log."""
     from ..model.fake import to_fake
 
     c = plan.cell
     res = StepResult(device=device, horizon=plan.horizon)
+    if probe:
+        res.event_logs = {}
     res.precision = precision.start(c.precision, torch.device(device).type, fake=True)
     job = contextlib.nullcontext()
     if parallel.is_parallel(c):
@@ -224,9 +227,12 @@ def tracked_step(loop: Loop, step: int) -> None:
     applied = loop.applied
     trackers = StepTrackers(applied.model, applied.is_adapter_module, loop.optimizer, saved=False,
                             timeline=False, inputs=loop.inputs)
+    log = event_log(loop, step, trackers)
     with CyclicGarbage() as garbage, trackers, fsdp_tracking(loop.cell, trackers.live):
         train_step(loop, step, trackers)
         garbage.collect(trackers.live)
+    if log is not None:
+        log.close()
     finish_step(loop, step, trackers.flops)
     note_step_peak(loop.result, step, trackers.live.peak)
 
@@ -249,9 +255,12 @@ def instrumented_step(loop: Loop, step: int, timeline: bool) -> None:
     def grads_done() -> None:
         res.grads_bytes = unique_bytes(p.grad for p in model.parameters() if p.grad is not None)
 
+    log = event_log(loop, step, trackers)
     with CyclicGarbage() as garbage, observer, trackers, fsdp_tracking(c, live):
         train_step(loop, step, trackers, on_grads=grads_done)
         res.info["cyclic_garbage_bytes"] = garbage.collect(live)
+    if log is not None:
+        log.close()
     # Read now: the live tracker's free callbacks outlive it, and on_step replaces parameters.
     res.weights_bytes = live.current["weights"]
     if parallel.is_parallel(c):  # the trainable set this step trained (memory.optimizer's moment)
@@ -264,6 +273,25 @@ def instrumented_step(loop: Loop, step: int, timeline: bool) -> None:
     res.optimizer_paged = optimizer_bytes(loop.optimizer, paged=True)  # memory.optimizer_paged
     if hasattr(loop.optimizer, "split"):  # Muon: which parameters went to Muon, which to AdamW
         res.info["optimizer_split"] = loop.optimizer.split
+
+
+def event_log(loop: Loop, step: int, trackers: StepTrackers):
+    """The step's live-bytes event log (``events.py``), when the run is a depth probe."""
+    res = loop.result
+    if res.event_logs is None:
+        return None
+    from .events import EventLog, find_blocks
+
+    if not res.blocks_prefix:
+        found = find_blocks(loop.applied.model, loop.cell.layers)
+        if found is None:
+            from .extrapolate import NotCertified
+
+            raise NotCertified(f"no single list of {loop.cell.layers} blocks in the model")
+        res.blocks_prefix = found[0]
+    log = EventLog(loop.applied.model, trackers, loop.optimizer, res.blocks_prefix)
+    res.event_logs[step] = log
+    return log
 
 
 def note_step_peak(res: StepResult, step: int, peak) -> None:

@@ -28,6 +28,7 @@ PRECISIONS = ("pure", "amp-bf16", "amp-fp16", "fp32")  # lamda_bench/model/preci
 PARALLEL = ("none", "fsdp2", "ddp")
 QUANTS = ("none", "nf4", "nf4-dq", "fp4", "fp4-dq", "int8")  # quantized frozen base: lamda_bench/model/quant.py
 EXPERTS = ("auto", "grouped_mm", "batched_mm", "eager")  # MoE experts kernels: lamda_bench/model/moe.py
+TRACES = ("auto", "full")  # an estimate's trace: depth-extrapolated where certified, or every block (docs/extrapolation.md)
 # Keys added after cell ids were first recorded: at their default they are left out of the id's
 # hash, so every cell written before the key existed keeps its id (resume, baselines).
 ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True,
@@ -40,7 +41,8 @@ MIN_INTS = {"r": 1, "batch": 1, "seq": 1, "layers": 1, "d_in": 1, "d_out": 1, "s
 OPTIONAL_INTS = ("layers", "d_in", "d_out", "images", "vision_layers")  # None: the workload's own
 CHOICES = {"device": DEVICES, "mode": MODES, "optimizer": OPTIMIZERS,
            "attn_implementation": ATTENTION, "precision": PRECISIONS, "parallel": PARALLEL,
-           "quant": QUANTS, "experts_implementation": EXPERTS}
+           "quant": QUANTS, "experts_implementation": EXPERTS,
+           "trace": TRACES}
 
 
 class CellError(UserError):
@@ -90,6 +92,7 @@ class Cell:
     image_size: int | str | None = None  # image-text: pixels, one side or "HxW" (None: the tower's own)
     vision_layers: int | None = None  # image-text: the vision tower's depth (None: its own)
     options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+    trace: str = "auto"  # estimates: "full" traces every block; not in the id (both give the same bytes)
 
     # ---- conversion -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +175,7 @@ class Cell:
         """
         d = self.to_dict()
         d.pop("timeout_s", None)
+        d.pop("trace", None)  # how an estimate is traced, not what it answers (runner/depth.py)
         d["workload"] = workload_identity(self.workload)
         for key, default in ID_NEUTRAL_DEFAULTS.items():
             if d.get(key) == default:

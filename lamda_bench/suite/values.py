@@ -9,7 +9,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
-from .cell import ATTENTION, DEVICES, DTYPES, EXPERTS, MIN_INTS, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, QUANTS, Cell
+from .cell import ATTENTION, DEVICES, DTYPES, EXPERTS, MIN_INTS, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, QUANTS, TRACES, Cell
 from .conventions import canonical_dtype
 from ..hints import did_you_mean
 
@@ -130,6 +130,7 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "images": _int(MIN_INTS["images"]),
     "image_size": _image_size,
     "vision_layers": _int(MIN_INTS["vision_layers"]),
+    "trace": _choice(TRACES),
 }
 assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
 

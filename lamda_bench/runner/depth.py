@@ -1,0 +1,170 @@
+"""Certified depth extrapolation of an estimate (docs/extrapolation.md): trace the step at a
+few probe depths and give the target depth's record, or trace every block and say why.
+
+An estimate traces each decoder block through fake-tensor dispatch; the blocks of a uniform
+stack repeat, so the record at depth ``L`` is affine in ``L`` field by field, and a peak is
+the largest of events that are each affine in depth and in the block visited. ``extrapolate.py``
+checks both from the probes, to the byte, per answer; whatever it cannot certify falls back to
+the full trace. ``trace = "full"`` (``--trace full``) forces the full trace; it is not part of
+a cell's id, because both give the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from ..model import parallel
+from ..model import workloads
+from .assemble import blank_record, fill_record
+from .extrapolate import NotCertified, StepAtDepth, step_at, tree
+from .resolve import Plan
+from .result import StepResult
+
+PROBE_DEPTHS = (3, 4, 5)  # a first block, a last, and 1-3 between them: six middle visits per event
+MIN_DEPTH = 16  # extrapolate from here: the probes trace 12 blocks and pay a model build each
+# Maxima over the step's events: from the event logs (extrapolate.step_at), never fitted as fields.
+EVENT_MEMORY = ("peak_forward", "peak_backward", "peak_step", "peak", "at_peak", "peak_steady",
+                "autocast_weight_copies", "autocast_weight_copies_at_peak")
+PHASE_FIELDS = {"peak_forward": "forward", "peak_backward": "backward", "peak_step": "optimizer"}
+# Config keys that make some blocks unlike the others (a dense prefix before MoE blocks...).
+UNLIKE_KEYS = ("first_k_dense_replace", "mlp_only_layers", "moe_layer_freq", "decoder_sparse_step",
+               "sliding_window_pattern", "layers_block_type")
+FULL_TRACE_NOTE = "the module-boundary timeline and per-module detail files come with trace = 'full' only"
+
+
+def trace_info(mode: str, reason: str, probes=()) -> dict:
+    return {"mode": mode, "probe_depths": list(probes), "reason": reason}
+
+
+def why_full(plan: Plan) -> str | None:
+    """Why this estimate is traced in full before any probe runs, or None to try the probes."""
+    c = plan.cell
+    if c.trace == "full":
+        return "trace = 'full' asked for"
+    if parallel.is_parallel(c):
+        return "parallel cells are traced in full (per-rank FSDP2 events are not extrapolated yet)"
+    workload = workloads.get_workload(c.workload)
+    if workload.task == "linear":
+        return "the linear workload has no block stack to extrapolate"
+    if workload.task == "seq2seq":
+        return "encoder-decoder models have two block stacks; only one stack is extrapolated"
+    if workload.pretrained:
+        return "a pretrained workload is traced in full (its real weights stop at their own depth)"
+    depth = workload.default_layers if c.layers is None else c.layers
+    if depth < MIN_DEPTH:
+        return (f"depth {depth} is below {MIN_DEPTH}: probes at depths {list(PROBE_DEPTHS)} would cost about "
+                "as much as the full trace")
+    if c.method == "lamda++":
+        return "LaMDA++ gives each layer its own rank: the blocks differ"
+    config = workloads.hf_config(c.workload, depth).to_dict()
+    for key, value in config.items():
+        if isinstance(value, list) and len(value) == depth and len({repr(v) for v in value}) > 1:
+            return f"config {key} differs between layers: the blocks are unlike"
+    for key in UNLIKE_KEYS:
+        if config.get(key) not in (None, 0, 1, [], False):
+            return f"config {key} = {config[key]!r}: the blocks are unlike"
+    return None
+
+
+def unlike_blocks(model: nn.Module, prefix: str) -> str | None:
+    """Where the built blocks differ (parameters, buffers, module classes), or None."""
+    def signature(block: nn.Module) -> tuple:
+        return (tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in block.named_parameters()),
+                tuple((n, tuple(b.shape), b.dtype) for n, b in block.named_buffers()),
+                tuple((n, type(m).__name__) for n, m in block.named_modules()))
+
+    sigs = [signature(b) for b in model.get_submodule(prefix)]
+    for k, s in enumerate(sigs[1:], 1):
+        if s != sigs[0]:
+            return f"block {k} differs from block 0 after the method is applied"
+    return None
+
+
+def probe(plan: Plan, depth: int, device: str) -> tuple[dict, StepResult]:
+    """The record and run of the cell at ``depth``, with each tracked step's event log."""
+    from .step import estimate
+
+    cell = dataclasses.replace(plan.cell, layers=depth)
+    p = dataclasses.replace(plan, cell=cell, requested=dataclasses.replace(plan.requested, layers=depth),
+                            timeline=False)
+    res = estimate(p, device, probe=True)
+    why = unlike_blocks(res.applied.model, res.blocks_prefix)
+    if why is not None:
+        raise NotCertified(f"depth {depth}: {why}")
+    for step, log in res.event_logs.items():
+        why = log.self_check()
+        if why is not None:
+            raise NotCertified(f"depth {depth}, step {step}: {why}")
+    record = blank_record(p.requested.to_dict())
+    fill_record(record, p, res, "estimate", device, None)
+    return record, res
+
+
+def extrapolated(plan: Plan, device: str) -> dict:
+    """The target depth's record blocks (params ... env) from the probes, or NotCertified."""
+    from ..measure.live import Peak
+    from .peaks import run_peak_fields
+
+    c = plan.cell
+    target = workloads.get_workload(c.workload).default_layers if c.layers is None else c.layers
+    depths = list(PROBE_DEPTHS)
+    runs = [probe(plan, d, device) for d in depths]
+    records = [r for r, _ in runs]
+    steps = sorted(runs[0][1].event_logs)
+    if any(sorted(res.event_logs) != steps for _, res in runs):
+        raise NotCertified("the tracked steps differ between probe depths")
+    at: dict[int, StepAtDepth] = {
+        s: step_at({d: res.event_logs[s] for d, (_, res) in zip(depths, runs)}, target, f"step {s}")
+        for s in steps}
+
+    def without(block: str, keys) -> list:
+        return [{k: v for k, v in r[block].items() if k not in keys} for r in records]
+
+    out = {b: tree([r[b] for r in records], depths, target, b) for b in ("params", "flops", "time", "predicted", "env")}
+    memory = tree(without("memory", EVENT_MEMORY), depths, target, "memory")
+    series = tree(without("series", ("peak",)), depths, target, "series")
+    info = tree(without("info", ("peak_steps", "model")), depths, target, "info")
+
+    res = runs[-1][1]
+    instrumented = res.instrumented_step
+    peaks = {s: Peak(a.live_bytes, a.by_category, 0) for s, a in at.items()}
+    run_peak, info["peak_steps"] = run_peak_fields(peaks, instrumented, res.applied.trainable_shrinks,
+                                                   res.untracked_peak_steps)
+    inst = at[instrumented]
+    derived = dict(run_peak)
+    for key, phase in PHASE_FIELDS.items():
+        derived[key] = inst.phase_peaks.get(phase)
+    derived["autocast_weight_copies"] = inst.copies_peak
+    derived["autocast_weight_copies_at_peak"] = inst.copies_at_peak
+    out["memory"] = {k: (derived[k] if k in EVENT_MEMORY else memory[k]) for k in records[-1]["memory"]}
+    pattern = [[v is None for v in r["series"]["peak"]] for r in records]
+    if any(p != pattern[0] for p in pattern):
+        raise NotCertified("series.peak: the tracked steps differ between probe depths")
+    series["peak"] = [None if v is None else at[s].live_bytes
+                      for s, v in zip(records[-1]["series"]["step"], records[-1]["series"]["peak"])]
+    out["series"] = {k: series[k] for k in records[-1]["series"]}
+    info["model"] = workloads.model_facts(c)
+    out["info"] = {k: info[k] for k in records[-1]["info"]}
+    return out
+
+
+def estimate_traced(plan: Plan, device: str, artifacts_dir: str | None):
+    """(StepResult, None, trace) for a full trace, or (None, record blocks, trace) when the
+    extrapolation is certified."""
+    from .step import estimate
+
+    why = why_full(plan)
+    if why is None:
+        try:
+            blocks = extrapolated(plan, device)
+        except NotCertified as e:
+            why = f"not certified, traced in full: {e}"
+        else:
+            trace = trace_info("extrapolated", "uniform blocks: every field affine in depth and every live-bytes "
+                               "event affine in depth and block, checked on each probe to the byte", PROBE_DEPTHS)
+            if artifacts_dir:
+                trace["side_files"] = FULL_TRACE_NOTE
+            return None, blocks, trace
+    return estimate(plan, device), None, trace_info("full", why)

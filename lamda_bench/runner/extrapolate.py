@@ -1,0 +1,209 @@
+"""From records and event logs at a few probe depths to the record at the target depth, or a
+one-line reason why not (``NotCertified``). Exact arithmetic (``Fraction``) throughout.
+
+* A record field (a number, or a list or dict of them) must be affine in depth: the line through
+  the first two probes must give every other probe to the byte; it is then evaluated at the
+  target. Anything else that changes with depth is refused.
+* A peak is a maximum over the step's live-bytes events, never a line through peaks. The events
+  of each probe are aligned: per phase, the events before the first block, the first block
+  visited, the blocks between, the last block visited, and the events after. Each aligned event
+  must be affine: outside the middle blocks in the depth ``d``; the ``j``-th event of the middle
+  block visited ``t``-th in ``t`` and ``d`` (a + b t + c d), fitted on three points and checked
+  on every other (six middle visits at depths 3, 4, 5). At the target depth each aligned event's
+  largest value is at the first or the last middle block, and the peak is the largest of them (the
+  first in step order among equals, as the tracker keeps it); its breakdown by category and the
+  autocast copies there are extrapolated the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Callable
+
+
+class NotCertified(Exception):
+    """The probes do not certify the extrapolation; the message says which figure and why."""
+
+
+# ---- record fields ---------------------------------------------------------------------
+
+
+def line(depths: list[int], values: list[int], target: int, what: str) -> int:
+    d0, v0 = depths[0], values[0]
+    slope = Fraction(values[1] - v0, depths[1] - d0)
+    for d, v in zip(depths[2:], values[2:]):
+        if v0 + slope * (d - d0) != v:
+            raise NotCertified(f"{what} is not affine in depth ({values} at depths {depths})")
+    out = v0 + slope * (target - d0)
+    if out.denominator != 1:
+        raise NotCertified(f"{what}: the line through the probes is not an integer at depth {target}")
+    return int(out)
+
+
+def tree(values: list[Any], depths: list[int], target: int, path: str) -> Any:
+    """Extrapolate one record value (dicts and lists recursively) to ``target``."""
+    a = values[0]
+    if isinstance(a, dict):
+        if any(not isinstance(v, dict) or list(v) != list(a) for v in values):
+            raise NotCertified(f"{path}: its keys change with depth")
+        return {k: tree([v[k] for v in values], depths, target, f"{path}.{k}") for k in a}
+    if isinstance(a, list):
+        if any(not isinstance(v, list) or len(v) != len(a) for v in values):
+            raise NotCertified(f"{path}: its length changes with depth")
+        return [tree([v[i] for v in values], depths, target, f"{path}[{i}]") for i in range(len(a))]
+    if all(type(v) is type(a) and v == a for v in values):
+        return a
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return line(depths, values, target, path)
+    raise NotCertified(f"{path} changes with depth and is not an integer ({values!r})")
+
+
+# ---- events ----------------------------------------------------------------------------
+
+
+@dataclass
+class Aligned:
+    """One aligned event: its place in the step and its event at each probe point
+    (``(t, depth)`` for a block's event, ``(0, depth)`` outside blocks)."""
+
+    order: tuple  # (phase run, region 0 before / 1 blocks / 2 after, j)
+    phase: str | None
+    in_block: bool
+    points: dict[tuple[int, int], Any]  # -> events.Event
+    log_of: dict[int, Any]  # depth -> EventLog (for corrected breakdowns)
+
+
+def _runs(events: list) -> list[tuple[Any, list]]:
+    runs: list[tuple[Any, list]] = []
+    for e in events:
+        if runs and runs[-1][0] == e.phase:
+            runs[-1][1].append(e)
+        else:
+            runs.append((e.phase, [e]))
+    return runs
+
+
+def _split(events: list, depth: int, where: str) -> list[tuple]:
+    """(before, [events of each block visited], after, ascending) per sweep over the blocks:
+    a phase sweeps them once (forward, backward) or once per parameter group (an optimizer)."""
+    marked = [i for i, e in enumerate(events) if e.block is not None]
+    if not marked:
+        return [(events, [], [], None)]
+    order, starts = [], []
+    for i in marked:
+        if not order or order[-1] != events[i].block:
+            order.append(events[i].block)
+            starts.append(i)
+    sweep = list(range(depth)) if order[0] == 0 else list(range(depth))[::-1]
+    if len(order) % depth or order != sweep * (len(order) // depth):
+        raise NotCertified(f"{where}: blocks visited in the order {order[:12]} at depth {depth}, not in sweeps")
+    last = marked[-1]
+    segments = [events[s:e] for s, e in zip(starts, starts[1:] + [last + 1])]
+    sweeps = len(order) // depth
+    out = []
+    for k in range(sweeps):
+        out.append((events[:starts[0]] if k == 0 else [], segments[k * depth:(k + 1) * depth],
+                    events[last + 1:] if k == sweeps - 1 else [], order[0] == 0))
+    return out
+
+
+def align(logs: dict[int, Any], what: str) -> list[Aligned]:
+    """The aligned events of one tracked step, from its log at each probe depth. The first and
+    the last block a phase visits are aligned on their own (the first block's input needs no
+    gradient; the last feeds the head), the blocks between them together."""
+    split = {}
+    for d, log in logs.items():
+        split[d] = [(phase, *sweep) for phase, ev in _runs(log.events)
+                    for sweep in _split(ev, d, f"{what}, phase {phase}")]
+    depths = sorted(split)
+
+    def shape(d):
+        return [(p, len(pre), len(post), asc, len(segs[0]) if segs else 0, len(segs[-1]) if segs else 0)
+                for p, pre, segs, post, asc in split[d]]
+
+    for d in depths:
+        if shape(d) != shape(depths[0]):
+            raise NotCertified(f"{what}: the phases' events do not align between depths {depths[0]} and {d}")
+    out: list[Aligned] = []
+    for ri, (phase, pre0, segs0, post0, _) in enumerate(split[depths[0]]):
+        lengths = {len(s) for d in depths for s in split[d][ri][2][1:-1]}
+        if len(lengths) > 1:
+            raise NotCertified(f"{what}, phase {phase}: blocks log different numbers of events {sorted(lengths)}")
+        regions = [(0, len(pre0), lambda d: split[d][ri][1])]
+        if segs0:
+            regions += [(1, len(segs0[0]), lambda d: split[d][ri][2][0]),
+                        (3, len(segs0[-1]), lambda d: split[d][ri][2][-1])]
+        regions.append((4, len(post0), lambda d: split[d][ri][3]))
+        for region, count, events_at in regions:
+            for j in range(count):
+                pts = {(0, d): events_at(d)[j] for d in depths}
+                out.append(Aligned((ri, region, j), phase, False, pts, logs))
+        for j in range(lengths.pop() if lengths else 0):
+            pts = {(t, d): split[d][ri][2][t][j] for d in depths for t in range(1, d - 1)}
+            out.append(Aligned((ri, 2, j), phase, True, pts, logs))
+    return out
+
+
+def _plane(a: Aligned, value: Callable[[Any, int], int], what: str):
+    """(f0, ft, fd) with value = f0 + ft t + fd d at every probe point, or NotCertified."""
+    pts = {k: value(e, k[1]) for k, e in a.points.items()}
+    depths = sorted({d for _, d in pts})
+    d1, d2 = depths[0], depths[1]
+    t0 = min(t for t, _ in pts)
+    fd = Fraction(pts[(t0, d2)] - pts[(t0, d1)], d2 - d1)
+    ft = Fraction(pts[(t0 + 1, d2)] - pts[(t0, d2)]) if a.in_block else Fraction(0)
+    f0 = pts[(t0, d1)] - ft * t0 - fd * d1
+    for (t, d), v in pts.items():
+        if f0 + ft * t + fd * d != v:
+            raise NotCertified(f"{what}: event {a.order} of phase {a.phase} is not affine in depth "
+                               f"(at block {t} of {d}: {v})")
+    return f0, ft, fd
+
+
+def _at(plane, t: int, depth: int, what: str) -> int:
+    f0, ft, fd = plane
+    v = f0 + ft * t + fd * depth
+    if v.denominator != 1:
+        raise NotCertified(f"{what}: not an integer at depth {depth}")
+    return int(v)
+
+
+@dataclass
+class StepAtDepth:
+    live_bytes: int
+    by_category: dict[str, int]
+    copies_at_peak: int
+    copies_peak: int
+    phase_peaks: dict[str, int]
+
+
+def step_at(logs: dict[int, Any], target: int, what: str) -> StepAtDepth:
+    """The step's peak, its breakdown and its phase peaks at ``target``, from its probe logs."""
+    events = align(logs, what)
+    best = None  # (value, -order) compared; the first event in step order among equals
+    phase_peaks: dict[str, int] = {}
+    copies_peak = 0
+    for a in events:
+        live = _plane(a, lambda e, d: e.live, what)
+        copies = _plane(a, lambda e, d: e.copies, f"{what} (autocast weight copies)")
+        t = 0  # outside the middle blocks: depth only
+        if a.in_block:  # the middle blocks visited 1 .. target-2: the largest at an end
+            t = target - 2 if live[1] > 0 else 1
+        value = _at(live, t, target, what)
+        ends = (1, target - 2) if a.in_block else (0,)
+        copies_peak = max(copies_peak, *(_at(copies, u, target, what) for u in ends))
+        if a.phase is not None:
+            phase_peaks[a.phase] = max(phase_peaks.get(a.phase, value), value)
+        key = (a.order[0], a.order[1], t, a.order[2])
+        if best is None or value > best[0] or (value == best[0] and key < best[1]):
+            best = (value, key, a, t, copies)
+    value, _, a, t, copies = best
+    corrected = {id(e): a.log_of[k[1]].corrected(e) for k, e in a.points.items()}
+    cats0 = list(next(iter(corrected.values())))
+    if any(list(c) != cats0 for c in corrected.values()):
+        raise NotCertified(f"{what}: the peak's categories change with depth")
+    planes = {cat: _plane(a, lambda e, d, cat=cat: corrected[id(e)][cat], f"{what} ({cat} at the peak)")
+              for cat in cats0}
+    by_category = {cat: _at(p, t, target, what) for cat, p in planes.items()}
+    return StepAtDepth(value, by_category, _at(copies, t, target, what), copies_peak, phase_peaks)
