@@ -313,7 +313,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["method", "description", "options"], maxcolwidths=[None, 60, 60]))
         print()
     if "workloads" in parts:
-        from .model.workloads import workload_rows
+        from .model.catalogue_facts import workload_rows
 
         print("Workloads (catalogue configs in lamda_bench/model/configs/; a suite may also name a config.json path "
               "or a cached hub id):")

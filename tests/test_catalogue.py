@@ -14,7 +14,8 @@ import pytest
 
 from lamda_bench.suite.cell import Cell
 from lamda_bench.runner import run_cell
-from lamda_bench.model.workloads import CONFIG_DIR, build_model, get_workload, parameter_count
+from lamda_bench.model.catalogue_facts import parameter_count
+from lamda_bench.model.workloads import CONFIG_DIR, build_model, get_workload
 
 # Published parameter counts of the real checkpoints (model cards / safetensors index).
 PUBLISHED = {

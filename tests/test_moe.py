@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from lamda_bench.model.workloads import CONFIG_DIR, build_model, parameter_count
+from lamda_bench.model.catalogue_facts import parameter_count
+from lamda_bench.model.workloads import CONFIG_DIR, build_model
 from lamda_bench.runner import run_cell
 from lamda_bench.suite.cell import Cell
 

@@ -54,7 +54,7 @@ from ..suite.cell import Cell
 from .config import WorkloadError
 from .targets import PRESETS, available_presets, matches_target, target_linears  # noqa: F401 - re-exported
 from .targets import resolve_targets as _resolve_targets
-from . import vlm, vlm_parts
+from . import vlm
 from ..hints import did_you_mean as _hint
 
 LINEAR_DEFAULT_DIM = 4096  # LLaMA2-7B hidden size, when a linear cell gives no d_in / d_out
@@ -117,7 +117,9 @@ class Workload:
     @property
     def target_presets(self) -> tuple[str, ...]:
         """The presets that select something on this model (built on meta with 2 layers)."""
-        return _presets_of(self.name)
+        from .catalogue_facts import presets_of
+
+        return presets_of(self.name)
 
 
 def _from_config(name: str, description: str, source: model_config.ConfigSource, pretrained: bool = False) -> Workload:
@@ -197,45 +199,6 @@ def torch_dtype(name: str) -> torch.dtype:
     except KeyError:
         raise WorkloadError(f"unknown dtype {name!r}; known: {', '.join(dtypes)}") from None
 
-
-@functools.lru_cache(maxsize=None)
-def _meta_summary(name: str) -> tuple[int, int, tuple[str, ...]]:
-    """(parameters at 1 layer, at 2 layers, presets that select something), from meta builds."""
-    workload = get_workload(name)
-    counts, presets = [], ("all",)
-    for layers in (1, 2):
-        model = build_model(Cell(workload=name, method="lora", layers=layers), "meta")
-        counts.append(sum(p.numel() for p in model.parameters()))
-        if layers == 2 and workload.task != "linear":
-            presets = tuple(available_presets(model, workload.family))
-            if workload.task == vlm.TASK:
-                presets += vlm_parts.available_presets(model, name)
-            if moe.experts_modules(model):  # the fused experts: parameters, reached by the expert presets
-                from .targets import EXPERT_PRESETS
-
-                presets += tuple(EXPERT_PRESETS)
-    return counts[0], counts[1], presets
-
-
-@functools.lru_cache(maxsize=None)
-def _built_count(name: str, layers: int) -> int:
-    model = build_model(Cell(workload=name, method="lora", layers=layers), "meta")
-    return sum(p.numel() for p in model.parameters())
-
-
-def _presets_of(name: str) -> tuple[str, ...]:
-    return _meta_summary(name)[2]
-
-
-def parameter_count(name: str, layers: int | None = None) -> int:
-    """Parameters of the model at ``layers`` depth (default: its own), from two small meta
-    builds: blocks are identical, so P(L) = P(1) + (L - 1) * (P(2) - P(1)); an image-text model
-    is built at its depth (its vision tower does not scale with ``layers``)."""
-    depth = get_workload(name).default_layers if layers is None else layers
-    if get_workload(name).task == vlm.TASK:  # unlike blocks (Mllama's cross-attention layers): one meta build
-        return _built_count(name, depth)
-    one, two, _ = _meta_summary(name)
-    return one + (depth - 1) * (two - one)
 
 # ---- building ----------------------------------------------------------------------------
 
@@ -468,33 +431,3 @@ def resolve_targets(cell: Cell, model: nn.Module) -> list[str]:
     if isinstance(cell.targets, str) and cell.targets in VLM_PRESETS:
         raise WorkloadError(f"preset {cell.targets!r} is for image-text workloads; {workload.name!r} is {workload.task}")
     return _resolve_targets(cell.targets, model, workload.name, workload.family)
-
-
-def _experts_shape(name: str, workload: Workload) -> str:
-    """", 8 experts top-2 (expert MLP 14336)" for a MoE config, else ""."""
-    cfg = hf_config(name, workload.default_layers)
-    if not moe.is_moe_config(cfg):
-        return ""
-    facts = {k: workload.config.get(k) for k in ("num_experts_per_tok", "moe_intermediate_size", "intermediate_size")}
-    mlp = facts["moe_intermediate_size"] or facts["intermediate_size"]
-    return f", {moe.expert_count(cfg)} experts top-{facts['num_experts_per_tok']} (expert MLP {mlp})"
-
-
-def workload_rows() -> list[list[str]]:
-    """``lamda-bench list workloads``: name, parameter count, shape, what it is, presets."""
-    from ..report.units import fmt_count
-
-    rows = []
-    for name, workload in WORKLOADS.items():
-        if workload.task == "linear":
-            rows.append([name, "d_in x d_out x layers", "", workload.description, ", ".join(workload.target_presets)])
-            continue
-        f = model_config.shape_facts(hf_config(name, workload.default_layers))
-        kv = f" ({f['kv_heads']} kv)" if f["kv_heads"] != f["heads"] else ""
-        shape = (f"{workload.task}, hidden {f['hidden_size']}, MLP {f['intermediate_size']}, {f['layers']} layers, "
-                 f"{f['heads']} heads{kv} x {f['head_dim']}, vocab {f['vocab_size']}"
-                 + (", tied" if f["tie_word_embeddings"] and workload.task == "causal-lm" else "")
-                 + _experts_shape(name, workload))
-        rows.append([name, fmt_count(parameter_count(name)), shape, workload.description,
-                     ", ".join(workload.target_presets)])
-    return rows
