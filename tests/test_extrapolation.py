@@ -176,3 +176,19 @@ def test_with_trace_sets_the_key_and_refuses_unknown_values():
     assert with_trace(cells, "auto") is cells
     with pytest.raises(ApiError, match="trace 'some' is not one of"):
         with_trace(cells, "some")
+
+
+def test_a_model_refused_at_a_probe_depth_is_traced_in_full(tmp_path):
+    """Mllama's images reach the language model only through its cross-attention layers: a probe
+    cut below the first one is refused, so the cell is traced at its own depth, where it runs."""
+    import json
+
+    from lamda_bench.model.workloads import CONFIG_DIR
+
+    config = json.loads((CONFIG_DIR / "tiny-mllama.json").read_text())
+    config["text_config"].update(cross_attention_layers=[5], num_hidden_layers=7)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    rec = run_cell(dict(TINY, workload=str(tmp_path / "config.json"), method="lora", image_size=56))
+    assert rec["status"] == "ok", rec.get("error")
+    trace = rec["info"]["trace"]
+    assert trace["mode"] == "full" and "depth 3:" in trace["reason"] and "cross-attention" in trace["reason"]

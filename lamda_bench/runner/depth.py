@@ -15,6 +15,7 @@ import dataclasses
 
 from torch import nn
 
+from ..errors import UserError, one_line
 from ..model import parallel
 from ..model import workloads
 from .assemble import blank_record, fill_record
@@ -89,7 +90,11 @@ def probe(plan: Plan, depth: int, device: str) -> tuple[dict, StepResult]:
     cell = dataclasses.replace(plan.cell, layers=depth)
     p = dataclasses.replace(plan, cell=cell, requested=dataclasses.replace(plan.requested, layers=depth),
                             timeline=False)
-    res = estimate(p, device, probe=True)
+    try:
+        res = estimate(p, device, probe=True)
+    except UserError as e:  # a model refused at the probe's depth (Mllama below its first
+        # cross-attention layer) is traced at its own depth, where it may be fine
+        raise NotCertified(f"depth {depth}: {one_line(e)}") from e
     why = unlike_blocks(res.applied.model, res.blocks_prefix)
     if why is not None:
         raise NotCertified(f"depth {depth}: {why}")
