@@ -135,9 +135,10 @@ def test_adamw_keeps_every_recorded_id():
     from lamda_bench.suite.parse import load_suite
 
     recs = [json.loads(line) for line in (REPO / "reports" / "llama7b-cpu" / "results.jsonl").read_text().splitlines()]
-    assert recs and all(r["cell"]["optimizer"] == "adamw" for r in recs)
+    adamw = [r for r in recs if r["cell"]["optimizer"] == "adamw"]
+    assert len(adamw) >= 61  # every cell recorded before the optimizer names existed
     ids = {c.id for c in load_suite(REPO / "suites" / "llama7b.toml").cells if c.optimizer == "adamw"}
-    assert {r["id"] for r in recs} <= ids  # the suite may have grown since the records were made
+    assert {r["id"] for r in adamw} == ids
     base = dict(workload="llama2-7b", method="full")
     assert Cell(**base, optimizer="adamw_torch").id != Cell(**base).id  # a name of its own, its own id
 
