@@ -129,9 +129,9 @@ def _eight_bit_optimizer(cell: Cell) -> list[Change]:
     """AdamW -> bitsandbytes' 8-bit AdamW -> its paged variant, where the method and layout take
     them (optimizers/catalogue.py: LaMDA's freezing and LoRA-FA's own optimizer refuse them)."""
     from ..analytic import family
-    from ..optimizers.catalogue import method_problem
+    from ..optimizers.catalogue import TORCH_ADAMW, method_problem
 
-    if cell.optimizer not in ("adamw", "adamw_torch", "adamw_torch_fused"):
+    if cell.optimizer not in TORCH_ADAMW:
         return []
     steps = [{"optimizer": name} for name in ("adamw_bnb_8bit", "paged_adamw_8bit")]
     return [s for s in steps if _valid("optimizer", s["optimizer"])

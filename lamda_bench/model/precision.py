@@ -38,6 +38,7 @@ import torch
 
 from ..suite.cell import PRECISIONS
 from ..errors import UserError
+from ..optimizers.catalogue import TORCH_ADAMW
 
 DEFAULT_PRECISION = "pure"
 
@@ -167,9 +168,6 @@ def predict_state(c, res, b_schedule) -> dict:
     if c.optimizer not in TORCH_ADAMW:  # every other optimizer's closed form (analytic/optimizers.py)
         out.update(optimizer_forms(c, res))
     return out
-
-
-TORCH_ADAMW = ("adamw", "adamw_torch", "adamw_torch_fused")  # analytic.state_bytes' AdamW rule
 
 
 def optimizer_forms(c, res) -> dict:

@@ -62,10 +62,13 @@ MISSING_PACKAGE = {
     "apollo_adamw": ("apollo_torch", "pip install git+https://github.com/zhuhanqing/APOLLO"),
 }
 
+# torch's AdamW under its three names: the state analytic.state_bytes' AdamW rule counts, and
+# what fit --advise's 8-bit optimizer lever starts from.
+TORCH_ADAMW = ("adamw", "adamw_torch", "adamw_torch_fused")
 # The optimizers whose state LaMDA's freezing can slice (every state tensor shaped like its
 # parameter, methods/lamda/freeze.py's swap_optimizer_parameter), and those a data-parallel
 # cell's closed forms model (analytic/sharded.py).
-SLICEABLE = ("adamw", "adamw_torch", "adamw_torch_fused", "sgd")
+SLICEABLE = (*TORCH_ADAMW, "sgd")
 PARALLEL_OK = ("adamw", "sgd")
 
 
