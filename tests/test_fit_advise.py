@@ -182,3 +182,22 @@ def test_bad_advice_flags_are_one_line_and_exit_2(tmp_path, capsys, args, messag
     err = capsys.readouterr().err
     assert code == 2 and rows is None and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_a_suggested_command_keeps_the_flags_fit_was_given_and_changes_the_optimizer_by_its_flag():
+    """--optimizer, --paged-evictable and --trace reach each suggestion's command; an optimizer
+    lever's change goes through --optimizer (which would override a --set of the same key)."""
+    from lamda_bench.cli import build_parser
+    from lamda_bench.fit.advise import command_flags
+    from lamda_bench.fit.cli import _command
+
+    args = build_parser().parse_args(["fit", "--workload", "tiny-llama", "--method", "full", "--budget", "1GiB",
+                                      "--seq", "64", "--optimizer", "adamw_torch", "--paged-evictable",
+                                      "--trace", "full", "--advise"])
+    row = {"axis": "batch", "method": "full"}
+    assert command_flags({"optimizer": "paged_adamw_8bit"}) == ["--optimizer", "paged_adamw_8bit"]
+    words = _command(args, row, ["--optimizer", "paged_adamw_8bit"]).split()
+    assert words[words.index("--optimizer") + 1] == "paged_adamw_8bit" and words.count("--optimizer") == 1
+    assert "--paged-evictable" in words and words[words.index("--trace") + 1] == "full"
+    plain = _command(args, row, ["--set", "gradient_checkpointing=true"]).split()
+    assert plain[plain.index("--optimizer") + 1] == "adamw_torch"

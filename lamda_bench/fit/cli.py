@@ -175,7 +175,8 @@ def _command(args: argparse.Namespace, row: dict, flags: list[str]) -> str:
     opts = {"--workload": args.workload, "--method": row["method"], "--budget": args.budget,
             f"--{fixed}": getattr(args, fixed), "--r": args.r, "--targets": args.targets,
             "--multiple": args.multiple, "--limit": args.limit,
-            "--reserve": args.reserve if str(args.reserve) != "0" else None}
+            "--reserve": args.reserve if str(args.reserve) != "0" else None,
+            "--optimizer": args.optimizer, "--trace": args.trace if args.trace != "auto" else None}
     if args.world_size > 1:
         opts.update({"--world-size": args.world_size, "--parallel": args.parallel})
     sets = list(args.overrides)
@@ -185,6 +186,7 @@ def _command(args: argparse.Namespace, row: dict, flags: list[str]) -> str:
         else:
             opts[flag] = value
     words = ["lamda-bench", "fit"] + [w for k, v in opts.items() if v is not None for w in (k, str(v))]
+    words += ["--paged-evictable"] if args.paged_evictable else []
     return shlex.join(words + [w for v in sets for w in ("--set", v)])
 
 
