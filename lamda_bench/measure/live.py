@@ -46,6 +46,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..model.precision import autocast_enabled
 from ..results.record import CATEGORIES  # the categories of memory.at_peak, defined once
+from ..optimizers.build import is_paged  # the tag optimizers/build.py puts on paged state
 from .active import tracker_active
 from .modules import ModuleScope
 
@@ -301,7 +302,7 @@ class LiveMemoryTracker:
         for state in self.optimizer.state.values():
             for v in state.values():
                 if isinstance(v, torch.Tensor):
-                    self._register(v, PAGED if getattr(v, "is_paged", False) else "optimizer")
+                    self._register(v, PAGED if is_paged(v) else "optimizer")
 
     # ---- timeline -----------------------------------------------------------------------
     def _on_boundary(self, phase: str, module: str, event: str) -> None:

@@ -22,6 +22,7 @@ from ..model import moe
 from ..suite.cell import Cell
 from ..measure import StepTrackers
 from ..measure.garbage import CyclicGarbage
+from ..optimizers.build import is_paged
 from .build import make_optimizer, prepare, prime_optimizer
 from .observe import InputObserver
 from .resolve import Plan
@@ -329,7 +330,7 @@ def optimizer_bytes(optimizer: torch.optim.Optimizer, paged: bool = False) -> in
     """The optimizer state's bytes: device-resident (default), or only the paged buffers
     (bitsandbytes' ``is_paged``: CUDA unified memory, memory.optimizer_paged)."""
     return unique_bytes(v for state in optimizer.state.values() for v in state.values()
-                        if isinstance(v, torch.Tensor) and bool(getattr(v, "is_paged", False)) == paged)
+                        if isinstance(v, torch.Tensor) and is_paged(v) == paged)
 
 
 def unique_bytes(tensors) -> int:
