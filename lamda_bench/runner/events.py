@@ -16,6 +16,7 @@ Reclassifications are logged, so a peak's breakdown is corrected as the tracker 
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +56,7 @@ class EventLog:
         self.reclassified: list[tuple[int, int, int, str, str]] = []  # (seq, created_at, nbytes, old, new)
         self._pattern = re.compile(re.escape(prefix) + r"\.(\d+)(?:\.|$)")
         self._block_of_name: dict[str | None, int | None] = {None: None}
-        self._by_storage: dict[int, int] = {}
+        self._by_storage: dict[int, tuple[int, weakref.ref]] = {}  # id(storage) -> (block, the storage)
         self._seq = 0
         self._n = 0
         self._block: int | None = None
@@ -79,7 +80,9 @@ class EventLog:
 
     def _map_storages(self) -> None:
         """Storage -> block for parameters, their gradients and optimizer state (refreshed at
-        each phase start: gradients and state appear during the step)."""
+        each phase start: gradients and state appear during the step). Each entry keeps a weak
+        reference to its storage: a storage that dies (an optimizer's state tensor replaced each
+        step, as Adafactor's ``RMS``) frees its id for a temporary, which must not inherit its block."""
         state = self.optimizer.state if self.optimizer is not None else {}
         for name, p in self.model.named_parameters():
             k = self.block_of(name)
@@ -88,15 +91,20 @@ class EventLog:
             tensors = [p, p.grad] + [v for v in state.get(p, {}).values() if isinstance(v, torch.Tensor)]
             for t in tensors:
                 if isinstance(t, torch.Tensor):
-                    self._by_storage[id(t.untyped_storage())] = k
+                    st = t.untyped_storage()
+                    self._by_storage[id(st)] = (k, weakref.ref(st))
+
+    def _block_of_storage(self, t: torch.Tensor) -> int | None:
+        st = t.untyped_storage()
+        hit = self._by_storage.get(id(st))
+        return hit[0] if hit is not None and hit[1]() is st else None
 
     def _locate(self, func, args, kwargs, out) -> None:
         name = self.scope.current()
         if name is not None:
             self._block = self.block_of(name)
             return
-        blocks = {self._by_storage.get(id(t.untyped_storage()))
-                  for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        blocks = {self._block_of_storage(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         blocks.discard(None)
         if len(blocks) == 1:
             self._block = blocks.pop()
