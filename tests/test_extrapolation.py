@@ -55,6 +55,17 @@ def test_extrapolated_record_equals_the_full_trace(method, device):
     assert auto["id"] == full["id"]
 
 
+@pytest.mark.parametrize("method, world_size", [("lora", 2), ("lamda", 4)])
+def test_a_sharded_record_equals_the_full_trace(method, world_size):
+    """Rank 0 of an FSDP2 job: memory.per_rank (the breakdown at the peak and at each phase's
+    peak, with the all-gathered weights and collective buffers) comes from the events too."""
+    auto, full = both(method=method, parallel="fsdp2", world_size=world_size)
+    assert auto["info"]["trace"]["mode"] == "extrapolated", auto["info"]["trace"]
+    phases = auto["memory"]["per_rank"]["phase_peaks"]
+    assert phases["forward"]["by_category"]["unsharded_weights"] > 0  # the gathered weights are in it
+    assert comparable(auto) == comparable(full)
+
+
 @pytest.mark.parametrize("method, optimizer", [("full", "adafactor"), ("lora", "paged_adamw_8bit")])
 def test_optimizers_that_replace_their_state_extrapolate(method, optimizer):
     """Adafactor makes a new ``RMS`` tensor each step: the storage id of the old one, freed,
@@ -73,7 +84,6 @@ def test_trace_is_not_part_of_the_id():
 @pytest.mark.parametrize("keys, reason", [
     (dict(layers=5), "depth 5 is below 6"),
     (dict(method="lamda++"), "LaMDA++ gives each layer its own rank"),
-    (dict(parallel="fsdp2", world_size=2), "parallel cells are traced in full"),
     (dict(workload="gemma2-9b", layers=8), "config layer_types differs between layers"),
     (dict(workload="linear", layers=8), "the linear workload has no block stack"),
     (dict(workload="tiny-bart", layers=8), "encoder-decoder models have two block stacks"),
@@ -178,6 +188,19 @@ OPTIMIZERS = [dict(method=m, optimizer=o, device=dev) for m in ("lora", "full")
 @pytest.mark.parametrize("keys", OPTIMIZERS, ids=lambda k: "-".join(str(v) for v in k.values()))
 def test_optimizer_matrix_extrapolated_equals_full(keys):
     auto, full = both(**keys)
+    assert auto["info"]["trace"]["mode"] == "extrapolated", auto["info"]["trace"]
+    assert comparable(auto) == comparable(full)
+
+
+SHARDED = [dict(method=m, world_size=w, precision=p, gradient_checkpointing=g, device=dev)
+           for m in ("lora", "lamda", "full") for w in (2, 4) for p in ("pure", "amp-bf16")
+           for g in (False, True) for dev in ("cpu", "auto")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keys", SHARDED, ids=lambda k: "-".join(str(v) for v in k.values()))
+def test_sharded_matrix_extrapolated_equals_full(keys):
+    auto, full = both(parallel="fsdp2", **keys)
     assert auto["info"]["trace"]["mode"] == "extrapolated", auto["info"]["trace"]
     assert comparable(auto) == comparable(full)
 

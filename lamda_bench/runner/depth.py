@@ -16,7 +16,6 @@ import dataclasses
 from torch import nn
 
 from ..errors import UserError, one_line
-from ..model import parallel
 from ..model import workloads
 from .assemble import blank_record, fill_record
 from .extrapolate import NotCertified, StepAtDepth, step_at, tree
@@ -27,7 +26,7 @@ PROBE_DEPTHS = (3, 4, 5)  # a first block, a last, and 1-3 between them: six mid
 MIN_DEPTH = 16  # extrapolate from here: the probes trace 12 blocks and pay a model build each
 # Maxima over the step's events: from the event logs (extrapolate.step_at), never fitted as fields.
 EVENT_MEMORY = ("peak_forward", "peak_backward", "peak_step", "peak", "at_peak", "peak_steady",
-                "autocast_weight_copies", "autocast_weight_copies_at_peak")
+                "autocast_weight_copies", "autocast_weight_copies_at_peak", "per_rank")
 PHASE_FIELDS = {"peak_forward": "forward", "peak_backward": "backward", "peak_step": "optimizer"}
 # Config keys that make some blocks unlike the others (a dense prefix before MoE blocks...).
 UNLIKE_KEYS = ("first_k_dense_replace", "mlp_only_layers", "moe_layer_freq", "decoder_sparse_step",
@@ -44,8 +43,6 @@ def why_full(plan: Plan) -> str | None:
     c = plan.cell
     if c.trace == "full":
         return "trace = 'full' asked for"
-    if parallel.is_parallel(c):
-        return "parallel cells are traced in full (per-rank FSDP2 events are not extrapolated yet)"
     workload = workloads.get_workload(c.workload)
     if workload.task == "linear":
         return "the linear workload has no block stack to extrapolate"
@@ -143,6 +140,8 @@ def extrapolated(plan: Plan, device: str) -> dict:
         derived[key] = inst.phase_peaks.get(phase)
     derived["autocast_weight_copies"] = inst.copies_peak
     derived["autocast_weight_copies_at_peak"] = inst.copies_at_peak
+    if "per_rank" in records[-1]["memory"]:  # a sharded cell: rank 0's breakdowns (parallel.rank_memory)
+        derived["per_rank"] = rank_memory(inst, records[-1]["memory"]["per_rank"])
     out["memory"] = {k: (derived[k] if k in EVENT_MEMORY else memory[k]) for k in records[-1]["memory"]}
     pattern = [[v is None for v in r["series"]["peak"]] for r in records]
     if any(p != pattern[0] for p in pattern):
@@ -153,6 +152,14 @@ def extrapolated(plan: Plan, device: str) -> dict:
     info["model"] = workloads.model_facts(c)
     out["info"] = {k: info[k] for k in records[-1]["info"]}
     return out
+
+
+def rank_memory(inst: StepAtDepth, probe: dict) -> dict:
+    """``memory.per_rank`` at the target depth (``parallel.rank_memory``'s fields: the
+    instrumented step's peak and phase peaks, each with its breakdown), in the probe's key order."""
+    return {"rank": probe["rank"], "at_peak": inst.by_category,
+            "phase_peaks": {name: {"live_bytes": inst.phase_peaks[name], "by_category": inst.phase_breakdowns[name]}
+                            for name in probe["phase_peaks"]}}
 
 
 def estimate_traced(plan: Plan, device: str, artifacts_dir: str | None):

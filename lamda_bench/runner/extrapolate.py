@@ -176,13 +176,27 @@ class StepAtDepth:
     copies_at_peak: int
     copies_peak: int
     phase_peaks: dict[str, int]
+    phase_breakdowns: dict[str, dict[str, int]]  # the breakdown at each phase's peak (per-rank records)
+
+
+def _breakdown(a: Aligned, t: int, target: int, what: str) -> dict[str, int]:
+    """The bytes by category at aligned event ``a`` (block ``t``) at ``target``, corrected as the
+    tracker corrects a peak snapshot, each category affine like the event itself."""
+    corrected = {id(e): a.log_of[k[1]].corrected(e) for k, e in a.points.items()}
+    cats0 = list(next(iter(corrected.values())))
+    if any(list(c) != cats0 for c in corrected.values()):
+        raise NotCertified(f"{what}: the peak's categories change with depth")
+    planes = {cat: _plane(a, lambda e, d, cat=cat: corrected[id(e)][cat], f"{what} ({cat} at the peak)")
+              for cat in cats0}
+    return {cat: _at(p, t, target, what) for cat, p in planes.items()}
 
 
 def step_at(logs: dict[int, Any], target: int, what: str) -> StepAtDepth:
-    """The step's peak, its breakdown and its phase peaks at ``target``, from its probe logs."""
+    """The step's peak, its breakdown and its phase peaks (with theirs) at ``target``, from its
+    probe logs. Among equal values the first event in step order wins, as the tracker keeps it."""
     events = align(logs, what)
-    best = None  # (value, -order) compared; the first event in step order among equals
-    phase_peaks: dict[str, int] = {}
+    best = None  # (value, key, aligned, t, copies plane)
+    phase_best: dict[str, tuple] = {}
     copies_peak = 0
     for a in events:
         live = _plane(a, lambda e, d: e.live, what)
@@ -193,17 +207,15 @@ def step_at(logs: dict[int, Any], target: int, what: str) -> StepAtDepth:
         value = _at(live, t, target, what)
         ends = (1, target - 2) if a.in_block else (0,)
         copies_peak = max(copies_peak, *(_at(copies, u, target, what) for u in ends))
-        if a.phase is not None:
-            phase_peaks[a.phase] = max(phase_peaks.get(a.phase, value), value)
         key = (a.order[0], a.order[1], t, a.order[2])
+        if a.phase is not None:
+            held = phase_best.get(a.phase)
+            if held is None or value > held[0] or (value == held[0] and key < held[1]):
+                phase_best[a.phase] = (value, key, a, t)
         if best is None or value > best[0] or (value == best[0] and key < best[1]):
             best = (value, key, a, t, copies)
     value, _, a, t, copies = best
-    corrected = {id(e): a.log_of[k[1]].corrected(e) for k, e in a.points.items()}
-    cats0 = list(next(iter(corrected.values())))
-    if any(list(c) != cats0 for c in corrected.values()):
-        raise NotCertified(f"{what}: the peak's categories change with depth")
-    planes = {cat: _plane(a, lambda e, d, cat=cat: corrected[id(e)][cat], f"{what} ({cat} at the peak)")
-              for cat in cats0}
-    by_category = {cat: _at(p, t, target, what) for cat, p in planes.items()}
-    return StepAtDepth(value, by_category, _at(copies, t, target, what), copies_peak, phase_peaks)
+    return StepAtDepth(value, _breakdown(a, t, target, what), _at(copies, t, target, what), copies_peak,
+                       {phase: b[0] for phase, b in phase_best.items()},
+                       {phase: _breakdown(b[2], b[3], target, f"{what}, phase {phase}")
+                        for phase, b in phase_best.items()})
