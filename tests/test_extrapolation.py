@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -75,6 +76,23 @@ def test_optimizers_that_replace_their_state_extrapolate(method, optimizer):
     auto, full = both(method=method, optimizer=optimizer, device="auto")
     assert auto["info"]["trace"]["mode"] == "extrapolated", auto["info"]["trace"]
     assert comparable(auto) == comparable(full)
+
+
+@pytest.mark.parametrize("keys", [dict(method="lora"), dict(method="lamda", gradient_checkpointing=True),
+                                  dict(method="full", parallel="fsdp2", world_size=2)],
+                         ids=["lora", "lamda-checkpointing", "full-fsdp2"])
+def test_an_extrapolated_timeline_equals_the_full_trace(tmp_path, keys):
+    """The module-boundary timeline file, entry by entry (module names with their block index,
+    live bytes, every category); the per-module detail file comes with the full trace only."""
+    cell = dict(TINY, **keys)
+    auto = run_cell(dict(cell), str(tmp_path / "auto"))
+    full = run_cell(dict(cell, trace="full"), str(tmp_path / "full"))
+    assert auto["info"]["trace"]["mode"] == "extrapolated", auto["info"]["trace"]
+    assert list(auto["artifacts"]) == ["timeline"] and set(full["artifacts"]) == {"timeline", "detail"}
+    read = lambda side, rec: json.loads((tmp_path / side / rec["artifacts"]["timeline"]).read_text())  # noqa: E731
+    a, f = read("auto", auto), read("full", full)
+    assert len(a["events"]) > 7 * 8
+    assert a == f
 
 
 def test_trace_is_not_part_of_the_id():
@@ -229,8 +247,6 @@ def test_with_trace_sets_the_key_and_refuses_unknown_values():
 def test_a_model_refused_at_a_probe_depth_is_traced_in_full(tmp_path):
     """Mllama's images reach the language model only through its cross-attention layers: a probe
     cut below the first one is refused, so the cell is traced at its own depth, where it runs."""
-    import json
-
     from lamda_bench.model.workloads import CONFIG_DIR
 
     config = json.loads((CONFIG_DIR / "tiny-mllama.json").read_text())

@@ -246,7 +246,6 @@ def _cpu_name() -> str:
 
 
 def write_artifacts(out: Path, cell_id: str, res: StepResult) -> dict:
-    timeline = {"id": cell_id, "unit": "bytes", "events": res.live.timeline}
     detail = {
         "id": cell_id,
         "saved_by_module": res.saved.by_module,
@@ -254,18 +253,26 @@ def write_artifacts(out: Path, cell_id: str, res: StepResult) -> dict:
         "flops_by_op": {k: dict(v) for k, v in res.flops.by_op.items()},
         "adapted_calls": [dataclasses.asdict(x) for x in res.calls],
     }
-    paths = {"timeline": f"timelines/{cell_id}.json", "detail": f"detail/{cell_id}.json"}
-    for key, payload in (("timeline", timeline), ("detail", detail)):
-        path = out / paths[key]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A temp name of this process alone, renamed into place: a reader never sees half a
-        # file, and two processes never write through one temp file.
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps(payload, separators=(",", ":"), default=str))
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; side files are ordinary shared files
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    return paths
+    return {"timeline": write_timeline(out, cell_id, res.live.timeline),
+            "detail": write_side_file(out, f"detail/{cell_id}.json", detail)}
+
+
+def write_timeline(out: Path, cell_id: str, events: list[dict]) -> str:
+    return write_side_file(out, f"timelines/{cell_id}.json", {"id": cell_id, "unit": "bytes", "events": events})
+
+
+def write_side_file(out: Path, rel: str, payload: dict) -> str:
+    """Write ``payload`` as JSON at ``out / rel``; returns ``rel``. A temp name of this process
+    alone, renamed into place: a reader never sees half a file, and two processes never write
+    through one temp file."""
+    path = out / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(payload, separators=(",", ":"), default=str))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; side files are ordinary shared files
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return rel

@@ -12,13 +12,14 @@ a cell's id, because both give the same bytes.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from torch import nn
 
 from ..errors import UserError, one_line
 from ..model import workloads
-from .assemble import blank_record, fill_record
-from .extrapolate import NotCertified, StepAtDepth, step_at, tree
+from .assemble import blank_record, fill_record, write_timeline
+from .extrapolate import NotCertified, StepAtDepth, step_at, timeline_at, tree
 from .resolve import Plan
 from .result import StepResult
 
@@ -31,7 +32,8 @@ PHASE_FIELDS = {"peak_forward": "forward", "peak_backward": "backward", "peak_st
 # Config keys that make some blocks unlike the others (a dense prefix before MoE blocks...).
 UNLIKE_KEYS = ("first_k_dense_replace", "mlp_only_layers", "moe_layer_freq", "decoder_sparse_step",
                "sliding_window_pattern", "layers_block_type")
-FULL_TRACE_NOTE = "the module-boundary timeline and per-module detail files come with trace = 'full' only"
+FULL_TRACE_NOTE = ("the timeline is extrapolated like the peak; the per-module detail file comes with "
+                   "trace = 'full' only")
 
 
 def trace_info(mode: str, reason: str, probes=()) -> dict:
@@ -85,8 +87,7 @@ def probe(plan: Plan, depth: int, device: str) -> tuple[dict, StepResult]:
     from .step import estimate
 
     cell = dataclasses.replace(plan.cell, layers=depth)
-    p = dataclasses.replace(plan, cell=cell, requested=dataclasses.replace(plan.requested, layers=depth),
-                            timeline=False)
+    p = dataclasses.replace(plan, cell=cell, requested=dataclasses.replace(plan.requested, layers=depth))
     try:
         res = estimate(p, device, probe=True)
     except UserError as e:  # a model refused at the probe's depth (Mllama below its first
@@ -104,8 +105,9 @@ def probe(plan: Plan, depth: int, device: str) -> tuple[dict, StepResult]:
     return record, res
 
 
-def extrapolated(plan: Plan, device: str) -> dict:
-    """The target depth's record blocks (params ... env) from the probes, or NotCertified."""
+def extrapolated(plan: Plan, device: str) -> tuple[dict, list[dict] | None]:
+    """The target depth's record blocks (params ... env) and, when the plan keeps one, its
+    module-boundary timeline, from the probes; or NotCertified."""
     from ..measure.live import Peak
     from .peaks import run_peak_fields
 
@@ -151,7 +153,11 @@ def extrapolated(plan: Plan, device: str) -> dict:
     out["series"] = {k: series[k] for k in records[-1]["series"]}
     info["model"] = workloads.model_facts(c)
     out["info"] = {k: info[k] for k in records[-1]["info"]}
-    return out
+    timeline = None
+    if plan.timeline:
+        timeline = timeline_at({d: r.live.timeline for d, (_, r) in zip(depths, runs)},
+                               res.event_logs[instrumented].block_of, target, "timeline")
+    return out, timeline
 
 
 def rank_memory(inst: StepAtDepth, probe: dict) -> dict:
@@ -170,7 +176,7 @@ def estimate_traced(plan: Plan, device: str, artifacts_dir: str | None):
     why = why_full(plan)
     if why is None:
         try:
-            blocks = extrapolated(plan, device)
+            blocks, timeline = extrapolated(plan, device)
         except NotCertified as e:
             why = f"not certified, traced in full: {e}"
         else:
@@ -178,5 +184,6 @@ def estimate_traced(plan: Plan, device: str, artifacts_dir: str | None):
                                "event affine in depth and block, checked on each probe to the byte", PROBE_DEPTHS)
             if artifacts_dir:
                 trace["side_files"] = FULL_TRACE_NOTE
+                blocks["artifacts"] = {"timeline": write_timeline(Path(artifacts_dir), plan.requested.id, timeline)}
             return None, blocks, trace
     return estimate(plan, device), None, trace_info("full", why)

@@ -72,6 +72,7 @@ class Aligned:
     in_block: bool
     points: dict[tuple[int, int], Any]  # -> events.Event
     log_of: dict[int, Any]  # depth -> EventLog (for corrected breakdowns)
+    ascending: bool | None = None  # the phase visits the blocks 0, 1, ... (False: from the last)
 
 
 def _runs(events: list) -> list[tuple[Any, list]]:
@@ -126,7 +127,7 @@ def align(logs: dict[int, Any], what: str) -> list[Aligned]:
         if shape(d) != shape(depths[0]):
             raise NotCertified(f"{what}: the phases' events do not align between depths {depths[0]} and {d}")
     out: list[Aligned] = []
-    for ri, (phase, pre0, segs0, post0, _) in enumerate(split[depths[0]]):
+    for ri, (phase, pre0, segs0, post0, asc) in enumerate(split[depths[0]]):
         lengths = {len(s) for d in depths for s in split[d][ri][2][1:-1]}
         if len(lengths) > 1:
             raise NotCertified(f"{what}, phase {phase}: blocks log different numbers of events {sorted(lengths)}")
@@ -138,10 +139,10 @@ def align(logs: dict[int, Any], what: str) -> list[Aligned]:
         for region, count, events_at in regions:
             for j in range(count):
                 pts = {(0, d): events_at(d)[j] for d in depths}
-                out.append(Aligned((ri, region, j), phase, False, pts, logs))
+                out.append(Aligned((ri, region, j), phase, False, pts, logs, asc))
         for j in range(lengths.pop() if lengths else 0):
             pts = {(t, d): split[d][ri][2][t][j] for d in depths for t in range(1, d - 1)}
-            out.append(Aligned((ri, 2, j), phase, True, pts, logs))
+            out.append(Aligned((ri, 2, j), phase, True, pts, logs, asc))
     return out
 
 
@@ -219,3 +220,88 @@ def step_at(logs: dict[int, Any], target: int, what: str) -> StepAtDepth:
                        {phase: b[0] for phase, b in phase_best.items()},
                        {phase: _breakdown(b[2], b[3], target, f"{what}, phase {phase}")
                         for phase, b in phase_best.items()})
+
+
+# ---- the module-boundary timeline ------------------------------------------------------------
+
+
+def timeline_at(timelines: dict[int, list[dict]], block_of: Callable[[str | None], int | None], target: int,
+                what: str) -> list[dict]:
+    """The instrumented step's module-boundary timeline (``live.LiveMemoryTracker.timeline``) at
+    ``target``, every entry of every block, from the probes' timelines. Entries are aligned as
+    events are (``align``); each one's live bytes and every category must be affine, and its
+    phase, event and module name (block index aside) the same at every probe point."""
+    from .events import Event
+
+    logs, names = {}, {}
+    for d, entries in timelines.items():
+        events = [Event(x["phase"], block_of(x["module"]), x["live_bytes"], x["by_category"], 0, i, i)
+                  for i, x in enumerate(entries)]
+        logs[d] = _Timeline(events)
+        names[d] = entries
+    out = []
+    for a in align(logs, what):
+        (_, d0), e0 = next(iter(a.points.items()))
+        template = _template(names[d0][e0.at], e0.block, block_of)
+        for (t, d), e in a.points.items():
+            x = names[d][e.at]
+            if _template(x, e.block, block_of) != template or list(x["by_category"]) != list(e0.cats):
+                raise NotCertified(f"{what}: timeline entry {a.order} differs between probe points")
+        live = _plane(a, lambda e, d: e.live, f"{what} (timeline)")
+        cats = {c: _plane(a, lambda e, d, c=c: e.cats[c], f"{what} (timeline, {c})") for c in e0.cats}
+        visits = range(1, target - 1) if a.in_block else (None,)
+        for t in visits:
+            u = 0 if t is None else t
+            index = _target_block(a, e0.block, d0, t, target)
+            module = template[2] if index is None else template[2].replace("{block}", str(index))
+            out.append(((a.order[0], a.order[1], u, a.order[2]),
+                        {"phase": e0.phase, "module": module, "event": template[1],
+                         "live_bytes": _at(live, u, target, what),
+                         "by_category": {c: _at(p, u, target, what) for c, p in cats.items()}}))
+    out.sort(key=lambda kv: kv[0])
+    return [x for _, x in out]
+
+
+@dataclass
+class _Timeline:
+    events: list  # what ``align`` reads of an event log
+
+    def corrected(self, e) -> dict[str, int]:
+        return dict(e.cats)
+
+
+def _template(entry: dict, block: int | None, block_of) -> tuple:
+    """(phase, event, module name with its block index as ``{block}``)."""
+    module = entry["module"]
+    if block is not None and module is not None:
+        prefix_end = _index_span(module, block, block_of)
+        module = module[:prefix_end[0]] + "{block}" + module[prefix_end[1]:]
+    return entry["phase"], entry["event"], module
+
+
+def _index_span(module: str, block: int, block_of) -> tuple[int, int]:
+    """Where the block index sits in ``module``: the first '.<block>' after which the name
+    still belongs to that block."""
+    needle = f".{block}"
+    start = 0
+    while True:
+        i = module.find(needle, start)
+        if i < 0:
+            raise NotCertified(f"timeline: module {module!r} does not name block {block}")
+        j = i + len(needle)
+        if (j == len(module) or module[j] == ".") and block_of(module[:j]) == block:
+            return i + 1, j
+        start = i + 1
+
+
+def _target_block(a: Aligned, block: int | None, depth: int, t: int | None, target: int) -> int | None:
+    """The block index the entry's module has at ``target``: the same place in the sweep."""
+    if block is None:
+        return None
+    region = a.order[1]
+    if region == 2:  # the middle block visited t-th
+        return t if a.ascending else target - 1 - t
+    if region in (1, 3):  # the first or the last block visited
+        first = region == 1
+        return (0 if first else target - 1) if a.ascending else (target - 1 if first else 0)
+    return block  # outside the sweep's blocks, a block's entry (none in practice) keeps its index
