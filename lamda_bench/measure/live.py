@@ -108,6 +108,7 @@ class LiveMemoryTracker:
         self.peak: Peak = Peak(0, dict(self.current), 0)
         self.phase_peaks: dict[str, Peak] = {}
         self._storages: dict[int, _Storage] = {}
+        self.device_storages = 0  # storages counted in live_bytes (paged ones are not): runner/events.py
         self._phase: str | None = None
         self._ops = 0
         self._grad_hooks: list = []
@@ -244,6 +245,7 @@ class LiveMemoryTracker:
         self.current[category] = self.current.get(category, 0) + nbytes
         if category == PAGED:  # outside the device allocator: never in live_bytes
             return
+        self.device_storages += 1
         self.live_bytes += nbytes
         if weight_copy:
             self.weight_copies += nbytes
@@ -257,6 +259,7 @@ class LiveMemoryTracker:
                 self.current[rec.category] -= rec.nbytes
                 if rec.category != PAGED:
                     self.live_bytes -= rec.nbytes
+                    self.device_storages -= 1
                 if rec.weight_copy:
                     self.weight_copies -= rec.nbytes
 
@@ -273,6 +276,7 @@ class LiveMemoryTracker:
         self.current[category] = self.current.get(category, 0) + rec.nbytes
         if category == PAGED and rec.category != PAGED:  # leaves the device count from now on
             self.live_bytes -= rec.nbytes
+            self.device_storages -= 1
         rec.category = category
 
     def _note_peak(self) -> None:

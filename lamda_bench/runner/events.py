@@ -115,7 +115,7 @@ class EventLog:
     # ---- the log --------------------------------------------------------------------------
     def _change(self) -> None:
         live = self.live
-        n = len(live._storages)
+        n = live.device_storages  # paged state registers without a change: not counted
         phase = live._phase
         if phase != self._phase:  # a phase starts: its own event, outside any block
             self._phase = phase
