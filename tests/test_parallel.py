@@ -100,6 +100,18 @@ def test_fsdp2_estimate_matches_the_sharded_closed_forms(lora_records):
     assert rec["cell"]["world_size"] == W and rec["cell"]["parallel"] == "fsdp2"
 
 
+def test_estimate_output_holds_rank_bytes_against_rank_closed_forms(lora_records):
+    """``lamda-bench estimate`` on a sharded cell: rank 0's weights, gradients and optimizer
+    state beside predicted.sharded (they agree), not beside the whole model's closed forms."""
+    from lamda_bench.one_cell.output import describe
+
+    _, rec = lora_records
+    text = describe(rec, False, "results.jsonl")
+    for name in ("weights", "gradients", "optimizer state"):
+        row = next(line for line in text.splitlines() if line.startswith(f"{name} (rank 0)"))
+        assert row.rstrip().endswith("equal"), row
+
+
 def test_fsdp2_collective_buffers_are_their_own_categories(lora_records):
     _, rec = lora_records
     per_rank = rec["memory"]["per_rank"]

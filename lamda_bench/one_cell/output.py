@@ -104,10 +104,20 @@ def _moe(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+SHARDED_CLOSED_FORMS = {MEMORY.weights: "predicted.sharded.weights", MEMORY.grads: "predicted.sharded.grads",
+                         MEMORY.optimizer: "predicted.sharded.optimizer"}
+
+
 def _closed_forms(record: dict[str, Any]) -> str:
+    """Traced figures beside their closed forms; a sharded cell's weights, gradients and
+    optimizer state are rank 0's, so they are held against ``predicted.sharded`` (rank 0's closed
+    forms), not the whole model's."""
     rows = []
+    sharded = isinstance(get(record, "predicted.sharded"), dict)
     paged = (("paged optimizer state", MEMORY.optimizer_paged, PREDICTED_MEMORY.optimizer_paged, fmt_bytes),)
     for name, traced_path, closed_path, fmt in CLOSED_FORMS + (paged if get(record, MEMORY.optimizer_paged) else ()):
+        if sharded and traced_path in SHARDED_CLOSED_FORMS:
+            name, closed_path = f"{name} (rank 0)", SHARDED_CLOSED_FORMS[traced_path]
         traced, closed = get(record, traced_path), get(record, closed_path)
         agree = "" if traced is None or closed is None else ("equal" if traced == closed else
                                                              f"differ by {fmt(traced - closed)}")
