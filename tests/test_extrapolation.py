@@ -190,37 +190,19 @@ MATRIX = [dict(method=m, precision=p, quant=q, gradient_checkpointing=g)
           if not (m in ("full", "dora") and q != "none")]  # refused by the runner: no quantized full FT; DoRA on a fake nf4 base
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("keys", MATRIX, ids=lambda k: "-".join(str(v) for v in k.values()))
-def test_matrix_extrapolated_equals_full(keys):
-    auto, full = both(**keys)
-    assert auto["info"]["trace"]["mode"] == "extrapolated", auto["info"]["trace"]
-    assert comparable(auto) == comparable(full)
-
-
 OPTIMIZERS = [dict(method=m, optimizer=o, device=dev) for m in ("lora", "full")
               for o in ("adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit",
                         "adafactor", "sgd", "muon")
               for dev in ("cpu", "auto")]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("keys", OPTIMIZERS, ids=lambda k: "-".join(str(v) for v in k.values()))
-def test_optimizer_matrix_extrapolated_equals_full(keys):
-    auto, full = both(**keys)
-    assert auto["info"]["trace"]["mode"] == "extrapolated", auto["info"]["trace"]
-    assert comparable(auto) == comparable(full)
-
-
-SHARDED = [dict(method=m, world_size=w, precision=p, gradient_checkpointing=g, device=dev)
+SHARDED = [dict(parallel="fsdp2", method=m, world_size=w, precision=p, gradient_checkpointing=g, device=dev)
            for m in ("lora", "lamda", "full") for w in (2, 4) for p in ("pure", "amp-bf16")
            for g in (False, True) for dev in ("cpu", "auto")]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("keys", SHARDED, ids=lambda k: "-".join(str(v) for v in k.values()))
-def test_sharded_matrix_extrapolated_equals_full(keys):
-    auto, full = both(parallel="fsdp2", **keys)
+@pytest.mark.parametrize("keys", MATRIX + OPTIMIZERS + SHARDED, ids=lambda k: "-".join(str(v) for v in k.values()))
+def test_matrix_extrapolated_equals_full(keys):
+    auto, full = both(**keys)
     assert auto["info"]["trace"]["mode"] == "extrapolated", auto["info"]["trace"]
     assert comparable(auto) == comparable(full)
 
