@@ -156,7 +156,7 @@ def extrapolated(plan: Plan, device: str) -> tuple[dict, list[dict] | None]:
     timeline = None
     if plan.timeline:
         timeline = timeline_at({d: r.live.timeline for d, (_, r) in zip(depths, runs)},
-                               res.event_logs[instrumented].block_of, target, "timeline")
+                               res.event_logs[instrumented].block_span, target, "timeline")
     return out, timeline
 
 

@@ -78,6 +78,11 @@ class EventLog:
             self._block_of_name[name] = int(m.group(1)) if m else None
         return self._block_of_name[name]
 
+    def block_span(self, name: str | None) -> tuple[int, int] | None:
+        """Where in ``name`` its block index is written (the timeline's module names), or None."""
+        m = self._pattern.match(name) if name is not None else None
+        return m.span(1) if m else None
+
     def _map_storages(self) -> None:
         """Storage -> block for parameters, their gradients and optimizer state (refreshed at
         each phase start: gradients and state appear during the step). Each entry keeps a weak

@@ -225,39 +225,40 @@ def step_at(logs: dict[int, Any], target: int, what: str) -> StepAtDepth:
 # ---- the module-boundary timeline ------------------------------------------------------------
 
 
-def timeline_at(timelines: dict[int, list[dict]], block_of: Callable[[str | None], int | None], target: int,
-                what: str) -> list[dict]:
+def timeline_at(timelines: dict[int, list[dict]], block_span: Callable[[str | None], tuple[int, int] | None],
+                target: int, what: str) -> list[dict]:
     """The instrumented step's module-boundary timeline (``live.LiveMemoryTracker.timeline``) at
     ``target``, every entry of every block, from the probes' timelines. Entries are aligned as
     events are (``align``); each one's live bytes and every category must be affine, and its
-    phase, event and module name (block index aside) the same at every probe point."""
+    phase, event and module name (block index aside) the same at every probe point.
+    ``block_span``: where a module name writes its block index (``EventLog.block_span``)."""
     from .events import Event
 
-    logs, names = {}, {}
+    logs, templates = {}, {}
     for d, entries in timelines.items():
-        events = [Event(x["phase"], block_of(x["module"]), x["live_bytes"], x["by_category"], 0, i, i)
-                  for i, x in enumerate(entries)]
+        events = []
+        for i, x in enumerate(entries):
+            span = block_span(x["module"])
+            module = x["module"] if span is None else x["module"][:span[0]] + "{block}" + x["module"][span[1]:]
+            events.append(Event(x["phase"], None if span is None else int(x["module"][span[0]:span[1]]),
+                                x["live_bytes"], x["by_category"], 0, i, i))
+            templates[d, i] = (x["phase"], x["event"], module)
         logs[d] = _Timeline(events)
-        names[d] = entries
     out = []
     for a in align(logs, what):
         (_, d0), e0 = next(iter(a.points.items()))
-        template = _template(names[d0][e0.at], e0.block, block_of)
+        phase, event, module = templates[d0, e0.at]
         for (t, d), e in a.points.items():
-            x = names[d][e.at]
-            if _template(x, e.block, block_of) != template or list(x["by_category"]) != list(e0.cats):
+            if templates[d, e.at] != (phase, event, module) or list(e.cats) != list(e0.cats):
                 raise NotCertified(f"{what}: timeline entry {a.order} differs between probe points")
         live = _plane(a, lambda e, d: e.live, f"{what} (timeline)")
         cats = {c: _plane(a, lambda e, d, c=c: e.cats[c], f"{what} (timeline, {c})") for c in e0.cats}
-        visits = range(1, target - 1) if a.in_block else (None,)
-        for t in visits:
-            u = 0 if t is None else t
-            index = _target_block(a, e0.block, d0, t, target)
-            module = template[2] if index is None else template[2].replace("{block}", str(index))
-            out.append(((a.order[0], a.order[1], u, a.order[2]),
-                        {"phase": e0.phase, "module": module, "event": template[1],
-                         "live_bytes": _at(live, u, target, what),
-                         "by_category": {c: _at(p, u, target, what) for c, p in cats.items()}}))
+        for t in (range(1, target - 1) if a.in_block else (0,)):
+            name = module if e0.block is None else module.replace("{block}", str(_target_block(a, t, target)))
+            out.append(((a.order[0], a.order[1], t, a.order[2]),
+                        {"phase": phase, "module": name, "event": event,
+                         "live_bytes": _at(live, t, target, what),
+                         "by_category": {c: _at(p, t, target, what) for c, p in cats.items()}}))
     out.sort(key=lambda kv: kv[0])
     return [x for _, x in out]
 
@@ -270,38 +271,10 @@ class _Timeline:
         return dict(e.cats)
 
 
-def _template(entry: dict, block: int | None, block_of) -> tuple:
-    """(phase, event, module name with its block index as ``{block}``)."""
-    module = entry["module"]
-    if block is not None and module is not None:
-        prefix_end = _index_span(module, block, block_of)
-        module = module[:prefix_end[0]] + "{block}" + module[prefix_end[1]:]
-    return entry["phase"], entry["event"], module
-
-
-def _index_span(module: str, block: int, block_of) -> tuple[int, int]:
-    """Where the block index sits in ``module``: the first '.<block>' after which the name
-    still belongs to that block."""
-    needle = f".{block}"
-    start = 0
-    while True:
-        i = module.find(needle, start)
-        if i < 0:
-            raise NotCertified(f"timeline: module {module!r} does not name block {block}")
-        j = i + len(needle)
-        if (j == len(module) or module[j] == ".") and block_of(module[:j]) == block:
-            return i + 1, j
-        start = i + 1
-
-
-def _target_block(a: Aligned, block: int | None, depth: int, t: int | None, target: int) -> int | None:
-    """The block index the entry's module has at ``target``: the same place in the sweep."""
-    if block is None:
-        return None
-    region = a.order[1]
-    if region == 2:  # the middle block visited t-th
+def _target_block(a: Aligned, t: int, target: int) -> int:
+    """The index at ``target`` of the block an entry of ``a`` belongs to: the same place in the
+    sweep (the middle block visited ``t``-th, or the first or the last block visited)."""
+    if a.order[1] == 2:
         return t if a.ascending else target - 1 - t
-    if region in (1, 3):  # the first or the last block visited
-        first = region == 1
-        return (0 if first else target - 1) if a.ascending else (target - 1 if first else 0)
-    return block  # outside the sweep's blocks, a block's entry (none in practice) keeps its index
+    first = a.order[1] == 1
+    return (0 if first else target - 1) if a.ascending else (target - 1 if first else 0)
