@@ -10,7 +10,7 @@ from typing import Any
 from tabulate import tabulate
 
 from ..results.record import AT_PEAK, CATEGORIES, FLOPS, MEMORY, PARAMS, PREDICTED_FLOPS, PREDICTED_MEMORY, \
-    PREDICTED_PARAMS, get
+    PREDICTED_PARAMS, PREDICTED_SHARDED, get
 from ..report.units import UNITS_NOTE, fmt_bytes, fmt_count, fmt_flops
 
 SHOWN_KEYS = ("workload", "method", "r", "alpha", "targets", "batch", "seq", "dtype", "precision", "quant",
@@ -104,8 +104,8 @@ def _moe(record: dict[str, Any]) -> list[str]:
     return lines
 
 
-SHARDED_CLOSED_FORMS = {MEMORY.weights: "predicted.sharded.weights", MEMORY.grads: "predicted.sharded.grads",
-                         MEMORY.optimizer: "predicted.sharded.optimizer"}
+SHARDED_CLOSED_FORMS = {MEMORY.weights: PREDICTED_SHARDED.weights, MEMORY.grads: PREDICTED_SHARDED.grads,
+                         MEMORY.optimizer: PREDICTED_SHARDED.optimizer}
 
 
 def _closed_forms(record: dict[str, Any]) -> str:
@@ -113,7 +113,7 @@ def _closed_forms(record: dict[str, Any]) -> str:
     optimizer state are rank 0's, so they are held against ``predicted.sharded`` (rank 0's closed
     forms), not the whole model's."""
     rows = []
-    sharded = isinstance(get(record, "predicted.sharded"), dict)
+    sharded = get(record, PREDICTED_SHARDED.weights) is not None
     paged = (("paged optimizer state", MEMORY.optimizer_paged, PREDICTED_MEMORY.optimizer_paged, fmt_bytes),)
     for name, traced_path, closed_path, fmt in CLOSED_FORMS + (paged if get(record, MEMORY.optimizer_paged) else ()):
         if sharded and traced_path in SHARDED_CLOSED_FORMS:

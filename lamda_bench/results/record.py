@@ -126,6 +126,8 @@ PARAMS = Block("params", PARAMS_KEYS)
 MEMORY = Block("memory", MEMORY_KEYS + MEMORY_OPTIONAL_KEYS)
 AT_PEAK = Block("memory.at_peak", CATEGORIES)
 RANK_AT_PEAK = Block("memory.per_rank.at_peak", CATEGORIES + SHARDED_CATEGORIES)  # sharded cells: rank 0's
+PREDICTED_SHARDED = Block("predicted.sharded", ("weights", "trainable_weights", "grads", "optimizer",
+                                               "largest_block_gathered"))  # sharded cells: rank 0's closed forms
 FLOPS = Block("flops", FLOPS_KEYS + FLOPS_OPTIONAL_KEYS)
 TIME = Block("time", TIME_KEYS)
 SERIES = Block("series", SERIES_KEYS)
