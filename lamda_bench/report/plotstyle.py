@@ -78,10 +78,18 @@ def flop_scale(max_flops: float) -> tuple[float, str]:
     return 1.0, "FLOP"
 
 
+LEGEND_MARGIN_IN = 0.3  # inches above and below a figure-tall legend
+
+
 def legend_outside(fig: Figure, handles: list[Any], labels: list[str], title: str | None = None) -> None:
-    """One legend for the whole figure, in its right margin."""
-    if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize=8, title=title, title_fontsize=8)
+    """One legend for the whole figure, in its right margin; the figure is made as tall as the
+    legend where the legend is the taller (its last entries were cut off the image otherwise)."""
+    if not handles:
+        return
+    legend = fig.legend(handles, labels, loc="outside right upper", fontsize=8, title=title, title_fontsize=8)
+    height = legend.get_window_extent(FigureCanvasAgg(fig).get_renderer()).height / fig.dpi + LEGEND_MARGIN_IN
+    if height > fig.get_figheight():
+        fig.set_figheight(height)
 
 
 def unique_handles(axes: list[Any]) -> tuple[list[Any], list[str]]:
