@@ -165,6 +165,7 @@ class CachingAllocatorModel:
         self._segments = self._peak_segments = self._retries = self._ooms = 0
         self._next_addr = _BASE
         self._va = _VA_DEFAULT if capacity is None else capacity + capacity // 8
+        self._plain_rounding = max(settings.roundup_power2_divisions) <= 1
 
     allocated = property(lambda self: self._allocated)
     reserved = property(lambda self: self._reserved)
@@ -188,7 +189,10 @@ class CachingAllocatorModel:
             self._live[key] = None
             return
         s = self.settings
-        size = round_size(nbytes, s)
+        if self._plain_rounding:  # round_size without power-2 divisions, inlined for speed
+            size = K_MIN_BLOCK if nbytes < K_MIN_BLOCK else (nbytes + K_MIN_BLOCK - 1) & -K_MIN_BLOCK
+        else:
+            size = round_size(nbytes, s)
         pool = self._small if size <= K_SMALL_SIZE else self._large
         alloc_size = get_allocation_size(size, s)
         block = self._get_free_block(pool, size)
