@@ -4,7 +4,7 @@ stack of activations of mixed sizes, small and large, freed mostly in reverse, w
 freed at once).
 
     python tests/bench_allocator.py            # wall and CPU seconds per replay and per 10^5 events
-    pytest tests/bench_allocator.py --benchmark-enable
+    pytest tests/bench_allocator.py --benchmark-only
 
 Not collected by the default pytest run (the file is not test_*.py).
 """
