@@ -35,7 +35,7 @@ def in_sample() -> list[dict]:
         if r["status"] != "ok" or r["cell"]["workload"] != "llama2-7b":
             continue
         cell = {k: v for k, v in r["cell"].items() if k not in ("timeout_s", "mode", "device", "steps", "warmup")}
-        p = by_id.setdefault(r["id"], {"name": r["id"], "card": "H100-80GB", "cell": cell, "runs": [],
+        p = by_id.setdefault(r["id"], {"name": r["id"], "trace": r["id"], "card": "H100-80GB", "cell": cell, "runs": [],
                                        "source": H100_SOURCE})
         p["runs"].append(r["time"]["step_median_s"])
     for p in by_id.values():
@@ -61,9 +61,12 @@ def cell_for_trace(p: dict) -> dict:
 
 
 def trace_name(p: dict) -> str:
-    """Cache file stem: points with the same cell (one cell on two cards) share one trace."""
+    """Cache file stem: the record id (in-sample), else the cell's hash (one cell on two cards:
+    one trace)."""
     import hashlib
 
+    if "trace" in p:
+        return p["trace"]
     return hashlib.sha256(json.dumps(p["cell"], sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -102,16 +105,17 @@ def main(argv: list[str]) -> None:
             err = (pred["step_s"] - p["measured_s"]) / p["measured_s"]
             rows.append({"name": p["name"], "card": p["card"], "source": p["source"], "setup": p["setup"],
                          "measured_s": round(p["measured_s"], 5), "predicted_s": round(pred["step_s"], 5),
-                         "error": round(err, 4), "bound": pred["bound"],
+                         "error": round(err, 4), "bound": pred["bound"], "excluded": p.get("excluded"),
                          "parts_s": {k: round(pred[k], 5) for k in ("compute_bound_s", "memory_bound_s", "launch_s",
                                                                      "device_s", "host_s")},
                          "by_kind_s": {k: round(v, 5) for k, v in pred["by_kind_s"].items()}})
             print(f"{label:14s} {p['name'][:38]:38s} {p['card']:13s} measured {p['measured_s']:.4f} "
-                  f"predicted {pred['step_s']:.4f} ({err:+.1%}) {pred['bound']}", flush=True)
-        errs = [abs(r["error"]) for r in rows]
+                  f"predicted {pred['step_s']:.4f} ({err:+.1%}) {pred['bound']}{' EXCLUDED' if p.get('excluded') else ''}",
+                  flush=True)
+        errs = [abs(r["error"]) for r in rows if not r["excluded"]]
         out[label] = {"points": rows, "median_abs_error": round(statistics.median(errs), 4),
                       "max_abs_error": round(max(errs), 4)}
-        print(f"{label}: median |error| {statistics.median(errs):.1%}, max {max(errs):.1%} over {len(rows)} points")
+        print(f"{label}: median |error| {statistics.median(errs):.1%}, max {max(errs):.1%} over {len(errs)} scored points")
     OUT.write_text(json.dumps(out, indent=1) + "\n")
 
 

@@ -13,6 +13,7 @@ from lamda_bench.fit.budgets import CARDS
 
 H100 = rates_for("H100-80GB")
 LAUNCH = eff.value("launch_s")
+GEMM_CAL, MEM_CAL = eff.value("gemm_calibration"), eff.value("memory_calibration")
 
 
 def _op(name, kind, dtype="bfloat16", flops=0, read=0, written=0, count=1, **extra):
@@ -26,8 +27,8 @@ def test_large_gemm_is_compute_bound_at_the_measured_matmul_fraction():
     flops = 2 * n ** 3  # 1.1 TFLOP: above Calculon's top bucket (128 GFLOP)
     cost = op_cost(_op("mm", "gemm", flops=flops, read=2 * n * n * 2, written=n * n * 2), H100)
     top = eff.value("gemm_peak_fraction")["H100-80GB"]  # stas00: 80% of 989 on H100 SXM
-    assert cost["compute"] == pytest.approx(flops / (989.4e12 * top))
-    assert cost["memory"] == pytest.approx(3 * n * n * 2 / (3.35e12 * 0.90))
+    assert cost["compute"] == pytest.approx(flops / (989.4e12 * top * GEMM_CAL))
+    assert cost["memory"] == pytest.approx(3 * n * n * 2 / (3.35e12 * 0.90 * MEM_CAL))
     assert cost["compute"] > 5 * cost["memory"]
     assert cost["launch"] == LAUNCH
 
@@ -52,7 +53,7 @@ def test_elementwise_add_moves_its_bytes_at_the_bucketed_bandwidth():
     size = 64 * 2 ** 20  # 64 MiB each: two inputs, one output, 201 MB moved (>= 100 MB bucket: 0.90)
     cost = op_cost(_op("add", "elementwise", read=2 * size, written=size), H100)
     assert cost["compute"] == 0
-    assert cost["memory"] == pytest.approx(3 * size / (3.35e12 * 0.90))
+    assert cost["memory"] == pytest.approx(3 * size / (3.35e12 * 0.90 * MEM_CAL))
     small = op_cost(_op("add", "elementwise", read=2 * 1000, written=1000), H100)
     assert small["memory"] < LAUNCH  # a tiny op costs its launch, not its bytes
 
@@ -60,7 +61,7 @@ def test_elementwise_add_moves_its_bytes_at_the_bucketed_bandwidth():
 def test_memory_fraction_interpolates_between_calculon_buckets():
     mid = (10e6 * 100e6) ** 0.5  # halfway in log between the 10 MB (0.75) and 100 MB (0.90) buckets
     cost = op_cost(_op("mul", "elementwise", read=mid, written=0), H100)
-    assert cost["memory"] == pytest.approx(mid / (3.35e12 * 0.825))
+    assert cost["memory"] == pytest.approx(mid / (3.35e12 * 0.825 * MEM_CAL))
 
 
 def test_causal_attention_does_half_the_counted_work():

@@ -42,13 +42,14 @@ def gemm_fraction(card: str, flops: float) -> float:
     """Achievable fraction of the matmul peak for a GEMM of ``flops`` on ``card``."""
     buckets = eff.value("gemm_buckets")
     top = eff.value("gemm_peak_fraction").get(card, eff.value("gemm_peak_fraction_default"))
-    return _interp(buckets, max(flops, 1.0)) * top / buckets[0][1]
+    return _interp(buckets, max(flops, 1.0)) * top / buckets[0][1] * eff.value("gemm_calibration")
 
 
 def memory_seconds(rates: Rates, nbytes: float, factor: float = 1.0) -> float:
     if nbytes <= 0:
         return 0.0
-    return nbytes / (rates.bandwidth * _interp(eff.value("memory_buckets"), nbytes) * factor)
+    fraction = _interp(eff.value("memory_buckets"), nbytes) * factor * eff.value("memory_calibration")
+    return nbytes / (rates.bandwidth * fraction)
 
 
 def op_cost(op: dict, rates: Rates, allow_tf32: bool = False) -> dict:
