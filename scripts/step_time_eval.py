@@ -1,7 +1,9 @@
 """Calibration (in-sample) and validation (out-of-sample) of the step-time model.
 
 In-sample: the LLaMA2-7B H100 cells of reports/gpu/measured/results.jsonl (time.step_median_s).
-Out-of-sample: scripts/step_time_points.json (public measurements nobody here made).
+Out-of-sample: scripts/step_time_points.json (public measurements nobody here made); a point
+with ``accumulation`` n ran n micro-batches per optimizer step (its forward and backward ops count n times);
+one with ``attention_causal`` ran a causal attention kernel (see ``causal``).
 Each cell is traced as an estimate at layers 3, 4, 5 with the op recorder (scripts/trace_cells.py,
 cached in CACHE), predicted per depth and extrapolated to its model's depth (verified on the third
 probe). Writes lamda_bench/card/validation.json and prints one line per point.
@@ -70,11 +72,25 @@ def trace_name(p: dict) -> str:
     return hashlib.sha256(json.dumps(p["cell"], sort_keys=True).encode()).hexdigest()[:16]
 
 
+def accumulate(ops: list[dict], n: int) -> list[dict]:
+    """One optimizer step of ``n`` micro-batches: every forward and backward op ``n`` times, the
+    optimizer's once (the trace is one micro-batch and one optimizer step)."""
+    return [op if op["phase"] == "optimizer" else {**op, "count": op["count"] * n} for op in ops]
+
+
+def causal(ops: list[dict]) -> list[dict]:
+    """The attention ops as causal kernels: on fake tensors transformers cannot see that a mask is
+    all ones, so it passes a mask and ``is_causal=False``; a real run whose kernel is causal
+    (flash-attn's ``causal=True``) skips the masked half."""
+    return [{**op, "causal": True} if op["kind"] == "attention" else op for op in ops]
+
+
 def predict(p: dict, cache: Path) -> dict:
     per_depth = {}
     for depth in (3, 4, 5):
         ops = json.loads((cache / f"{trace_name(p)}.L{depth}.json").read_text())
-        per_depth[depth] = predict_step_time(ops, p["card"])
+        ops = accumulate(ops, p.get("accumulation", 1))
+        per_depth[depth] = predict_step_time(causal(ops) if p.get("attention_causal") else ops, p["card"])
     target = workloads.get_workload(p["cell"]["workload"]).default_layers
     return extrapolate_time(per_depth, target)
 
