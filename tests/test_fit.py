@@ -13,7 +13,7 @@ import json
 import pytest
 
 from lamda_bench import cli
-from lamda_bench.fit.budgets import (CARDS, DEVICE_OVERHEAD_BYTES, GIB, MIB, WORKSPACE_BYTES, BudgetError,
+from lamda_bench.fit.budgets import (CARDS, GIB, MIB, WORKSPACE_BYTES, BudgetError,
                                  parse_budget, parse_size)
 from lamda_bench.suite.cell import Cell
 from lamda_bench.fit.plan import FitError, plan
@@ -32,11 +32,15 @@ def test_sizes_take_their_units_literally():
             parse_size(bad)
 
 
-def test_budgets_by_card_name_include_the_device_overhead():
+def test_budgets_by_card_name_are_taken_on_the_cards_terms():
+    """A card budget holds each probe's memory.device_peak (the allocator model's reserved peak
+    plus the card's context) against the card's total, with no flat margin (issue 39)."""
     h100 = parse_budget("h100-80gb")  # names are case-insensitive
-    assert h100.card == "H100-80GB" and h100.bytes == 81559 * MIB
-    assert h100.margin == WORKSPACE_BYTES + DEVICE_OVERHEAD_BYTES
-    assert h100.fits(h100.bytes - h100.margin) and not h100.fits(h100.bytes - h100.margin + 1)
+    assert h100.card == "H100-80GB" and h100.bytes == 81559 * MIB and h100.on_card == "H100-80GB"
+    assert h100.margin == 0 and h100.fits(h100.bytes) and not h100.fits(h100.bytes + 1)
+    assert "memory.device_peak on H100-80GB" in h100.policy()
+    sized = parse_budget("24GiB", card_terms="rtx4090-24gb")  # a size with a card's terms (fit --card)
+    assert sized.on_card == "RTX4090-24GB" and sized.margin == 0 and "RTX4090-24GB" in sized.source
     plain = parse_budget("24GiB", reserve=GIB)
     assert plain.card is None and plain.margin == WORKSPACE_BYTES + GIB and plain.usable == 23 * GIB - WORKSPACE_BYTES
     assert "64 MiB" not in plain.policy() and str(WORKSPACE_BYTES) in plain.policy()

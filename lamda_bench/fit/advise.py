@@ -223,12 +223,12 @@ def _label(change: Change) -> str:
 
 def command_flags(change: Change) -> list[str]:
     """The change as ``fit`` flags: ``--seq``, ``--world-size/--parallel``, ``--r``, ``--targets``,
-    ``--optimizer``, else ``--set`` (a key with a flag of its own must go through it: the flag
+    ``--optimizer``, ``--allocator``, else ``--set`` (a key with a flag of its own must go through it: the flag
     overrides a ``--set`` of the same key)."""
     out, rest = [], dict(change)
     if "world_size" in rest:
         out += ["--world-size", str(rest.pop("world_size")), "--parallel", str(rest.pop("parallel", "fsdp2"))]
-    for key in ("seq", "r", "targets", "optimizer"):
+    for key in ("seq", "r", "targets", "optimizer", "allocator"):
         if key in rest:
             out += [f"--{key}", str(rest.pop(key))]
     for flag in set_flags(rest):

@@ -32,6 +32,12 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="search in multiples of K (default 1 for batch, 128 for seq)")
     parser.add_argument("--limit", type=int, default=None,
                         help="largest value searched (default 4096 for batch; for seq the model's max positions)")
+    parser.add_argument("--card", default=None, metavar="NAME",
+                        help="with a size --budget: the card whose allocator, workspaces and context to assume "
+                             "(a card --budget implies its own)")
+    parser.add_argument("--allocator", default="default", metavar="SETTINGS",
+                        help="with a card: the caching allocator's settings, 'default', 'expandable' or a "
+                             "PYTORCH_CUDA_ALLOC_CONF string (docs/card-memory.md)")
     parser.add_argument("--reserve", default="0", help="extra memory held back from the budget, e.g. 2GiB (default 0)")
     parser.add_argument("--world-size", type=int, default=1,
                         help="ranks of a data-parallel job (default 1); the budget and the answer are per card")
@@ -54,6 +60,7 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
                              "first (docs/fit-advise.md)")
     parser.add_argument("--levers", default=None, metavar="A,B",
                         help="the levers --advise may pull (implies --advise; default all: gradient_checkpointing, "
+                             "expandable_segments (with a card), "
                              "autocast_adapter_dtype, quant, optimizer, r, targets, seq, world_size)")
     parser.add_argument("--advise-top", type=int, default=None, metavar="N",
                         help="stop the lever search once N combinations fit (default 3)")
@@ -79,7 +86,7 @@ def run_fit(args: argparse.Namespace) -> bool:
     for flag, value in (("--multiple", args.multiple), ("--limit", args.limit)):
         if value is not None and value < 1:
             raise FitError(f"{flag} {value}: expected an integer >= 1")
-    budget = parse_budget(args.budget, reserve=parse_size(args.reserve, "--reserve"))
+    budget = _budget(args, parse_budget, parse_size)
     translation, given = _from_config(args)
     axis, fixed = ("batch", "seq") if args.seq is not None or args.batch is None else ("seq", "batch")
     multiple = args.multiple if args.multiple is not None else DEFAULT_MULTIPLE[axis]
@@ -88,7 +95,8 @@ def run_fit(args: argparse.Namespace) -> bool:
         if key in overrides:
             raise FitError(f"--set {key}: fit sets {key} itself (use --workload, --method, --seq or --batch, "
                            "--world-size, --parallel)")
-    layout = Layout(args.world_size, args.parallel, paged_evictable=args.paged_evictable)
+    layout = Layout(args.world_size, args.parallel, paged_evictable=args.paged_evictable,
+                    on_card=budget.on_card is not None)
     layout.check(args.method)
     overrides = {**{k: list(v) if isinstance(v, tuple) else v for k, v in given.items() if k not in FIT_RESERVED_KEYS},
                  **overrides}
@@ -96,6 +104,8 @@ def run_fit(args: argparse.Namespace) -> bool:
         overrides["trace"] = args.trace
     overrides.update(workload=args.workload, method=list(args.method), mode="estimate",
                      **{fixed: getattr(args, fixed), axis: multiple}, **layout.probe_keys())
+    if budget.on_card is not None:  # the probes replay the allocator on the card (cell keys card, allocator)
+        overrides.update(card=budget.on_card, allocator=budget.allocator)
     if args.r is not None:
         overrides["r"] = args.r
     if args.targets is not None:
@@ -121,6 +131,28 @@ def run_fit(args: argparse.Namespace) -> bool:
     if translation is not None:
         print("\n".join(translation.lines()))
     return any(r["verdict"] == "error" for r in rows)
+
+
+def _budget(args: argparse.Namespace, parse_budget, parse_size):
+    """The budget: a card on its own terms, a size as allocatable memory, or a size with ``--card``'s
+    terms; ``--allocator`` only where a card's allocator is modelled. Bad flags are one line."""
+    from ..card.allocator import parse_settings
+    from ..card.cards import get_card
+
+    card = get_card(args.card, "--card").name if args.card is not None else None
+    parse_settings(args.allocator)
+    for key in ("card", "allocator"):
+        if any(str(o).split("=", 1)[0].strip() == key for o in args.overrides):
+            raise FitError(f"--set {key}: use fit's --card / --allocator (or a card as --budget)")
+    budget = parse_budget(args.budget, reserve=parse_size(args.reserve, "--reserve"), card_terms=card,
+                          allocator=args.allocator)
+    if budget.card is not None and card is not None and card != budget.card:
+        raise FitError(f"--card {card} beside --budget {args.budget}: a card budget is taken on its own terms; "
+                       "give one card")
+    if budget.on_card is None and args.allocator != "default":
+        raise FitError(f"--allocator {args.allocator!r} needs a card (--budget CARD, or --card NAME beside a size): "
+                       "the allocator is modelled on a card only")
+    return budget
 
 
 def _paged(name) -> bool:
@@ -176,7 +208,8 @@ def _command(args: argparse.Namespace, row: dict, flags: list[str]) -> str:
             f"--{fixed}": getattr(args, fixed), "--r": args.r, "--targets": args.targets,
             "--multiple": args.multiple, "--limit": args.limit,
             "--reserve": args.reserve if str(args.reserve) != "0" else None,
-            "--optimizer": args.optimizer, "--trace": args.trace if args.trace != "auto" else None}
+            "--optimizer": args.optimizer, "--trace": args.trace if args.trace != "auto" else None,
+            "--card": args.card, "--allocator": args.allocator if args.allocator != "default" else None}
     if args.world_size > 1:
         opts.update({"--world-size": args.world_size, "--parallel": args.parallel})
     sets = list(args.overrides)

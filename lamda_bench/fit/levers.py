@@ -145,6 +145,12 @@ def _sharding(cell: Cell) -> list[Change]:
     return [{"world_size": cell.world_size * k, "parallel": "fsdp2"} for k in (2, 4, 8)]
 
 
+def _expandable(cell: Cell) -> list[Change]:
+    """The caching allocator's expandable segments, on a card whose default settings the cell
+    replays (a cell without a card has no allocator modelled: the lever would change nothing)."""
+    return [{"allocator": "expandable"}] if cell.card is not None and cell.allocator == "default" else []
+
+
 LEVERS: dict[str, Lever] = {lever.name: lever for lever in (
     Lever("gradient_checkpointing", ("gradient_checkpointing",), _checkpointing, monotone=True,
           premise="a checkpointed block keeps only its input for the backward"),
@@ -172,6 +178,12 @@ LEVERS: dict[str, Lever] = {lever.name: lever for lever in (
           caveat="bitsandbytes' 8-bit AdamW (paged: its state in CUDA unified memory, counted in the peak "
                  "unless --paged-evictable): the update is computed from blockwise-quantized moments "
                  "(its effect on training not measured here); not modelled under sharding",
+          premise=""),
+    Lever("expandable_segments", ("allocator",), _expandable, monotone=False,
+          caveat="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True in the training run's environment: the "
+                 "allocator grows one mapped segment instead of caching fixed ones, so freed blocks fragment "
+                 "less; no cost that the harness measures (torch's mapping calls are not timed here); only "
+                 "with a card, whose allocator is modelled",
           premise=""),
     Lever("world_size", ("world_size", "parallel"), _sharding, monotone=False, excludes=("quant", "optimizer"),
           caveat="sharding over more cards (FSDP2, per card): N cards, and each step's all-gathers and "

@@ -69,6 +69,7 @@ class Layout:
     world_size: int = 1
     parallel: str = "none"
     paged_evictable: bool = False  # --paged-evictable: paged optimizer state left out of a card's peak
+    on_card: bool = False  # the budget's card terms: a probe's peak is its memory.device_peak (lamda_bench/card)
 
     def check(self, methods: Sequence[str]) -> None:
         if self.parallel not in PARALLEL:
@@ -94,7 +95,7 @@ class Layout:
         one-device peak plus DDP's gradient buckets, allocated when the model is wrapped and held
         all run: one more copy of every trainable parameter's gradient (``gradient_as_bucket_view``
         False, DDP's default), i.e. the record's ``memory.grads``."""
-        peak = get(record, MEMORY.peak)
+        peak = get(record, MEMORY.device_peak if self.on_card else MEMORY.peak)
         if peak is not None and not self.paged_evictable:  # paged optimizer state: counted unless evictable
             peak += get(record, MEMORY.optimizer_paged, 0)
         if peak is None or self.parallel != "ddp":
@@ -104,7 +105,8 @@ class Layout:
 
     def to_dict(self) -> dict[str, Any]:
         return {"world_size": self.world_size, "parallel": self.parallel, "per_card": True,
-                "paged_optimizer_counted": not self.paged_evictable}
+                "paged_optimizer_counted": not self.paged_evictable,
+                "peak_field": MEMORY.device_peak if self.on_card else MEMORY.peak}
 
 
 @dataclass

@@ -48,6 +48,7 @@ from ..model.precision import autocast_enabled
 from ..results.record import CATEGORIES  # the categories of memory.at_peak, defined once
 from ..optimizers.build import is_paged  # the tag optimizers/build.py puts on paged state
 from .active import tracker_active
+from .alloc_log import AllocationLog
 from .modules import ModuleScope
 
 _TO_COPY = torch.ops.aten._to_copy.default
@@ -66,6 +67,7 @@ class _Storage:
     created_at: int
     ref: weakref.ref | None = None
     weight_copy: bool = False  # autocast's cast of a weight
+    serial: int = -1  # its number in the allocation log, when one is attached
 
 
 @dataclass
@@ -119,6 +121,10 @@ class LiveMemoryTracker:
         # change that can set a peak, and before a storage changes category.
         self.on_change: Callable[[], None] | None = None
         self.on_reclassify: Callable[[_Storage, str], None] | None = None
+        # Optional: every device storage's birth and death in order (alloc_log.py), for the
+        # allocator model of lamda_bench/card; attach before entering.
+        self.alloc_log: AllocationLog | None = None
+        self._entering = False
 
     # ---- results ------------------------------------------------------------------------
     def summary(self) -> dict:
@@ -137,6 +143,8 @@ class LiveMemoryTracker:
         if self._phase is not None:
             raise RuntimeError(f"phase {name!r} started inside phase {self._phase!r}; phases do not nest")
         self._phase = name
+        if self.alloc_log is not None:
+            self.alloc_log.phase(name)
         self.phase_peaks.setdefault(name, Peak(self.live_bytes, dict(self.current), self._ops))
         self._note_peak()
         self._event(name, None, "start")
@@ -152,6 +160,7 @@ class LiveMemoryTracker:
 
     # ---- context ------------------------------------------------------------------------
     def __enter__(self) -> "LiveMemoryTracker":
+        self._entering = True
         params = list(self.model.parameters())
         for t in params + list(self.model.buffers()):
             self._register(t, "weights")
@@ -163,6 +172,7 @@ class LiveMemoryTracker:
         self.trainable_weights = sum(trainable.values())
         self._register_grads()
         self._register_optimizer_state()
+        self._entering = False
         for p in params:
             if p.requires_grad:
                 self._grad_hooks.append(p.register_post_accumulate_grad_hook(self._on_grad))
@@ -175,6 +185,8 @@ class LiveMemoryTracker:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.alloc_log is not None:
+            self.alloc_log.close()
         tracker_active.exit(self)
         self.scope.ops.__exit__(*exc)
         self.scope.ops.remove(self._observe)
@@ -223,6 +235,9 @@ class LiveMemoryTracker:
             self._register(t, category)
             return
         nbytes = st.nbytes()
+        if self.alloc_log is not None and rec.category != PAGED:  # a resize frees and allocates
+            self.alloc_log.died(rec.serial)
+            rec.serial = self.alloc_log.born(nbytes, category)
         self.current[rec.category] -= rec.nbytes
         self.live_bytes += nbytes - rec.nbytes
         self.current[category] = self.current.get(category, 0) + nbytes
@@ -245,6 +260,8 @@ class LiveMemoryTracker:
         self.current[category] = self.current.get(category, 0) + nbytes
         if category == PAGED:  # outside the device allocator: never in live_bytes
             return
+        if self.alloc_log is not None:
+            rec.serial = self.alloc_log.born(nbytes, category, existing=self._entering, tensor=t)
         self.device_storages += 1
         self.live_bytes += nbytes
         if weight_copy:
@@ -260,6 +277,8 @@ class LiveMemoryTracker:
                 if rec.category != PAGED:
                     self.live_bytes -= rec.nbytes
                     self.device_storages -= 1
+                    if self.alloc_log is not None and rec.serial >= 0:
+                        self.alloc_log.died(rec.serial)
                 if rec.weight_copy:
                     self.weight_copies -= rec.nbytes
 
@@ -277,6 +296,9 @@ class LiveMemoryTracker:
         if category == PAGED and rec.category != PAGED:  # leaves the device count from now on
             self.live_bytes -= rec.nbytes
             self.device_storages -= 1
+            if self.alloc_log is not None and rec.serial >= 0:
+                self.alloc_log.died(rec.serial)
+                rec.serial = -1
         rec.category = category
 
     def _note_peak(self) -> None:

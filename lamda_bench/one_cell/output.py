@@ -67,11 +67,46 @@ def _peak(record: dict[str, Any], kind: str) -> str:
     head = f"peak memory ({kind}): {fmt_bytes(peak)} ({peak} B), reached in {phase or 'n/a'}"
     by_phase = "peak by phase: " + ", ".join(f"{name} {fmt_bytes(v)}" for name, v in phases)
     lines = [head, tabulate(rows, headers=["at the peak", "bytes", "share"], disable_numparse=True), by_phase]
+    lines += _card(record, kind)
     paged = get(record, MEMORY.optimizer_paged)
     if paged:  # docs/optimizers.md
         lines.append(f"paged optimizer state (CUDA unified memory, evictable to host RAM; not in the peak): "
                      f"{fmt_bytes(paged)} ({paged} B); lamda-bench fit counts it unless --paged-evictable")
     return "\n".join(lines)
+
+
+def _card(record: dict[str, Any], kind: str) -> list[str]:
+    """With a card: the tensor peak, the allocator's reserved peak and the device total, each
+    labelled as what it is (docs/card-memory.md)."""
+    card = get(record, "cell.card")
+    reserved, device = get(record, MEMORY.reserved_peak), get(record, MEMORY.device_peak)
+    if not card or reserved is None:
+        return []
+    allocator = get(record, "info.allocator") or {}
+    peak = get(record, MEMORY.peak)
+    hidden = sum(h["bytes"] for h in allocator.get("hidden", []))
+    total = get(record, "info.allocator.capacity")
+    lines = [f"on the card {card} (predicted: the caching allocator's model replayed over the run, "
+             f"settings {(allocator.get('settings') or {}).get('text') or 'default'}):",
+             f"  tensor peak ({kind}):              {fmt_bytes(peak)} ({peak} B)",
+             f"  reserved peak (predicted):      {fmt_bytes(reserved)} ({reserved} B), "
+             f"{_share(reserved - peak, peak)} above the tensor peak, BLAS workspaces {fmt_bytes(hidden)} included",
+             f"  device peak (predicted, as nvidia-smi would show it): {fmt_bytes(device)} ({device} B): reserved "
+             f"+ context {fmt_bytes(allocator.get('context_bytes'))}"
+             + ("" if "assumed" not in str(allocator.get("context_source")) else " (assumed: the H100's)")]
+    step = get(record, "time.step_s_predicted")
+    if step is not None:
+        model = get(record, "info.time_model") or {}
+        band = model.get("error_band") or {}
+        lines.append(f"  step time (predicted, {model.get('bound', '?')}-bound, time model v{model.get('time_model_version')}): "
+                     f"{step:.3f} s, {get(record, 'time.tokens_per_s_predicted'):,.0f} tokens/s; error out of sample "
+                     f"(docs/step-time.md): median {band.get('median_abs_error', 0) * 100:.1f}%, "
+                     f"largest {band.get('max_abs_error', 0) * 100:.1f}% over {band.get('points', '?')} points")
+    if allocator.get("oom"):
+        lines.append(f"  DOES NOT FIT: {allocator['oom']}")
+    elif total is not None:
+        lines.append(f"  fits: {fmt_bytes(total - reserved)} left to the allocator on the card")
+    return lines
 
 
 def _params(record: dict[str, Any]) -> str:

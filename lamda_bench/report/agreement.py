@@ -25,7 +25,8 @@ from .tables import md_table
 from .units import UNITS_NOTE, fmt_bytes
 
 DEFAULT_TOLERANCE = 0.03
-_NOT_PAIRED_ON = ("device", "mode", "timeout_s")
+# how an estimate was traced, and a card (which only adds predictions), are not what a cell measures
+_NOT_PAIRED_ON = ("device", "mode", "timeout_s", "trace", "card", "allocator")
 
 
 def pair_key(record: dict[str, Any]) -> str:
@@ -92,6 +93,7 @@ def agreement(measured_dir: Path, estimated_dir: Path, tolerance: float = DEFAUL
             fmt_bytes(get(m, MEMORY.cuda_max_allocated)), fmt_bytes(get(m, MEMORY.cuda_max_reserved)),
             rel, fmt_bytes(row["gap"]), row["verdict"],
         ])
+    card = _card_table(rows)
     compared = [r for r in rows if r["rel"] is not None]
     agree = sum(1 for r in compared if r["verdict"] == "agrees")
     devices = sorted({str(get(r["measured"], ENV.device_name)) for r in rows} - {"None"})
@@ -112,6 +114,52 @@ def agreement(measured_dir: Path, estimated_dir: Path, tolerance: float = DEFAUL
         "a gap that is the same in every cell is a per-process constant (cuBLAS / cuBLASLt "
         "workspaces, kept by the caching allocator after the BLAS warm-up), not accounting that scales.",
         "",
+        *card,
         UNITS_NOTE,
     ]
     return "\n".join(out) + "\n"
+
+
+def _rel(predicted: Any, measured: Any) -> float | None:
+    return None if predicted is None or not measured else (predicted - measured) / measured
+
+
+def _card_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Where the estimates name a card: the allocator model's reserved peak against CUDA's
+    ``max_memory_reserved``, and the device peak against NVML's used memory, cell by cell."""
+    import statistics
+
+    table, reserved_errs, device_errs = [], [], []
+    for row in rows:
+        m, e = row["measured"], row["estimated"]
+        reserved, device = get(e, MEMORY.reserved_peak), get(e, MEMORY.device_peak)
+        if reserved is None or not (is_ok(m) and is_ok(e)):
+            continue
+        r_rel = _rel(reserved, get(m, MEMORY.cuda_max_reserved))
+        d_rel = _rel(device, get(m, MEMORY.nvml_used))
+        reserved_errs += [abs(r_rel)] if r_rel is not None else []
+        device_errs += [abs(d_rel)] if d_rel is not None else []
+        table.append([method_label(m), get(m, CELL.r), _cell_label(m), get(e, "cell.card"),
+                      fmt_bytes(reserved), fmt_bytes(get(m, MEMORY.cuda_max_reserved)),
+                      "n/a" if r_rel is None else f"{r_rel * 100:+.2f}%",
+                      fmt_bytes(device), fmt_bytes(get(m, MEMORY.nvml_used)),
+                      "n/a" if d_rel is None else f"{d_rel * 100:+.2f}%"])
+    if not table:
+        return []
+
+    def summary(errs: list[float]) -> str:
+        if not errs:
+            return "n/a"
+        return f"median {statistics.median(errs) * 100:.2f}%, largest {max(errs) * 100:.2f}%"
+
+    return [
+        "## On the card: predicted reserved and device memory vs measured",
+        "",
+        md(f"{len(table)} cells. Reserved peak (allocator model, lamda_bench/card) vs CUDA `max_memory_reserved`: "
+           f"absolute error {summary(reserved_errs)}. Device peak (reserved + context) vs NVML used: "
+           f"{summary(device_errs)}."),
+        "",
+        md_table(["method", "r", "cell", "card", "predicted reserved", "CUDA max reserved", "error",
+                  "predicted device", "NVML used", "error"], table),
+        "",
+    ]

@@ -23,11 +23,12 @@ from ..results.values import is_number
 CELL_AXES = ("workload", "d_in", "d_out", "layers", "method", "r", "alpha", "targets", "batch", "seq",
              "dtype", "precision", "quant", "kbit_prepare", "world_size", "parallel", "reshard_after_forward",
              "gradient_checkpointing",
-             "optimizer", "lr", "steps", "warmup", "attn_implementation", "seed", "device", "mode")
+             "optimizer", "lr", "steps", "warmup", "attn_implementation", "seed", "device", "mode", "card",
+             "allocator")
 # The axes that make a "shape group": cells that train the same model on the same data under
 # the same precision policy and sharding, so their methods can be ranked against each other.
 SHAPE_AXES = ("workload", "d_in", "d_out", "layers", "batch", "seq", "dtype", "precision", "quant", "kbit_prepare",
-              "world_size", "parallel", "device", "mode")
+              "world_size", "parallel", "device", "mode", "card", "allocator")
 
 AXIS_TITLES = {"gradient_checkpointing": "checkpointing", "attn_implementation": "attention",
                "kbit_prepare": "kbit prepared"}

@@ -7,10 +7,10 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ..results.record import MEMORY, PARAMS, TIME
+from ..results.record import MEMORY, PARAMS
 from .axes import Axes
 from .records import get
-from .units import UNITS_NOTE, fmt_bytes, fmt_count, fmt_rate
+from .units import UNITS_NOTE, fmt_bytes, fmt_count, fmt_throughput
 
 
 def summary_table(records: list[dict[str, Any]]) -> str:
@@ -20,7 +20,7 @@ def summary_table(records: list[dict[str, Any]]) -> str:
         fmt_count(get(rec, PARAMS.trainable)),
         fmt_bytes(get(rec, MEMORY.saved_activations_adapter)),
         fmt_bytes(get(rec, MEMORY.peak)),
-        fmt_rate(get(rec, TIME.tokens_per_s)),
+        fmt_throughput(rec),
     ] for rec in records]
     headers = ["status"] + axes.columns() + ["trainable params", "saved act. (adapter)", "peak", "throughput"]
     return "\n".join([axes.header(), tabulate(rows, headers=headers, disable_numparse=True), UNITS_NOTE])

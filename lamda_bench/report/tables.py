@@ -16,7 +16,7 @@ from ..results.record import CELL, FLOPS, MEMORY, PARAMS, PREDICTED_FLOPS, PREDI
 from .axes import Axes
 from .escape import md, md_code
 from .records import get, is_ok, method_label, mode
-from .units import MISSING, fmt_bytes, fmt_count, fmt_flops, fmt_rate, fmt_seconds, ratio
+from .units import MISSING, fmt_bytes, fmt_count, fmt_flops, fmt_rate, fmt_seconds, fmt_throughput, ratio
 
 
 class Raw(str):
@@ -42,7 +42,7 @@ def throughput_spread(rec: dict[str, Any]) -> tuple[float | None, float | None]:
 def _throughput(rec: dict[str, Any]) -> str:
     rate = get(rec, TIME.tokens_per_s)
     if rate is None:
-        return MISSING
+        return fmt_throughput(rec)  # the time model's prediction on the cell's card, said as such, or n/a
     low, high = throughput_spread(rec)
     spread = f" ({low:,.0f}-{high:,.0f})" if low and high else ""
     return fmt_rate(rate) + spread

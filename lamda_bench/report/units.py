@@ -57,6 +57,18 @@ def fmt_rate(tokens_per_s: float | None) -> str:
     return MISSING if tokens_per_s is None else f"{tokens_per_s:,.0f} tokens/s"
 
 
+def fmt_throughput(record: dict) -> str:
+    """Measured tokens/s, else the time model's prediction on the cell's card, said as such
+    ("predicted on H100-80GB"), else n/a: a prediction is never shown as a measurement."""
+    time = record.get("time") or {}
+    if time.get("tokens_per_s") is not None:
+        return fmt_rate(time["tokens_per_s"])
+    predicted = time.get("tokens_per_s_predicted")
+    if predicted is None:
+        return MISSING
+    return f"{fmt_rate(predicted)} predicted on {(record.get('cell') or {}).get('card')}"
+
+
 def fmt_ratio(r: float | None) -> str:
     return MISSING if r is None else f"{r:.3f}x"
 

@@ -43,11 +43,17 @@ MEMORY_OPTIONAL_KEYS = (
     "per_rank", "saved_discarded", "saved_discarded_adapter", "saved_recomputed", "saved_recomputed_adapter",
     "autocast_weight_copies", "autocast_weight_copies_at_peak", "saved_autocast_weight_copies",
     "optimizer_paged",  # any optimizer but adamw/sgd: paged optimizer state (CUDA unified memory), 0 if none
+    # a cell with a card (lamda_bench/card): the allocator model's max reserved (BLAS workspaces included),
+    # and reserved + the card's context (what nvidia-smi would show at the worst moment); info.allocator
+    "reserved_peak", "device_peak",
 )
 FLOPS_KEYS = ("forward", "backward", "adapter_forward", "adapter_backward", "attention_counting")
 # Written for mixture-of-experts models only (lamda_bench/model/moe.py): read with a default.
 FLOPS_OPTIONAL_KEYS = ("experts_forward", "experts_backward", "grouped_counting")
 TIME_KEYS = ("step_median_s", "step_min_s", "step_max_s", "steps_timed", "tokens_per_s")
+# A cell with a card only: the time model's prediction (lamda_bench/card/step_time.py, info.time_model),
+# never mixed with the measured fields above.
+TIME_OPTIONAL_KEYS = ("step_s_predicted", "tokens_per_s_predicted")
 SERIES_KEYS = ("step", "trainable", "optimizer", "backward_flops", "peak", "ran")
 PREDICTED_MEMORY_KEYS = ("saved_activations_adapter", "weights", "grads", "optimizer", "optimizer_paged")
 PREDICTED_FLOPS_KEYS = ("adapter_forward", "adapter_backward")
@@ -118,7 +124,7 @@ CELL = Block("cell", (
     "workload", "method", "r", "alpha", "targets", "layers", "d_in", "d_out", "batch", "seq", "dtype", "device",
     "mode", "steps", "warmup", "optimizer", "lr", "gradient_checkpointing", "attn_implementation", "seed",
     "world_size", "parallel", "reshard_after_forward", "timeout_s", "precision", "options",
-    "experts_implementation", "output_router_logits",
+    "experts_implementation", "output_router_logits", "card", "allocator",
 ))
 # Method options readers look at (cell.options holds every option of the cell's method).
 OPTIONS = Block("cell.options", ("freeze_mode", "freeze_fraction", "autocast_adapter_dtype", "dropout"))
@@ -129,7 +135,7 @@ RANK_AT_PEAK = Block("memory.per_rank.at_peak", CATEGORIES + SHARDED_CATEGORIES)
 PREDICTED_SHARDED = Block("predicted.sharded", ("weights", "trainable_weights", "grads", "optimizer",
                                                "largest_block_gathered"))  # sharded cells: rank 0's closed forms
 FLOPS = Block("flops", FLOPS_KEYS + FLOPS_OPTIONAL_KEYS)
-TIME = Block("time", TIME_KEYS)
+TIME = Block("time", TIME_KEYS + TIME_OPTIONAL_KEYS)
 SERIES = Block("series", SERIES_KEYS)
 PREDICTED_PARAMS = Block("predicted.params", ("trainable", "updates"))
 PREDICTED_MEMORY = Block("predicted.memory", PREDICTED_MEMORY_KEYS)

@@ -68,6 +68,41 @@ def cell_id(cell: Any) -> str | None:
 
 
 
+def card_answer(c, alloc_log, probe: bool = False):
+    """The cell's card memory (``card/memory.py``): the allocator model over the whole run of the
+    instrumented step's allocation log, memory.reserved_peak and device_peak, info.allocator."""
+    from ..card.memory import card_memory
+
+    return card_memory(alloc_log, c.card, c.allocator, c.warmup + 1 + c.steps,
+                       linalg_at_init=linalg_at_init(c), capacity=not probe)
+
+
+def predict_on_card(c, res: StepResult) -> dict:
+    """The time model's prediction for the instrumented step's ops on the cell's card."""
+    from ..card.step_time import predict_step_time
+
+    return predict_step_time(res.op_recorder.ops(), c.card)
+
+
+def time_on_card(c, prediction: dict) -> tuple[dict, dict]:
+    """(time.step_s_predicted and tokens_per_s_predicted, info.time_model): a prediction, in fields
+    of its own, never mixed with a measured step time; info.time_model holds its parts, what is not
+    modelled and the error band measured out of sample (docs/step-time.md)."""
+    from ..card.validation import error_band
+
+    step = prediction["step_s"]
+    fields = {"step_s_predicted": step, "tokens_per_s_predicted": c.batch * c.seq / step if step > 0 else None}
+    return fields, {**prediction, "error_band": error_band()}
+
+
+def linalg_at_init(c) -> bool:
+    """Whether the method's init runs an SVD on the device (LaMDA's and PiSSA's SVD inits): the
+    card then loads cuSOLVER, which its context shows (card/cards.py)."""
+    if c.method in ("lamda", "lamda++"):
+        return c.option("init", "svd") != "lora"
+    return c.method == "pissa"
+
+
 def fill_record(record: dict, plan: Plan, res: StepResult, mode: str, device: str, artifacts_dir: str | None) -> None:
     c = plan.cell
     applied, live, saved, flops = res.applied, res.live, res.saved, res.flops
@@ -99,6 +134,10 @@ def fill_record(record: dict, plan: Plan, res: StepResult, mode: str, device: st
         "nvml_used": res.device_memory.get("nvml_used"),
         "host_rss_peak": res.device_memory.get("host_rss_peak"),
     }
+    if c.card is not None and res.event_logs is None:  # the card (lamda_bench/card); probes: depth.py
+        answer = card_answer(c, res.alloc_log)
+        res.info["allocator"] = answer.info
+        record["memory"].update(answer.memory_fields())
     if c.optimizer not in ("adamw", "sgd"):  # issue 25's optimizers: the paged state said apart (0: none)
         record["memory"]["optimizer_paged"] = res.optimizer_paged
     if parallel.is_parallel(c):
@@ -137,6 +176,9 @@ def fill_record(record: dict, plan: Plan, res: StepResult, mode: str, device: st
         "steps_timed": len(t.times_s) if t else 0,
         "tokens_per_s": tokens / t.median_s if t and t.median_s > 0 else None,
     }
+    if c.card is not None and res.event_logs is None:  # predicted on the card (card/step_time.py); probes: depth.py
+        fields, res.info["time_model"] = time_on_card(c, predict_on_card(c, res))
+        record["time"].update(fields)
     record["series"] = series
     record["predicted"] = predicted(plan, res)
     if parallel.is_parallel(c) and isinstance(record["predicted"], dict):

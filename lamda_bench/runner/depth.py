@@ -153,11 +153,45 @@ def extrapolated(plan: Plan, device: str) -> tuple[dict, list[dict] | None]:
     out["series"] = {k: series[k] for k in records[-1]["series"]}
     info["model"] = workloads.model_facts(c)
     out["info"] = {k: info[k] for k in records[-1]["info"]}
+    if c.card is not None:  # the allocator replayed over the stream laid out at the target depth; the time model
+        card_at_depth(out, plan, {d: r.alloc_log for d, (_, r) in zip(depths, runs)}, target)
+        time_at_depth(out, plan, {d: r for d, (_, r) in zip(depths, runs)}, target)
     timeline = None
     if plan.timeline:
         timeline = timeline_at({d: r.live.timeline for d, (_, r) in zip(depths, runs)},
                                res.event_logs[instrumented].block_span, target, "timeline")
     return out, timeline
+
+
+def card_at_depth(out: dict, plan: Plan, logs: dict, target: int) -> None:
+    """memory.reserved_peak and device_peak (info.allocator) at the target depth: the allocator
+    model replayed over the allocation stream laid out from the probes (``card/render.py``, certified
+    there), with the card's capacity, exactly as a full trace's replay."""
+    from ..card.render import render
+    from .assemble import card_answer
+
+    answer = card_answer(plan.cell, render(logs, target), probe=False)
+    answer.info["stream"] = (f"laid out at depth {target} from the depth probes' tagged allocation logs "
+                             "(card/render.py), checked at a probe depth to the event")
+    out["memory"].update(answer.memory_fields())
+    out["info"]["allocator"] = answer.info
+
+
+def time_at_depth(out: dict, plan: Plan, runs: dict, target: int) -> None:
+    """time.step_s_predicted at the target depth: each part of the time model is a sum over ops, so
+    affine in depth; fitted on two probes and checked on the third (``card/step_time.py``)."""
+    from ..card.step_time import NotAffine, extrapolate_time
+    from .assemble import predict_on_card, time_on_card
+
+    try:
+        prediction = extrapolate_time({d: predict_on_card(plan.cell, r) for d, r in runs.items()}, target)
+    except NotAffine as e:  # no time rather than a guess; the memory answer stands (it is certified apart)
+        out["time"].update(step_s_predicted=None, tokens_per_s_predicted=None)
+        out["info"]["time_model"] = {"not_predicted": f"the probes' predictions do not extrapolate: {e}; "
+                                                      "trace = 'full' gives one"}
+        return
+    fields, out["info"]["time_model"] = time_on_card(plan.cell, prediction)
+    out["time"].update(fields)
 
 
 def rank_memory(inst: StepAtDepth, probe: dict) -> dict:

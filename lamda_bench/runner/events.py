@@ -53,6 +53,7 @@ class EventLog:
         self.model = model
         self.optimizer = optimizer
         self.events: list[Event] = []
+        self.alloc_tagger: "AllocTagger | None" = None  # a card's allocation log's tagger (set by step.py)
         self.reclassified: list[tuple[int, int, int, str, str]] = []  # (seq, created_at, nbytes, old, new)
         self._pattern = re.compile(re.escape(prefix) + r"\.(\d+)(?:\.|$)")
         self._block_of_name: dict[str | None, int | None] = {None: None}
@@ -70,6 +71,8 @@ class EventLog:
         self.live.on_change = None
         self.live.on_reclassify = None
         self.scope.ops.remove(self._locate)
+        if self.alloc_tagger is not None:
+            self.alloc_tagger.close()
 
     # ---- where a change belongs ----------------------------------------------------------
     def block_of(self, name: str | None) -> int | None:
@@ -176,3 +179,75 @@ class EventLog:
             if mine != p.live_bytes:
                 return f"the event log's {phase} peak {mine} B differs from the tracker's {p.live_bytes} B"
         return None
+
+
+class AllocTagger:
+    """Tags each event of the step's allocation log (``measure/alloc_log.py``) with its decoder
+    block, for ``card/render.py``. An event inside a module belongs to that module's block (None
+    outside the blocks). Outside every module, a birth belongs to the one block whose parameters,
+    gradients or state its op reads (a foreach op over many blocks' tensors gives its k-th output
+    the block of its first list's k-th tensor), else to the block of the op before it; a death, to
+    the block its storage was born in (temporaries dropped after a foreach op, gradients set to
+    None). An existing storage belongs to its parameter's block. Its op observer must run before
+    the live tracker's: attach before entering the trackers, as the EventLog."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.block: int | None = None  # the op's, outside modules
+        self.last: int | None = None  # the block of the phase's last event tagged with one
+        self._list: list[int | None] | None = None
+        self._k = 0
+        log.scope.ops.add(self._locate)
+
+    def close(self) -> None:
+        self.log.scope.ops.remove(self._locate)
+
+    def phase_started(self) -> None:
+        self.block, self.last, self._list = None, None, None
+
+    def _module(self) -> tuple[bool, int | None]:
+        name = self.log.scope.current()
+        return (name is not None, self.log.block_of(name) if name is not None else None)
+
+    def _locate(self, func, args, kwargs, out) -> None:
+        log = self.log
+        self._list, self._k = None, 0
+        if log.scope.current() is not None:
+            return
+        blocks = {log._block_of_storage(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        blocks.discard(None)
+        if len(blocks) == 1:
+            self.block = blocks.pop()
+        elif blocks:
+            self.block = None
+            first = args[0] if args else None
+            if "_foreach_" in str(func) and isinstance(first, (list, tuple)):
+                self._list = [log._block_of_storage(t) if isinstance(t, torch.Tensor) else None for t in first]
+
+    def _seen(self, tag: int | None) -> int | None:
+        if tag is not None:
+            self.last = tag
+        return tag
+
+    def tag_birth(self, tensor, existing: bool) -> int | None:
+        if existing:
+            return self.log._block_of_storage(tensor) if isinstance(tensor, torch.Tensor) else None
+        inside, block = self._module()
+        if inside:
+            return self._seen(block)
+        if self._list is not None and self._k < len(self._list):
+            self._k += 1
+            return self._seen(self._list[self._k - 1])
+        return self._seen(self.block)
+
+    def tag_death(self, birth_tag: int | None) -> int | None:
+        """Inside a block: that block. Inside a module outside the blocks (the model's own forward
+        between two blocks, the final norm): the block of the phase's last tagged event, for a
+        block's storage (the previous block's output, freed once the next block returned). Outside
+        every module: the op's block, else the block the storage was born in."""
+        inside, block = self._module()
+        if inside:
+            if block is None and birth_tag is not None:
+                return self.last
+            return self._seen(block)
+        return self._seen(self.block if self.block is not None else birth_tag)

@@ -49,3 +49,5 @@ class StepResult:
     precision: precision.PrecisionRun = field(default_factory=precision.PrecisionRun)  # forward, backward, step
     event_logs: "dict[int, Any] | None" = None  # depth probes only: step -> events.EventLog
     blocks_prefix: str = ""  # depth probes only: the qualified name of the decoder blocks' list
+    alloc_log: Any = None  # cells with a card: the instrumented step's allocation log (measure/alloc_log.py)
+    op_recorder: Any = None  # cells with a card: the instrumented step's ops (measure/ops.py), for the time model

@@ -187,6 +187,8 @@ def train_step(loop: Loop, step: int, trackers: StepTrackers | None = None,
         on_grads()
     with phase("optimizer"):
         res.precision.step(loop.optimizer)
+        if trackers is not None and trackers.live is not None and trackers.live.alloc_log is not None:
+            trackers.live.alloc_log.op_ended()  # zero_grad runs no op: its frees are the gradients' blocks'
         loop.optimizer.zero_grad(set_to_none=True)
         drop_input_grads(loop.inputs)
 
@@ -251,13 +253,22 @@ def instrumented_step(loop: Loop, step: int, timeline: bool) -> None:
     trackers = StepTrackers(model, applied.is_adapter_module, loop.optimizer, timeline=timeline,
                             timeline_filter=on_timeline, inputs=loop.inputs, keep_tensors=False)
     saved, live, flops = trackers.saved, trackers.live, trackers.flops
+    if c.card is not None:  # the allocator model's input (lamda_bench/card/memory.py)
+        from ..measure.alloc_log import AllocationLog
+
+        live.alloc_log = res.alloc_log = AllocationLog()
     observer = InputObserver(applied, saved)
 
     def grads_done() -> None:
         res.grads_bytes = unique_bytes(p.grad for p in model.parameters() if p.grad is not None)
 
     log = event_log(loop, step, trackers)
-    with CyclicGarbage() as garbage, observer, trackers, fsdp_tracking(c, live):
+    recorder = contextlib.nullcontext()
+    if c.card is not None:  # the step's ops for the time model (card/step_time.py)
+        from ..measure.ops import OpRecorder
+
+        recorder = res.op_recorder = OpRecorder(trackers.scope)
+    with CyclicGarbage() as garbage, observer, trackers, fsdp_tracking(c, live), recorder:
         train_step(loop, step, trackers, on_grads=grads_done)
         res.info["cyclic_garbage_bytes"] = garbage.collect(live)
     if log is not None:
@@ -292,6 +303,10 @@ def event_log(loop: Loop, step: int, trackers: StepTrackers):
         res.blocks_prefix = found[0]
     log = EventLog(loop.applied.model, trackers, loop.optimizer, res.blocks_prefix)
     res.event_logs[step] = log
+    if trackers.live.alloc_log is not None:  # a card: tag the allocation log by block (card/render.py)
+        from .events import AllocTagger
+
+        trackers.live.alloc_log.tagger = log.alloc_tagger = AllocTagger(log)
     return log
 
 

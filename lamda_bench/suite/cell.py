@@ -33,7 +33,8 @@ TRACES = ("auto", "full")  # an estimate's trace: depth-extrapolated where certi
 # hash, so every cell written before the key existed keeps its id (resume, baselines).
 ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True,
                        "quant": "none", "experts_implementation": "auto", "output_router_logits": None,
-                       "kbit_prepare": False, "images": None, "image_size": None, "vision_layers": None}
+                       "kbit_prepare": False, "images": None, "image_size": None, "vision_layers": None,
+                       "card": None, "allocator": "default"}
 # The integer keys and their least value. ``steps`` (timed steps) may be 0: the instrumented
 # step always runs, an estimate times nothing, and the runner's own tests use 0.
 MIN_INTS = {"r": 1, "batch": 1, "seq": 1, "layers": 1, "d_in": 1, "d_out": 1, "steps": 0, "warmup": 0, "seed": 0,
@@ -93,6 +94,8 @@ class Cell:
     vision_layers: int | None = None  # image-text: the vision tower's depth (None: its own)
     options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
     trace: str = "auto"  # estimates: "full" traces every block; not in the id (both give the same bytes)
+    card: str | None = None  # the card the cell stands for (lamda_bench/card/cards.py): reserved and device peaks
+    allocator: str = "default"  # with a card: the caching allocator's settings (PYTORCH_CUDA_ALLOC_CONF syntax)
 
     # ---- conversion -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -146,8 +149,34 @@ class Cell:
         if self.kbit_prepare and self.quant == "none":
             return "kbit_prepare", ("cell kbit_prepare = true needs a quantized base (quant = 'nf4', 'int8', ...): "
                                     "PEFT's prepare_model_for_kbit_training prepares a k-bit model")
+        card = self.card_problem()
+        if card:
+            return card
         problem = self.parallel_problem()
         return ("world_size", problem) if problem else None
+
+    def card_problem(self) -> tuple[str, str] | None:
+        """(key, one line) when card or allocator cannot be read, else None."""
+        from ..card.allocator import parse_settings
+        from ..card.cards import get_card
+
+        if self.card is not None:
+            if not isinstance(self.card, str):
+                return "card", f"cell card must be a card name, got {self.card!r}"
+            try:
+                get_card(self.card, "cell card")
+            except UserError as e:
+                return "card", str(e)
+        if not isinstance(self.allocator, str):
+            return "allocator", f"cell allocator must be a settings string, got {self.allocator!r}"
+        if self.allocator != "default" and self.card is None:
+            return "allocator", (f"cell allocator {self.allocator!r} needs a card: the allocator model runs "
+                                 "only for a cell that names one (card = 'H100-80GB', ...)")
+        try:
+            parse_settings(self.allocator)
+        except UserError as e:
+            return "allocator", str(e)
+        return None
 
     def parallel_problem(self) -> str | None:
         """One line saying what is wrong with world_size/parallel, or None."""

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from .cell import ATTENTION, DEVICES, DTYPES, EXPERTS, MIN_INTS, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, QUANTS, TRACES, Cell
 from .conventions import canonical_dtype
+from ..errors import UserError
 from ..hints import did_you_mean
 
 # Integers are stored as 64-bit and numbers as finite doubles wherever a record goes (JSON
@@ -97,6 +98,18 @@ def _image_size(v: Any) -> Any:
     raise BadValue(f"expected pixels as one side (448) or 'HxW' ('448x672'), got {v!r}")
 
 
+def _card(v: Any) -> Any:
+    """A card name as the card table spells it (``h100-80gb`` -> ``H100-80GB``): one id per card."""
+    from ..card.cards import get_card
+
+    if not isinstance(v, str):
+        raise BadValue(f"expected a card name such as 'H100-80GB', got {v!r}")
+    try:
+        return get_card(v, "card").name
+    except UserError as e:
+        raise BadValue(str(e)) from None
+
+
 CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "workload": _str,
     "method": _str,
@@ -131,6 +144,8 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "image_size": _image_size,
     "vision_layers": _int(MIN_INTS["vision_layers"]),
     "trace": _choice(TRACES),
+    "card": _card,
+    "allocator": _str,  # PYTORCH_CUDA_ALLOC_CONF syntax, checked by Cell.card_problem
 }
 assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
 
