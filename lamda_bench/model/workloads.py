@@ -50,6 +50,7 @@ from torch import nn
 
 from . import config as model_config
 from . import moe
+from . import rope
 from ..suite.cell import Cell
 from .config import WorkloadError
 from .targets import PRESETS, available_presets, matches_target, target_linears  # noqa: F401 - re-exported
@@ -287,6 +288,7 @@ def build_model(cell: Cell, device: str | torch.device = "cpu") -> nn.Module:
     attn = _choose_attention(model_class, cell.attn_implementation, workload.name)
     with torch.device(device):
         model = model_class._from_config(config, dtype=dtype, attn_implementation=attn)
+    rope.make_traceable(model)  # Phi-3.5-MoE's rotary branches on max(position_ids)
     return model.train()
 
 

@@ -1,0 +1,109 @@
+"""Issue 43: published config.json files as users hand them in (tests/published_configs/), on tiny
+versions built from their published structure: the same keys, small sizes. Nothing downloaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lamda_bench.runner import run_cell
+
+PUBLISHED = Path(__file__).parent / "published_configs"
+
+
+def tiny(tmp_path: Path, name: str, **sizes) -> str:
+    """The published config with small sizes (every other key as published); its path."""
+    config = json.loads((PUBLISHED / f"{name}.json").read_text())
+    config.update(sizes)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def run(workload: str, **keys) -> dict:
+    cell = dict(workload=workload, method="lora", r=2, alpha=4.0, dtype="fp32", device="cpu", batch=1, seq=16,
+                warmup=0, steps=0, mode="estimate", layers=2)
+    cell.update(keys)
+    return run_cell(cell)
+
+
+def ok(workload: str, **keys) -> dict:
+    record = run(workload, **keys)
+    assert record["status"] == "ok", record["error"]
+    return record
+
+
+def lora(r: int, *shapes: tuple[int, int]) -> int:
+    """LoRA's trainable count: r x (d_in + d_out) per adapted linear."""
+    return sum(r * (d_in + d_out) for d_in, d_out in shapes)
+
+
+# ---- tiny versions of the published structure -------------------------------------------------
+
+def tiny_phimoe(tmp_path):
+    # 64 longrope factors in the published file: head_dim / 2 of the tiny model (32 / 4 / 2 = 4)
+    config = json.loads((PUBLISHED / "phi-3.5-moe.json").read_text())
+    rope = dict(config["rope_scaling"], long_factor=[1.0] * 4, short_factor=[1.0] * 4)
+    return tiny(tmp_path, "phi-3.5-moe", hidden_size=32, intermediate_size=16, num_attention_heads=4,
+                num_key_value_heads=2, num_local_experts=4, vocab_size=128, rope_scaling=rope)
+
+
+def tiny_deepseek(tmp_path):
+    return tiny(tmp_path, "deepseek-v2-lite", hidden_size=32, intermediate_size=48, moe_intermediate_size=8,
+                kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, num_attention_heads=4,
+                num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=2, vocab_size=128)
+
+
+def tiny_qwen3_next(tmp_path):
+    return tiny(tmp_path, "qwen3-next-80b-a3b", hidden_size=32, intermediate_size=48, moe_intermediate_size=8,
+                shared_expert_intermediate_size=8, head_dim=8, num_attention_heads=4, num_key_value_heads=2,
+                linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+                num_experts=8, num_experts_per_tok=2, vocab_size=128)
+
+
+# ---- item 5: loading what transformers loads ---------------------------------------------------
+
+def test_a_remote_code_class_name_falls_back_to_the_model_type(tmp_path):
+    # Phi-3.5-MoE names PhiMoEForCausalLM (its remote code); transformers' class is PhimoeForCausalLM.
+    # Its longrope rotary branches on max(position_ids) in Python: traced from the shape instead.
+    rec = ok(tiny_phimoe(tmp_path), targets="attn")
+    assert rec["info"]["model"]["class"] == "PhimoeForCausalLM"
+    h, q, kv = 32, 32, 2 * 8
+    assert rec["params"]["trainable"] == 2 * lora(2, (h, q), (h, kv), (h, kv), (q, h))
+
+
+# ---- item 6: presets reach no router or gate ---------------------------------------------------
+
+def test_all_leaves_the_phimoe_router_alone(tmp_path):
+    # the router is a PhimoeTopKRouter, an nn.Linear subclass beside the experts: never a preset target
+    rec = ok(tiny_phimoe(tmp_path), targets="all")
+    assert rec["info"]["method"]["targets"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert rec["info"]["method"]["adapted_layers"] == 2 * 4
+
+
+def test_all_leaves_the_qwen3_next_shared_expert_gate_alone(tmp_path):
+    # 4 layers: three linear-attention layers and one full-attention layer (full_attention_interval 4)
+    rec = ok(tiny_qwen3_next(tmp_path), targets="all", layers=4)
+    h, i = 32, 8
+    kd, vd = 2 * 8, 4 * 8  # linear attention: key heads x key dim, value heads x value dim
+    linear_attn = [(h, 2 * kd + 2 * vd), (h, 2 * 4), (vd, h)]  # in_proj_qkvz, in_proj_ba, out_proj
+    full_attn = [(h, 2 * 4 * 8), (h, 2 * 8), (h, 2 * 8), (4 * 8, h)]  # q_proj carries the output gate
+    shared = [(h, i), (h, i), (i, h)]
+    assert rec["params"]["trainable"] == lora(2, *(3 * (linear_attn + shared)), *(full_attn + shared))
+
+
+def test_deepseek_v2_all_adapts_every_block_linear_at_any_depth(tmp_path):
+    # MLA attention (no q_lora_rank: q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj), a dense first layer,
+    # then routed + shared experts. PEFT's transformers-4 rewrite would turn gate_proj / up_proj /
+    # down_proj into the fused experts' target_parameters; the cell's exact linears are adapted instead.
+    path = tiny_deepseek(tmp_path)
+    h, heads = 32, 4
+    attn = [(h, heads * 12), (h, 16 + 4), (16, heads * (8 + 8)), (heads * 8, h)]
+    dense = [(h, 48), (h, 48), (48, h)]
+    shared = [(h, 2 * 8), (h, 2 * 8), (2 * 8, h)]  # 2 shared experts of 8: one MLP of 16
+    for layers in (2, 3):
+        rec = ok(path, targets="all", layers=layers)
+        expected = lora(2, *attn, *dense, *((layers - 1) * (attn + shared)))
+        assert rec["params"]["trainable"] == expected, layers
