@@ -107,3 +107,15 @@ def test_deepseek_v2_all_adapts_every_block_linear_at_any_depth(tmp_path):
         rec = ok(path, targets="all", layers=layers)
         expected = lora(2, *attn, *dense, *((layers - 1) * (attn + shared)))
         assert rec["params"]["trainable"] == expected, layers
+
+
+# ---- item 9: refusal timing ----------------------------------------------------------------------
+
+def test_an_image_text_family_without_a_token_rule_is_refused_when_the_suite_is_parsed(tmp_path):
+    from lamda_bench.suite.parse import SuiteError, parse_suite
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl"}))
+    with pytest.raises(SuiteError, match="qwen3_vl.*no rule here for how many tokens an image becomes") as e:
+        parse_suite(f'[[sweep]]\nworkload = "{path}"\nmethod = "lora"\nmode = "estimate"\n')
+    assert "\n" not in str(e.value)

@@ -127,6 +127,8 @@ def _from_config(name: str, description: str, source: model_config.ConfigSource,
     config = model_config.read_config(source)
     where = f"workload {name!r}"
     task, class_name = model_config.task_and_class(config, where)
+    if task == vlm.TASK:
+        vlm.check_family(config["model_type"], where)  # refused when read, not after the cell started
     cfg = model_config.build_config(config, None, task, where)
     layers = model_config.shape_facts(cfg)["layers"] or 1
     return Workload(name, config["model_type"], task, description, class_name, pretrained, int(layers), config, source)
