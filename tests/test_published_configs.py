@@ -119,3 +119,68 @@ def test_an_image_text_family_without_a_token_rule_is_refused_when_the_suite_is_
     with pytest.raises(SuiteError, match="qwen3_vl.*no rule here for how many tokens an image becomes") as e:
         parse_suite(f'[[sweep]]\nworkload = "{path}"\nmethod = "lora"\nmode = "estimate"\n')
     assert "\n" not in str(e.value)
+
+
+# ---- items 2 and 3: a checkpoint's quantization, reference code for a missing kernel -----------------
+
+def tiny_gpt_oss(tmp_path):
+    return tiny(tmp_path, "gpt-oss-20b", hidden_size=32, intermediate_size=16, head_dim=8, num_attention_heads=4,
+                num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=128, pad_token_id=0,
+                eos_token_id=1)
+
+
+def test_the_checkpoints_own_quantization_is_said(tmp_path):
+    from lamda_bench.one_cell.output import describe
+
+    rec = ok(tiny_gpt_oss(tmp_path), targets="attn", dtype="bf16")
+    stored = rec["info"]["model"]["checkpoint_quantization"]
+    assert stored["quant_method"] == "mxfp4" and stored["modelled"] is True and "bf16" in stored["note"]
+    assert f"NOTE: {stored['note']}" in describe(rec, False, "x")
+    gptq = json.loads(Path(tiny_gpt_oss(tmp_path)).read_text())
+    gptq["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (tmp_path / "gptq.json").write_text(json.dumps(gptq))
+    stored = ok(str(tmp_path / "gptq.json"), targets="attn")["info"]["model"]["checkpoint_quantization"]
+    assert stored["modelled"] is False and "not modelled" in stored["note"]
+
+
+def test_reference_code_for_a_missing_kernel_is_named(tmp_path):
+    from lamda_bench.one_cell.output import describe
+
+    import importlib.util
+
+    missing = {p for p in ("fla", "causal_conv1d") if importlib.util.find_spec(p) is None}
+    if not missing:
+        pytest.skip("flash-linear-attention and causal-conv1d are installed: no fallback to name")
+    rec = ok(tiny_qwen3_next(tmp_path), targets="attn", layers=4)
+    named = {f["function"]: f["package"] for f in rec["info"]["model"]["reference_kernels"]}
+    assert {named.get("chunk_gated_delta_rule"), named.get("causal_conv1d_fn")} & missing == missing
+    assert "NOTE: reference PyTorch code estimated, not the kernel" in describe(rec, False, "x")
+    assert "reference_kernels" not in ok("tiny-llama", targets="attn")["info"]["model"]
+
+
+# ---- item 8: depth extrapolation of a MoE cell ---------------------------------------------------
+
+def test_an_extrapolated_moe_record_equals_the_full_trace(monkeypatch):
+    # linear targets on a MoE model: info.method.not_adapted (a text naming counts that grow with
+    # depth) is carried, info.model keeps its experts; the record equals the full trace
+    import copy
+
+    from lamda_bench.runner import depth
+
+    monkeypatch.setattr(depth, "MIN_DEPTH", 6)
+    cell = dict(workload="tiny-mixtral", method="lora", r=2, alpha=4.0, dtype="fp32", device="cpu", batch=1,
+                seq=16, warmup=0, steps=0, mode="estimate", layers=7, targets="attn")
+    auto, full = run_cell(dict(cell)), run_cell(dict(cell, trace="full"))
+    assert auto["status"] == full["status"] == "ok", (auto["error"], full["error"])
+    assert auto["info"]["trace"]["mode"] == "extrapolated", auto["info"]["trace"]
+    assert auto["info"]["model"]["moe"]["moe_blocks"] == 7 and "not_adapted" in auto["info"]["method"]
+
+    def comparable(record):
+        r = copy.deepcopy(record)
+        for key in ("wall_s", "started_at"):
+            r.pop(key)
+        r["info"].pop("trace")
+        r["cell"].pop("trace")
+        return r
+
+    assert comparable(auto) == comparable(full)

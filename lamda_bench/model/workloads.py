@@ -338,6 +338,28 @@ def attention_implementation(model: nn.Module) -> str:
     return str(impl) if impl else "none"
 
 
+def model_info(cell: Cell, model: nn.Module) -> dict[str, Any]:
+    """``info.model``: ``model_facts`` plus what the built model says: its experts (``moe.facts``),
+    the kernels that run as reference PyTorch code here (``kernels``) and the checkpoint's own
+    ``quantization_config`` (``checkpoint_quant``). Depth extrapolation calls it on a meta model at
+    the target depth, so an extrapolated record says the same as a traced one."""
+    from . import checkpoint_quant, kernels
+
+    info = model_facts(cell)
+    moe_facts = moe.facts(model)
+    if moe_facts is not None:
+        info["moe"] = moe_facts
+        info["experts_implementation"] = moe_facts["experts_implementation"]
+    fallbacks = kernels.reference_fallbacks(model)
+    if fallbacks:
+        info["reference_kernels"] = fallbacks
+    workload = get_workload(cell.workload)
+    stored = checkpoint_quant.facts(workload.config, cell)
+    if stored is not None:
+        info["checkpoint_quantization"] = stored
+    return info
+
+
 def model_facts(cell: Cell) -> dict[str, Any]:
     """What the record stores about the model: where its config came from, the config's hash
     and the fields that decide memory (at the cell's depth), so two runs of "the same model"
