@@ -184,3 +184,64 @@ def test_an_extrapolated_moe_record_equals_the_full_trace(monkeypatch):
         return r
 
     assert comparable(auto) == comparable(full)
+
+
+# ---- the nine published models at full size: parameter counts against a hand count --------------
+
+def _dense(V, h, q, kv, I, L, tied, norms=2, qkv_bias=0, extra=0):
+    attn = 2 * h * q + 2 * h * kv + qkv_bias
+    return (1 if tied else 2) * V * h + L * (attn + 3 * h * I + norms * h + extra) + h
+
+
+def hand_total(name: str) -> int:
+    """Every weight of the model, counted from the published config by hand (docs/workloads.md)."""
+    if name == "mistral-nemo-12b":
+        return _dense(131072, 5120, 4096, 1024, 14336, 40, tied=False)
+    if name == "granite-3.3-8b":
+        return _dense(49159, 4096, 4096, 1024, 12800, 40, tied=True)
+    if name == "smollm3-3b":
+        return _dense(128256, 2048, 2048, 512, 11008, 36, tied=True)
+    if name == "phi-4-mini":  # fused qkv_proj and gate_up_proj: the same weights
+        return _dense(200064, 3072, 3072, 1024, 8192, 32, tied=True)
+    if name == "gemma2-9b":  # four norms per layer
+        return _dense(256000, 3584, 4096, 2048, 14336, 42, tied=True, norms=4)
+    if name == "gpt-oss-20b":
+        h, q, kv, I, E, V, L = 2880, 4096, 512, 2880, 32, 201088, 24
+        attn = 2 * h * q + 2 * h * kv + (q + 2 * kv + h) + 64  # biases, 64 attention sinks
+        moe = h * E + E + E * (h * 2 * I + 2 * I) + E * (I * h + h)  # router with bias; experts with biases
+        return 2 * V * h + L * (attn + moe + 2 * h) + h
+    if name == "phi-3.5-moe":
+        h, q, kv, I, E, V, L = 4096, 4096, 1024, 6400, 16, 32064, 32
+        attn = 2 * h * q + 2 * h * kv + (q + 2 * kv + h)
+        moe = h * E + E * 3 * h * I
+        return V * h + (V * h + V) + L * (attn + moe + 4 * h) + 2 * h  # LayerNorms (weight, bias); LM head bias
+    if name == "deepseek-v2-lite":
+        h, heads, V, L = 2048, 16, 102400, 27
+        attn = h * heads * 192 + h * (512 + 64) + 512 + 512 * heads * 256 + heads * 128 * h
+        dense = 3 * h * 10944
+        moe = 64 * h + 64 * 3 * h * 1408 + 3 * h * 2 * 1408  # router, 64 routed experts, 2 shared (one MLP)
+        return 2 * V * h + L * (attn + 2 * h) + dense + (L - 1) * moe + h
+    if name == "qwen3-next-80b-a3b":
+        h, V, L = 2048, 151936, 48
+        full = h * 2 * 16 * 256 + 2 * h * 2 * 256 + 16 * 256 * h + 2 * 256  # q (with gate), k, v, o, q/k norms
+        kd, vd = 16 * 128, 32 * 128
+        linear = h * (2 * kd + 2 * vd) + h * 2 * 32 + (2 * kd + vd) * 4 + 32 + 32 + 128 + vd * h
+        moe = 512 * h + 512 * 3 * h * 512 + 3 * h * 512 + h  # router, experts, shared expert and its gate
+        return 2 * V * h + (L // 4) * full + (L - L // 4) * linear + L * (moe + 2 * h) + h
+    raise KeyError(name)
+
+
+NINE = ["gpt-oss-20b", "mistral-nemo-12b", "gemma2-9b", "phi-4-mini", "smollm3-3b", "granite-3.3-8b",
+        "phi-3.5-moe", "qwen3-next-80b-a3b", "deepseek-v2-lite"]
+
+
+@pytest.mark.parametrize("name", NINE)
+def test_full_size_parameter_counts_equal_the_hand_count(name):
+    from lamda_bench.model.workloads import build_model, get_workload
+    from lamda_bench.suite.cell import Cell
+
+    workload = name if name == "gemma2-9b" else str(PUBLISHED / f"{name}.json")
+    model = build_model(Cell(workload=workload, method="lora", dtype="bf16"), "meta")
+    assert get_workload(workload).default_layers == json.loads(
+        (PUBLISHED / f"{name}.json").read_text() if name != "gemma2-9b" else "{}").get("num_hidden_layers", 42)
+    assert sum(p.numel() for p in model.parameters()) == hand_total(name)
