@@ -219,9 +219,9 @@ def test_shared_experts_count_beside_the_routed_ones(tmp_path):
     head = 2 * t * h * 256
     assert rec["flops"]["experts_forward"] == layers * experts
     assert rec["flops"]["forward"] == layers * (projections + scores + router + experts + shared) + head
-    lora = run(workload=str(path), targets="all", r=1)  # r 1: "all" includes the 64 -> 1 shared-expert gate
+    lora = run(workload=str(path), targets="all")  # the 64 -> 1 shared-expert gate is a gate: no preset adapts it
     assert lora["info"]["method"]["experts_adapted"] is False  # the shared expert's linears are, the routed are not
-    assert lora["info"]["method"]["adapted_layers"] == layers * (4 + 3 + 1)
+    assert lora["info"]["method"]["adapted_layers"] == layers * (4 + 3)
 
 
 @pytest.mark.slow  # lamda_bench.estimate runs its cell in a fresh process

@@ -126,3 +126,23 @@ def coverage(model: nn.Module, method_name: str, expert_params: list[str]) -> di
             "not_adapted": (f"experts not adapted: {len(params)} fused expert parameters ({count} weights) are not "
                             "nn.Linear, so linear targets do not reach them; targets 'experts', 'attn+experts' "
                             "or 'all+experts' adapt them (LoRA)")}
+
+
+@contextlib.contextmanager
+def exact_linear_targets():
+    """PEFT 0.21 rewrites a LoRA config on models whose MoE layout changed in transformers 5
+    (``convert_peft_config_for_transformers``: DeepSeek-V2/V3, Qwen3-MoE, Qwen3-Next, Mixtral...):
+    a ``target_modules`` name that was an expert linear in transformers 4 (``gate_proj``, ``up_proj``,
+    ``down_proj``, ``w1``...) becomes the fused experts' ``target_parameters``, and the dense or
+    shared-expert linears of that name are no longer adapted. That keeps transformers-4 adapters
+    loadable; here the targets are the exact linears the cell resolved (the fused experts are asked
+    for by the expert presets), so the rewrite is held off while PEFT wraps them, and PEFT adapts
+    what the count check (``len(linears) + wrappers``) expects."""
+    from peft.utils import transformers_weight_conversion as conversion
+
+    original = conversion.convert_peft_config_for_transformers
+    conversion.convert_peft_config_for_transformers = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        conversion.convert_peft_config_for_transformers = original

@@ -127,9 +127,10 @@ class PeftMethod(Method):
         torch.manual_seed(spec.seed)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            peft_model = peft.get_peft_model(
-                model, config, autocast_adapter_dtype=opts["autocast_adapter_dtype"]
-            )
+            with peft_experts.exact_linear_targets():
+                peft_model = peft.get_peft_model(
+                    model, config, autocast_adapter_dtype=opts["autocast_adapter_dtype"]
+                )
         self.finish(peft_model, spec)
         if wrappers:
             peft_experts.fold_on_entry(peft_model)

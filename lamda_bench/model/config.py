@@ -18,7 +18,9 @@ the model class, the inputs and the loss (see ``workloads``):
 - ``image-text``: an ``AutoModelForImageTextToText`` class (``Qwen2VLForConditionalGeneration``,
   ``LlavaForConditionalGeneration``...): images and text in, text out (``lamda_bench.model.vlm``).
 
-Without ``architectures`` the model type decides: seq2seq for an encoder-decoder, else causal
+A class name this transformers does not have (a remote-code name such as Phi-3.5-MoE's
+``PhiMoEForCausalLM``) falls back to the model type's class for the task its suffix names
+(``...ForCausalLM``: causal LM), as ``AutoModelForCausalLM`` does. Without ``architectures`` the model type decides: seq2seq for an encoder-decoder, else causal
 LM, else sequence classification, else the bare model. Custom-code configs (``auto_map``
 only, a ``model_type`` transformers does not know) are refused: no remote code runs.
 """
@@ -157,6 +159,12 @@ def task_and_class(config: dict[str, Any], where: str) -> tuple[str, str]:
         for task in ("seq2seq", "seq-cls", "image-text", "causal-lm", "encoder"):
             if any(arch in classes for classes in mappings[task].values()):
                 return task, arch
+        # A class name transformers does not have (Phi-3.5-MoE's remote-code ``PhiMoEForCausalLM``):
+        # AutoConfig / AutoModelForCausalLM go by model_type, and so does this.
+        for task in ("seq2seq", "image-text", "causal-lm"):
+            classes = mappings[task].get(model_type)
+            if classes and _task_matches_name(task, arch):
+                return task, sorted(classes)[0]
         raise WorkloadError(
             f"{where}: architecture {arch!r} is not a causal LM, seq2seq LM, image-text-to-text model, sequence classifier or bare model "
             f"that transformers knows; supported tasks: {', '.join(TASKS)}")
@@ -167,6 +175,13 @@ def task_and_class(config: dict[str, Any], where: str) -> tuple[str, str]:
         if classes:
             return task, sorted(classes)[0]
     raise WorkloadError(f"{where}: model_type {model_type!r} has no causal LM, seq2seq, classification or bare model class")
+
+
+def _task_matches_name(task: str, arch: str) -> bool:
+    """The task an unknown class name says it is, by the suffix every transformers head class uses."""
+    suffix = {"seq2seq": ("ForConditionalGeneration", "ForSeq2SeqLM"), "image-text": ("ForConditionalGeneration",),
+              "causal-lm": ("ForCausalLM",)}[task]
+    return arch.endswith(suffix)
 
 
 def _encdec(model_type: str) -> bool:

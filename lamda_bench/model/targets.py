@@ -7,7 +7,8 @@ Presets, the same for every architecture (no per-model table to edit):
 
 - ``all``: every ``nn.Linear`` inside the repeated blocks (the modules under a numbered
   layer, ``...layers.<i>...``) -- PEFT's ``all-linear`` without what sits outside the blocks
-  (LM head, classifier, pooler);
+  (LM head, classifier, pooler) -- except a mixture-of-experts block's router and gates
+  (``routing_linears``), which no preset adapts;
 - ``attn``: the block linears under an attention module (a path component containing
   ``attn`` or ``attention``: ``self_attn``, ``encoder_attn``, ``attention.self``...);
 - ``mlp``: the other block linears (``mlp``, ``fc1``/``fc2``, ``intermediate``/``output``...);
@@ -62,14 +63,28 @@ def target_linears(model: nn.Module, suffixes) -> dict[str, nn.Linear]:
 
 
 def block_linears(model: nn.Module) -> dict[str, str]:
-    """Qualified name -> block-relative name of every ``nn.Linear`` inside a numbered block."""
+    """Qualified name -> block-relative name of every ``nn.Linear`` inside a numbered block, less the
+    routers and gates of mixture-of-experts blocks (``routing_linears``): no preset adapts those."""
     out = {}
+    routing = routing_linears(model)
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and name not in routing:
             m = _BLOCK_RE.match(name)
             if m:
                 out[name] = m.group("rest")
     return out
+
+
+def routing_linears(model: nn.Module) -> set[str]:
+    """The linears that route a mixture-of-experts block: every ``nn.Linear`` beside a fused experts
+    module in the same parent (Phi-3.5-MoE's ``mlp.router``, a ``PhimoeTopKRouter`` subclassing
+    ``nn.Linear``; Qwen2-MoE's and Qwen3-Next's 1-output ``mlp.shared_expert_gate``). The expert
+    linears themselves sit one level down (``mlp.shared_expert.gate_proj``) and stay."""
+    from .moe import experts_modules
+
+    parents = {name.rpartition(".")[0] for name in experts_modules(model)}
+    return {name for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and name.rpartition(".")[0] in parents}
 
 
 def preset_modules(model: nn.Module, preset: str, model_type: str | None = None) -> list[str] | None:

@@ -50,6 +50,7 @@ from torch import nn
 
 from . import config as model_config
 from . import moe
+from . import rope
 from ..suite.cell import Cell
 from .config import WorkloadError
 from .targets import PRESETS, available_presets, matches_target, target_linears  # noqa: F401 - re-exported
@@ -126,6 +127,8 @@ def _from_config(name: str, description: str, source: model_config.ConfigSource,
     config = model_config.read_config(source)
     where = f"workload {name!r}"
     task, class_name = model_config.task_and_class(config, where)
+    if task == vlm.TASK:
+        vlm.check_family(config["model_type"], where)  # refused when read, not after the cell started
     cfg = model_config.build_config(config, None, task, where)
     layers = model_config.shape_facts(cfg)["layers"] or 1
     return Workload(name, config["model_type"], task, description, class_name, pretrained, int(layers), config, source)
@@ -287,6 +290,7 @@ def build_model(cell: Cell, device: str | torch.device = "cpu") -> nn.Module:
     attn = _choose_attention(model_class, cell.attn_implementation, workload.name)
     with torch.device(device):
         model = model_class._from_config(config, dtype=dtype, attn_implementation=attn)
+    rope.make_traceable(model)  # Phi-3.5-MoE's rotary branches on max(position_ids)
     return model.train()
 
 
@@ -332,6 +336,28 @@ def attention_implementation(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     impl = getattr(config, "_attn_implementation", None) if config is not None else None
     return str(impl) if impl else "none"
+
+
+def model_info(cell: Cell, model: nn.Module) -> dict[str, Any]:
+    """``info.model``: ``model_facts`` plus what the built model says: its experts (``moe.facts``),
+    the kernels that run as reference PyTorch code here (``kernels``) and the checkpoint's own
+    ``quantization_config`` (``checkpoint_quant``). Depth extrapolation calls it on a meta model at
+    the target depth, so an extrapolated record says the same as a traced one."""
+    from . import checkpoint_quant, kernels
+
+    info = model_facts(cell)
+    moe_facts = moe.facts(model)
+    if moe_facts is not None:
+        info["moe"] = moe_facts
+        info["experts_implementation"] = moe_facts["experts_implementation"]
+    fallbacks = kernels.reference_fallbacks(model)
+    if fallbacks:
+        info["reference_kernels"] = fallbacks
+    workload = get_workload(cell.workload)
+    stored = checkpoint_quant.facts(workload.config, cell)
+    if stored is not None:
+        info["checkpoint_quantization"] = stored
+    return info
 
 
 def model_facts(cell: Cell) -> dict[str, Any]:

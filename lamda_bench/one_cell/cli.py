@@ -55,7 +55,7 @@ def gather_keys(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     translation = None
     keys: dict[str, Any] = {}
     if args.config is not None or args.adapter is not None:
-        translation = load(args.config, args.format, args.adapter)
+        translation = load(args.config, args.format, args.adapter, workload_given=args.cell_workload is not None)
         keys.update(translation.cell)
     elif args.format is not None:
         raise EstimateError("--format applies to a --from file")
@@ -70,6 +70,11 @@ def gather_keys(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         else:
             keys[key] = parse_override(f"{key}={raw}")[1]
     keys.update(parse_override(o) for o in args.overrides)
+    if translation is not None and isinstance(keys.get("workload"), str):
+        from ..model.workloads import get_workload
+        from ..trainer_config.peft_adapter import check_peft_rewrite
+
+        check_peft_rewrite(translation, get_workload(keys["workload"]).family)
     if translation is not None and "seq" not in keys:
         raise EstimateError(f"{translation.source} gives no sequence length ({translation.format}); give --seq")
     return keys, translation

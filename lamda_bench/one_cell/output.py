@@ -50,7 +50,7 @@ def describe(record: dict[str, Any], reused: bool, where: str) -> str:
                      f"{vlm['image_tokens']} image = {vlm['total_tokens']} tokens (seq counts text tokens)")
     if record.get("status") != "ok":
         return "\n".join(lines + [f"status {record.get('status')}: {record.get('error')}"])
-    lines += ["", _peak(record, kind), _params(record), _flops(record)] + _moe(record) + \
+    lines += ["", _peak(record, kind), _params(record), _flops(record)] + _moe(record) + _model_notes(record) + \
         ["", _closed_forms(record), UNITS_NOTE]
     return "\n".join(lines)
 
@@ -136,6 +136,23 @@ def _moe(record: dict[str, Any]) -> list[str]:
     unquantized = get(record, "info.quant.experts_unquantized")
     if unquantized:
         lines.append(f"NOTE: quantized base, but {unquantized}")
+    return lines
+
+
+def _model_notes(record: dict[str, Any]) -> list[str]:
+    """What the estimate traced that is not what a fine-tuner runs: reference code for a missing
+    kernel (model/kernels.py), a checkpoint's own quantization (model/checkpoint_quant.py)."""
+    from ..model import kernels
+
+    lines = []
+    fallbacks = kernels.note(get(record, "info.model.reference_kernels") or [])
+    if fallbacks:
+        lines.append(f"NOTE: {fallbacks}")
+    for line in get(record, "info.cpu_kernels") or []:
+        lines.append(f"NOTE: traced with CPU kernels, a CUDA step differs: {line}")
+    stored = get(record, "info.model.checkpoint_quantization")
+    if isinstance(stored, dict):
+        lines.append(f"NOTE: {stored.get('note')}")
     return lines
 
 

@@ -184,6 +184,12 @@ def fill_record(record: dict, plan: Plan, res: StepResult, mode: str, device: st
     if parallel.is_parallel(c) and isinstance(record["predicted"], dict):
         record["predicted"]["sharded"] = res.sharded_prediction
     record["info"] = info(c, res)
+    if mode == "estimate":  # where the CPU kernels traced here save other tensors than CUDA's
+        from ..measure import cuda_kernels
+
+        differs = cuda_kernels.statement(record["info"], device)
+        if differs:
+            record["info"]["cpu_kernels"] = differs
     record["env"] = env(device, mode, applied)
     if artifacts_dir:
         record["artifacts"] = write_artifacts(Path(artifacts_dir), record["id"], res)
@@ -231,11 +237,8 @@ def info(c: Cell, res: StepResult) -> dict:
     applied = res.applied
     info = dict(res.info)
     info["attn_implementation"] = workloads.attention_implementation(applied.model)
-    info["model"] = workloads.model_facts(c)  # config source + hash + the shape fields that decide memory
-    moe_facts = moe.facts(applied.model)
-    if moe_facts is not None:
-        info["model"]["moe"] = moe_facts
-        info["model"]["experts_implementation"] = moe_facts["experts_implementation"]
+    info["model"] = workloads.model_info(c, applied.model)  # config source + hash + shape fields, experts, kernels
+    moe_facts = info["model"].get("moe")
     info["attention_kernels"] = sorted(res.flops.attention_ops)
     info["autocast_adapter_dtype"] = applied.info.get("autocast_adapter_dtype")
     info["precision"] = res.precision.policy.to_info()

@@ -129,7 +129,9 @@ def extrapolated(plan: Plan, device: str) -> tuple[dict, list[dict] | None]:
     out = {b: tree([r[b] for r in records], depths, target, b) for b in ("params", "flops", "time", "predicted", "env")}
     memory = tree(without("memory", EVENT_MEMORY), depths, target, "memory")
     series = tree(without("series", ("peak",)), depths, target, "series")
-    info = tree(without("info", ("peak_steps", "model")), depths, target, "info")
+    probe_infos = without("info", ("peak_steps", "model"))
+    not_adapted = [i.get("method", {}).pop("not_adapted", None) for i in probe_infos]  # a text: carried, not fitted
+    info = tree(probe_infos, depths, target, "info")
 
     res = runs[-1][1]
     instrumented = res.instrumented_step
@@ -151,7 +153,12 @@ def extrapolated(plan: Plan, device: str) -> tuple[dict, list[dict] | None]:
     series["peak"] = [None if v is None else at[s].live_bytes
                       for s, v in zip(records[-1]["series"]["step"], records[-1]["series"]["peak"])]
     out["series"] = {k: series[k] for k in records[-1]["series"]}
-    info["model"] = workloads.model_facts(c)
+    target_model = workloads.build_model(c, "meta")  # what the record says about the model, at the target depth
+    info["model"] = workloads.model_info(c, target_model)
+    if any(n is not None for n in not_adapted):
+        from ..methods import peft_experts
+
+        info["method"]["not_adapted"] = peft_experts.coverage(target_model, info["method"]["method"], [])["not_adapted"]
     out["info"] = {k: info[k] for k in records[-1]["info"]}
     if c.card is not None:  # the allocator replayed over the stream laid out at the target depth; the time model
         card_at_depth(out, plan, {d: r.alloc_log for d, (_, r) in zip(depths, runs)}, target)

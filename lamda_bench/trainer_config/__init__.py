@@ -80,8 +80,10 @@ def translate(doc: dict[str, Any], source: str, fmt: str | None = None, config_d
     raise TrainerConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}{did_you_mean(fmt, FORMATS)}")
 
 
-def load(path: str | Path | None, fmt: str | None = None, adapter: str | Path | None = None) -> Translation:
-    """A trainer config file (and an optional PEFT adapter_config.json beside it) as one Translation."""
+def load(path: str | Path | None, fmt: str | None = None, adapter: str | Path | None = None,
+         workload_given: bool = False) -> Translation:
+    """A trainer config file (and an optional PEFT adapter_config.json beside it) as one Translation.
+    ``workload_given``: --workload names the model, so the adapter's base_model_name_or_path is not read."""
     t = None
     if path is not None:
         path = Path(path)
@@ -89,7 +91,7 @@ def load(path: str | Path | None, fmt: str | None = None, adapter: str | Path | 
     if adapter is not None:
         apath = Path(adapter)
         a = peft_adapter.translate(read_document(apath), str(apath), apath.resolve().parent,
-                                   with_model=t is None or "workload" not in t.cell)
+                                   with_model=not workload_given and (t is None or "workload" not in t.cell))
         if t is None:
             return a
         t.merge(a)

@@ -20,7 +20,9 @@ NOT_MODELLED = {
     "use_qalora": "QA-LoRA: not modelled", "lora_bias": "LoRA's bias term on B: not modelled",
     "trainable_token_indices": "trainable token rows: not modelled", "layer_replication": "layer replication: not modelled",
     "megatron_config": "Megatron layers: not modelled", "eva_config": "EVA init: not modelled",
-    "corda_config": "CorDA init: not modelled", "target_parameters": "adapters on parameters (MoE experts): not modelled",
+    "corda_config": "CorDA init: not modelled", "target_parameters": "adapters on parameters (MoE experts): modelled only as the fused experts' "
+                         "gate_up_proj and down_proj of every layer (targets 'experts' / 'all+experts'); "
+                         "this list is not that, so the experts are estimated as not adapted",
     "exclude_modules": "modules excluded from the targets: not modelled",
     "fan_in_fan_out": "Conv1D (fan-in/fan-out) layout: not modelled",
     "lora_ga_config": "LoRA-GA init: not modelled", "velora_config": "VeLoRA: not modelled",
@@ -110,6 +112,8 @@ def _expert_preset(doc: dict[str, Any]) -> str | None:
     value = doc.get("target_parameters")
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         return None
+    if any(_names_a_layer(v) for v in value):
+        return None  # the experts of some layers only (gpt-oss recipe: layers 7, 15, 23): not a preset
     if {".".join(v.split(".")[-2:]) for v in value} != {"experts.gate_up_proj", "experts.down_proj"}:
         return None
     try:
@@ -117,3 +121,40 @@ def _expert_preset(doc: dict[str, Any]) -> str | None:
     except TrainerConfigError:
         return None
     return {None: "experts", "all": "all+experts"}.get(modules) if not isinstance(modules, tuple) else None
+
+
+def _names_a_layer(name: str) -> bool:
+    """A ``target_parameters`` entry that PEFT matches in one layer only: it holds a layer index
+    (``model.layers.7.mlp.experts.gate_up_proj``); ``experts.gate_up_proj`` matches every layer."""
+    return any(part.isdigit() for part in name.split("."))
+
+
+def check_peft_rewrite(t: Translation, model_type: str | None) -> None:
+    """Refuse (one line) an adapter whose target_modules PEFT itself rewrites on this model.
+
+    PEFT 0.21 on transformers 5 (``convert_peft_config_for_transformers``) turns the transformers-4
+    expert names (``gate_proj`` / ``up_proj`` / ``down_proj``, Mixtral's ``w1`` / ``w2`` / ``w3``, the
+    router ``gate``) into ``target_parameters`` on the fused experts (with twice the rank on the
+    fused gate_up_proj) and the router weight, and ``all-linear`` gains them all. The cell would
+    train the linears only, so the ``[mapped]`` target_modules line would not be what PEFT trains."""
+    if not model_type:
+        return
+    from peft.utils.transformers_weight_conversion import _MODEL_TO_CONVERSION_PATTERN, _MOE_TARGET_MODULE_MAPPING
+
+    renamed = _MOE_TARGET_MODULE_MAPPING.get(_MODEL_TO_CONVERSION_PATTERN.get(model_type) or "", {})
+    keys = ("target_modules", "peft-adapter:target_modules") if t.format == "peft-adapter" else ("peft-adapter:target_modules",)
+    fate = next((f for f in t.fates if f.key in keys and f.cell), None)
+    if not renamed or fate is None:
+        return
+    targets = dict(fate.cell)["targets"]
+    hit = sorted(renamed) if targets in ("all", "all+experts") else \
+        sorted({n for n in targets if any(n == old or n.endswith("." + old) for old in renamed)}) \
+        if isinstance(targets, tuple) else []
+    if hit:
+        import peft
+
+        raise TrainerConfigError(
+            f"{t.source}: target_modules {fate.value!r} on a {model_type} model: PEFT {peft.__version__} rewrites "
+            f"{', '.join(hit)} to the fused experts' target_parameters and the router's weight (its transformers-4 "
+            "compatibility), which lamda-bench does not model; name the attention and dense linears only, and "
+            "target_parameters ['experts.gate_up_proj', 'experts.down_proj'] for the experts")
