@@ -1,11 +1,21 @@
-"""Shared test fixtures: small cells and the real-MiniLM skip."""
+"""Shared test fixtures: small cells and the real-MiniLM skip; one torch thread per xdist worker."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 from lamda_bench.suite.cell import Cell
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n 2``, the README's command) each worker is one of the cores: a torch
+    pool of more threads than that oversubscribes the machine (LAPACK's SVD ran ~10x slower with 2
+    threads than 1 on a busy 2-core machine). Cell processes a test starts keep their own settings."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 @pytest.fixture
