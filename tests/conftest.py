@@ -1,21 +1,11 @@
-"""Shared test fixtures: small cells and the real-MiniLM skip; one torch thread per xdist worker."""
+"""Shared test fixtures: small cells, the real-MiniLM skip, one record per distinct cell."""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 import torch
 
 from lamda_bench.suite.cell import Cell
-
-
-def pytest_configure(config):
-    """Under pytest-xdist (``-n 2``, the README's command) each worker is one of the cores: a torch
-    pool of more threads than that oversubscribes the machine (LAPACK's SVD ran ~10x slower with 2
-    threads than 1 on a busy 2-core machine). Cell processes a test starts keep their own settings."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -48,3 +38,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def shared_record():
+    """``run_cell`` once per distinct cell for the session (per xdist worker), a fresh copy per ask:
+    for tests that only read a record another test also asks for (a baseline cell, the same
+    estimate checked two ways). Not for tests about a run itself (determinism, resume, timing)."""
+    import copy
+    import json
+
+    from lamda_bench.runner import run_cell
+
+    done: dict[str, dict] = {}
+
+    def record(cell: dict) -> dict:
+        key = json.dumps(cell, sort_keys=True)
+        if key not in done:
+            done[key] = run_cell(dict(cell))
+        return copy.deepcopy(done[key])
+
+    return record
