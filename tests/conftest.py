@@ -1,4 +1,4 @@
-"""Shared test fixtures: small cells and the real-MiniLM skip."""
+"""Shared test fixtures: small cells, the real-MiniLM skip, one record per distinct cell."""
 
 from __future__ import annotations
 
@@ -38,3 +38,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def shared_record():
+    """``run_cell`` once per distinct cell for the session (per xdist worker), a fresh copy per ask:
+    for tests that only read a record another test also asks for (a baseline cell, the same
+    estimate checked two ways). Not for tests about a run itself (determinism, resume, timing)."""
+    import copy
+    import json
+
+    from lamda_bench.runner import run_cell
+
+    done: dict[str, dict] = {}
+
+    def record(cell: dict) -> dict:
+        key = json.dumps(cell, sort_keys=True)
+        if key not in done:
+            done[key] = run_cell(dict(cell))
+        return copy.deepcopy(done[key])
+
+    return record

@@ -104,7 +104,10 @@ def _buffer_bytes(name: str, layers: int) -> int:
     return sum(b.numel() * b.element_size() for b in model.buffers())
 
 
-@pytest.mark.parametrize("name", sorted(PUBLISHED))
+# A matrix: llama3.1-8b stays quick; the lamda estimates below run the other shapes' quirks (Qwen's
+# bias, Phi-3's fused projections, Gemma-2's tied embeddings) and the count test builds all six.
+@pytest.mark.parametrize("name", [n if n == "llama3.1-8b" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(PUBLISHED)])
 def test_catalogue_lora_estimate_matches_the_shape(name):
     r, layers = 16, 1
     rec = _estimate(name, "lora", r, layers)

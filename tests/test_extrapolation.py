@@ -81,7 +81,9 @@ def test_optimizers_with_their_own_state_extrapolate(method, optimizer):
 
 
 @pytest.mark.parametrize("keys", [dict(method="lora"), dict(method="lamda", gradient_checkpointing=True),
-                                  dict(method="full", parallel="fsdp2", world_size=2)],
+                                  # sharded records: test_a_sharded_record_equals_the_full_trace (quick)
+                                  pytest.param(dict(method="full", parallel="fsdp2", world_size=2),
+                                               marks=pytest.mark.slow)],
                          ids=["lora", "lamda-checkpointing", "full-fsdp2"])
 def test_an_extrapolated_timeline_equals_the_full_trace(tmp_path, keys):
     """The module-boundary timeline file, entry by entry (module names with their block index,

@@ -106,14 +106,21 @@ def test_full_finetuning_pure_bf16_is_unchanged_at_about_8_bytes_per_parameter()
 # ---- closed forms against records, every policy, both modes -----------------------------
 
 
-@pytest.mark.parametrize("precision", ["pure", "amp-bf16", "amp-fp16", "fp32"])
-@pytest.mark.parametrize("method,options", [
-    ("lora", {}),
-    ("lamda", {"init": "lora"}),
-    ("lamda", {"init": "lora", "autocast_adapter_dtype": False}),
-    ("full", {}),
-])
-@pytest.mark.parametrize("mode", ["measure", "estimate"])
+# Every policy and method is measured in the quick set, and estimated there under pure and amp-bf16;
+# the estimates under amp-fp16 and fp32 are slow. Quick estimates under those policies:
+# test_amp_fp16_grad_scaler_runs_in_measure_and_estimate, test_quant.py's test_quant_under_a_precision_policy[fp32].
+METHOD_OPTIONS = [("lora", {}), ("lamda", {"init": "lora"}), ("lamda", {"init": "lora", "autocast_adapter_dtype": False}),
+                  ("full", {})]
+CLOSED_FORM_CASES = [
+    pytest.param(precision, method, options, mode,
+                 id="-".join([mode, method, *map(str, options.values()), precision]),
+                 marks=pytest.mark.slow if mode == "estimate" and precision in ("amp-fp16", "fp32") else ())
+    for mode in ("measure", "estimate") for method, options in METHOD_OPTIONS
+    for precision in ("pure", "amp-bf16", "amp-fp16", "fp32")
+]
+
+
+@pytest.mark.parametrize("precision, method, options, mode", CLOSED_FORM_CASES)
 def test_state_bytes_closed_forms_match_records(precision, method, options, mode):
     # warmup 1, steps 2: LaMDA's B is partly frozen at the instrumented step (horizon 4, 0.3)
     rec = ok(run_cell(tiny_cell(method, precision=precision, mode=mode, steps=2, options=options)))

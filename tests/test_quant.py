@@ -100,20 +100,20 @@ def test_int8_hand_count_equals_bitsandbytes_tensors():
 
 @pytest.mark.parametrize("method,q", [("lora", "nf4"), ("lamda", "nf4"), ("pissa", "nf4"), ("lora", "fp4"),
                                       ("lora", "nf4-dq"), ("lamda", "nf4-dq"), ("lora", "int8"), ("lamda", "int8")])
-def test_estimate_weights_equal_the_hand_count(method, q, one_torch_thread):
-    rec = ok(run_cell(tiny_cell(method, q)))
+def test_estimate_weights_equal_the_hand_count(method, q, one_torch_thread, shared_record):
+    rec = ok(shared_record(tiny_cell(method, q)))
     assert rec["cell"]["mode"] == "estimate" and rec["cell"]["quant"] == q
     assert rec["info"]["quant"]["format"] == q
     assert rec["memory"]["weights"] == rec["predicted"]["memory"]["weights"]
-    plain = ok(run_cell(tiny_cell(method, "none")))
+    plain = ok(shared_record(tiny_cell(method, "none")))
     assert rec["info"]["quant"]["quantized_linears"] == 14  # 7 per block, lm_head kept
     assert rec["memory"]["weights"] < plain["memory"]["weights"]
     assert plain["info"]["quant"] is None
 
 
-def test_tiny_llama_nf4_weights_by_hand(one_torch_thread):
+def test_tiny_llama_nf4_weights_by_hand(one_torch_thread, shared_record):
     """The 2-block tiny LLaMA (hidden 64, kv 32, mlp 176, vocab 256), nf4, LoRA r=4, written out."""
-    rec = ok(run_cell(tiny_cell("lora", "nf4")))
+    rec = ok(shared_record(tiny_cell("lora", "nf4")))
     linears = [(64, 64), (64, 32), (64, 32), (64, 64), (64, 176), (64, 176), (176, 64)] * 2
     n = sum(a * b for a, b in linears)
     quantized = n // 2 + 4 * n // 64 + 64 * len(linears)  # packed + fp32 absmax per 64 + code map
@@ -125,11 +125,12 @@ def test_tiny_llama_nf4_weights_by_hand(one_torch_thread):
 
 
 @pytest.mark.parametrize("method,q", [("lora", "nf4"), ("lamda", "nf4-dq"), ("pissa", "fp4"), ("lora", "int8")])
-def test_measured_on_cpu_weights_equal_the_hand_count_and_the_estimate(method, q, one_torch_thread):
+def test_measured_on_cpu_weights_equal_the_hand_count_and_the_estimate(method, q, one_torch_thread,
+                                                                        shared_record):
     measured = ok(run_cell(tiny_cell(method, q, mode="measure")))
     assert measured["cell"]["mode"] == "measure" and measured["time"]["steps_timed"] == 1
     assert measured["memory"]["weights"] == measured["predicted"]["memory"]["weights"]
-    estimated = ok(run_cell(tiny_cell(method, q)))
+    estimated = ok(shared_record(tiny_cell(method, q)))
     assert estimated["memory"]["weights"] == measured["memory"]["weights"]
 
 
@@ -232,14 +233,14 @@ def test_suite_quant_axis_and_a_bad_value():
 
 @pytest.mark.parametrize("q", ["nf4", "int8"])
 @pytest.mark.parametrize("method", ["lora", "lamda"])
-def test_a_quantized_base_counts_the_same_matmul_flops(method, q, one_torch_thread):
+def test_a_quantized_base_counts_the_same_matmul_flops(method, q, one_torch_thread, shared_record):
     """A quantized base does the same matmuls as a bf16 one, split the same way between adapter
     and base: bitsandbytes' gemm_4bit (nf4's forward) has no formula in torch's counter and would
     count 0 without ours, and int8's ``MatMul8bitFp`` node, which no torch function creates, is
     tagged at its own module's exit (before, the adapter that ran the next torch function got
     its backward: 53 TFLOP of LLaMA2-7B's base matmuls read as adapter FLOPs)."""
-    plain = ok(run_cell(tiny_cell(method, "none")))
-    quantized = ok(run_cell(tiny_cell(method, q)))
+    plain = ok(shared_record(tiny_cell(method, "none")))
+    quantized = ok(shared_record(tiny_cell(method, q)))
     for key in ("forward", "backward", "adapter_forward", "adapter_backward"):
         assert quantized["flops"][key] == plain["flops"][key] > 0, key
     for key in ("adapter_forward", "adapter_backward"):  # the closed form
