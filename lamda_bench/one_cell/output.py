@@ -30,7 +30,9 @@ CLOSED_FORMS = (
 
 def kind_of(record: dict[str, Any]) -> str:
     """"estimate" (fake tensors, the real step traced) or "measured" (real tensors on a device)."""
-    return "estimate" if (record.get("cell") or {}).get("mode") == "estimate" else "measured"
+    from ..results.record import run_mode
+
+    return "estimate" if run_mode(record) == "estimate" else "measured"
 
 
 def describe(record: dict[str, Any], reused: bool, where: str) -> str:
