@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fate as F
-from .common import map_attention, map_model, map_optimizer, targets_of
+from .common import map_attention, map_model, map_optimizer, number, targets_of
 from .fate import Translation, TrainerConfigError
 
 MAPPED_KEYS = ("base_model", "base_model_config", "adapter", "load_in_4bit", "load_in_8bit", "lora_r", "lora_alpha",
@@ -147,7 +147,7 @@ def _map(t: Translation, key: str, value: Any, doc: dict[str, Any], config_dir: 
         t.map(key, value, "scales the update; no memory effect", alpha=value) if adapter \
             else t.no_effect(key, value, "no adapter")
     elif key == "lora_dropout":
-        t.map(key, value, dropout=float(value or 0.0)) if adapter else t.no_effect(key, value, "no adapter")
+        t.map(key, value, dropout=number(value, 0.0)) if adapter else t.no_effect(key, value, "no adapter")
     elif key == "lora_target_modules":
         targets = targets_of(value)
         if not adapter or targets is None or doc.get("lora_target_linear"):

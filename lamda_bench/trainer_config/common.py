@@ -101,3 +101,13 @@ def map_attention(t: Translation, key: str, value: Any) -> None:
         t.map(key, value, attn_implementation="eager")
     else:
         t.not_modelled(key, value, F.ATTENTION_KERNEL)
+
+
+def number(value: Any, default: float | None = None) -> Any:
+    """A config's number as a float (``None`` -> ``default``); anything else unchanged, so the
+    cell's own check refuses it in one line naming the key (never a ValueError here)."""
+    if value is None and default is not None:
+        return default
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value

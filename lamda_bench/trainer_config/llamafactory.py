@@ -18,7 +18,7 @@ from typing import Any
 
 from . import fate as F
 from . import hf_args
-from .common import map_attention, map_model, targets_of
+from .common import map_attention, map_model, number, targets_of
 from .fate import Translation, TrainerConfigError
 
 DEFAULTS = {"finetuning_type": "lora", "lora_rank": 8, "lora_target": "all", "cutoff_len": 2048,
@@ -95,7 +95,7 @@ def _map(t: Translation, key: str, value: Any, doc: dict[str, Any], lora: bool, 
         t.map(key, value, "scales the update; no memory effect", alpha=value) if lora and value is not None \
             else t.no_effect(key, value, "unset: 2 x lora_rank" if lora else "not lora")
     elif key == "lora_dropout":
-        t.map(key, value, dropout=float(value or 0.0)) if lora else t.no_effect(key, value, "not lora")
+        t.map(key, value, dropout=number(value, 0.0)) if lora else t.no_effect(key, value, "not lora")
     elif key == "lora_target":
         t.map(key, value, targets=targets_of(value) or "all") if lora else t.no_effect(key, value, "not lora")
     elif key == "quantization_bit":
