@@ -36,3 +36,13 @@ def printable(value: Any) -> str:
 def printable_lines(text: str) -> str:
     """``printable`` line by line: multi-line output (a table) keeps its line breaks."""
     return "\n".join(printable(line) for line in str(text).split("\n"))
+
+
+def shown_name(name: Any) -> str:
+    """A key or name as an error line shows it: an ASCII name as is, anything else as its
+    ``repr`` with every non-ASCII character escaped (``'l\\u043era_r'``), so a homoglyph
+    (Cyrillic ``о`` for Latin ``o``) cannot print identical to the name it imitates."""
+    text = name if isinstance(name, str) else repr(name)
+    if text.isascii() and text.isprintable():
+        return text
+    return ascii(text)

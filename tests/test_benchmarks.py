@@ -92,7 +92,9 @@ def _memory_figures(cell: Cell) -> dict:
     assert record["info"]["steps"]["total_steps"] == TIMED_HORIZON_STEPS  # the horizon the step is timed at
     if cell.method.startswith("lamda"):  # B trainable in every recorded step, as while timed
         assert len(set(record["series"]["trainable"])) == 1
-    out = {"mode": record["cell"]["mode"], "device": record["cell"]["device"]}
+    from lamda_bench.results.record import run_device, run_mode
+
+    out = {"mode": run_mode(record), "device": run_device(record)}
     for dotted, key in EXTRA_FIELDS.items():
         node = record
         for part in dotted.split("."):

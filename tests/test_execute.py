@@ -267,14 +267,15 @@ def test_estimate_tracks_the_same_steps_as_a_measurement():
 
 def test_auto_mode_measures_a_small_cell_on_cpu():
     rec = ok(run_cell(linear_cell("lora", mode="auto", device="auto")))
-    assert rec["cell"]["mode"] == "measure" and rec["cell"]["device"] == "cpu"
+    assert rec["cell"]["mode"] == "auto" and rec["cell"]["device"] == "auto"  # the cell as asked
+    assert rec["info"]["resolved"] == {"mode": "measure", "device": "cpu"}
     assert rec["id"] == Cell.from_dict(linear_cell("lora", mode="auto", device="auto")).id
 
 
 def test_auto_mode_estimates_a_cell_too_big_for_this_machine():
     cell = linear_cell("lora", d=8192, batch=64, seq=1024, mode="auto", device="auto", dtype="bf16")
     rec = ok(run_cell(cell))
-    assert rec["cell"]["mode"] == "estimate"
+    assert rec["info"]["resolved"]["mode"] == "estimate"
     assert rec["time"]["step_median_s"] is None
     assert rec["info"]["estimate_device"] in ("cpu", "cuda")
     # 65,536 tokens x 8192 wide, cast to fp32, plus A x

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from matplotlib import image as mpimg
 
+from lamda_bench.results.record import run_mode
 from lamda_bench.suite.cell import Cell
 from lamda_bench.report import ReportError, compare, flatten, write_report
 from lamda_bench.report.markdown import PLOTS_DIR
@@ -196,7 +197,7 @@ def test_report_labels_estimates_and_lists_failures(full_report):
     assert len(measured_rows) == 1 and "mode=measure" in measured  # the held-fixed line names the mode
     assert "throughput (min-max)" in measured and "throughput" not in estimated  # no always-n/a columns
     est_rows = [line for line in estimated.splitlines() if line.startswith("| ") and "`" in line]
-    assert len(est_rows) == sum(1 for r in records if r["status"] == "ok" and r["cell"]["mode"] == "estimate")
+    assert len(est_rows) == sum(1 for r in records if r["status"] == "ok" and run_mode(r) == "estimate")
     assert "mode=estimate" in estimated and "mode=measure" not in estimated
     failed = text.split("## Cells that did not finish")[1].split("\n## ")[0]
     assert "oom" in failed and "planted failure for the test" in failed

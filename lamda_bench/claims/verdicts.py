@@ -18,7 +18,7 @@ from collections import defaultdict
 from typing import Callable, Iterable
 
 from ..methods.lamda.layer import DEFAULT_FREEZE_FRACTION
-from ..results.record import CELL, FLOPS, INFO, INFO_METHOD, INFO_STEPS, MEMORY, PARAMS, PREDICTED_MEMORY, PREDICTED_PARAMS, SERIES
+from ..results.record import CELL, FLOPS, INFO, INFO_METHOD, INFO_STEPS, MEMORY, PARAMS, PREDICTED_MEMORY, PREDICTED_PARAMS, SERIES, run_device, run_mode
 from ..report.records import get
 from ..report.units import fmt_bytes, fmt_count, fmt_flops
 from . import updates_search
@@ -194,7 +194,7 @@ def claim_layer_activations(records: list[dict]) -> ClaimRow:
             continue
         matches.append(mb == pb and lb == plb)
         per_r[(get(lamda, CELL.r), get(lamda, CELL.dtype))].add(mb / tokens)
-        rows.append([get(lamda, CELL.d_in), get(lamda, CELL.r), get(lamda, CELL.mode), f"{lb / tokens:,.0f}",
+        rows.append([get(lamda, CELL.d_in), get(lamda, CELL.r), run_mode(lamda), f"{lb / tokens:,.0f}",
                      f"{plb / tokens:,.0f}" if plb is not None else "n/a", f"{mb / tokens:,.0f}",
                      f"{pb / tokens:,.0f}" if pb is not None else "n/a", ratio_text(lb / mb if mb else None)])
     if not rows:
@@ -297,7 +297,7 @@ def claim_peak(records: list[dict], gpu_records: list[dict] | None = None) -> Cl
     else:
         verdict, reason = NOT, f"{judged_on}: LaMDA's peak is never lower: {per_policy}"
     if not gpu:
-        modes = uniq(f"{get(r, CELL.mode)} on {get(r, CELL.device)}" for _, _, r, _ in est)
+        modes = uniq(f"{run_mode(r)} on {run_device(r)}" for _, _, r, _ in est)
         reason += ("; no GPU records: peaks from the live-bytes tracker (" + ", ".join(map(str, modes)) + "; estimates "
                    "run on fake tensors and this torch build cannot fake cuda, so kernels follow the cpu ones): "
                    "a GPU run (reports/gpu/) is the judge")

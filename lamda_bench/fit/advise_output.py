@@ -31,9 +31,10 @@ def _flops(value: int | None, rel: float | None, per_token: float | None = None)
 
 def pointer(row: dict[str, Any]) -> str:
     """The line printed under a method that does not fit when --advise was not given."""
+    from .levers import LEVERS
+
     return (f"{row['method']}: does not fit at {row['axis']} {row['next']}; `--advise` searches the levers "
-            "(gradient checkpointing, adapter dtype, quantized base, rank, targets, seq, sharding) that would "
-            "make it fit, each a real estimate (`--levers` restricts them)")
+            f"({', '.join(LEVERS)}) that would make it fit, each a real estimate (`--levers` restricts them)")
 
 
 def advice_text(row: dict[str, Any], budget: Budget) -> str:

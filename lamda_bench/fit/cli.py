@@ -113,6 +113,7 @@ def run_fit(args: argparse.Namespace) -> bool:
     if args.optimizer is not None:
         overrides["optimizer"] = args.optimizer
     levers = _levers(args, axis)
+    _check_paged_evictable(args, overrides, levers)
     check_out(args.out)
     suite = parse_suite("[[sweep]]\n", source="lamda-bench fit", default_name="fit", overrides=overrides)
     runner = probe_runner(args.out, args.jobs, not args.no_progress)
@@ -159,6 +160,24 @@ def _paged(name) -> bool:
     from ..optimizers.catalogue import CATALOGUE
 
     return isinstance(name, str) and name in CATALOGUE and CATALOGUE[name].paged
+
+
+def _check_paged_evictable(args: argparse.Namespace, overrides: dict, levers) -> None:
+    """--paged-evictable changes only a paged optimizer's figures: refused, not ignored in silence,
+    when neither the optimizer nor an --advise optimizer lever is paged."""
+    from ..optimizers.catalogue import CATALOGUE
+
+    if not args.paged_evictable:
+        return
+    name = overrides.get("optimizer", "adamw")
+    names = name if isinstance(name, list) else [name]
+    if any(getattr(CATALOGUE.get(n) if isinstance(n, str) else None, "paged", False) for n in names):
+        return
+    if levers is not None and "optimizer" in [getattr(lever, "name", lever) for lever in levers]:
+        return  # the optimizer lever tries paged_adamw_8bit
+    paged = ", ".join(n for n, e in CATALOGUE.items() if e.paged)
+    raise FitError(f"--paged-evictable: optimizer {names[0]!r} keeps no paged state, so the flag would change "
+                   f"nothing; it applies to a paged optimizer ({paged}) or to --advise with the optimizer lever")
 
 
 def _levers(args: argparse.Namespace, axis: str):

@@ -106,8 +106,10 @@ def read_config(source: ConfigSource) -> dict[str, Any]:
         raise WorkloadError(f"{where}: {source.path} is over {MAX_CONFIG_BYTES} bytes, not a model config.json")
     try:
         config = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WorkloadError(f"{where}: {source.path} is not valid JSON ({e})") from None
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError, or a number past int()'s digit limit
+        raise WorkloadError(f"{where}: {source.path} is not valid JSON ({str(e).split(';')[0][:100]})") from None
+    except RecursionError:
+        raise WorkloadError(f"{where}: {source.path} nests arrays or objects too deep for a config.json") from None
     if not isinstance(config, dict):
         raise WorkloadError(f"{where}: {source.path} holds a JSON {type(config).__name__}, not a config object")
     if not isinstance(config.get("model_type"), str):

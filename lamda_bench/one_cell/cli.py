@@ -47,8 +47,9 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def gather_keys(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
-    """(cell keys, the trainer-config translation or None): config first, then flags, then --set."""
+def gather_keys(args: argparse.Namespace, origins: dict[str, str] | None = None) -> tuple[dict[str, Any], Any]:
+    """(cell keys, the trainer-config translation or None): config first, then flags, then --set.
+    ``origins`` (when given) receives, per cell key, what set it: ``--flag``, ``--set`` or the file's key."""
     from ..suite.parse import parse_override
     from ..trainer_config import load
 
@@ -57,6 +58,9 @@ def gather_keys(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     if args.config is not None or args.adapter is not None:
         translation = load(args.config, args.format, args.adapter, workload_given=args.cell_workload is not None)
         keys.update(translation.cell)
+        for fate in translation.fates:
+            for key, _ in fate.cell:
+                _origin(origins, key, f"{translation.source}: {fate.key}")
     elif args.format is not None:
         raise EstimateError("--format applies to a --from file")
     for key in flag_keys():
@@ -69,7 +73,13 @@ def gather_keys(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
             keys[key] = raw
         else:
             keys[key] = parse_override(f"{key}={raw}")[1]
-    keys.update(parse_override(o) for o in args.overrides)
+        _origin(origins, key, "--" + key.replace("_", "-"))
+    from ..terminal import shown_name
+
+    for override in args.overrides:
+        key, value = parse_override(override)
+        keys[key] = value
+        _origin(origins, key, f"--set {shown_name(key)}")
     if translation is not None and isinstance(keys.get("workload"), str):
         from ..model.workloads import get_workload
         from ..trainer_config.peft_adapter import check_peft_rewrite
@@ -80,16 +90,39 @@ def gather_keys(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     return keys, translation
 
 
+def _origin(origins: dict[str, str] | None, key: str, where: str) -> None:
+    if origins is not None:
+        origins[key] = where
+
+
+def build_from(keys: dict[str, Any], origins: dict[str, str]):
+    """``build_cell``, its refusal worded in the terms of what set the key (the file's own key,
+    ``lora_r``, and the file; or the flag), not the suite's ``[[sweep]] #1``."""
+    from .cell import build_cell
+    from ..suite.parse import SuiteError
+
+    try:
+        return build_cell(keys)
+    except SuiteError as e:
+        key = getattr(e, "key", None)
+        if key not in origins:
+            raise
+        from ..terminal import shown_name
+
+        raise EstimateError(f"{origins[key]}: {e.problem} (cell key {shown_name(key)})") from None
+
+
 def run_estimate(args: argparse.Namespace) -> int:
     """Print the answer; 0 when the cell is ok, 1 when it ended in error or timeout."""
-    from .cell import build_cell, run_one
+    from .cell import run_one
     from .output import describe
     from ..results.files import results_path
     from ..terminal import printable, printable_lines
 
-    keys, translation = gather_keys(args)
+    origins: dict[str, str] = {}
+    keys, translation = gather_keys(args, origins)
     headline = translation.headline() if translation is not None else None
-    cell = build_cell(keys)
+    cell = build_from(keys, origins)
     record, reused = run_one(cell, args.out, progress=not args.no_progress and not args.json)
     if translation is not None:
         write_fates(translation, args.out, cell.id)

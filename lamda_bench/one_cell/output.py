@@ -30,7 +30,9 @@ CLOSED_FORMS = (
 
 def kind_of(record: dict[str, Any]) -> str:
     """"estimate" (fake tensors, the real step traced) or "measured" (real tensors on a device)."""
-    return "estimate" if (record.get("cell") or {}).get("mode") == "estimate" else "measured"
+    from ..results.record import run_mode
+
+    return "estimate" if run_mode(record) == "estimate" else "measured"
 
 
 def describe(record: dict[str, Any], reused: bool, where: str) -> str:
@@ -52,7 +54,18 @@ def describe(record: dict[str, Any], reused: bool, where: str) -> str:
         return "\n".join(lines + [f"status {record.get('status')}: {record.get('error')}"])
     lines += ["", _peak(record, kind), _params(record), _flops(record)] + _moe(record) + _model_notes(record) + \
         ["", _closed_forms(record), UNITS_NOTE]
-    return "\n".join(lines)
+    return _units_beyond(lines)
+
+
+# Units past the note's (a huge cell: seq = 10^9), defined when the answer uses them.
+_LARGE_UNITS = {"TiB": "TiB = 2^40 bytes", "PiB": "PiB = 2^50 bytes", "PFLOP": "PFLOP = 10^15",
+                "EFLOP": "EFLOP = 10^18 floating-point operations"}
+
+
+def _units_beyond(lines: list[str]) -> str:
+    text = "\n".join(lines)
+    used = [meaning for unit, meaning in _LARGE_UNITS.items() if f" {unit}" in text]
+    return text + (" Also: " + ", ".join(used) + "." if used else "")
 
 
 def _peak(record: dict[str, Any], kind: str) -> str:

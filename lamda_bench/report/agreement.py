@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..results.record import CELL, ENV, INFO, MEMORY
+from ..results.record import CELL, ENV, INFO, MEMORY, run_device, run_mode
 from .escape import md, md_code
 from .records import get, is_ok, load_dir, method_label
 from .tables import md_table
@@ -45,10 +45,10 @@ def pair_key(record: dict[str, Any]) -> str:
 def agreement_rows(measured: list[dict], estimated: list[dict], tolerance: float = DEFAULT_TOLERANCE
                    ) -> list[dict[str, Any]]:
     """One row per cell present in both sets: figures, relative and absolute gap, verdict."""
-    est_by_key = {pair_key(r): r for r in estimated if get(r, CELL.mode) == "estimate"}
+    est_by_key = {pair_key(r): r for r in estimated if run_mode(r) == "estimate"}
     rows = []
     for m in measured:
-        if get(m, CELL.mode) != "measure":
+        if run_mode(m) != "measure":
             continue
         e = est_by_key.get(pair_key(m))
         if e is None:
@@ -97,7 +97,7 @@ def agreement(measured_dir: Path, estimated_dir: Path, tolerance: float = DEFAUL
     compared = [r for r in rows if r["rel"] is not None]
     agree = sum(1 for r in compared if r["verdict"] == "agrees")
     devices = sorted({str(get(r["measured"], ENV.device_name)) for r in rows} - {"None"})
-    est_devices = sorted({str(get(r["estimated"], INFO.estimate_device) or get(r["estimated"], CELL.device))
+    est_devices = sorted({str(get(r["estimated"], INFO.estimate_device) or run_device(r["estimated"]))
                           for r in rows})
     out = [
         f"# Estimate vs measured: {md_code(estimated_dir)} against {md_code(measured_dir)}",

@@ -49,8 +49,11 @@ IGNORED_BY = {"full": ("r", "alpha", "targets")}
 def cell_value(record: dict[str, Any], axis: str) -> Any:
     """The cell's value on ``axis``; a key added since the record was written (``quant``,
     ``precision``, ...) reads as its default, so old and new records of one setup group together."""
+    from ..results.record import run_device, run_mode
     from ..suite.cell import ID_NEUTRAL_DEFAULTS
 
+    if axis in ("device", "mode"):  # what the figures are: the resolution (the cell keeps "auto")
+        return (run_device if axis == "device" else run_mode)(record)
     cell = record.get("cell") or {}
     if axis not in cell and axis in ID_NEUTRAL_DEFAULTS and cell:
         return ID_NEUTRAL_DEFAULTS[axis]

@@ -41,12 +41,16 @@ def is_ok(record: dict[str, Any]) -> bool:
 
 def mode(record: dict[str, Any]) -> str:
     """Resolved mode: 'measure' (real tensors) or 'estimate' (fake tensors, nothing allocated)."""
-    return str(get(record, CELL.mode, "unknown"))
+    from ..results.record import run_mode
+
+    return str(run_mode(record, "unknown"))
 
 
 def device(record: dict[str, Any]) -> str:
     """'cpu', or 'cuda (NVIDIA H100 80GB HBM3)' where the record names the device."""
-    dev = str(get(record, CELL.device, "unknown"))
+    from ..results.record import run_device
+
+    dev = str(run_device(record, "unknown"))
     name = get(record, ENV.device_name)
     if not name:
         return dev

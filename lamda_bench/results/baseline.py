@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .record import CELL, ENV, MEMORY, PARAMS
+from .record import CELL, ENV, MEMORY, PARAMS, run_device
 from .values import is_number  # a finite int or float, not a bool: all a gated figure may be
 from ..report.records import get, mode
 from .files import env_fields
@@ -148,7 +148,7 @@ def tolerance(baseline: dict[str, Any], metric: str, cell_mode: str) -> tuple[fl
 def cell_entry(record: dict[str, Any], metric_names: list[str]) -> dict[str, Any]:
     """What the baseline keeps of one ok record: its gated metrics and where they came from."""
     metrics = {name: get(record, name) for name in metric_names if get(record, name) is not None}
-    return {"method": get(record, CELL.method), "mode": mode(record), "device": get(record, CELL.device),
+    return {"method": get(record, CELL.method), "mode": mode(record), "device": run_device(record),
             "fingerprint": get(record, ENV.fingerprint), "env": env_fields(record.get("env") or {}),
             "metrics": metrics}
 

@@ -160,6 +160,18 @@ def get(record: dict[str, Any], dotted: str, default: Any = None) -> Any:
     return node
 
 
+def run_mode(record: dict[str, Any], default: Any = None) -> Any:
+    """Where the record's figures come from, "measure" or "estimate": ``info.resolved.mode``.
+    The cell keeps ``mode`` as asked (``auto``: its id is computed from that); records written
+    before the cell stayed as asked carry the resolved mode in the cell."""
+    return get(record, "info.resolved.mode") or get(record, "cell.mode", default)
+
+
+def run_device(record: dict[str, Any], default: Any = None) -> Any:
+    """The device the cell ran (or was estimated) for, ``info.resolved.device``; see ``run_mode``."""
+    return get(record, "info.resolved.device") or get(record, "cell.device", default)
+
+
 def blank_blocks() -> dict[str, Any]:
     """The measured blocks of a record before anything is measured (all null, no series)."""
     return {

@@ -139,22 +139,20 @@ def _run(cell_dict: dict, record: dict, artifacts_dir: str | None) -> None:
         result.info["estimate_device_reason"] = why
         run_device = est_device
 
-    resolved = requested.to_dict()
-    resolved["device"], resolved["mode"] = run_device, mode
-    record["cell"] = resolved
+    record["cell"] = requested.to_dict()  # as asked (device "auto" stays): fed back, the same cell and id
     result.info["mode_reason"] = mode_reason
     result.info["requested"] = {"device": c.device, "mode": c.mode}
+    result.info["resolved"] = {"device": run_device, "mode": mode}
     fill_record(record, plan, result, mode, run_device, artifacts_dir)
 
 
 def _fill_extrapolated(record: dict, requested: Cell, blocks: dict, trace: dict, est_device: str, why: str,
                        mode_reason: str, c: Cell) -> None:
     record.update(blocks)
-    resolved = requested.to_dict()
-    resolved["device"], resolved["mode"] = est_device, "estimate"
-    record["cell"] = resolved
+    record["cell"] = requested.to_dict()  # as asked; the resolution is info.resolved
     record["info"].update(trace=trace, estimate_device=est_device, estimate_device_reason=why,
-                          mode_reason=mode_reason, requested={"device": c.device, "mode": c.mode})
+                          mode_reason=mode_reason, requested={"device": c.device, "mode": c.mode},
+                          resolved={"device": est_device, "mode": "estimate"})
 
 
 def _auto_on_cpu(plan: Plan) -> tuple[str, str, StepResult | None]:

@@ -22,7 +22,10 @@ be the worst are tracked, by this argument:
 The instrumented step (every tracker on) is always tracked; its peak stays in the record as
 ``memory.peak_steady``. A candidate step the run cannot track (in measure mode a timed
 step: trackers would distort its time) is named in ``info.peak_steps.untracked``; on CUDA
-the allocator peaks (``memory.cuda_max_*``) cover every step of the run regardless.
+the allocator peaks (``memory.cuda_max_*``) cover every step of the run regardless. An estimate
+tracks the steps a measurement of the same cell tracks (its timed steps are the measurement's
+timed steps), so the two agree to the byte for every cell: with ``warmup = 0`` and ``steps >= 1``
+both answer step 1 and name step 2 untracked; ``warmup >= 1`` puts step 2 in reach of both.
 """
 
 from __future__ import annotations

@@ -145,7 +145,9 @@ def estimate(plan: Plan, device: str, probe: bool = False) -> StepResult:
         res.info["optimizer_foreach"] = c.device != "cpu"
         res.info["optimizer_paged_target"] = c.device != "cpu"  # the run stands for a GPU run: paged as there
         res.instrumented_step = c.warmup + 1
-        tracked = set(extra_peak_steps(loop, trackable=None))
+        # The steps a measurement of this cell can track (not its timed ones): with warmup = 0 the
+        # steady-state step 2 is timed there, so both answer step 1 and name step 2 untracked.
+        tracked = set(extra_peak_steps(loop, trackable=set(range(1, c.warmup + 1))))
         for step in range(1, c.warmup + c.steps + 2):
             if step == res.instrumented_step:
                 instrumented_step(loop, step, plan.timeline)

@@ -82,14 +82,17 @@ class Catalog:
     linear_default_dim: int = 4096
     # (reference, suite folder) -> what the cell carries, for a workload that is no catalogue name
     resolve_workload: Callable[[str, Path], str] | None = None
+    # (cell, its method) -> (key, problem) for what the model's config rules out (suite.model_checks)
+    check_cell: Callable[[Cell, Any], tuple[str, str] | None] | None = None
 
     @classmethod
     def default(cls) -> "Catalog":
         from ..methods import all_methods
         from ..model.workloads import LINEAR_DEFAULT_DIM, WORKLOADS, resolve_reference
+        from .model_checks import problem
 
         return cls(methods=all_methods(), workloads=WORKLOADS, linear_default_dim=LINEAR_DEFAULT_DIM,
-                   resolve_workload=resolve_reference)
+                   resolve_workload=resolve_reference, check_cell=problem)
 
     def option_names(self) -> set[str]:
         return {k for m in self.methods.values() for k in getattr(m, "options", {})}
@@ -160,8 +163,12 @@ class _Parser:
         self.base_dir = Path(source).parent if Path(source).is_file() else Path.cwd()
 
     def fail(self, where: str, key: str, problem: str) -> SuiteError:
-        parts = [self.source] + [p for p in (where, key) if p] + [problem]
-        return SuiteError(": ".join(parts))
+        from ..terminal import shown_name
+
+        parts = [self.source] + [p for p in (where, key and shown_name(key)) if p] + [problem]
+        error = SuiteError(": ".join(parts))
+        error.key, error.problem = key, problem  # for callers that name the key their own way (estimate --from)
+        return error
 
     # -- document level
     def parse(self, doc: dict[str, Any], default_name: str) -> Suite:
@@ -347,6 +354,8 @@ class _Parser:
         self.check_files(where, method_options, options)
         cell = Cell(**fields, options=tuple(sorted(options.items())))
         found = cell.problem()  # the cell rules the runner applies too (Cell.validate)
+        if found is None and self.catalog.check_cell is not None:  # what the model's config rules out
+            found = self.catalog.check_cell(cell, method)
         if found:
             raise self.fail(where, *found)
         return cell

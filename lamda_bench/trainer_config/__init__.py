@@ -5,52 +5,20 @@ JSON and a PEFT adapter_config.json, each read into cell keys with every key's f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from . import axolotl, hf_args, llamafactory, peft_adapter
+from .document import MAX_BYTES, read_document
 from .fate import Translation, TrainerConfigError
 
 FORMATS = ("axolotl", "llama-factory", "hf-trainingargs", "peft-adapter")
-MAX_BYTES = 1 << 20
 _MARKERS = {
     "axolotl": ("base_model", "micro_batch_size", "sequence_len", "lora_r", "adapter"),
     "llama-factory": ("model_name_or_path", "finetuning_type", "lora_rank", "cutoff_len", "stage"),
     "peft-adapter": ("peft_type", "base_model_name_or_path", "target_modules", "r"),
     "hf-trainingargs": ("per_device_train_batch_size", "output_dir", "optim", "max_length", "max_seq_length"),
 }
-
-
-def read_document(path: str | Path) -> dict[str, Any]:
-    """The file as a mapping: JSON, else YAML; one-line TrainerConfigError otherwise."""
-    from ..safe_files import UnsafeFileError, read_small_file
-
-    path = Path(path)
-    try:
-        raw = read_small_file(path, "trainer config", MAX_BYTES)
-    except UnsafeFileError as e:
-        raise TrainerConfigError(str(e)) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise TrainerConfigError(f"{path}: not a text file, so neither YAML nor JSON") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError:
-        import yaml
-
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            where = getattr(e, "problem_mark", None)
-            at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
-            raise TrainerConfigError(f"{path}: neither JSON nor YAML{at}: "
-                                     f"{getattr(e, 'problem', None) or type(e).__name__}") from None
-    if not isinstance(doc, dict) or not all(isinstance(k, str) for k in doc):
-        raise TrainerConfigError(f"{path}: holds a {type(doc).__name__}, not a mapping of keys to values "
-                                 "(a trainer config is one)")
-    return doc
 
 
 def detect(doc: dict[str, Any], source: str) -> str:

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from . import fate as F
-from .common import map_model, map_optimizer, targets_of
+from .common import map_attention, map_model, map_optimizer, number, targets_of
 from .fate import Translation, TrainerConfigError
 
 MAPPED_KEYS = ("base_model", "base_model_config", "adapter", "load_in_4bit", "load_in_8bit", "lora_r", "lora_alpha",
                "lora_dropout", "lora_target_modules", "lora_target_linear", "peft_use_dora", "sequence_len",
                "micro_batch_size", "gradient_checkpointing", "bf16", "fp16", "optimizer", "sdp_attention",
-               "eager_attention")
+               "eager_attention", "attention", "attn_implementation")
 
 NOT_MODELLED = {
     "sample_packing": F.PACKING,
@@ -72,6 +72,7 @@ NO_EFFECT = {k: F.NO_MEMORY for k in (
     "remove_unused_columns", "low_cpu_mem_usage", "is_llama_derived_model", "is_mistral_derived_model",
     "is_qwen_derived_model", "sequence_len_overflow_handling", "eval_causal_lm_metrics", "profiler_steps",
     "use_tensorboard", "use_wandb", "use_mlflow", "torch_compile_backend", "lora_on_cpu", "merge_lora",
+    "include_mfu", "include_tokens_per_second",
 )}
 NO_EFFECT.update({
     "gradient_accumulation_steps": F.ACCUMULATION,
@@ -91,6 +92,8 @@ def translate(doc: dict[str, Any], source: str, config_dir: Path) -> Translation
             F.classify_rest(t, key, value, NO_EFFECT, NOT_MODELLED)
     if "base_model" not in doc:
         raise TrainerConfigError(f"{source}: no base_model: an axolotl config names its model there")
+    if "adapter" not in doc:  # axolotl reads no adapter key as full fine-tuning
+        t.map("(implied) adapter", None, "no adapter key: axolotl runs full fine-tuning", method="full")
     if adapter in ("lora", "qlora") and (four or eight):
         t.map("prepare_model_for_kbit_training (implied by adapter and load_in_*bit)", True, F.KBIT_PREPARE_AXOLOTL,
               kbit_prepare=False)
@@ -144,7 +147,7 @@ def _map(t: Translation, key: str, value: Any, doc: dict[str, Any], config_dir: 
         t.map(key, value, "scales the update; no memory effect", alpha=value) if adapter \
             else t.no_effect(key, value, "no adapter")
     elif key == "lora_dropout":
-        t.map(key, value, dropout=float(value or 0.0)) if adapter else t.no_effect(key, value, "no adapter")
+        t.map(key, value, dropout=number(value, 0.0)) if adapter else t.no_effect(key, value, "no adapter")
     elif key == "lora_target_modules":
         targets = targets_of(value)
         if not adapter or targets is None or doc.get("lora_target_linear"):
@@ -179,6 +182,8 @@ def _map(t: Translation, key: str, value: Any, doc: dict[str, Any], config_dir: 
             t.no_effect(key, value, "off" if not value else "bf16 wins")
     elif key == "optimizer":
         map_optimizer(t, key, value)
+    elif key in ("attention", "attn_implementation"):
+        map_attention(t, key, value)
     elif key in ("sdp_attention", "eager_attention"):
         if value and not doc.get("flash_attention"):
             t.map(key, value, attn_implementation="sdpa" if key == "sdp_attention" else "eager")

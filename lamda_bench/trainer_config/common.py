@@ -84,3 +84,30 @@ def dtype_name(value: Any) -> str | None:
     text = str(value).strip().lower().removeprefix("torch.")
     return {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16",
             "float32": "fp32", "fp32": "fp32", "float": "fp32"}.get(text)
+
+
+def map_attention(t: Translation, key: str, value: Any) -> None:
+    """An attention-kernel key (LLaMA-Factory ``flash_attn``/``attn``, axolotl ``attention`` /
+    ``attn_implementation``): sdpa and eager are the cell's ``attn_implementation``; auto or unset
+    changes nothing; a flash/flex/xformers kernel is not modelled (the CPU cannot trace it)."""
+    from . import fate as F
+
+    text = str(value).strip().lower() if value is not None else ""
+    if value is False or text in ("", "auto", "none", "null", "false", "off", "no"):
+        t.no_effect(key, value, "auto or off: the model's own attention (sdpa)")
+    elif text == "sdpa":
+        t.map(key, value, attn_implementation="sdpa")
+    elif text in ("eager", "disabled"):
+        t.map(key, value, attn_implementation="eager")
+    else:
+        t.not_modelled(key, value, F.ATTENTION_KERNEL)
+
+
+def number(value: Any, default: float | None = None) -> Any:
+    """A config's number as a float (``None`` -> ``default``); anything else unchanged, so the
+    cell's own check refuses it in one line naming the key (never a ValueError here)."""
+    if value is None and default is not None:
+        return default
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value

@@ -38,12 +38,14 @@ class Fate:
     cell: tuple[tuple[str, Any], ...] = ()
 
     def line(self) -> str:
-        value = _short(self.value)
+        from ..terminal import shown_name
+
+        value, key = _short(self.value), shown_name(self.key)
         if self.fate == MAPPED:
             sets = ", ".join(f"{k} = {_short(v)}" for k, v in self.cell) or "(read with another key)"
-            text = f"{self.key}: {value} -> {sets}"
+            text = f"{key}: {value} -> {sets}"
         else:
-            text = f"{self.key}: {value}"
+            text = f"{key}: {value}"
         return f"  [{self.fate}] {text}" + (f"  ({self.note})" if self.note else "")
 
 
@@ -79,10 +81,12 @@ class Translation:
 
     def headline(self) -> str | None:
         """The answer's first line when some key was not followed; None when every key was."""
+        from ..terminal import shown_name
+
         bad = self.caveats()
         if not bad:
             return None
-        names = ", ".join(f.key for f in bad)
+        names = ", ".join(shown_name(f.key) for f in bad)
         return (f"NOTE: {len(bad)} key(s) of {self.source} may change memory and are not modelled or not known: "
                 f"{names}; the figures below leave them out")
 

@@ -18,12 +18,13 @@ from typing import Any
 
 from . import fate as F
 from . import hf_args
-from .common import map_model, targets_of
+from .common import map_attention, map_model, number, targets_of
 from .fate import Translation, TrainerConfigError
 
 DEFAULTS = {"finetuning_type": "lora", "lora_rank": 8, "lora_target": "all", "cutoff_len": 2048,
             "per_device_train_batch_size": 8}
 METHODS = {"lora": "lora", "full": "full"}
+BNB = ("bnb", "bitsandbytes")  # quantization_method values that are bitsandbytes
 
 NOT_MODELLED = {
     "flash_attn": F.ATTENTION_KERNEL,
@@ -43,7 +44,6 @@ NOT_MODELLED = {
     "pissa_convert": "PiSSA conversion at save time: no training memory, not modelled",
     "shift_attn": "shift short attention: not modelled",
     "rope_scaling": "RoPE scaling changes no stored bytes but may change the attention path: not modelled",
-    "quantization_method": "a non-bitsandbytes quantization (gptq, awq, hqq, eetq...): not modelled",
     "moe_aux_loss_coef": "MoE router loss: not modelled",
     "enable_thinking": F.NO_MEMORY,
 }
@@ -56,7 +56,7 @@ NO_EFFECT = {k: F.NO_MEMORY for k in (
     "resize_vocab", "split_special_tokens", "new_special_tokens", "print_param_status", "compute_accuracy",
     "predict_with_generate", "create_new_adapter", "use_rslora", "loraplus_lr_ratio", "loraplus_lr_embedding",
     "lora_alpha", "ddp_timeout", "default_system", "tool_format", "image_max_pixels", "video_max_pixels",
-    "enable_thinking",
+    "enable_thinking", "include_mfu",
 )}
 NO_EFFECT.update(hf_args.NO_EFFECT)
 NO_EFFECT.pop("model_init_kwargs", None)
@@ -95,7 +95,7 @@ def _map(t: Translation, key: str, value: Any, doc: dict[str, Any], lora: bool, 
         t.map(key, value, "scales the update; no memory effect", alpha=value) if lora and value is not None \
             else t.no_effect(key, value, "unset: 2 x lora_rank" if lora else "not lora")
     elif key == "lora_dropout":
-        t.map(key, value, dropout=float(value or 0.0)) if lora else t.no_effect(key, value, "not lora")
+        t.map(key, value, dropout=number(value, 0.0)) if lora else t.no_effect(key, value, "not lora")
     elif key == "lora_target":
         t.map(key, value, targets=targets_of(value) or "all") if lora else t.no_effect(key, value, "not lora")
     elif key == "quantization_bit":
@@ -117,13 +117,24 @@ def _map(t: Translation, key: str, value: Any, doc: dict[str, Any], lora: bool, 
     elif key == "pure_bf16" and value:
         t.map(key, value, "bf16 everywhere, trainable weights not upcast", dtype="bf16",
               **({"autocast_adapter_dtype": False} if lora else {}))
-    elif key == "flash_attn" and value in ("sdpa", "disabled"):
-        t.map(key, value, attn_implementation="sdpa" if value == "sdpa" else "eager")
-    elif key == "flash_attn" and value == "auto":
-        t.no_effect(key, value, "auto: the model's own attention (sdpa)")
+    elif key == "pure_bf16":
+        t.no_effect(key, value, "off")
+    elif key in ("flash_attn", "attn"):
+        map_attention(t, key, value)
+    elif key == "quantization_method":
+        _quant_method(t, key, value, doc)
     else:
         return False
     return True
+
+
+def _quant_method(t: Translation, key: str, value: Any, doc: dict[str, Any]) -> None:
+    if not doc.get("quantization_bit"):
+        t.no_effect(key, value, "no quantization_bit")
+    elif value in BNB:
+        t.map(key, value, "bitsandbytes: read with quantization_bit")
+    else:
+        t.not_modelled(key, value, "a non-bitsandbytes quantization (gptq, awq, hqq, eetq...): not modelled")
 
 
 def _method(doc: dict[str, Any], lora: bool) -> str:
@@ -135,7 +146,7 @@ def _quant(t: Translation, key: str, value: Any, doc: dict[str, Any]) -> None:
         t.no_effect(key, value, "off")
         return
     method = doc.get("quantization_method", "bnb")
-    if method not in ("bnb", "bitsandbytes"):
+    if method not in BNB:
         t.not_modelled(key, value, f"quantization_method {method!r}: not modelled")
         return
     if value == 8:

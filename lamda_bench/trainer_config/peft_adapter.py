@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fate as F
-from .common import map_model, targets_of
+from .common import map_model, number, targets_of
 from .fate import Translation, TrainerConfigError
 
 PEFT_TYPES = {"LORA": "lora", "VERA": "vera"}
@@ -69,9 +69,9 @@ def _map(t: Translation, key: str, value: Any, doc: dict[str, Any], kind: str, c
     elif key == "r":
         t.map(key, value, r=value)
     elif key == "lora_alpha" and doc.get("peft_type", "LORA").upper() == "LORA":
-        t.map(key, value, "scales the update; no memory effect", alpha=float(value))
+        t.map(key, value, "scales the update; no memory effect", alpha=number(value))
     elif key in ("lora_dropout", "vera_dropout"):
-        t.map(key, value, dropout=float(value or 0.0))
+        t.map(key, value, dropout=number(value, 0.0))
     elif key == "target_modules" and _expert_preset(doc):  # with MoE expert parameters (methods/peft_experts.py)
         t.map(key, value, "with target_parameters on the experts", targets=_expert_preset(doc))
     elif key == "target_parameters" and _expert_preset(doc):
