@@ -112,8 +112,11 @@ def _finish(parts: dict, by_kind: dict, card: str, kernels: float, ops: float) -
             "time_model_version": TIME_MODEL_VERSION, "not_modelled": list(NOT_MODELLED)}
 
 
-class NotAffine(ValueError):
-    """The probe depths' predictions do not lie on a line (the blocks differ)."""
+class NotAffine(Exception):
+    """The probe depths' predictions do not lie on a line (the blocks differ).
+
+    An internal signal, like extrapolate.NotCertified: not bad input, so not a ValueError (every
+    ValueError of the package is a UserError, tests/test_errors.py)."""
 
 
 # A foreach optimizer op walks every block's tensors at once: its size bucket and its launch count
