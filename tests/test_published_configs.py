@@ -94,6 +94,16 @@ def test_all_leaves_the_qwen3_next_shared_expert_gate_alone(tmp_path):
     assert rec["params"]["trainable"] == lora(2, *(3 * (linear_attn + shared)), *(full_attn + shared))
 
 
+@pytest.mark.parametrize("method", ["lora", "lamda"])
+def test_an_explicit_target_too_narrow_for_the_rank_names_the_targets_that_can_take_it(tmp_path, method):
+    # the shared-expert gate is 32 -> 1: r 2 cannot go there, every other named target can
+    record = run(tiny_qwen3_next(tmp_path), method=method, layers=4,
+                 targets=["q_proj", "o_proj", "shared_expert_gate", "down_proj"])
+    assert record["status"] == "error"
+    assert "r=2 exceeds min(d_in, d_out)=1 of model.layers.0.mlp.shared_expert_gate (Linear 32 -> 1)" in record["error"]
+    assert record["error"].endswith("targets that can take it: down_proj, o_proj, q_proj")
+
+
 def test_deepseek_v2_all_adapts_every_block_linear_at_any_depth(tmp_path):
     # MLA attention (no q_lora_rank: q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj), a dense first layer,
     # then routed + shared experts. PEFT's transformers-4 rewrite would turn gate_proj / up_proj /

@@ -181,6 +181,26 @@ def check_rank(r: Any, d_in: int | None = None, d_out: int | None = None, layer:
                           f"(Linear {d_in} -> {d_out})")
 
 
+def check_target_ranks(linears: dict[str, nn.Module], ranks: dict[str, int]) -> None:
+    """``check_rank`` over every target linear (qualified name -> module), before any is touched.
+    A layer too narrow for its rank (Qwen3-Next's 2048 -> 1 shared-expert gate under an explicit
+    target list) is refused with the next step: the target names, by their last component, whose
+    every layer can take the rank."""
+    for name, linear in linears.items():
+        try:
+            check_rank(ranks[name], linear.in_features, linear.out_features, name)
+        except MethodError as e:
+            if not str(e).startswith("r="):
+                raise
+            can: dict[str, bool] = {}
+            for other, lin in linears.items():
+                short = other.rsplit(".", 1)[-1]
+                can[short] = can.get(short, True) and ranks[other] <= min(lin.in_features, lin.out_features)
+            fit = sorted(short for short, ok in can.items() if ok)
+            hint = f"; targets that can take it: {', '.join(fit)}" if fit else "; no target can take it"
+            raise MethodError(f"{e}{hint}") from None
+
+
 def adamw_over_trainable(model: nn.Module) -> Callable[[float], torch.optim.Optimizer]:
     """``make_optimizer`` of the methods that train with plain AdamW: torch's AdamW over the
     parameters that require grad when it is built (so after the method froze what it freezes)."""

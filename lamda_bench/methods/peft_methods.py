@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from . import peft_experts, register
-from .base import AdapterSpec, AppliedMethod, Method, MethodError, Option, adamw_over_trainable, check_rank
+from .base import (
+    AdapterSpec, AppliedMethod, Method, MethodError, Option, adamw_over_trainable, check_rank, check_target_ranks,
+)
 
 _COMMON_OPTIONS = {
     "autocast_adapter_dtype": Option(
@@ -40,8 +42,7 @@ def validated_targets(model: nn.Module, spec: AdapterSpec, method: str) -> dict[
     linears = target_linears(model, spec.targets)
     if not linears:
         raise MethodError(f"method {method!r}: no nn.Linear matches targets {list(spec.targets)}")
-    for name, linear in linears.items():
-        check_rank(spec.r, linear.in_features, linear.out_features, name)
+    check_target_ranks(linears, {name: spec.r for name in linears})
     return linears
 
 

@@ -51,7 +51,9 @@ from torch import nn
 
 from .. import register
 from ...model.targets import is_target_linear, matches_target
-from ..base import AdapterSpec, AppliedMethod, Method, MethodError, Option, adamw_over_trainable, check_rank
+from ..base import (
+    AdapterSpec, AppliedMethod, Method, MethodError, Option, adamw_over_trainable, check_rank, check_target_ranks,
+)
 # The freezing (schedule, B, optimizer surgery) lives in lamda/freeze.py; its names stay importable from here.
 from .freeze import (  # noqa: F401
     DEFAULT_FREEZE_FRACTION, DEFAULT_FREEZE_MODE, FREEZE_MODES, FreezeSchedule, LamdaB, swap_optimizer_parameter)
@@ -193,8 +195,7 @@ def apply_lamda(
     """
     targets = find_targets(model, spec.targets)
     ranks = ranks if ranks is not None else {n: spec.r for n in targets}
-    for n, lin in targets.items():  # validate everything before touching the model
-        check_rank(ranks[n], lin.in_features, lin.out_features, n)
+    check_target_ranks(targets, ranks)  # validate everything before touching the model
     frac = options["freeze_fraction"]
     if not 0.0 <= float(frac) <= 1.0:
         raise MethodError(f"LaMDA freeze_fraction must be in [0, 1], got {frac}")
