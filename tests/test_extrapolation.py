@@ -56,7 +56,8 @@ def test_extrapolated_record_equals_the_full_trace(method, device):
     assert auto["id"] == full["id"]
 
 
-@pytest.mark.parametrize("method, world_size", [("lora", 2), ("lamda", 4)])
+# lamda-4 is slow: the slow matrix runs LaMDA under fsdp2 at world sizes 2 and 4 (test_matrix_...[fsdp2-lamda-*])
+@pytest.mark.parametrize("method, world_size", [("lora", 2), pytest.param("lamda", 4, marks=pytest.mark.slow)])
 def test_a_sharded_record_equals_the_full_trace(method, world_size):
     """Rank 0 of an FSDP2 job: memory.per_rank (the breakdown at the peak and at each phase's
     peak, with the all-gathered weights and collective buffers) comes from the events too."""
@@ -80,7 +81,9 @@ def test_optimizers_with_their_own_state_extrapolate(method, optimizer):
     assert comparable(auto) == comparable(full)
 
 
-@pytest.mark.parametrize("keys", [dict(method="lora"), dict(method="lamda", gradient_checkpointing=True),
+@pytest.mark.parametrize("keys", [dict(method="lora"),
+                                  # quick: test_extrapolated_record_equals_the_full_trace[lamda-cpu] (LaMDA's record)
+                                  pytest.param(dict(method="lamda", gradient_checkpointing=True), marks=pytest.mark.slow),
                                   # sharded records: test_a_sharded_record_equals_the_full_trace (quick)
                                   pytest.param(dict(method="full", parallel="fsdp2", world_size=2),
                                                marks=pytest.mark.slow)],

@@ -175,7 +175,8 @@ def _large_set() -> tuple[Path, list[dict[str, Any]]]:
     return COMMITTED[0], records
 
 
-@pytest.mark.parametrize("which", ["small", "large"])
+# "large" (every committed report's records) is slow: "small" runs the same checks on the quick path
+@pytest.mark.parametrize("which", ["small", pytest.param("large", marks=pytest.mark.slow)])
 def test_plot_text_does_not_overlap(which, tmp_path):
     if which == "small":
         results_dir = write_results(tmp_path / "small", full_result_set() + lookalikes())
