@@ -340,3 +340,25 @@ def test_peak_by_category_of_sharded_cells_adds_up_to_the_peak_in_world_size_ord
         assert right * 2**30 == pytest.approx(by_w[w]["memory"]["peak"])
     legend = {t.get_text() for t in plot.figure.legends[0].get_texts()}
     assert {"unsharded_weights", "comm_buffers"} <= legend
+
+
+def test_a_card_shows_reserved_and_device_beside_the_peak_as_predicted_and_oom_as_a_lower_bound(tmp_path):
+    fits, oom = make_record(method="lora"), make_record(method="lamda")
+    for rec, reserved, extra in ((fits, 3 << 30, {}), (oom, 80 << 30, {"oom": "does not fit: ..."})):
+        rec["cell"]["card"] = "H100-80GB"
+        rec["memory"].update(reserved_peak=reserved, device_peak=reserved + (1 << 30))
+        rec["time"].update(step_s_predicted=0.5, tokens_per_s_predicted=64.0)
+        rec["info"]["allocator"] = {"card": "H100-80GB", **extra}
+    text = write_report(write_results(tmp_path / "card", [fits, oom])).read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| ") and "on the card: reserved" in line)
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns.index("on the card: reserved (predicted)") == columns.index("peak (optimizer phase)") + 1
+    assert columns[-2] == "throughput"  # predicted, so shown although nothing was timed
+    row = next(line for line in text.splitlines() if fits["id"] in line and line.startswith("| "))
+    assert "| 3.00 GiB " in row and "| 4.00 GiB " in row and "64 tokens/s predicted on H100-80GB" in row
+    row = next(line for line in text.splitlines() if oom["id"] in line and line.startswith("| "))
+    assert "> 80.00 GiB (out of memory)" in row and "> 81.00 GiB (out of memory)" in row
+    assert "what nvidia-smi would show" in text
+    # without a card nothing of it appears
+    plain = write_report(write_results(tmp_path / "plain", [make_record()])).read_text()
+    assert "on the card" not in plain and "predicted on" not in plain

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..results.record import ENV
+from ..results.record import ENV, MEMORY
 from .csv_export import write_csv
 from .plots import Plot, draw_all
 from .axes import Axes
@@ -29,6 +29,13 @@ MODE_NOTE = {
                 "same step would hold and do. Estimates are never shown as measurements here.",
 }
 
+
+
+# The card columns' meaning (issue 39, docs/card-memory.md): both figures predicted, never measured.
+CARD_NOTE = (" `on the card: reserved` is the CUDA caching allocator's reserved peak (`memory.reserved_peak`) "
+             "predicted by replaying the run's allocations; `on the card: device` adds the card's hidden "
+             "workspaces and CUDA context (`memory.device_peak`, what nvidia-smi would show). `> X (out of "
+             "memory)`: the replay ran out of the card's memory; X is a lower bound.")
 
 def write_report(results_dir: Path) -> Path:
     """Read ``results_dir/results.jsonl``; write ``report.md``, ``plots/*.png`` and
@@ -87,7 +94,8 @@ def render_markdown(records: list[dict[str, Any]], plots: list[Plot], results_di
         out += [f"## {heading}", "", md(axes.header()), "",
                 "`peak` is the highest live total the tracker saw (`memory.peak`, the larger of the forward, "
                 "backward and optimizer phases); `peak (optimizer phase)` is the highest during the optimizer "
-                "step only (`memory.peak_step`).", "",
+                "step only (`memory.peak_step`)." + (CARD_NOTE if any(get(r, MEMORY.reserved_peak) is not None
+                                                                      for r in in_mode) else ""), "",
                 results_table(in_mode, axes), ""]
     if not ok:
         out += ["## Results", "", "No cell finished with status ok.", ""]

@@ -67,6 +67,27 @@ TIME_COLUMNS = (
 )
 
 
+def _on_the_card(field: str):
+    """A predicted figure on the cell's card; where the replay ran out of memory (info.allocator.oom),
+    a lower bound said as such, never a figure that reads as fitting."""
+    def read(rec: dict[str, Any]) -> str:
+        value = get(rec, field)
+        if value is None:
+            return MISSING
+        oom = ((rec.get("info") or {}).get("allocator") or {}).get("oom")
+        return f"> {fmt_bytes(value)} (out of memory)" if oom else fmt_bytes(value)
+    return read
+
+
+# Shown where a record was estimated on a card (cell key card, issue 39): the caching allocator's
+# reserved peak and the device total (reserved + workspaces + context), both predicted.
+CARD_COLUMNS = (
+    ("on the card: reserved (predicted)", _on_the_card(MEMORY.reserved_peak)),
+    ("on the card: device (predicted)", _on_the_card(MEMORY.device_peak)),
+)
+PREDICTED_TIME_COLUMNS = (("throughput", fmt_throughput),)
+
+
 def results_table(records: list[dict[str, Any]], axes: Axes | None = None) -> str:
     """One row per ok record: the varying settings, then memory, FLOPs and (only where any
     record was timed) time. The header line above it names what is held fixed."""
@@ -84,6 +105,11 @@ def results_table(records: list[dict[str, Any]], axes: Axes | None = None) -> st
 
     if any(get(r, MEMORY.optimizer_paged) is not None for r in ok):  # issue 25's optimizers: their state shown
         columns = columns[:3] + OPTIMIZER_COLUMNS + columns[3:]
+    if any(get(r, MEMORY.reserved_peak) is not None for r in ok):  # beside the tensor peak
+        at = [h for h, _ in columns].index("peak (optimizer phase)") + 1
+        columns = columns[:at] + CARD_COLUMNS + columns[at:]
+    if not timed and any(get(r, TIME.tokens_per_s_predicted) is not None for r in ok):
+        columns = columns + PREDICTED_TIME_COLUMNS  # "predicted on CARD", never read as measured
     rows = [axes.row(rec) + [read(rec) for _, read in columns] + [Raw(md_code(rec.get("id")))] for rec in ok]
     return md_table(axes.columns() + [h for h, _ in columns] + ["id"], rows)
 
