@@ -222,3 +222,25 @@ def test_fit_card_flags_are_checked(tmp_path, capsys, argv, message):
                  "--no-progress", *argv])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+# ---- agreement: the committed H100 cells against their card estimates ----------------------------
+
+def test_the_committed_card_estimates_meet_the_h100_bar_and_dora_agrees_it_does_not_fit():
+    """reports/gpu/card against reports/gpu/measured, as docs/card-memory.md quotes it: on the LLaMA2-7B
+    cells the reserved peak within 1% (median) and 3% (each), the device peak within 2%; DoRA, which
+    ran out of memory on the H100, predicted out of memory."""
+    import re
+    from pathlib import Path
+
+    from lamda_bench.report.agreement import agreement
+
+    reports = Path(__file__).resolve().parents[1] / "reports" / "gpu"
+    text = agreement(reports / "measured", reports / "card")
+    line = next(l for l in text.splitlines() if l.startswith("- llama2-7b"))
+    (n,) = re.findall(r"\((\d+) cells\)", line)
+    r_med, r_max, d_med, d_max = map(float, re.findall(r"median ([\d.]+)%, largest ([\d.]+)%", line)[0]
+                                     + re.findall(r"median ([\d.]+)%, largest ([\d.]+)%", line)[1])
+    assert int(n) == 17 and r_med <= 1.0 and r_max <= 3.0 and d_max <= 2.0, line
+    dora = next(l for l in text.splitlines() if l.startswith("| dora") and "H100-80GB" in l)
+    assert "agrees: both out of memory" in dora and "> " in dora

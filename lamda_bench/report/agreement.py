@@ -126,24 +126,36 @@ def _rel(predicted: Any, measured: Any) -> float | None:
 
 def _card_table(rows: list[dict[str, Any]]) -> list[str]:
     """Where the estimates name a card: the allocator model's reserved peak against CUDA's
-    ``max_memory_reserved``, and the device peak against NVML's used memory, cell by cell."""
+    ``max_memory_reserved``, and the device peak against NVML's used memory, cell by cell, with the
+    error summarised per workload (a 7B model's cells and bare linears are not one population). A
+    replay that ran out of memory is compared with the measurement's status, not with a figure."""
     import statistics
 
-    table, reserved_errs, device_errs = [], [], []
+    table, reserved_errs, device_errs = [], {}, {}
     for row in rows:
         m, e = row["measured"], row["estimated"]
         reserved, device = get(e, MEMORY.reserved_peak), get(e, MEMORY.device_peak)
-        if reserved is None or not (is_ok(m) and is_ok(e)):
+        if reserved is None or not is_ok(e):
+            continue
+        oom = ((e.get("info") or {}).get("allocator") or {}).get("oom")
+        head = [method_label(m), get(m, CELL.r), _cell_label(m), get(e, "cell.card")]
+        if oom or not is_ok(m):
+            measured_oom = m.get("status") == "oom"
+            verdict = ("agrees: both out of memory" if oom and measured_oom else
+                       "differs: predicted out of memory" if oom else f"not compared: measured {m.get('status')}")
+            shown = f"> {fmt_bytes(reserved)} (out of memory)" if oom else fmt_bytes(reserved)
+            table.append(head + [shown, "out of memory" if measured_oom else "n/a", verdict,
+                                 f"> {fmt_bytes(device)}" if oom else fmt_bytes(device), "n/a", ""])
             continue
         r_rel = _rel(reserved, get(m, MEMORY.cuda_max_reserved))
         d_rel = _rel(device, get(m, MEMORY.nvml_used))
-        reserved_errs += [abs(r_rel)] if r_rel is not None else []
-        device_errs += [abs(d_rel)] if d_rel is not None else []
-        table.append([method_label(m), get(m, CELL.r), _cell_label(m), get(e, "cell.card"),
-                      fmt_bytes(reserved), fmt_bytes(get(m, MEMORY.cuda_max_reserved)),
-                      "n/a" if r_rel is None else f"{r_rel * 100:+.2f}%",
-                      fmt_bytes(device), fmt_bytes(get(m, MEMORY.nvml_used)),
-                      "n/a" if d_rel is None else f"{d_rel * 100:+.2f}%"])
+        workload = str(get(m, CELL.workload))
+        reserved_errs.setdefault(workload, []).extend([abs(r_rel)] if r_rel is not None else [])
+        device_errs.setdefault(workload, []).extend([abs(d_rel)] if d_rel is not None else [])
+        table.append(head + [fmt_bytes(reserved), fmt_bytes(get(m, MEMORY.cuda_max_reserved)),
+                             "n/a" if r_rel is None else f"{r_rel * 100:+.2f}%",
+                             fmt_bytes(device), fmt_bytes(get(m, MEMORY.nvml_used)),
+                             "n/a" if d_rel is None else f"{d_rel * 100:+.2f}%"])
     if not table:
         return []
 
@@ -152,12 +164,16 @@ def _card_table(rows: list[dict[str, Any]]) -> list[str]:
             return "n/a"
         return f"median {statistics.median(errs) * 100:.2f}%, largest {max(errs) * 100:.2f}%"
 
+    lines = [f"- {md(w)} ({len(reserved_errs[w])} cells): reserved peak vs CUDA `max_memory_reserved`, absolute "
+             f"error {summary(reserved_errs[w])}; device peak (reserved + context) vs NVML used, "
+             f"{summary(device_errs[w])}." for w in sorted(reserved_errs)]
     return [
         "## On the card: predicted reserved and device memory vs measured",
         "",
-        md(f"{len(table)} cells. Reserved peak (allocator model, lamda_bench/card) vs CUDA `max_memory_reserved`: "
-           f"absolute error {summary(reserved_errs)}. Device peak (reserved + context) vs NVML used: "
-           f"{summary(device_errs)}."),
+        md(f"{len(table)} cells; the reserved peak is the allocator model's (lamda_bench/card), the device peak "
+           "adds the card's context. Per workload:"),
+        "",
+        *lines,
         "",
         md_table(["method", "r", "cell", "card", "predicted reserved", "CUDA max reserved", "error",
                   "predicted device", "NVML used", "error"], table),
