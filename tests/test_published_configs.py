@@ -170,7 +170,8 @@ def test_reference_code_for_a_missing_kernel_is_named(tmp_path):
 
 # ---- item 8: depth extrapolation of a MoE cell ---------------------------------------------------
 
-def test_an_extrapolated_moe_record_equals_the_full_trace(monkeypatch):
+@pytest.mark.parametrize("method", ["lora", "lamda"])  # LaMDA's info.method has no 'method' key (was a KeyError)
+def test_an_extrapolated_moe_record_equals_the_full_trace(monkeypatch, method):
     # linear targets on a MoE model: info.method.not_adapted (a text naming counts that grow with
     # depth) is carried, info.model keeps its experts; the record equals the full trace
     import copy
@@ -178,7 +179,7 @@ def test_an_extrapolated_moe_record_equals_the_full_trace(monkeypatch):
     from lamda_bench.runner import depth
 
     monkeypatch.setattr(depth, "MIN_DEPTH", 6)
-    cell = dict(workload="tiny-mixtral", method="lora", r=2, alpha=4.0, dtype="fp32", device="cpu", batch=1,
+    cell = dict(workload="tiny-mixtral", method=method, r=2, alpha=4.0, dtype="fp32", device="cpu", batch=1,
                 seq=16, warmup=0, steps=0, mode="estimate", layers=7, targets="attn")
     auto, full = run_cell(dict(cell)), run_cell(dict(cell, trace="full"))
     assert auto["status"] == full["status"] == "ok", (auto["error"], full["error"])

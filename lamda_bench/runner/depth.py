@@ -158,7 +158,7 @@ def extrapolated(plan: Plan, device: str) -> tuple[dict, list[dict] | None]:
     if any(n is not None for n in not_adapted):
         from ..methods import peft_experts
 
-        info["method"]["not_adapted"] = peft_experts.coverage(target_model, info["method"]["method"], [])["not_adapted"]
+        info["method"]["not_adapted"] = peft_experts.coverage(target_model, c.method, [])["not_adapted"]
     out["info"] = {k: info[k] for k in records[-1]["info"]}
     if c.card is not None:  # the allocator replayed over the stream laid out at the target depth; the time model
         card_at_depth(out, plan, {d: r.alloc_log for d, (_, r) in zip(depths, runs)}, target)
