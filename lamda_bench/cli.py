@@ -162,8 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "dotted record path) equals VALUE; repeat to require several")
     cmp_.add_argument("--threshold", type=float, default=0.0, metavar="PCT",
                       help="only cells where some metric changed by more than PCT percent")
-    cmp_.add_argument("--sort", default="change", choices=("change", "order", "peak", "throughput"),
+    cmp_.add_argument("--sort", default=None, choices=("change", "order", "peak", "throughput"),
                       help="row order: largest change first (default), results order, or by B's peak/throughput")
+    cmp_.add_argument("--across", default=None, choices=("card",),
+                      help="pair cells that differ only in this key (card: the same cells estimated on two cards, "
+                           "predicted reserved/device peaks and tokens/s side by side with B / A ratios)")
     cmp_.set_defaults(func=cmd_compare)
 
     chk = verbs.add_parser("check", help="memory regression gate: non-zero exit on a regression")
@@ -380,8 +383,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report import compare
 
+    if args.across is not None:
+        from .report import ReportError
+        from .report.across import compare_across
+
+        for flag, given in (("--threshold", args.threshold), ("--sort", args.sort)):
+            if given:
+                raise ReportError(f"{flag} with --across: the cross-{args.across} table lists every pair in "
+                                  "results order; leave it out")
+        print(printable_lines(compare_across(_existing_dir(args.a), _existing_dir(args.b), args.across,
+                                             where=args.where)))
+        return EXIT_OK
     print(printable_lines(compare(_existing_dir(args.a), _existing_dir(args.b), where=args.where,
-                                  threshold=args.threshold, sort=args.sort)))
+                                  threshold=args.threshold, sort=args.sort or "change")))
     return EXIT_OK
 
 

@@ -163,10 +163,33 @@ def test_fit_certifies_the_largest_batch_with_real_estimates(tmp_path, capsys):
     assert all(r["cell"]["mode"] == "estimate" and r["suite"] == "fit" for r in records)
     assert (tmp_path / "fit.png").stat().st_size > 0
     assert "estimates" in out and f"max batch {best} at seq 64" in out
+    assert "predicted" not in out and "time_at_max" not in row  # no card: nothing said about time
     # A second fit into the same directory reuses every probe.
     code, again = _fit(tmp_path, "--method", "lora", "--seq", "64", "--budget", str(budget))
     assert code == 0 and again[0]["max_batch"] == best
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(records)
+
+
+def test_fit_with_a_card_predicts_tokens_per_s_at_the_max_and_the_time_for_a_million_tokens(tmp_path, capsys):
+    """A size budget with --card: the probe at the max carries the time model's prediction, which fit
+    prints (row, table and fit.json) as predicted on the card with the record's own error band."""
+    code, rows = _fit(tmp_path, "--method", "lora", "--seq", "16", "--budget", "24GiB", "--card", "RTX4090-24GB",
+                      "--limit", "2")
+    out = capsys.readouterr().out
+    assert code == 0
+    row, = rows
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    at_max = next(r for r in records if r["cell"]["batch"] == row["max_batch"])
+    time, model = row["time_at_max"], at_max["info"]["time_model"]
+    rate = at_max["time"]["tokens_per_s_predicted"]
+    assert rate > 0 and time["tokens_per_s_predicted"] == rate
+    assert time["step_s_predicted"] == at_max["time"]["step_s_predicted"]
+    assert time["seconds_per_1m_tokens_predicted"] == pytest.approx(1e6 / rate)
+    assert time["card"] == "RTX4090-24GB" and time["error_band"] == model["error_band"]
+    band = model["error_band"]
+    assert f"predicted on RTX4090-24GB at batch {row['max_batch']}" in out and f"{rate:,.0f}" in out
+    assert "1M tokens (predicted)" in out and "not measurements" in out
+    assert f"median {band['median_abs_error'] * 100:.1f}%, largest {band['max_abs_error'] * 100:.1f}%" in out
 
 
 def test_fit_in_seq_mode_steps_by_the_multiple(tmp_path):
@@ -251,3 +274,13 @@ def test_bad_layouts_are_one_line_and_exit_2(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert code == 2 and rows is None and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_a_card_row_without_a_prediction_says_why_and_a_row_without_a_card_says_nothing():
+    from lamda_bench.fit.output import time_text
+
+    row = {"method": "lora", "axis": "batch", "max_batch": 3, "world_size": 1}
+    assert time_text(row) is None
+    row["time_at_max"] = {"step_s_predicted": None, "tokens_per_s_predicted": None, "card": "H100-80GB",
+                          "not_predicted": "the probes' predictions do not extrapolate"}
+    assert time_text(row) == "lora: no predicted time at batch 3: the probes' predictions do not extrapolate"

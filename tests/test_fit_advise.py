@@ -155,7 +155,49 @@ def test_advice_finds_a_measured_and_a_caveat_lever_that_fit(tmp_path, capsys):
     # base (reused from fit) + the ceiling + 2 at level 1; gc + half-precision adapters is never estimated
     assert adv["lever_estimates"] == 4 and adv["stopped"] == "every combination searched"
     assert "extra FLOPs/step (measured)" in out and "caveat autocast_adapter_dtype:" in out
+    assert "(predicted)" not in out and all("step_s_predicted" not in f for f in adv["fitting"])  # no card: no time
     assert (tmp_path / "fit-advise.png").stat().st_size > 0
+
+
+def test_with_a_card_each_lever_is_priced_in_predicted_seconds_beside_its_flops(tmp_path, capsys):
+    """--card beside a size: each fitting lever's predicted s/step and its change against the cell
+    as asked, from the two records' own predictions; labelled as predicted, with the error band."""
+    card = dict(seq=512, card="RTX4090-24GB")
+    base, gc = _peak(**card), _peak(gradient_checkpointing=True, **card)
+    half = _peak(options=(("autocast_adapter_dtype", False), ("dropout", 0.0)), **card)
+    usable = (base["memory"]["device_peak"] + max(gc["memory"]["device_peak"], half["memory"]["device_peak"])) // 2
+    code = cli.main(["fit", "--workload", "tiny-llama", "--method", "lora", "--seq", "512", "--out", str(tmp_path),
+                     "--no-progress", "--budget", str(usable), "--card", "RTX4090-24GB",
+                     "--levers", "gradient_checkpointing,autocast_adapter_dtype"])
+    out = capsys.readouterr().out
+    adv = json.loads((tmp_path / "fit.json").read_text())[0]["advice"]
+    assert code == 0 and adv["verdict"] == "fits"
+    by = {tuple(f["changes"]): f for f in adv["fitting"]}
+    step = lambda rec: rec["time"]["step_s_predicted"]  # noqa: E731
+    for f, rec in ((by[("gradient_checkpointing",)], gc), (by[("autocast_adapter_dtype",)], half)):
+        assert f["step_s_predicted"] == step(rec) and f["step_s_missing"] is None
+        assert f["extra_step_s_predicted"] == pytest.approx(step(rec) - step(base))
+        assert f["extra_step_s_relative"] == pytest.approx(step(rec) / step(base) - 1)
+        assert f"({f['extra_step_s_relative']:+.1%})" in out
+    assert by[("gradient_checkpointing",)]["extra_step_s_predicted"] > 0  # the recomputed forward costs time
+    band = base["info"]["time_model"]["error_band"]
+    assert "s/step (predicted)" in out and "predicted s/step: the step-time model v1 on RTX4090-24GB" in out
+    assert f"median {band['median_abs_error'] * 100:.1f}%" in out and "not a measurement" in out
+
+
+def test_a_lever_without_a_prediction_gets_no_seconds_and_says_why():
+    from lamda_bench.fit.advise import Outcome, seconds_cost
+
+    timed = {"step_s_predicted": 0.5, "tokens_per_s_predicted": 100.0}
+    base = Outcome((0,), BASE, {}, 10, 10, False, time=timed)
+    missing = Outcome((1,), BASE, {"r": 4}, 5, 9, True,
+                      time={"step_s_predicted": None, "not_predicted": "the probes' predictions do not extrapolate"})
+    cost = seconds_cost(missing, base, BASE.batch * BASE.seq)
+    assert cost["extra_step_s_predicted"] is None and cost["step_s_predicted"] is None
+    assert cost["step_s_missing"] == "this change: the probes' predictions do not extrapolate"
+    fine = seconds_cost(Outcome((1,), BASE, {"r": 4}, 5, 9, True, time={**timed, "step_s_predicted": 0.75}),
+                        base, BASE.batch * BASE.seq)
+    assert fine["extra_step_s_relative"] == pytest.approx(0.5) and fine["step_s_missing"] is None
 
 
 def test_advice_says_when_no_allowed_lever_is_enough(tmp_path, capsys):

@@ -249,6 +249,47 @@ def test_compare_matches_cells_by_id_and_gives_ratios(tmp_path):
     assert a[2]["id"] in text.split("Only in A:")[1]
 
 
+def test_compare_across_cards_pairs_the_same_cell_estimated_on_two_cards(tmp_path, capsys):
+    """The same tiny-llama cell estimated with card = H100-80GB and with RTX4090-24GB: different ids,
+    so plain compare pairs nothing; ``--across card`` pairs them and shows each card's predicted
+    reserved and device peaks and tokens/s with B / A ratios, from the records' own fields."""
+    from lamda_bench.cli import main
+    from lamda_bench.report.units import fmt_ratio
+    from lamda_bench.runner import run_cell
+
+    def on(card, **kw):
+        rec = run_cell(Cell(workload="tiny-llama", method="lora", r=4, batch=2, seq=32, mode="estimate", card=card,
+                            **kw).to_dict())
+        assert rec["status"] == "ok", rec["error"]
+        return rec
+
+    a, b = on("H100-80GB"), on("RTX4090-24GB")
+    other = on("RTX4090-24GB", gradient_checkpointing=True)  # only in B
+    dir_a, dir_b = write_results(tmp_path / "a", [a]), write_results(tmp_path / "b", [b, other])
+    assert a["id"] != b["id"] and "0 cells in both" in compare(dir_a, dir_b)  # unchanged without --across
+    assert main(["compare", str(dir_a), str(dir_b), "--across", "card"]) == 0
+    text = capsys.readouterr().out
+    assert "1 cells in both up to card, 0 only in A, 1 only in B." in text
+    line = next(line for line in text.splitlines() if f"`{a['id']}`" in line)
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    cells = [""] + cells[cells.index("H100-80GB"):]  # the axis columns (none vary here), then card A, card B, ...
+    assert cells[1:3] == ["H100-80GB", "RTX4090-24GB"] and cells[-1] == f"`{b['id']}`"
+    mem, rates = (a["memory"], b["memory"]), (a["time"], b["time"])
+    assert mem[0]["peak"] == mem[1]["peak"] and cells[3] == f"{fmt_bytes(mem[0]['peak'])} (same)"
+    for i, field in ((4, "reserved_peak"), (6, "device_peak")):
+        assert cells[i:i + 2] == [f"{fmt_bytes(mem[0][field])} / {fmt_bytes(mem[1][field])}",
+                                  fmt_ratio(mem[1][field] / mem[0][field])]
+    ta, tb = (t["tokens_per_s_predicted"] for t in rates)
+    assert cells[8:10] == [f"{ta:,.0f} / {tb:,.0f}", fmt_ratio(tb / ta)]
+    band = a["info"]["time_model"]["error_band"]
+    assert f"median {band['median_abs_error'] * 100:.1f}%" in text and "not a measurement" in text
+    # Two cards of one cell in one directory cannot pair: one line, exit 2; so are --sort / --threshold.
+    write_results(tmp_path / "a", [on("A100-80GB")])
+    assert main(["compare", str(dir_a), str(dir_b), "--across", "card"]) == 2
+    assert "differ only in card" in capsys.readouterr().err
+    assert main(["compare", str(dir_a), str(dir_b), "--across", "card", "--sort", "peak"]) == 2
+
+
 def test_missing_results_is_one_line_error(tmp_path):
     with pytest.raises(ReportError, match="no results file") as info:
         write_report(tmp_path)

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 from .budgets import Budget
 from .levers import Change, Lever, apply_change, set_flags
-from .plan import Layout, RunProbes, plan
+from .plan import Layout, RunProbes, plan, predicted_time
 from ..results.record import FLOPS, get
 from ..suite.cell import Cell
 
@@ -53,6 +53,7 @@ class Outcome:
     flops: int | None
     fits: bool | None  # None: the estimate failed
     error: str | None = None
+    time: dict[str, Any] | None = None  # with a card: the predicted step (``plan.predicted_time``)
 
 
 @dataclass
@@ -140,7 +141,8 @@ class Advice:
             fwd, bwd = get(rec, FLOPS.forward), get(rec, FLOPS.backward)
             self.outcomes[c] = Outcome(c, cell, self.change(c), peak, None if fwd is None or bwd is None else fwd + bwd,
                                        None if peak is None else self.budget.fits(peak),
-                                       None if ok and peak is not None else (rec.get("error") or "no peak recorded"))
+                                       None if ok and peak is not None else (rec.get("error") or "no peak recorded"),
+                                       predicted_time(rec) if ok else None)
 
     def _known(self, fits: bool) -> list[tuple[int, ...]]:
         return [c for c, o in self.outcomes.items() if o.fits is fits]
@@ -236,6 +238,24 @@ def command_flags(change: Change) -> list[str]:
     return out
 
 
+def seconds_cost(o: Outcome, zero: Outcome, tokens: int) -> dict[str, Any]:
+    """With a card: the lever's predicted seconds per step against the cell as asked (same batch);
+    where either has no prediction, none, and why (``step_s_missing``), never a guess."""
+    step = (o.time or {}).get("step_s_predicted")
+    base = (zero.time or {}).get("step_s_predicted")
+    out: dict[str, Any] = {"step_s_predicted": step, "extra_step_s_predicted": None, "extra_step_s_relative": None,
+                           "extra_step_s_per_token_relative": None, "step_s_missing": None}
+    if step is None or base is None:
+        why = [f"{name}: {(t or {}).get('not_predicted') or 'no prediction recorded'}"
+               for name, t, v in (("the cell as asked", zero.time, base), ("this change", o.time, step)) if v is None]
+        out["step_s_missing"] = "; ".join(why)
+        return out
+    out.update(extra_step_s_predicted=step - base, extra_step_s_relative=step / base - 1 if base else None,
+               extra_step_s_per_token_relative=(step / (o.cell.batch * o.cell.seq)) / (base / tokens) - 1
+               if base else None)
+    return out
+
+
 def advise(row: dict[str, Any], base: Cell, levers: list[Lever], budget: Budget, layout: Layout, run: Counter,
            axis: str, multiple: int, limit: int | None, top: int = DEFAULT_TOP,
            max_estimates: int = DEFAULT_MAX_ESTIMATES) -> dict[str, Any]:
@@ -272,6 +292,7 @@ def advise(row: dict[str, Any], base: Cell, levers: list[Lever], budget: Budget,
             (o.flops / (o.cell.batch * o.cell.seq)) / (zero.flops / tokens) - 1,
             "measured_costs": ["flops"], "caveats": {lv.name: lv.caveat for lv in search.caveats(o)},
             "cell": o.cell.to_dict(), "id": o.cell.id,
+            **(seconds_cost(o, zero, tokens) if budget.on_card is not None else {}),
         })
     rows.sort(key=lambda r: (len(r["caveats"]), r["extra_flops"] if r["extra_flops"] is not None else float("inf"),
                              r["peak"]))
@@ -282,9 +303,12 @@ def advise(row: dict[str, Any], base: Cell, levers: list[Lever], budget: Budget,
         "verdict": "fits" if rows else ("error" if zero.fits is None else
                                         "fits as asked" if zero.fits else "none of the allowed levers is enough"),
         "stopped": search.stopped, "fitting": rows,
-        "base": {"peak": zero.peak, "flops": zero.flops, "id": zero.cell.id, "error": zero.error},
+        "base": {"peak": zero.peak, "flops": zero.flops, "id": zero.cell.id, "error": zero.error,
+                 **({"time": zero.time} if budget.on_card is not None else {})},
         "ceilings": [{"changes": o.change, "peak": o.peak, "fits": o.fits, "error": o.error} for o in ceilings],
-        "estimated": [{"changes": o.change, "peak": o.peak, "flops": o.flops, "fits": o.fits, "error": o.error}
+        "estimated": [{"changes": o.change, "peak": o.peak, "flops": o.flops, "fits": o.fits, "error": o.error,
+                       **({"step_s_predicted": (o.time or {}).get("step_s_predicted")}
+                          if budget.on_card is not None else {})}
                       for o in search.outcomes.values()],
         "combinations": len(search.combos()), "lever_estimates": lever_estimates,
         "max_search_estimates": run.new + run.reused - new - reused - lever_estimates,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .budgets import Budget
-from ..report.units import fmt_bytes
+from ..report.units import error_band_text, fmt_bytes, fmt_seconds
 
 ORDER_NOTE = ("Ordered by the number of caveats, then by measured extra FLOPs; caveats are costs the harness does "
               "not measure, so none is ranked above another.")
@@ -27,6 +27,33 @@ def _flops(value: int | None, rel: float | None, per_token: float | None = None)
     if per_token is not None and rel is not None and abs(per_token - rel) > 5e-4:
         text += f"\nper token {per_token:+.1%}"
     return text
+
+
+def _seconds(f: dict[str, Any]) -> str:
+    """A lever's predicted seconds per step and its change against the cell as asked; empty where
+    either has no prediction (the reason is a line under the table)."""
+    if f.get("extra_step_s_predicted") is None:
+        return ""
+    text = f"{fmt_seconds(f['step_s_predicted'])} ({f['extra_step_s_relative']:+.1%})"
+    per_token = f.get("extra_step_s_per_token_relative")
+    if per_token is not None and abs(per_token - f["extra_step_s_relative"]) > 5e-4:
+        text += f"\nper token {per_token:+.1%}"
+    return text
+
+
+def seconds_lines(adv: dict[str, Any]) -> list[str]:
+    """With a card: what the seconds column is (a prediction, its error band), and why a row has none."""
+    if "time" not in adv["base"]:
+        return []
+    base = adv["base"]["time"] or {}
+    lines = [f"  predicted s/step: the step-time model v{base.get('time_model_version', '?')} on "
+             f"{base.get('card', '?')}, not a measurement"
+             + (f" (the cell as asked: {fmt_seconds(base['step_s_predicted'])} at {adv['axis']} {adv[adv['axis']]})"
+                if base.get("step_s_predicted") is not None else "")
+             + f"; {error_band_text(base.get('error_band'))}."]
+    lines += [f"  #{i}: no predicted seconds: {f['step_s_missing']}"
+              for i, f in enumerate(adv["fitting"], 1) if f.get("step_s_missing")]
+    return lines
 
 
 def pointer(row: dict[str, Any]) -> str:
@@ -58,15 +85,18 @@ def advice_text(row: dict[str, Any], budget: Budget) -> str:
             lines.append(f"  strongest: {changes}: {state} (usable {fmt_bytes(budget.usable)})")
     else:
         body = []
+        timed = "time" in adv["base"]  # a card: predicted seconds per step beside the FLOPs
         for i, f in enumerate(adv["fitting"], 1):
             best = f.get(f"max_{axis}")
             best_text = "-" if best is None else f"{best}{'+' if f['max_verdict'] == 'fits up to the limit' else ''}"
             body.append([i, "\n".join(f"{k}={v}" for k, v in f["changes"].items()), fmt_bytes(f["peak"]),
                          fmt_bytes(f["headroom"]), best_text, _flops(f["extra_flops"], f["extra_flops_relative"],
                                                                   f["extra_flops_per_token_relative"]),
-                         ", ".join(f["caveats"]) or "none"])
+                         *([_seconds(f)] if timed else []), ", ".join(f["caveats"]) or "none"])
         lines.append(tabulate(body, headers=["#", "change", f"peak ({axis} {adv[axis]})", "headroom",
-                                             f"max {axis}", "extra FLOPs/step (measured)", "caveats"]))
+                                             f"max {axis}", "extra FLOPs/step (measured)",
+                                             *(["s/step (predicted)"] if timed else []), "caveats"]))
+        lines += seconds_lines(adv)
         named = {k: v for f in adv["fitting"] for k, v in f["caveats"].items()}
         lines += [f"  caveat {k}: {v}" for k, v in named.items()]
         lines.append("  " + ORDER_NOTE)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .budgets import Budget
-from ..report.units import fmt_bytes
+from ..report.units import error_band_text, fmt_bytes, fmt_duration, fmt_rate, fmt_seconds
 
 ESTIMATE_NOTE = ("These are estimates (the real training step run on fake tensors), not measurements: "
                  "a row fits when {policy}.")
@@ -38,6 +38,41 @@ def answer_text(row: dict[str, Any]) -> str:
             f"{axis} {row['next']} does not fit ({fmt_bytes(row['peak_at_next'])})")
 
 
+def time_text(row: dict[str, Any]) -> str | None:
+    """With a card: the predicted tokens/s at the max and the time for 1 M tokens, or why there is
+    none; None without a card (no time model ran: nothing is said about time)."""
+    time = row.get("time_at_max")
+    if time is None:
+        return None
+    axis = row["axis"]
+    at = f"{axis} {row[f'max_{axis}']}"
+    if time["tokens_per_s_predicted"] is None:
+        return f"{row['method']}: no predicted time at {at}: {time.get('not_predicted') or 'not recorded'}"
+    per = " per card" if row.get("world_size", 1) > 1 else ""
+    return (f"{row['method']}: predicted on {time['card']} at {at}: {fmt_seconds(time['step_s_predicted'])} per step, "
+            f"{fmt_rate(time['tokens_per_s_predicted'])}{per}, 1M tokens in "
+            f"{fmt_duration(time['seconds_per_1m_tokens_predicted'])}")
+
+
+def time_note(rows: list[dict[str, Any]]) -> str | None:
+    """What the predicted times are, once: the time model, its card and its error band."""
+    time = next((r["time_at_max"] for r in rows if r.get("time_at_max")), None)
+    if time is None:
+        return None
+    return (f"Times are predictions of the step-time model v{time['time_model_version']} on {time['card']} "
+            f"(the traced step's ops priced on the card's rates), not measurements: "
+            f"{error_band_text(time['error_band'])}.")
+
+
+def _time_cells(row: dict[str, Any]) -> list[str]:
+    time = row.get("time_at_max")
+    if time is None:
+        return ["", ""]
+    if time["tokens_per_s_predicted"] is None:
+        return ["not predicted", ""]
+    return [f"{time['tokens_per_s_predicted']:,.0f}", fmt_duration(time["seconds_per_1m_tokens_predicted"])]
+
+
 def per_card_note(row: dict[str, Any]) -> str:
     """What "per card" means for the row's data-parallel layout (``fit.Layout``)."""
     how = ("rank 0 of the FSDP2 job (weights, grads and optimizer state sharded, plus its gathered "
@@ -59,14 +94,21 @@ def table(rows: list[dict[str, Any]], budget: Budget) -> str:
                      row["verdict"], row["probes"]])
     headers = ["method", "r", fixed, f"max {axis}", "tokens/step", "peak at max", f"next {axis}",
                "peak at next", "verdict", "probes"]
+    timed = any(r.get("time_at_max") for r in rows)  # a card's probes: the predicted time beside
+    if timed:
+        body = [line + _time_cells(row) for line, row in zip(body, rows)]
+        headers += ["tokens/s at max (predicted)", "1M tokens (predicted)"]
     lines = [tabulate(body, headers=headers)]
     lines += [answer_text(r) for r in rows]
+    lines += [t for t in map(time_text, rows) if t]
     card = f" ({budget.card}: {budget.source})" if budget.card else ""
     lines.append(f"Budget {budget.text} = {budget.bytes:,} B = {fmt_bytes(budget.bytes)}{card}; margin "
                  f"{fmt_bytes(budget.margin)}, usable {fmt_bytes(budget.usable)}.")
     if rows and rows[0].get("parallel", "none") != "none":
         lines.append(per_card_note(rows[0]))
     lines.append(ESTIMATE_NOTE.format(policy=budget.policy()))
+    if timed:
+        lines.append(time_note(rows))
     lines.append("KiB/MiB/GiB = 2^10/2^20/2^30 bytes.")
     return "\n".join(lines)
 

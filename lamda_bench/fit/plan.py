@@ -118,6 +118,22 @@ class Probe:
     status: str
     peak: int | None
     error: str | None = None
+    time: dict[str, Any] | None = None  # with a card: the time model's prediction (``predicted_time``)
+
+
+def predicted_time(record: dict[str, Any]) -> dict[str, Any] | None:
+    """A card probe's predicted step (``time.step_s_predicted``, ``tokens_per_s_predicted``) with
+    the time model's card, version, error band and, where it made none, why; None without a card
+    (no time model ran). A prediction, never a measurement (docs/step-time.md)."""
+    model = get(record, "info.time_model")
+    if not isinstance(model, dict):
+        return None
+    step, rate = get(record, "time.step_s_predicted"), get(record, "time.tokens_per_s_predicted")
+    return {"step_s_predicted": step, "tokens_per_s_predicted": rate,
+            "seconds_per_1m_tokens_predicted": 1e6 / rate if rate else None,
+            "card": model.get("card") or get(record, "cell.card"),
+            "time_model_version": model.get("time_model_version"), "error_band": model.get("error_band"),
+            "not_predicted": model.get("not_predicted") if step is None else None}
 
 
 @dataclass
@@ -147,7 +163,7 @@ class MethodSearch:
     def observe(self, value: int, record: dict[str, Any]) -> None:
         peak = self.layout.card_peak(record) if record.get("status") == "ok" else None
         self.probes[value] = Probe(value=value, id=self.cell(value).id, status=record.get("status") or "error",
-                                   peak=peak, error=record.get("error"))
+                                   peak=peak, error=record.get("error"), time=predicted_time(record))
 
     # -- state
     def failed_probe(self) -> Probe | None:
@@ -242,6 +258,8 @@ class MethodSearch:
         at_max = self.probes[lo * self.multiple]
         row.update({f"max_{self.axis}": at_max.value, "peak_at_max": at_max.peak,
                     "tokens_at_max": at_max.value * getattr(self.base, fixed)})
+        if at_max.time is not None:  # a card's probe: the predicted time at the max (absent without one)
+            row["time_at_max"] = at_max.time
         hi = next((n for n in over if n > lo), None)
         if hi is None:
             row["verdict"] = "fits up to the limit"

@@ -53,6 +53,26 @@ def fmt_seconds(s: float | None) -> str:
     return f"{s:.2f} s"
 
 
+def fmt_duration(s: float | None) -> str:
+    """A long span for a reader: 42.1 s, 12.3 min, 3.45 h, 2.10 days."""
+    if s is None:
+        return MISSING
+    for limit, div, unit in ((60, 1, "s"), (3600, 60, "min"), (86400, 3600, "h")):
+        if s < limit:
+            return f"{s / div:.3g} {unit}" if unit != "s" or s >= 1 else fmt_seconds(s)
+    return f"{s / 86400:,.1f} days"
+
+
+def error_band_text(band: dict | None) -> str:
+    """The time model's out-of-sample error as ``info.time_model.error_band`` records it."""
+    if not band or band.get("median_abs_error") is None:
+        return "error band not recorded"
+    cards = ", ".join(band.get("cards") or [])
+    return (f"out-of-sample error median {band['median_abs_error'] * 100:.1f}%, largest "
+            f"{band.get('max_abs_error', 0) * 100:.1f}% over {band.get('points', '?')} points"
+            + (f" ({cards})" if cards else "") + f", {band.get('source', 'docs/step-time.md')}")
+
+
 def fmt_rate(tokens_per_s: float | None) -> str:
     return MISSING if tokens_per_s is None else f"{tokens_per_s:,.0f} tokens/s"
 
