@@ -138,3 +138,38 @@ def test_bad_loss_value_is_one_line():
     assert Cell(workload="tiny-llama", method="lora", loss="liger").problem()[0] == "loss"
     with pytest.raises(CellError):
         Cell(workload="tiny-llama", method="lora", loss="liger").validate()
+
+
+# ---- trainer configs ------------------------------------------------------------------------
+
+
+def _fate(t, key):
+    return next(f for f in t.fates if f.key == key)
+
+
+def test_trainer_configs_map_their_liger_switches_to_the_key():
+    from lamda_bench.trainer_config import translate
+    from lamda_bench.trainer_config.fate import MAPPED, NO_EFFECT, NOT_MODELLED
+
+    axo = {"base_model": "tiny-llama", "adapter": "lora", "lora_r": 4}
+    t = translate({**axo, "liger_fused_linear_cross_entropy": True, "cut_cross_entropy": True}, "x.yml")
+    assert _fate(t, "liger_fused_linear_cross_entropy").fate == MAPPED and t.cell["loss"] == "fused_linear_ce"
+    assert _fate(t, "cut_cross_entropy").fate == NOT_MODELLED and "keeping less" in _fate(t, "cut_cross_entropy").note
+    t = translate({**axo, "liger_fused_linear_cross_entropy": False}, "x.yml")
+    assert _fate(t, "liger_fused_linear_cross_entropy").fate == NO_EFFECT and "loss" not in t.cell
+    # HF Trainer: Liger's defaults turn on RoPE, RMSNorm and SwiGLU too: the loss is set, the key stays flagged
+    hf = {"per_device_train_batch_size": 2, "use_liger_kernel": True}
+    t = translate(hf, "x.json")
+    fate = _fate(t, "use_liger_kernel")
+    assert fate.fate == NOT_MODELLED and t.cell["loss"] == "fused_linear_ce" and "loss = fused_linear_ce" in fate.line()
+    t = translate({**hf, "liger_kernel_config": {"fused_linear_cross_entropy": False}}, "x.json")
+    assert "loss" not in t.cell
+    t = translate({**hf, "use_liger_kernel": False}, "x.json")
+    assert _fate(t, "use_liger_kernel").fate == NO_EFFECT and "loss" not in t.cell
+    # LLaMA-Factory: on for sft and pt; a stage that needs the logits turns the fused loss off
+    lf = {"model_name_or_path": "tiny-llama", "finetuning_type": "lora", "enable_liger_kernel": True}
+    for stage, fused in ((None, True), ("sft", True), ("pt", True), ("dpo", False)):
+        doc = lf if stage is None else {**lf, "stage": stage}
+        t = translate(doc, "x.yaml", fmt="llama-factory")
+        assert (t.cell.get("loss") == "fused_linear_ce") is fused, stage
+        assert _fate(t, "enable_liger_kernel").fate == NOT_MODELLED
