@@ -173,3 +173,14 @@ def test_trainer_configs_map_their_liger_switches_to_the_key():
         t = translate(doc, "x.yaml", fmt="llama-factory")
         assert (t.cell.get("loss") == "fused_linear_ce") is fused, stage
         assert _fate(t, "enable_liger_kernel").fate == NOT_MODELLED
+
+
+@pytest.mark.slow
+def test_llama31_8b_lora_drops_the_logits_and_their_gradient():
+    cell = dict(workload="llama3.1-8b", method="lora", r=16, batch=2, seq=4096, dtype="bf16", mode="estimate",
+                warmup=1, steps=1)
+    default = ok(run_cell(cell))
+    fused = ok(run_cell({**cell, "loss": "fused_linear_ce"}))
+    logits_fp32 = 2 * 4096 * 128256 * 4
+    assert fused["info"]["loss"]["chunk_size"] == 256
+    assert default["memory"]["peak"] - fused["memory"]["peak"] >= 2 * logits_fp32  # the logits and their gradient
