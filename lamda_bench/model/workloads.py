@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from . import config as model_config
+from . import fused_ce
 from . import moe
 from . import rope
 from ..suite.cell import Cell
@@ -441,7 +442,17 @@ def compute_loss(cell: Cell, model: nn.Module, inputs: dict[str, torch.Tensor]) 
     if task == vlm.TASK:
         with vlm.forward_context():
             return model(**inputs).loss
+    if cell.loss == "fused_linear_ce":  # the decoder body, then Liger's fused loss: no full logits
+        return fused_ce.causal_lm_loss(model, inputs, cell.workload)
     return model(**inputs).loss
+
+
+def loss_problem(cell: Cell) -> str | None:
+    """One line when the cell's loss key cannot apply to its workload, else None."""
+    if cell.loss == "model":
+        return None
+    workload = get_workload(cell.workload)
+    return fused_ce.problem(workload.name, workload.task, workload.config, cell.output_router_logits)
 
 
 # ---- targets ------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ def describe(record: dict[str, Any], reused: bool, where: str) -> str:
     settings = " ".join(f"{k}={_value(cell.get(k))}" for k in SHOWN_KEYS if k in cell)
     if cell.get("kbit_prepare"):  # said only when on: every other cell's line stays as it was
         settings += " kbit_prepare=true"
+    if cell.get("loss", "model") != "model":  # said only when set, likewise
+        settings += f" loss={cell['loss']}"
     kind = kind_of(record)
     how = (f"estimate: fake tensors on {get(record, 'info.estimate_device', 'cpu')}, the real training step traced; "
            "nothing measured on a GPU") if kind == "estimate" else \
@@ -50,6 +52,11 @@ def describe(record: dict[str, Any], reused: bool, where: str) -> str:
         lines.append(f"images: {vlm['images_per_sample']} per sample at {vlm['image_size']}, "
                      f"{vlm['tokens_per_image']} tokens each; per sample {vlm['text_tokens']} text + "
                      f"{vlm['image_tokens']} image = {vlm['total_tokens']} tokens (seq counts text tokens)")
+    loss = get(record, "info.loss")
+    if loss:  # the fused loss: what was modelled (lamda_bench/model/fused_ce.py)
+        lines.append(f"loss: fused linear cross-entropy in {loss['chunks']} chunks of {loss['chunk_size']} rows "
+                     f"({fmt_bytes(loss['logits_chunk_bytes'])} of logits each; the full fp32 logits would be "
+                     f"{fmt_bytes(loss['full_logits_fp32_bytes'])}); modelled on {loss['modelled_on']}")
     if record.get("status") != "ok":
         return "\n".join(lines + [f"status {record.get('status')}: {record.get('error')}"])
     lines += ["", _peak(record, kind), _params(record), _flops(record)] + _moe(record) + _model_notes(record) + \

@@ -233,6 +233,18 @@ def predicted(plan: Plan, res: StepResult) -> dict:
     return pred
 
 
+def loss_info(c: Cell, model) -> dict:
+    """What the fused loss modelled: Liger's chunking for this cell's rows, hidden size and vocab."""
+    from ..model import fused_ce
+
+    weight = fused_ce.lm_head_weight(model, c.workload)
+    vocab, hidden = weight.shape
+    logits_dtype = weight.dtype
+    if c.precision.startswith("amp-"):  # the chunk's matmul runs under autocast
+        logits_dtype = torch.bfloat16 if c.precision == "amp-bf16" else torch.float16
+    return fused_ce.describe(c.batch * c.seq, hidden, vocab, logits_dtype.itemsize)
+
+
 def info(c: Cell, res: StepResult) -> dict:
     applied = res.applied
     info = dict(res.info)
@@ -247,6 +259,8 @@ def info(c: Cell, res: StepResult) -> dict:
         info["quant"]["experts_unquantized"] = (f"{moe_facts['expert_parameters']} expert weights (fused 3-D "
                                                 "parameters, not nn.Linear) kept in the model dtype")
     info["kbit_prepare"] = kbit.describe(applied.model)  # None unless the cell's kbit_prepare ran
+    if c.loss != "model":  # said only when set: every other record stays as it was
+        info["loss"] = loss_info(c, applied.model)
     info["method"] = applied.info
     info["steps"] = {"warmup": c.warmup, "instrumented_step": res.instrumented_step, "timed": c.steps,
                      "total_steps": res.horizon}

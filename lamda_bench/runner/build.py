@@ -8,6 +8,7 @@ import contextlib
 import torch
 from torch import nn
 
+from ..model import fused_ce
 from ..model import kbit
 from ..model import precision
 from ..model import quant
@@ -22,6 +23,9 @@ def prepare(plan: Plan, build_device: str):
 
     c = plan.cell
     method = get_method(c.method)
+    found = workloads.loss_problem(c)
+    if found:
+        raise CellError(found)
     model = workloads.build_model(c, build_device)
     qformat = quant.quantize_base(model, c.quant, c.parallel)  # the quantized frozen base, before the adapter
     prepared = kbit.prepare(model, c)  # PEFT's prepare_model_for_kbit_training (kbit_prepare key)
@@ -37,6 +41,8 @@ def prepare(plan: Plan, build_device: str):
     ctx = torch.device("meta") if build_device == "meta" else contextlib.nullcontext()
     with ctx, quant.float_base_for_init(model, qformat, method, targets):  # QPiSSA-style residual
         applied = method.apply(model, spec)
+    if c.loss == "fused_linear_ce":  # an adapted lm_head: refused before anything runs
+        fused_ce.lm_head_weight(applied.model, c.workload)
     precision.cast_trainable(applied.model, precision.get_policy(c.precision))  # before the optimizer exists
     applied.info.update(peft_experts.coverage(applied.model, method.name, expert_params))  # MoE: experts adapted?
     return applied, spec

@@ -28,13 +28,14 @@ PRECISIONS = ("pure", "amp-bf16", "amp-fp16", "fp32")  # lamda_bench/model/preci
 PARALLEL = ("none", "fsdp2", "ddp")
 QUANTS = ("none", "nf4", "nf4-dq", "fp4", "fp4-dq", "int8")  # quantized frozen base: lamda_bench/model/quant.py
 EXPERTS = ("auto", "grouped_mm", "batched_mm", "eager")  # MoE experts kernels: lamda_bench/model/moe.py
+LOSSES = ("model", "fused_linear_ce")  # the model's own loss, or Liger's fused linear CE (model/fused_ce.py)
 TRACES = ("auto", "full")  # an estimate's trace: depth-extrapolated where certified, or every block (docs/extrapolation.md)
 # Keys added after cell ids were first recorded: at their default they are left out of the id's
 # hash, so every cell written before the key existed keeps its id (resume, baselines).
 ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True,
                        "quant": "none", "experts_implementation": "auto", "output_router_logits": None,
                        "kbit_prepare": False, "images": None, "image_size": None, "vision_layers": None,
-                       "card": None, "allocator": "default"}
+                       "card": None, "allocator": "default", "loss": "model"}
 # The integer keys and their least value. ``steps`` (timed steps) may be 0: the instrumented
 # step always runs, an estimate times nothing, and the runner's own tests use 0.
 MIN_INTS = {"r": 1, "batch": 1, "seq": 1, "layers": 1, "d_in": 1, "d_out": 1, "steps": 0, "warmup": 0, "seed": 0,
@@ -43,7 +44,7 @@ OPTIONAL_INTS = ("layers", "d_in", "d_out", "images", "vision_layers")  # None: 
 CHOICES = {"device": DEVICES, "mode": MODES, "optimizer": OPTIMIZERS,
            "attn_implementation": ATTENTION, "precision": PRECISIONS, "parallel": PARALLEL,
            "quant": QUANTS, "experts_implementation": EXPERTS,
-           "trace": TRACES}
+           "trace": TRACES, "loss": LOSSES}
 
 
 class CellError(UserError):
@@ -96,6 +97,7 @@ class Cell:
     trace: str = "auto"  # estimates: "full" traces every block; not in the id (both give the same bytes)
     card: str | None = None  # the card the cell stands for (lamda_bench/card/cards.py): reserved and device peaks
     allocator: str = "default"  # with a card: the caching allocator's settings (PYTORCH_CUDA_ALLOC_CONF syntax)
+    loss: str = "model"  # causal LM: "fused_linear_ce" computes it in chunks without the full logits (LOSSES)
 
     # ---- conversion -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

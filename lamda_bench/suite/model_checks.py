@@ -28,9 +28,13 @@ def problem(cell: Cell, method: Any) -> tuple[str, str] | None:
     if cell.quant != "none" and getattr(method, "name", cell.method) == "full":
         return "quant", (f"quant {cell.quant!r} with method 'full': full fine-tuning trains the base weights, "
                          "which a quantized base stores as integers; use an adapter method or quant = 'none'")
+    from ..model.workloads import get_workload, loss_problem
+
+    found = loss_problem(cell)
+    if found:
+        return "loss", found
     if cell.workload == "linear":
         return None
-    from ..model.workloads import get_workload
 
     workload = get_workload(cell.workload)
     positions = (workload.config or {}).get("max_position_embeddings")

@@ -9,7 +9,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
-from .cell import ATTENTION, DEVICES, DTYPES, EXPERTS, MIN_INTS, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, QUANTS, TRACES, Cell
+from .cell import ATTENTION, DEVICES, DTYPES, EXPERTS, LOSSES, MIN_INTS, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, QUANTS, TRACES, Cell
 from .conventions import canonical_dtype
 from ..errors import UserError
 from ..hints import did_you_mean
@@ -146,6 +146,7 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "trace": _choice(TRACES),
     "card": _card,
     "allocator": _str,  # PYTORCH_CUDA_ALLOC_CONF syntax, checked by Cell.card_problem
+    "loss": _choice(LOSSES),
 }
 assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
 

@@ -36,7 +36,8 @@ NOT_MODELLED = {
     "fsdp_config": F.FSDP,
     "fsdp_version": F.FSDP,
     "liger_rope": F.LIGER, "liger_rms_norm": F.LIGER, "liger_glu_activation": F.LIGER,
-    "liger_layer_norm": F.LIGER, "liger_fused_linear_cross_entropy": F.LIGER, "liger_cross_entropy": F.LIGER,
+    "liger_layer_norm": F.LIGER, "liger_cross_entropy": F.LIGER,
+    "cut_cross_entropy": F.CUT_CE,
     "plugins": "axolotl plugins (Liger, Cut Cross-Entropy, ...) replace modules; not modelled",
     "neftune_noise_alpha": F.NEFTUNE,
     "unsloth_lora_mlp": "Unsloth kernels: not modelled", "unsloth_lora_qkv": "Unsloth kernels: not modelled",
@@ -78,6 +79,7 @@ NO_EFFECT.update({
     "gradient_accumulation_steps": F.ACCUMULATION,
     "pad_to_sequence_len": F.FULL_ROWS,
     "lr_scheduler_kwargs": F.NO_MEMORY,
+    "liger_fused_linear_cross_entropy": "off",
 })
 
 
@@ -88,6 +90,8 @@ def translate(doc: dict[str, Any], source: str, config_dir: Path) -> Translation
     for key, value in doc.items():
         if key in MAPPED_KEYS:
             _map(t, key, value, doc, config_dir)
+        elif key == "liger_fused_linear_cross_entropy" and not F.is_off(value):  # LigerPlugin: this kernel alone
+            t.map(key, value, F.FUSED_CE, loss="fused_linear_ce")
         else:
             F.classify_rest(t, key, value, NO_EFFECT, NOT_MODELLED)
     if "base_model" not in doc:

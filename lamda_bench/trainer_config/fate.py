@@ -41,7 +41,7 @@ class Fate:
         from ..terminal import shown_name
 
         value, key = _short(self.value), shown_name(self.key)
-        if self.fate == MAPPED:
+        if self.fate == MAPPED or self.cell:
             sets = ", ".join(f"{k} = {_short(v)}" for k, v in self.cell) or "(read with another key)"
             text = f"{key}: {value} -> {sets}"
         else:
@@ -61,6 +61,11 @@ class Translation:
     def map(self, key: str, value: Any, note: str = "", **cell: Any) -> None:
         self.cell.update(cell)
         self.fates.append(Fate(key, value, MAPPED, note, tuple(cell.items())))
+
+    def partly(self, key: str, value: Any, note: str, **cell: Any) -> None:
+        """A key that sets cell keys for part of what it does; the rest (``note``) is not modelled."""
+        self.cell.update(cell)
+        self.fates.append(Fate(key, value, NOT_MODELLED, note, tuple(cell.items())))
 
     def no_effect(self, key: str, value: Any, note: str = "") -> None:
         self.fates.append(Fate(key, value, NO_EFFECT, note))
@@ -133,6 +138,13 @@ DEEPSPEED = "DeepSpeed ZeRO partitions state across ranks in its own way; not mo
 FSDP = ("an FSDP job's ranks are not in the file; give --world-size N --parallel fsdp2 (FSDP2, fully_shard per "
         "block) when that is the layout; otherwise not modelled")
 PACKING = "packed rows (varlen attention over several sequences) are not modelled; the estimate takes one full sequence per row"
+FUSED_CE = "loss = 'fused_linear_ce': Liger's fused linear cross-entropy, no full logits (docs/loss.md)"
+LIGER_DEFAULTS = ("sets loss = 'fused_linear_ce' (Liger's fused linear cross-entropy, on by default); Liger's RoPE, "
+                  "RMSNorm and SwiGLU kernels, also on by default, save less than the model's own modules and are "
+                  "not modelled")
+CUT_CE = ("Cut Cross-Entropy (Apple's CCE kernel) computes the loss and its gradient block by block, keeping less than "
+          "Liger's fused linear cross-entropy (no per-chunk logits, no kept input gradient); not modelled "
+          "(loss = 'fused_linear_ce' is the nearest key)")
 LIGER = "Liger kernels (fused cross-entropy, RMSNorm...) save less than the model's own modules; not modelled"
 NEFTUNE = "NEFTune adds noise to the embeddings; its extra tensors are not modelled"
 KBIT_PREPARE_AXOLOTL = ("axolotl runs PEFT's prepare_model_for_kbit_training, then, for lora/qlora, casts every norm "

@@ -25,7 +25,6 @@ NOT_MODELLED = {
     "torch_compile": "torch.compile fuses kernels and changes which tensors live: not modelled",
     "torch_compile_backend": "torch.compile: not modelled",
     "torch_compile_mode": "torch.compile: not modelled",
-    "use_liger_kernel": F.LIGER,
     "liger_kernel_config": F.LIGER,
     "neftune_noise_alpha": F.NEFTUNE,
     "auto_find_batch_size": "the Trainer halves the batch after an OOM; the estimate takes the batch as given",
@@ -73,6 +72,7 @@ NO_EFFECT.update({
     "gradient_accumulation_steps": F.ACCUMULATION,
     "per_device_eval_batch_size": "evaluation is not estimated (training step only)",
     "model_init_kwargs": "read for its torch_dtype only; the rest (device_map, attn_implementation...) is not",
+    "use_liger_kernel": "off",
 })
 SEQ_KEYS = ("max_length", "max_seq_length")
 
@@ -109,6 +109,17 @@ def map_key(t: Translation, key: str, value: Any, doc: dict[str, Any]) -> bool:
                                                                                           value.get("dtype"))):
         dtype = dtype_name(value.get("torch_dtype", value.get("dtype")))
         t.map(key, value, "its torch_dtype is the load dtype; the other init kwargs are not read", dtype=dtype)
+    elif key == "use_liger_kernel" and not F.is_off(value):
+        map_liger(t, key, value, fused=(doc.get("liger_kernel_config") or {}).get("fused_linear_cross_entropy", True))
     else:
         return False
     return True
+
+
+def map_liger(t: Translation, key: str, value: Any, fused: Any) -> None:
+    """Liger's ``apply_liger_kernel_to_*`` defaults: fused linear CE, RoPE, RMSNorm, SwiGLU on; the loss
+    is the part modelled."""
+    if F.is_off(fused):
+        t.not_modelled(key, value, F.LIGER + " (fused_linear_cross_entropy off in liger_kernel_config)")
+    else:
+        t.partly(key, value, F.LIGER_DEFAULTS, loss="fused_linear_ce")

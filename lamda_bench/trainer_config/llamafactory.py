@@ -28,7 +28,6 @@ BNB = ("bnb", "bitsandbytes")  # quantization_method values that are bitsandbyte
 
 NOT_MODELLED = {
     "flash_attn": F.ATTENTION_KERNEL,
-    "enable_liger_kernel": F.LIGER,
     "use_unsloth": "Unsloth kernels: not modelled",
     "use_unsloth_gc": "Unsloth checkpointing: not modelled",
     "packing": F.PACKING,
@@ -59,6 +58,7 @@ NO_EFFECT = {k: F.NO_MEMORY for k in (
     "enable_thinking", "include_mfu",
 )}
 NO_EFFECT.update(hf_args.NO_EFFECT)
+NO_EFFECT["enable_liger_kernel"] = "off"
 NO_EFFECT.pop("model_init_kwargs", None)
 NOT_MODELLED.pop("enable_thinking")
 for _k, _v in hf_args.NOT_MODELLED.items():
@@ -123,9 +123,21 @@ def _map(t: Translation, key: str, value: Any, doc: dict[str, Any], lora: bool, 
         map_attention(t, key, value)
     elif key == "quantization_method":
         _quant_method(t, key, value, doc)
+    elif key == "enable_liger_kernel" and not F.is_off(value):
+        _liger(t, key, value, doc.get("stage", "sft"))
     else:
         return False
     return True
+
+
+def _liger(t: Translation, key: str, value: Any, stage: Any) -> None:
+    """LLaMA-Factory's apply_liger_kernel: Liger's defaults, but the fused loss off (plain Liger
+    cross-entropy instead) for a stage that needs the logits (any but pt and sft)."""
+    if stage in ("pt", "sft"):
+        hf_args.map_liger(t, key, value, fused=True)
+    else:
+        t.not_modelled(key, value, F.LIGER + f" (stage {stage!r} needs the logits: LLaMA-Factory turns the fused "
+                                             "linear cross-entropy off)")
 
 
 def _quant_method(t: Translation, key: str, value: Any, doc: dict[str, Any]) -> None:
