@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
 from lamda_bench.suite.cell import Cell
+
+
+# ---- the cyclic collector, as the launcher leaves it -------------------------------------------
+# Every tracked step collects the cyclic garbage twice (lamda_bench/measure/garbage.py), and a
+# collection walks every object the process tracks. The launcher's cell process freezes the heap
+# once, before its cell (launch/child.freeze_heap); a test worker that runs hundreds of cells in
+# process never did, so each collection walked torch, transformers, peft, pytest and every earlier
+# test's objects: test_execute.py + test_quant.py took 113 s, 45 s frozen. So each test starts with
+# what is alive then frozen (after a collection, so no garbage is frozen), and each module ends by
+# thawing and collecting, so its fixtures' cycles are freed. A cell's own objects are collected as
+# before: no record moves.
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_after_the_module():
+    yield
+    gc.unfreeze()
+    gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def _freeze_what_is_alive_before_the_test():
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture
