@@ -18,11 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..results.record import CELL, ENV, INFO, MEMORY, run_device, run_mode
+from ..results.record import CELL, ENV, INFO, MEMORY, TIME, run_device, run_mode
 from .escape import md, md_code
 from .records import get, is_ok, load_dir, method_label
 from .tables import md_table
-from .units import UNITS_NOTE, fmt_bytes
+from .units import UNITS_NOTE, fmt_bytes, fmt_seconds
 
 DEFAULT_TOLERANCE = 0.03
 # how an estimate was traced, and a card (which only adds predictions), are not what a cell measures
@@ -93,7 +93,7 @@ def agreement(measured_dir: Path, estimated_dir: Path, tolerance: float = DEFAUL
             fmt_bytes(get(m, MEMORY.cuda_max_allocated)), fmt_bytes(get(m, MEMORY.cuda_max_reserved)),
             rel, fmt_bytes(row["gap"]), row["verdict"],
         ])
-    card = _card_table(rows)
+    card = _card_table(rows) + _time_table(rows)
     compared = [r for r in rows if r["rel"] is not None]
     agree = sum(1 for r in compared if r["verdict"] == "agrees")
     devices = sorted({str(get(r["measured"], ENV.device_name)) for r in rows} - {"None"})
@@ -122,6 +122,45 @@ def agreement(measured_dir: Path, estimated_dir: Path, tolerance: float = DEFAUL
 
 def _rel(predicted: Any, measured: Any) -> float | None:
     return None if predicted is None or not measured else (predicted - measured) / measured
+
+
+def _time_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Where the estimates name a card and the measurements were timed: the time model's predicted
+    step time (``time.step_s_predicted``) against the measured median step, cell by cell. The
+    committed H100 cells calibrated the model (docs/step-time.md), so on them this is the in-sample
+    error; the record's out-of-sample band (``info.time_model.error_band``) is quoted beside it."""
+    import statistics
+
+    table, errs, band = [], {}, None
+    for row in rows:
+        m, e = row["measured"], row["estimated"]
+        predicted, measured = get(e, TIME.step_s_predicted), get(m, TIME.step_median_s)
+        if predicted is None or measured is None or not (is_ok(m) and is_ok(e)):
+            continue
+        band = band or ((e.get("info") or {}).get("time_model") or {}).get("error_band")
+        rel = _rel(predicted, measured)
+        errs.setdefault(str(get(m, CELL.workload)), []).extend([abs(rel)] if rel is not None else [])
+        table.append([method_label(m), get(m, CELL.r), _cell_label(m), get(e, "cell.card"),
+                      fmt_seconds(predicted), fmt_seconds(measured), "n/a" if rel is None else f"{rel * 100:+.2f}%"])
+    if not table:
+        return []
+    lines = [f"- {md(w)} ({len(v)} cells): absolute error median {statistics.median(v) * 100:.2f}%, "
+             f"largest {max(v) * 100:.2f}%." for w, v in sorted(errs.items()) if v]
+    out_of_sample = (f" The model's out-of-sample band, from its records: median {band['median_abs_error'] * 100:.1f}%, "
+                     f"largest {band['max_abs_error'] * 100:.1f}% over {band['points']} public points "
+                     f"({band.get('source', 'docs/step-time.md')})." if band else "")
+    return [
+        "## On the card: predicted step time vs measured",
+        "",
+        md(f"{len(table)} cells: the time model's step time (time.step_s_predicted) against the measured median "
+           f"step (time.step_median_s). Where these measurements calibrated the model, this is its "
+           f"in-sample error.{out_of_sample} Per workload:"),
+        "",
+        *lines,
+        "",
+        md_table(["method", "r", "cell", "card", "predicted step", "measured step (median)", "error"], table),
+        "",
+    ]
 
 
 def _card_table(rows: list[dict[str, Any]]) -> list[str]:
