@@ -18,22 +18,16 @@ from ..results.record import MEMORY, get
 from .axes import Axes
 from .compare import parse_where, select
 from .escape import md, md_code
-from .records import ReportError, is_ok, load_dir
+from .records import ReportError, cell_key, is_ok, load_dir
 from .tables import Raw, md_table
-from .units import error_band_text, fmt_bytes, fmt_ratio, ratio
+from .units import error_band_text, fmt_bytes, fmt_on_card, fmt_ratio, ratio
 
 ACROSS = ("card",)
 
 
 def across_key(record: dict[str, Any], key: str) -> str:
-    """The cell without ``key`` (and without keys at their id-neutral defaults): what pairs."""
-    from ..suite.cell import ID_NEUTRAL_DEFAULTS
-
-    cell = {k: v for k, v in (record.get("cell") or {}).items() if k not in (key, "timeout_s")}
-    for name, default in ID_NEUTRAL_DEFAULTS.items():
-        if cell.get(name, default) == default:
-            cell.pop(name, None)
-    return json.dumps(cell, sort_keys=True, default=str)
+    """The cell without ``key``: what pairs (agreement.pair_key's rule, other keys left out)."""
+    return cell_key(record, (key, "timeout_s"))
 
 
 def _by_key(records: list[dict[str, Any]], key: str, side: str) -> dict[str, dict[str, Any]]:
@@ -61,18 +55,12 @@ def _rate_text(kind: str | None, rate: float | None) -> str:
     return "n/a" if rate is None else f"{rate:,.0f}" + (" (measured)" if kind == "measured" else "")
 
 
-def _peak(record: dict[str, Any], field: str) -> str:
-    text = fmt_bytes(get(record, field))
-    return f"> {text} (out of memory)" if get(record, "info.allocator.oom") and get(record, field) is not None \
-        else text
-
-
 def _pair_row(axes: Axes, a: dict[str, Any], b: dict[str, Any], key: str) -> list[Any]:
     row: list[Any] = axes.row(a) + [str(get(a, "cell." + key)), str(get(b, "cell." + key))]
     ta, tb = get(a, MEMORY.peak), get(b, MEMORY.peak)
     row.append(f"{fmt_bytes(ta)} (same)" if ta == tb else f"{fmt_bytes(ta)} / {fmt_bytes(tb)}")
     for field in (MEMORY.reserved_peak, MEMORY.device_peak):
-        row += [f"{_peak(a, field)} / {_peak(b, field)}", fmt_ratio(ratio(get(b, field), get(a, field)))]
+        row += [f"{fmt_on_card(a, field)} / {fmt_on_card(b, field)}", fmt_ratio(ratio(get(b, field), get(a, field)))]
     (ka, ra), (kb, rb) = _rate(a), _rate(b)
     row += [f"{_rate_text(ka, ra)} / {_rate_text(kb, rb)}", fmt_ratio(ratio(rb, ra)) if ka == kb else "n/a"]
     notes = [f"status {a.get('status')} / {b.get('status')}"] if not (is_ok(a) and is_ok(b)) else []

@@ -20,9 +20,9 @@ from typing import Any
 
 from ..results.record import CELL, ENV, INFO, MEMORY, TIME, run_device, run_mode
 from .escape import md, md_code
-from .records import get, is_ok, load_dir, method_label
+from .records import cell_key, get, is_ok, load_dir, method_label
 from .tables import md_table
-from .units import UNITS_NOTE, fmt_bytes, fmt_seconds
+from .units import UNITS_NOTE, fmt_bytes, fmt_on_card, fmt_seconds
 
 DEFAULT_TOLERANCE = 0.03
 # how an estimate was traced, and a card (which only adds predictions), are not what a cell measures
@@ -31,15 +31,7 @@ _NOT_PAIRED_ON = ("device", "mode", "timeout_s", "trace", "card", "allocator")
 
 def pair_key(record: dict[str, Any]) -> str:
     """The resolved cell without the fields an estimate and a measurement differ in."""
-    import json
-
-    from ..suite.cell import ID_NEUTRAL_DEFAULTS
-
-    cell = {k: v for k, v in (record.get("cell") or {}).items() if k not in _NOT_PAIRED_ON}
-    for key, default in ID_NEUTRAL_DEFAULTS.items():  # keys added since: absent means default
-        if cell.get(key, default) == default:
-            cell.pop(key, None)
-    return json.dumps(cell, sort_keys=True, default=str)
+    return cell_key(record, _NOT_PAIRED_ON)
 
 
 def agreement_rows(measured: list[dict], estimated: list[dict], tolerance: float = DEFAULT_TOLERANCE
@@ -137,7 +129,7 @@ def _time_table(rows: list[dict[str, Any]]) -> list[str]:
         predicted, measured = get(e, TIME.step_s_predicted), get(m, TIME.step_median_s)
         if predicted is None or measured is None or not (is_ok(m) and is_ok(e)):
             continue
-        band = band or ((e.get("info") or {}).get("time_model") or {}).get("error_band")
+        band = band or get(e, "info.time_model.error_band")
         rel = _rel(predicted, measured)
         errs.setdefault(str(get(m, CELL.workload)), []).extend([abs(rel)] if rel is not None else [])
         table.append([method_label(m), get(m, CELL.r), _cell_label(m), get(e, "cell.card"),
@@ -176,14 +168,13 @@ def _card_table(rows: list[dict[str, Any]]) -> list[str]:
         reserved, device = get(e, MEMORY.reserved_peak), get(e, MEMORY.device_peak)
         if reserved is None or not is_ok(e):
             continue
-        oom = ((e.get("info") or {}).get("allocator") or {}).get("oom")
+        oom = get(e, "info.allocator.oom")
         head = [method_label(m), get(m, CELL.r), _cell_label(m), get(e, "cell.card")]
         if oom or not is_ok(m):
             measured_oom = m.get("status") == "oom"
             verdict = ("agrees: both out of memory" if oom and measured_oom else
                        "differs: predicted out of memory" if oom else f"not compared: measured {m.get('status')}")
-            shown = f"> {fmt_bytes(reserved)} (out of memory)" if oom else fmt_bytes(reserved)
-            table.append(head + [shown, "out of memory" if measured_oom else "n/a", verdict,
+            table.append(head + [fmt_on_card(e, MEMORY.reserved_peak), "out of memory" if measured_oom else "n/a", verdict,
                                  f"> {fmt_bytes(device)}" if oom else fmt_bytes(device), "n/a", ""])
             continue
         r_rel = _rel(reserved, get(m, MEMORY.cuda_max_reserved))

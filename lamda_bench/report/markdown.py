@@ -30,12 +30,12 @@ MODE_NOTE = {
 }
 
 
-
 # The card columns' meaning (issue 39, docs/card-memory.md): both figures predicted, never measured.
 CARD_NOTE = (" `on the card: reserved` is the CUDA caching allocator's reserved peak (`memory.reserved_peak`) "
              "predicted by replaying the run's allocations; `on the card: device` adds the card's hidden "
              "workspaces and CUDA context (`memory.device_peak`, what nvidia-smi would show). `> X (out of "
              "memory)`: the replay ran out of the card's memory; X is a lower bound.")
+
 
 def write_report(results_dir: Path) -> Path:
     """Read ``results_dir/results.jsonl``; write ``report.md``, ``plots/*.png`` and

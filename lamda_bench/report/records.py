@@ -39,6 +39,19 @@ def is_ok(record: dict[str, Any]) -> bool:
     return record.get("status") == "ok"
 
 
+def cell_key(record: dict[str, Any], leave_out: tuple[str, ...]) -> str:
+    """The record's cell without ``leave_out`` and without keys at their id-neutral defaults (so a
+    record written before such a key existed pairs with one that holds its default): what
+    ``agreement`` and ``compare --across`` pair records on."""
+    from ..suite.cell import ID_NEUTRAL_DEFAULTS
+
+    cell = {k: v for k, v in (record.get("cell") or {}).items() if k not in leave_out}
+    for key, default in ID_NEUTRAL_DEFAULTS.items():
+        if cell.get(key, default) == default:
+            cell.pop(key, None)
+    return json.dumps(cell, sort_keys=True, default=str)
+
+
 def mode(record: dict[str, Any]) -> str:
     """Resolved mode: 'measure' (real tensors) or 'estimate' (fake tensors, nothing allocated)."""
     from ..results.record import run_mode

@@ -16,7 +16,7 @@ from ..results.record import CELL, FLOPS, MEMORY, PARAMS, PREDICTED_FLOPS, PREDI
 from .axes import Axes
 from .escape import md, md_code
 from .records import get, is_ok, method_label, mode
-from .units import MISSING, fmt_bytes, fmt_count, fmt_flops, fmt_rate, fmt_seconds, fmt_throughput, ratio
+from .units import MISSING, fmt_bytes, fmt_count, fmt_flops, fmt_on_card, fmt_rate, fmt_seconds, fmt_throughput, ratio
 
 
 class Raw(str):
@@ -67,23 +67,11 @@ TIME_COLUMNS = (
 )
 
 
-def _on_the_card(field: str):
-    """A predicted figure on the cell's card; where the replay ran out of memory (info.allocator.oom),
-    a lower bound said as such, never a figure that reads as fitting."""
-    def read(rec: dict[str, Any]) -> str:
-        value = get(rec, field)
-        if value is None:
-            return MISSING
-        oom = ((rec.get("info") or {}).get("allocator") or {}).get("oom")
-        return f"> {fmt_bytes(value)} (out of memory)" if oom else fmt_bytes(value)
-    return read
-
-
 # Shown where a record was estimated on a card (cell key card, issue 39): the caching allocator's
 # reserved peak and the device total (reserved + workspaces + context), both predicted.
 CARD_COLUMNS = (
-    ("on the card: reserved (predicted)", _on_the_card(MEMORY.reserved_peak)),
-    ("on the card: device (predicted)", _on_the_card(MEMORY.device_peak)),
+    ("on the card: reserved (predicted)", lambda r: fmt_on_card(r, MEMORY.reserved_peak)),
+    ("on the card: device (predicted)", lambda r: fmt_on_card(r, MEMORY.device_peak)),
 )
 PREDICTED_TIME_COLUMNS = (("throughput", fmt_throughput),)
 

@@ -63,6 +63,18 @@ def fmt_duration(s: float | None) -> str:
     return f"{s / 86400:,.1f} days"
 
 
+def fmt_on_card(record: dict, field: str) -> str:
+    """A predicted figure on the cell's card (``memory.reserved_peak`` / ``device_peak``); where the
+    allocator's replay ran out of memory (``info.allocator.oom``) a lower bound, said as such, never
+    a figure that reads as fitting."""
+    from .records import get
+
+    value = get(record, field)
+    if value is not None and get(record, "info.allocator.oom"):
+        return f"> {fmt_bytes(value)} (out of memory)"
+    return fmt_bytes(value)
+
+
 def error_band_text(band: dict | None) -> str:
     """The time model's out-of-sample error as ``info.time_model.error_band`` records it."""
     if not band or band.get("median_abs_error") is None:
