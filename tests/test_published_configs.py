@@ -10,6 +10,8 @@ import pytest
 
 from lamda_bench.runner import run_cell
 
+from test_extrapolation import comparable  # an extrapolated record vs the full trace: every field but timing and info.trace
+
 PUBLISHED = Path(__file__).parent / "published_configs"
 
 
@@ -174,8 +176,6 @@ def test_reference_code_for_a_missing_kernel_is_named(tmp_path):
 def test_an_extrapolated_moe_record_equals_the_full_trace(monkeypatch, method):
     # linear targets on a MoE model: info.method.not_adapted (a text naming counts that grow with
     # depth) is carried, info.model keeps its experts; the record equals the full trace
-    import copy
-
     from lamda_bench.runner import depth
 
     monkeypatch.setattr(depth, "MIN_DEPTH", 6)
@@ -185,14 +185,6 @@ def test_an_extrapolated_moe_record_equals_the_full_trace(monkeypatch, method):
     assert auto["status"] == full["status"] == "ok", (auto["error"], full["error"])
     assert auto["info"]["trace"]["mode"] == "extrapolated", auto["info"]["trace"]
     assert auto["info"]["model"]["moe"]["moe_blocks"] == 7 and "not_adapted" in auto["info"]["method"]
-
-    def comparable(record):
-        r = copy.deepcopy(record)
-        for key in ("wall_s", "started_at"):
-            r.pop(key)
-        r["info"].pop("trace")
-        r["cell"].pop("trace")
-        return r
 
     assert comparable(auto) == comparable(full)
 
