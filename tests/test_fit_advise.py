@@ -181,7 +181,8 @@ def test_with_a_card_each_lever_is_priced_in_predicted_seconds_beside_its_flops(
         assert f"({f['extra_step_s_relative']:+.1%})" in out
     assert by[("gradient_checkpointing",)]["extra_step_s_predicted"] > 0  # the recomputed forward costs time
     band = base["info"]["time_model"]["error_band"]
-    assert "s/step (predicted)" in out and "predicted s/step: the step-time model v1 on RTX4090-24GB" in out
+    version = base["info"]["time_model"]["time_model_version"]
+    assert "s/step (predicted)" in out and f"predicted s/step: the step-time model v{version} on RTX4090-24GB" in out
     assert f"median {band['median_abs_error'] * 100:.1f}%" in out and "not a measurement" in out
 
 

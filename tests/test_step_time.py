@@ -158,3 +158,62 @@ def test_op_recorder_on_a_tiny_real_model(make_cell):
     assert mm["bytes_read"] > 0 and mm["bytes_written"] > 0 and mm["dtype"] == "float32"
     out = predict_step_time(ops, "RTX4090-24GB")
     assert out["step_s"] >= max(out["device_s"], out["host_s"]) > 0
+
+
+def test_op_recorder_prices_an_optimizer_step_as_a_steady_one():
+    """In-place foreach ops write the lists they mutate; the first step's lazy AdamW state init
+    (zeros_like per parameter, inside optimizer.step()) is marked first_step_only, and the
+    prediction leaves it out; an embedding reads the rows it gathers, not its whole table."""
+    from lamda_bench.measure import ModuleScope
+    from lamda_bench.measure.ops import OpRecorder
+
+    model = torch.nn.Sequential(torch.nn.Embedding(1000, 16), torch.nn.Linear(16, 16))
+    opt = torch.optim.AdamW(model.parameters(), foreach=True)
+    rec = OpRecorder(ModuleScope(model))
+    with rec:
+        model(torch.arange(8).view(2, 4)).sum().backward()
+        opt.step()
+    ops = rec.ops()
+    lerp = next(o for o in ops if o["name"] == "_foreach_lerp_")
+    params = sum(p.numel() * 4 for p in model.parameters())
+    assert lerp["phase"] == "optimizer" and lerp["bytes_written"] == params and lerp["bytes_read"] == 2 * params
+    init = [o for o in ops if o["first_step_only"]]
+    assert init and all(o["name"] == "zeros_like" and o["phase"] == "optimizer" and o["bytes_read"] == 0 for o in init)
+    assert sum(o["count"] for o in init) == 2 * len(list(model.parameters()))  # exp_avg and exp_avg_sq
+    emb = next(o for o in ops if o["name"] == "embedding")
+    assert emb["bytes_read"] == 8 * 16 * 4 + 8 * 8  # 8 rows of 16 fp32, and 8 int64 indices
+    without = predict_step_time([o for o in ops if not o["first_step_only"]], "H100-80GB")
+    assert predict_step_time(ops, "H100-80GB")["device_s"] == pytest.approx(without["device_s"])
+    with rec:  # a second step: the state exists, nothing is first-step-only
+        opt.step()
+    assert sum(o["count"] for o in rec.ops() if o["first_step_only"]) == sum(o["count"] for o in init)
+
+
+def test_cpu_dropout_is_priced_as_cudas_fused_kernel():
+    """bernoulli_ + div_ + mul (CPU's dropout) -> native_dropout; the backward grad * noise ->
+    native_dropout_backward reading a bool mask; other muls and a trace without dropout unchanged."""
+    from lamda_bench.card.cuda_dropout import cuda_dropout
+
+    b = 4 * 1000  # 1000 fp32 elements
+    ops = [_op("bernoulli_", "elementwise", "float32", read=0, written=b, count=3),
+           _op("div_", "elementwise", "float32", read=b, written=b, count=3),
+           _op("mul", "elementwise", "float32", read=2 * b, written=b, count=5),
+           _op("mul", "elementwise", "float32", read=2 * b, written=b, count=4, phase="backward"),
+           _op("add", "elementwise", "float32", read=2 * b, written=b, count=2)]
+    out = {(o["name"], o["phase"]): o for o in cuda_dropout(ops)}
+    assert ("bernoulli_", "forward") not in out and ("div_", "forward") not in out
+    assert out[("mul", "forward")]["count"] == 2 and out[("mul", "backward")]["count"] == 1
+    drop, back = out[("native_dropout", "forward")], out[("native_dropout_backward", "backward")]
+    assert (drop["count"], drop["bytes_read"], drop["bytes_written"]) == (3, b, b + 1000)
+    assert (back["count"], back["bytes_read"], back["bytes_written"]) == (3, b + 1000, b)
+    assert out[("add", "forward")]["count"] == 2
+    plain = [_op("mul", "elementwise", "float32", read=2 * b, written=b)]
+    assert cuda_dropout(plain) == plain
+
+
+def test_a100_attention_runs_at_its_own_published_fraction():
+    from lamda_bench.card.step_time import attention_fraction
+
+    assert attention_fraction("A100-80GB", backward=False) == 0.50
+    assert attention_fraction("A100-80GB", backward=True) == 0.40
+    assert attention_fraction("H100-80GB", backward=False) == eff.value("attention_forward_fraction")

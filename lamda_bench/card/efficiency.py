@@ -42,6 +42,14 @@ TABLE: dict[str, Constant] = {
     "attention_forward_fraction": Constant(0.40, "FlashAttention-2/-3 papers: FA2 on H100 ~335-370 of 989 TFLOP/s"),
     "attention_backward_fraction": Constant(0.30, "FlashAttention-3 paper fig. 2: FA2 backward on H100 ~250-300 "
                                                  "of 989 TFLOP/s"),
+    # Per card where the same paper measured it (the A100): the lower end of the published ranges
+    # (short sequences), not fitted. Cards not listed take the H100 FA2 figures above.
+    "attention_forward_fraction_by_card": Constant({"A100-80GB": 0.50, "A100-40GB": 0.50},
+                                                   "FlashAttention-2 paper (Dao 2023, abstract and sec. 4.1): "
+                                                   "forward 50-73% of the A100's 312 TFLOP/s"),
+    "attention_backward_fraction_by_card": Constant({"A100-80GB": 0.40, "A100-40GB": 0.40},
+                                                    "FlashAttention-2 paper (Dao 2023, fig. 4-6): backward "
+                                                    "40-60% of the A100's 312 TFLOP/s at head dim 128"),
     "attention_causal_work": Constant(0.5, "a causal flash kernel skips the masked upper half of the s x s tiles"),
     # Elementwise, reduction and foreach optimizer ops are memory-bound: their bytes at the
     # memory buckets times a per-kind factor (1.0: the bucket as published).

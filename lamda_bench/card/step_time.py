@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 
 from . import efficiency as eff
+from .cuda_dropout import cuda_dropout
 from .rates import Rates, matmul_rate, rates_for
 
-TIME_MODEL_VERSION = "1"
+TIME_MODEL_VERSION = "2"
 NOT_MODELLED = (
     "torch.compile and CUDA graphs (eager dispatch assumed)",
     "overlap of communication with compute (single device)",
@@ -45,6 +46,12 @@ def gemm_fraction(card: str, flops: float) -> float:
     return _interp(buckets, max(flops, 1.0)) * top / buckets[0][1] * eff.value("gemm_calibration")
 
 
+def attention_fraction(card: str, backward: bool) -> float:
+    """Achievable fraction of the bf16 peak of a flash-attention kernel on ``card``."""
+    name = "attention_backward_fraction" if backward else "attention_forward_fraction"
+    return eff.value(name + "_by_card").get(card, eff.value(name))
+
+
 def memory_seconds(rates: Rates, nbytes: float, factor: float = 1.0) -> float:
     if nbytes <= 0:
         return 0.0
@@ -66,7 +73,7 @@ def op_cost(op: dict, rates: Rates, allow_tf32: bool = False) -> dict:
         memory = memory_seconds(rates, nbytes)
     elif kind == "attention":
         work = op["flops"] * (eff.value("attention_causal_work") if op.get("causal") else 1.0)
-        frac = eff.value("attention_backward_fraction" if op["phase"] == "backward" else "attention_forward_fraction")
+        frac = attention_fraction(rates.name, op["phase"] == "backward")
         compute = work / (matmul_rate(rates, op["dtype"], allow_tf32) * frac)
         memory = memory_seconds(rates, nbytes)
     elif kind == "optimizer":
@@ -87,6 +94,8 @@ def predict_step_time(ops: list[dict], card: str, allow_tf32: bool = False) -> d
     ``host_s``: eager dispatch of every op; ``step_s = max(device_s, host_s)``.
     """
     rates = rates_for(card)
+    # A steady-state step: no lazy optimizer state init; CPU-kernel dropouts as CUDA's fused kernel.
+    ops = cuda_dropout([op for op in ops if not op.get("first_step_only")])
     parts = dict.fromkeys(PARTS, 0.0)
     by_kind: dict[str, float] = {}
     kernels = 0

@@ -16,6 +16,7 @@ import math
 from typing import Iterable
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from .flops import ATTENTION_OPS, flop_formulas
 from .modules import ModuleScope
@@ -33,6 +34,16 @@ NO_KERNEL_OPS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty
 # Views in effect whose schema does not say so (``_unsafe_view`` returns an alias of its input).
 VIEW_LIKE_OPS = {"_unsafe_view", "detach", "alias", "_reshape_alias", "lift_fresh"}
 KINDS = ("gemm", "attention", "elementwise", "reduction", "optimizer", "none")
+# Ops that write their output without reading any input's elements (an input gives only the
+# shape, dtype or the tensor to fill): a fill kernel, or a random number generator.
+WRITE_ONLY_OPS = {"zeros_like", "ones_like", "full_like", "zeros", "ones", "full", "new_zeros", "new_ones",
+                  "new_full", "fill_", "zero_", "bernoulli_", "uniform_", "normal_", "random_", "scalar_tensor",
+                  "arange"}
+# Gathers read only the rows or entries they pick, not the whole table they index
+# (aten/src/ATen/native/cuda/Embedding.cu: embedding is index_select of weight rows;
+# Loss.cu / LossNLL.cu: nll_loss reads input[i, target[i]] per row, and its backward zero-fills
+# grad_input and scatters into it, never reading ``self``).
+GATHER_OPS = {"embedding", "nll_loss_forward", "nll_loss_backward", "nll_loss2d_forward", "nll_loss2d_backward"}
 
 
 def op_kind(func) -> str:
@@ -78,6 +89,30 @@ def _shape(value) -> object:
     return None
 
 
+def _mutated(func, args, kwargs) -> list[torch.Tensor]:
+    """The tensors an op writes in place, from its schema (``Tensor(a!)`` arguments): a foreach
+    in-place op (``_foreach_add_``, ``_fused_adam_``) returns nothing, so its outputs do not show
+    the lists it mutated."""
+    out = []
+    for i, arg in enumerate(func._schema.arguments):
+        if arg.alias_info is not None and arg.alias_info.is_write:
+            value = kwargs.get(arg.name) if arg.name in kwargs else args[i] if i < len(args) else None
+            out.extend(_tensors(value))
+    return out
+
+
+def _gather_bytes_read(name: str, args, out) -> int | None:
+    """Bytes a gather op reads on CUDA (``GATHER_OPS``), None for any other op."""
+    if name == "embedding":  # (weight, indices): the picked rows, as many as the output holds, and the indices
+        return sum(_nbytes(t) for t in _tensors(out)) + _nbytes(args[1])
+    if name in ("nll_loss_forward", "nll_loss2d_forward"):  # (self, target, ...): one entry per target
+        target = args[1]
+        return target.numel() * (args[0].element_size() + target.element_size())
+    if name in ("nll_loss_backward", "nll_loss2d_backward"):  # (grad_output, self, target, ...): not self
+        return sum(_nbytes(t) for i, a in enumerate(args) if i != 1 for t in _tensors(a))
+    return None
+
+
 def _is_causal(func, args, kwargs) -> bool:
     """The attention kernel's ``is_causal`` argument, found by name in its schema."""
     for i, arg in enumerate(func._schema.arguments):
@@ -94,33 +129,53 @@ class OpRecorder:
         self.scope = scope
         self._formulas = flop_formulas()
         self._ops: dict[tuple, dict] = {}
-        self._phase: str | None = None
+        # Inside ``optimizer.step()`` (torch's global step hooks): every op is the optimizer's,
+        # foreach or not; in a step whose optimizer had no state yet, its fills are the lazy
+        # state init (``exp_avg = zeros_like(p)``) that later steps do not run.
+        self._in_step = False
+        self._first_step = False
+        self._hooks: list = []
 
     def __enter__(self) -> "OpRecorder":
         self.scope.__enter__()
         self.scope.ops.add(self._observe)
         self.scope.ops.__enter__()
+        self._hooks = [register_optimizer_step_pre_hook(self._step_starts),
+                       register_optimizer_step_post_hook(self._step_ends)]
         return self
 
     def __exit__(self, *exc) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
         self.scope.ops.__exit__(*exc)
         self.scope.ops.remove(self._observe)
         self.scope.__exit__(*exc)
 
+    def _step_starts(self, optimizer, args, kwargs) -> None:
+        self._in_step = True
+        self._first_step = len(optimizer.state) == 0
+
+    def _step_ends(self, optimizer, args, kwargs) -> None:
+        self._in_step = False
+
     def ops(self) -> list[dict]:
         """One dict per distinct op: name, kind, dtype, count, and per call flops, bytes_read,
         bytes_written, tensors and elements (of the first argument: a foreach op's list), causal
-        (attention), phase (forward, backward, optimizer)."""
+        (attention), phase (forward, backward, optimizer: a foreach or fused op, or any op inside
+        ``optimizer.step()``), first_step_only (the optimizer's lazy state init: a fill in a step
+        whose optimizer had no state yet)."""
         return [dict(v) for v in self._ops.values()]
 
     def _observe(self, func, args, kwargs, out) -> None:
         packet = func._overloadpacket
         name = packet.__name__
         phase = "backward" if self.scope.in_backward else "forward"
-        if name.startswith("_foreach_") or name.startswith("_fused_"):
+        if self._in_step or name.startswith("_foreach_") or name.startswith("_fused_"):
             phase = "optimizer"
+        state_init = self._in_step and self._first_step and name in WRITE_ONLY_OPS
         inputs = [t for t in _tensors((args, tuple(kwargs.values())))]
-        key = (name, phase, _shape(args), _shape(tuple(kwargs.values())))
+        key = (name, phase, state_init, _shape(args), _shape(tuple(kwargs.values())))
         entry = self._ops.get(key)
         if entry is not None:
             entry["count"] += 1
@@ -130,8 +185,9 @@ class OpRecorder:
         if kind == "none":
             read = written = 0
         else:
-            read = sum(_nbytes(t) for t in inputs)
-            written = sum(_nbytes(t) for t in outputs)
+            gathered = _gather_bytes_read(name, args, out) if name in GATHER_OPS else None
+            read = 0 if name in WRITE_ONLY_OPS else gathered if gathered is not None else sum(_nbytes(t) for t in inputs)
+            written = sum(_nbytes(t) for t in (outputs or _mutated(func, args, kwargs)))
         formula = self._formulas.get(packet)
         flops = int(formula(*args, **kwargs, out_val=out)) if formula is not None else 0
         first = (inputs or outputs or [None])[0]
@@ -141,4 +197,6 @@ class OpRecorder:
         self._ops[key] = {"name": name, "kind": kind, "phase": phase, "dtype": dtype, "count": 1,
                           "flops": flops, "bytes_read": read, "bytes_written": written,
                           "tensors": len(first_arg), "elements": sum(t.numel() for t in first_arg),
-                          "causal": _is_causal(func, args, kwargs) if kind == "attention" else None}
+                          "causal": _is_causal(func, args, kwargs) if kind == "attention" else None,
+                          "first_step_only": state_init}
+
