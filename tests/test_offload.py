@@ -1,0 +1,160 @@
+"""Activation offloading (cell key ``offload_activations``, model/offload.py): the saved tensors
+TRL's OffloadActivations would offload leave the device in forward and are counted as host memory
+(``memory.host_offloaded_peak``); measure equals estimate to the byte, the device peak drops, the
+gradients are the same, and a cell without the key keeps its id."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lamda_bench.methods import AdapterSpec, get_method
+from lamda_bench.model import offload, workloads
+from lamda_bench.runner import run_cell
+from lamda_bench.runner.build import enable_checkpointing
+from lamda_bench.suite.cell import Cell, CellError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ID_BEFORE = "tiny-llama-lora-r8-e1258d0bcfc1"  # Cell(workload="tiny-llama", method="lora").id before the key
+FIELDS = ("weights", "grads", "optimizer", "saved_activations", "peak_forward", "peak_backward", "peak_step",
+          "peak", "at_peak", "peak_steady", "host_offloaded_peak")
+
+
+def ok(record):
+    assert record["status"] == "ok", record["error"]
+    return record
+
+
+def _cell(**kw):
+    return dict(workload="tiny-llama", method="lora", r=4, batch=2, seq=16, dtype="fp32", device="cpu",
+                mode="measure", warmup=1, steps=1, **kw)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_measure_equals_estimate_and_the_device_peak_drops(checkpointing):
+    # With checkpointing, eager attention: under SDPA transformers drops the causal mask when the real
+    # mask is all ones, which fake tensors cannot tell, and checkpointing keeps that mask for backward
+    # (a 512 B difference that is not offloading's).
+    extra = dict(gradient_checkpointing=True, attn_implementation="eager") if checkpointing else {}
+    cell = _cell(offload_activations=True, **extra)
+    real = ok(run_cell(cell))
+    fake = ok(run_cell({**cell, "mode": "estimate"}))
+    for key in FIELDS:
+        assert real["memory"][key] == fake["memory"][key], key
+    assert real["info"]["offload_activations"] == fake["info"]["offload_activations"]
+    info = fake["info"]["offload_activations"]
+    assert info["offloaded_tensors"] > 0 and info["output_head_kept"] == "lm_head"
+    # every host copy is alive at the end of forward: the host peak is what forward copied out
+    assert fake["memory"]["host_offloaded_peak"] == info["offloaded_bytes"] > 0
+    assert info["host_link_bytes_per_step"] == 2 * info["offloaded_bytes"]
+    # the saved bytes are what forward saved, offloaded or not; nothing is called a dropped graph
+    plain = ok(run_cell({**cell, "offload_activations": False}))
+    assert plain["memory"]["saved_activations"] == real["memory"]["saved_activations"]
+    assert "saved_discarded" not in real["memory"] and "host_offloaded_peak" not in plain["memory"]
+    if not checkpointing:  # checkpointed, the offloaded block inputs are a few KiB; the copies back cost as much
+        assert real["memory"]["peak"] < plain["memory"]["peak"]
+        assert real["memory"]["peak_backward"] < plain["memory"]["peak_backward"]
+        # the device gives up at least the offloaded bytes that stay offloaded through forward's end
+        assert plain["memory"]["at_peak"]["activations"] - real["memory"]["at_peak"]["activations"] > 0
+
+
+def _model(checkpointing: bool):
+    cell = Cell(workload="tiny-llama", method="lora", dtype="fp32", device="cpu", batch=2, seq=16)
+    torch.manual_seed(0)
+    model = workloads.build_model(cell, "cpu")
+    if checkpointing:
+        enable_checkpointing(model, cell.workload)
+    targets = workloads.resolve_targets(cell, model)
+    model = get_method("lora").apply(model, AdapterSpec(r=4, alpha=8.0, targets=targets, dtype=torch.float32)).model
+    for p in model.parameters():  # lora_B starts at zero: give the adapters something to pass on
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)
+    return cell, model
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_gradients_equal_the_run_without_offloading(checkpointing):
+    cell, model = _model(checkpointing)
+    model.train()
+    inputs = workloads.make_inputs(cell, "cpu")
+    grads = {}
+    for on in (False, True):
+        ctx = offload.step_context(Cell(**{**cell.__dict__, "offload_activations": on}), model, inputs)
+        with ctx as offloader:
+            loss = workloads.compute_loss(cell, model, inputs)
+        loss.backward()
+        grads[on] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        model.zero_grad(set_to_none=True)
+        if on:
+            assert offloader.offloaded_tensors > 0
+    (l0, g0), (l1, g1) = grads[False], grads[True]
+    assert torch.equal(l0, l1) and g0.keys() == g1.keys() and g0
+    for name in g0:
+        assert torch.equal(g0[name], g1[name]), name
+
+
+def test_offloader_chains_to_the_hooks_outside_it():
+    """The harness's saved-tensor tracker sits outside: it must still see every saved tensor."""
+    seen = []
+    x = torch.randn(64, 64, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t.shape) or t, lambda t: t):
+        with offload.Offloader(torch.nn.Linear(1, 1), torch.device("cpu")) as off:
+            y = (x * x.sin()).sum()
+    y.backward()
+    # sin saves x, mul saves x and sin(x): x and sin(x) offloaded (16 KiB each), x's second save kept
+    assert len(seen) == 3 and off.offloaded_tensors == 2 and off.kept["duplicates"] == 1
+    assert torch.allclose(x.grad, x.sin() * 1 + x * x.cos())
+
+
+def test_small_tensors_parameters_and_duplicates_stay_on_the_device():
+    lin = torch.nn.Linear(32, 32, bias=False)  # weight 4 KiB: saved as a view of a parameter
+    lin.weight.requires_grad_(False)
+    x = torch.randn(16, 32, requires_grad=True)  # 2 KiB
+    small = torch.randn(4, requires_grad=True)  # 16 B
+    with offload.Offloader(lin, torch.device("cpu")) as off:
+        a = torch.nn.functional.linear(x, lin.weight)  # saves the weight's view only (x needs no saving)
+        b = x * x  # saves x twice: once offloaded, once kept as a duplicate
+        c = small * small
+    (a.sum() + b.sum() + c.sum()).backward()
+    assert off.kept["parameters"] == 1 and off.kept["small"] == 2
+    assert off.kept["duplicates"] == 1 and off.offloaded_tensors == 1 and off.offloaded_bytes == 16 * 32 * 4
+
+
+def test_default_cell_id_is_unchanged_and_bad_values_are_one_line():
+    cell = Cell(workload="tiny-llama", method="lora")
+    assert cell.id == ID_BEFORE
+    assert Cell(workload="tiny-llama", method="lora", offload_activations=False).id == cell.id
+    assert Cell(workload="tiny-llama", method="lora", offload_activations=True).id != cell.id
+    key, line = Cell(workload="tiny-llama", method="lora", offload_activations="yes").problem()
+    assert key == "offload_activations" and "\n" not in line
+    with pytest.raises(CellError):
+        Cell(workload="tiny-llama", method="lora", offload_activations=1).validate()
+    key, line = Cell(workload="tiny-llama", method="lora", offload_activations=True, world_size=2,
+                     parallel="fsdp2").problem()
+    assert key == "offload_activations" and "not modelled" in line
+
+
+def test_suite_value_check_is_one_line(tmp_path):
+    from lamda_bench.suite.parse import load_suite
+    from lamda_bench.errors import UserError
+
+    path = tmp_path / "s.toml"
+    path.write_text('[suite]\nname = "s"\n[[sweep]]\nworkload = "tiny-llama"\nmethod = "lora"\n'
+                    'offload_activations = "yes"\n')
+    with pytest.raises(UserError) as e:
+        load_suite(path)
+    assert "offload_activations" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_depth_extrapolation_certifies_the_host_bytes(checkpointing):
+    cell = dict(workload="tiny-llama", method="lora", r=4, batch=2, seq=16, dtype="bf16", device="cpu",
+                mode="estimate", warmup=1, steps=1, layers=16, offload_activations=True,
+                gradient_checkpointing=checkpointing)
+    probed = ok(run_cell(cell))
+    full = ok(run_cell({**cell, "trace": "full"}))
+    assert probed["info"]["trace"]["mode"] == "extrapolated"
+    assert probed["memory"] == full["memory"]
+    assert probed["info"]["offload_activations"] == full["info"]["offload_activations"]
