@@ -158,3 +158,34 @@ def test_depth_extrapolation_certifies_the_host_bytes(checkpointing):
     assert probed["info"]["trace"]["mode"] == "extrapolated"
     assert probed["memory"] == full["memory"]
     assert probed["info"]["offload_activations"] == full["info"]["offload_activations"]
+
+
+# ---- trainer configs ------------------------------------------------------------------------
+
+
+def _fate(t, key):
+    return next(f for f in t.fates if f.key == key)
+
+
+def test_trainer_configs_map_activation_offloading_to_the_key():
+    from lamda_bench.trainer_config import translate
+    from lamda_bench.trainer_config.fate import MAPPED, NO_EFFECT, NOT_MODELLED
+
+    full = {"base_model": "tiny-llama"}
+    t = translate({**full, "activation_offloading": "legacy"}, "x.yml")  # single stream, no adapter: what is modelled
+    assert _fate(t, "activation_offloading").fate == MAPPED and t.cell["offload_activations"] is True
+    t = translate({**full, "activation_offloading": True}, "x.yml")  # CUDA streams: mapped, the stash named
+    fate = _fate(t, "activation_offloading")
+    assert fate.fate == MAPPED and "up to 5" in fate.note and t.cell["offload_activations"] is True
+    lora = {**full, "adapter": "lora", "lora_r": 4}
+    t = translate({**lora, "activation_offloading": True}, "x.yml")  # PEFT path: no parameter filter in axolotl
+    fate = _fate(t, "activation_offloading")
+    assert fate.fate == NOT_MODELLED and "parameter storages" in fate.note and t.cell["offload_activations"] is True
+    for value in ("disk", "hidden_states"):
+        t = translate({**lora, "activation_offloading": value}, "x.yml")
+        assert _fate(t, "activation_offloading").fate == NOT_MODELLED and "offload_activations" not in t.cell
+    t = translate({**lora, "activation_offloading": False}, "x.yml")
+    assert _fate(t, "activation_offloading").fate == NO_EFFECT and "offload_activations" not in t.cell
+    # TRL's SFTConfig (the HF TrainingArguments reader): get_act_offloading_ctx_manager, streams
+    t = translate({"per_device_train_batch_size": 2, "activation_offloading": True}, "x.json")
+    assert _fate(t, "activation_offloading").fate == MAPPED and t.cell["offload_activations"] is True
