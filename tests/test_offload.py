@@ -189,3 +189,49 @@ def test_trainer_configs_map_activation_offloading_to_the_key():
     # TRL's SFTConfig (the HF TrainingArguments reader): get_act_offloading_ctx_manager, streams
     t = translate({"per_device_train_batch_size": 2, "activation_offloading": True}, "x.json")
     assert _fate(t, "activation_offloading").fate == MAPPED and t.cell["offload_activations"] is True
+
+
+# ---- fit --advise ---------------------------------------------------------------------------
+
+
+def test_fit_advise_offers_offloading_with_its_host_costs(tmp_path, capsys):
+    import json
+
+    from lamda_bench import cli
+    from lamda_bench.fit.budgets import WORKSPACE_BYTES
+    from lamda_bench.fit.levers import LEVERS
+
+    lever = LEVERS["offload_activations"]
+    assert lever.host_cost and not lever.monotone and "host RAM" in lever.caveat
+    assert lever.steps(Cell(workload="tiny-llama", method="lora", offload_activations=True)) == []
+    cell = dict(workload="tiny-llama", method="lora", r=8, seq=64, mode="estimate")
+    base = ok(run_cell(cell))
+    off = ok(run_cell({**cell, "offload_activations": True}))
+    usable = (base["memory"]["peak"] + off["memory"]["peak"]) // 2
+    code = cli.main(["fit", "--workload", "tiny-llama", "--method", "lora", "--seq", "64", "--out", str(tmp_path),
+                     "--no-progress", "--budget", str(WORKSPACE_BYTES + usable), "--levers", "offload_activations"])
+    out = capsys.readouterr().out
+    adv = json.loads((tmp_path / "fit.json").read_text())[0]["advice"]
+    assert code == 0 and adv["verdict"] == "fits"
+    row, = adv["fitting"]
+    host, info = row["host_costs"], off["info"]["offload_activations"]
+    assert row["changes"] == {"offload_activations": True} and row["peak"] == off["memory"]["peak"]
+    assert "host_ram" in row["measured_costs"] and row["caveats"].keys() == {"offload_activations"}
+    assert host["host_ram_bytes"] == off["memory"]["host_offloaded_peak"] > 0
+    assert host["host_link_bytes_per_step"] == info["host_link_bytes_per_step"] == 2 * info["offloaded_bytes"]
+    assert host["host_link_s_serial"] is None  # no card: no link rate
+    assert "#1: host RAM" in out and "host-link traffic" in out
+
+
+def test_with_a_card_the_host_link_is_priced_at_its_datasheet_rate():
+    from lamda_bench.card.rates import HOST_LINK, RATES, host_link_for
+    from lamda_bench.fit.advise import Outcome, host_costs
+
+    assert set(HOST_LINK) == set(RATES)  # every card with a time model has a link rate
+    assert host_link_for("h100-80gb") == HOST_LINK["H100-80GB"] and HOST_LINK["H100-80GB"][0] == 64e9
+    cell = Cell(workload="tiny-llama", method="lora", offload_activations=True)
+    o = Outcome((1,), cell, {"offload_activations": True}, 10, 10, True,
+                host={"host_ram_bytes": 2**30, "host_link_bytes_per_step": 2**31})
+    cost = host_costs(o, "RTX4090-24GB")
+    assert cost["host_link_s_serial"] == pytest.approx(2**31 / 32e9) and "PCIe Gen4" in cost["host_link_source"]
+    assert host_costs(Outcome((0,), cell, {}, 10, 10, False), "RTX4090-24GB") is None
