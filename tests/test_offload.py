@@ -235,3 +235,16 @@ def test_with_a_card_the_host_link_is_priced_at_its_datasheet_rate():
     cost = host_costs(o, "RTX4090-24GB")
     assert cost["host_link_s_serial"] == pytest.approx(2**31 / 32e9) and "PCIe Gen4" in cost["host_link_source"]
     assert host_costs(Outcome((0,), cell, {}, 10, 10, False), "RTX4090-24GB") is None
+
+
+def test_the_time_model_prices_the_copies_at_the_host_link_rate():
+    from lamda_bench.card.step_time import op_cost
+    from lamda_bench.card.rates import rates_for
+
+    op = {"kind": "host_link", "bytes_read": 2**30, "bytes_written": 2**30, "count": 1, "flops": 0, "dtype": "bfloat16"}
+    assert op_cost(op, rates_for("H100-80GB"))["memory"] == pytest.approx(2**30 / 64e9)
+    rec = ok(run_cell(dict(workload="tiny-llama", method="lora", r=8, seq=64, mode="estimate", card="H100-80GB",
+                           offload_activations=True)))
+    link = rec["info"]["time_model"]["by_kind_s"]["host_link"]
+    assert link >= rec["info"]["offload_activations"]["host_link_bytes_per_step"] / 64e9 > 0
+    assert any("host-link copies" in n for n in rec["info"]["time_model"]["not_modelled"])

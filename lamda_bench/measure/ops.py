@@ -32,7 +32,7 @@ NO_KERNEL_OPS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty
                  "set_", "resize_", "record_stream", "_has_compatible_shallow_copy_type"}
 # Views in effect whose schema does not say so (``_unsafe_view`` returns an alias of its input).
 VIEW_LIKE_OPS = {"_unsafe_view", "detach", "alias", "_reshape_alias", "lift_fresh"}
-KINDS = ("gemm", "attention", "elementwise", "reduction", "optimizer", "none")
+KINDS = ("gemm", "attention", "elementwise", "reduction", "optimizer", "host_link", "none")
 
 
 def op_kind(func) -> str:
@@ -120,12 +120,15 @@ class OpRecorder:
         if name.startswith("_foreach_") or name.startswith("_fused_"):
             phase = "optimizer"
         inputs = [t for t in _tensors((args, tuple(kwargs.values())))]
-        key = (name, phase, _shape(args), _shape(tuple(kwargs.values())))
+        link = self.scope.host_link  # an offloading copy between device and host (model/offload.py)
+        key = (name, phase, _shape(args), _shape(tuple(kwargs.values()))) + (("host_link",) if link else ())
         entry = self._ops.get(key)
         if entry is not None:
             entry["count"] += 1
             return
         kind = op_kind(func)
+        if link and kind != "none":
+            kind = "host_link"
         outputs = list(_tensors(out))
         if kind == "none":
             read = written = 0

@@ -108,6 +108,7 @@ class Offloader:
 
     def __init__(self, model: nn.Module, device: torch.device, saved=None, live=None) -> None:
         self.model, self.device, self.saved, self.live = model, torch.device(device), saved, live
+        self.scope = getattr(live, "scope", None)  # marks the copies for the time model (measure/ops.py)
         found = output_head(model)
         self.head_name, self.head = found if found is not None else (None, None)
         self.offloaded_tensors = 0
@@ -177,14 +178,17 @@ class Offloader:
         stride = tuple(packed.stride())
         broadcast = 0 in stride
         host_ctx = self.live.host_allocations() if self.live is not None else contextlib.nullcontext()
-        with torch.no_grad(), host_ctx:
-            if broadcast:  # the storage itself, not the broadcast materialised (TRL)
-                n = st.nbytes() // packed.element_size()
-                host = torch.empty(n, dtype=packed.dtype, device=HOST)
-                host.copy_(torch.as_strided(packed, (n,), (1,), 0))
-            else:
-                host = torch.empty_like(packed, device=HOST)
-                host.copy_(packed)
+        with torch.no_grad():
+            with host_ctx:
+                if broadcast:  # the storage itself, not the broadcast materialised (TRL)
+                    n = st.nbytes() // packed.element_size()
+                    host = torch.empty(n, dtype=packed.dtype, device=HOST)
+                    src = torch.as_strided(packed, (n,), (1,), 0)
+                else:
+                    host = torch.empty_like(packed, device=HOST)
+                    src = packed
+            with self._link():
+                host.copy_(src)
         self._done.setdefault(st, set()).add((t.storage_offset(), t.dtype))
         if self.saved is not None:
             self.saved.released(st)
@@ -197,14 +201,25 @@ class Offloader:
             x = self._restore(x)
         return self._outer_unpack(x) if self._outer_unpack is not None else x
 
-    @staticmethod
-    def _restore(x: _Offloaded) -> torch.Tensor:
+    @contextlib.contextmanager
+    def _link(self):
+        if self.scope is None:
+            yield
+            return
+        self.scope.host_link = True
+        try:
+            yield
+        finally:
+            self.scope.host_link = False
+
+    def _restore(self, x: _Offloaded) -> torch.Tensor:
         host, x.host = x.host, None  # the host copy goes when backward takes it back (TRL drops it here)
         if host is None:
             raise RuntimeError("an offloaded saved tensor was unpacked twice (TRL refuses this too)")
         with torch.no_grad():
             dev = torch.empty_like(host, device=x.device)
-            dev.copy_(host)
+            with self._link():
+                dev.copy_(host)
         if x.broadcast:
             dev = torch.as_strided(dev, x.shape, x.stride, x.offset)
         return dev
