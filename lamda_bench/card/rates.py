@@ -88,6 +88,37 @@ RATES = {r.name: r for r in (
 )}
 
 
+# The host link (activation offloading's copies, lamda_bench/model/offload.py): bytes/s per direction,
+# the link's rate from the card's datasheet (PCIe x16 as the datasheet gives it, both directions summed
+# there: halved here). A link rate, not a measured copy: pinned copies reach less of it.
+_GEN5 = "PCIe Gen5 x16: 128 GB/s both directions, 64 GB/s each"
+_GEN4 = "PCIe Gen4 x16: 64 GB/s both directions, 32 GB/s each"
+HOST_LINK = {
+    "H100-80GB": (64e9, "NVIDIA H100 SXM datasheet: " + _GEN5),
+    "H200-141GB": (64e9, "NVIDIA H200 SXM datasheet: " + _GEN5),
+    "B200": (64e9, "NVIDIA HGX B200 datasheet: " + _GEN5),
+    "A100-80GB": (32e9, "NVIDIA A100 datasheet: " + _GEN4),
+    "A100-40GB": (32e9, "NVIDIA A100 datasheet: " + _GEN4),
+    "L40S-48GB": (32e9, "NVIDIA L40S datasheet: " + _GEN4),
+    "A6000-48GB": (32e9, "NVIDIA RTX A6000 datasheet: " + _GEN4),
+    "RTX4090-24GB": (32e9, "NVIDIA GeForce RTX 4090 specifications: " + _GEN4),
+    "RTX3090-24GB": (32e9, "NVIDIA GeForce RTX 3090 specifications: " + _GEN4),
+    "RTX5090-32GB": (64e9, "NVIDIA GeForce RTX 5090 specifications: " + _GEN5),
+    "A10G-24GB": (32e9, "NVIDIA A10 datasheet (A10G: AWS's variant): " + _GEN4),
+    "L4-24GB": (32e9, "NVIDIA L4 datasheet: " + _GEN4),
+    "T4-16GB": (16e9, "NVIDIA T4 datasheet: PCIe Gen3 x16: 32 GB/s both directions, 16 GB/s each"),
+    "MI300X": (64e9, "AMD Instinct MI300X datasheet: " + _GEN5),
+}
+
+
+def host_link_for(card: str) -> tuple[float, str] | None:
+    """(bytes/s per direction, source) of the card's host link, or None for a card without an entry."""
+    for name, entry in HOST_LINK.items():
+        if name.lower() == str(card).strip().lower():
+            return entry
+    return None
+
+
 def rates_for(card: str) -> Rates:
     """The card's rates by its CARDS name (case-insensitive); one line naming the known ones if none."""
     for name, rates in RATES.items():

@@ -14,7 +14,7 @@ import math
 
 from . import efficiency as eff
 from .cuda_dropout import cuda_dropout
-from .rates import Rates, matmul_rate, rates_for
+from .rates import Rates, host_link_for, matmul_rate, rates_for
 
 TIME_MODEL_VERSION = "2"
 NOT_MODELLED = (
@@ -24,6 +24,8 @@ NOT_MODELLED = (
     "kernel choice per shape (one efficiency curve per op kind); fused or custom kernels outside the trace "
     "(Liger, Unsloth's Triton kernels)",
     "clocks below boost under power or thermal limits",
+    "overlap of activation offloading's host-link copies with compute (CUDA streams): priced serially at the "
+    "link's datasheet rate",
 )
 PARTS = ("compute_bound_s", "memory_bound_s", "launch_s", "device_s", "host_s")
 
@@ -76,6 +78,9 @@ def op_cost(op: dict, rates: Rates, allow_tf32: bool = False) -> dict:
         frac = attention_fraction(rates.name, op["phase"] == "backward")
         compute = work / (matmul_rate(rates, op["dtype"], allow_tf32) * frac)
         memory = memory_seconds(rates, nbytes)
+    elif kind == "host_link":  # activation offloading's copy to or from host memory: the link, not HBM
+        link = host_link_for(rates.name)
+        memory = op["bytes_written"] / link[0] if link is not None else memory_seconds(rates, nbytes)
     elif kind == "optimizer":
         memory = memory_seconds(rates, nbytes, eff.value("optimizer_factor"))
         launches = max(1, math.ceil(op.get("tensors", 1) / eff.value("foreach_tensors_per_launch")),

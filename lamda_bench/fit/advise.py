@@ -54,6 +54,7 @@ class Outcome:
     fits: bool | None  # None: the estimate failed
     error: str | None = None
     time: dict[str, Any] | None = None  # with a card: the predicted step (``plan.predicted_time``)
+    host: dict[str, Any] | None = None  # offload_activations: host RAM and host-link bytes (``host_costs``)
 
 
 @dataclass
@@ -142,7 +143,7 @@ class Advice:
             self.outcomes[c] = Outcome(c, cell, self.change(c), peak, None if fwd is None or bwd is None else fwd + bwd,
                                        None if peak is None else self.budget.fits(peak),
                                        None if ok and peak is not None else (rec.get("error") or "no peak recorded"),
-                                       predicted_time(rec) if ok else None)
+                                       predicted_time(rec) if ok else None, host_bytes(rec) if ok else None)
 
     def _known(self, fits: bool) -> list[tuple[int, ...]]:
         return [c for c, o in self.outcomes.items() if o.fits is fits]
@@ -238,6 +239,31 @@ def command_flags(change: Change) -> list[str]:
     return out
 
 
+def host_bytes(record: dict[str, Any]) -> dict[str, Any] | None:
+    """An offloading cell's host costs from its record; None where nothing was offloaded to host."""
+    host = get(record, "memory.host_offloaded_peak")
+    if host is None:
+        return None
+    return {"host_ram_bytes": host,
+            "host_link_bytes_per_step": get(record, "info.offload_activations.host_link_bytes_per_step")}
+
+
+def host_costs(o: Outcome, card: str | None) -> dict[str, Any] | None:
+    """The row's host RAM and host-link bytes a step (out in forward, back in backward), and with a card
+    the seconds those copies take at its link rate if they do not overlap compute (``card/rates.py``)."""
+    if o.host is None:
+        return None
+    from ..card.rates import host_link_for
+
+    out = dict(o.host, host_link_s_serial=None, host_link_rate=None, host_link_source=None)
+    link = host_link_for(card) if card else None
+    if link is not None and out["host_link_bytes_per_step"] is not None:
+        rate, source = link
+        out.update(host_link_s_serial=out["host_link_bytes_per_step"] / rate, host_link_rate=rate,
+                   host_link_source=source)
+    return out
+
+
 def seconds_cost(o: Outcome, zero: Outcome, tokens: int) -> dict[str, Any]:
     """With a card: the lever's predicted seconds per step against the cell as asked (same batch);
     where either has no prediction, none, and why (``step_s_missing``), never a guess."""
@@ -290,7 +316,8 @@ def advise(row: dict[str, Any], base: Cell, levers: list[Lever], budget: Budget,
             "extra_flops_relative": None if extra is None or not zero.flops else extra / zero.flops,
             "extra_flops_per_token_relative": None if extra is None or not zero.flops else
             (o.flops / (o.cell.batch * o.cell.seq)) / (zero.flops / tokens) - 1,
-            "measured_costs": ["flops"], "caveats": {lv.name: lv.caveat for lv in search.caveats(o)},
+            "measured_costs": ["flops"] + (["host_ram", "host_link_bytes"] if o.host else []),
+            "host_costs": host_costs(o, budget.on_card), "caveats": {lv.name: lv.caveat for lv in search.caveats(o)},
             "cell": o.cell.to_dict(), "id": o.cell.id,
             **(seconds_cost(o, zero, tokens) if budget.on_card is not None else {}),
         })

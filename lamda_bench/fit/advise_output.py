@@ -2,7 +2,9 @@
 
 Costs are kept apart by kind: extra FLOPs per step are measured (the cells' own FLOP counts,
 the combination's step against the cell as asked, at the same batch); every other cost is a
-named caveat, listed in words, never turned into a number. Rows are ordered by how many
+named caveat, listed in words, never turned into a number, except activation offloading's host
+RAM and host-link bytes, which its cells record (a line per row; with a card, the seconds the
+copies take at the card's link rate if they do not overlap compute). Rows are ordered by how many
 caveats they carry, then by their measured extra FLOPs: no caveat is ranked above another.
 """
 
@@ -56,6 +58,23 @@ def seconds_lines(adv: dict[str, Any]) -> list[str]:
     return lines
 
 
+def host_lines(adv: dict[str, Any]) -> list[str]:
+    """Per offloading row: the host RAM its offloaded activations take and the host-link bytes a step,
+    with a card the seconds at the link rate (the step's wait if the copies do not overlap compute)."""
+    out = []
+    for i, f in enumerate(adv["fitting"], 1):
+        h = f.get("host_costs")
+        if not h:
+            continue
+        text = (f"  #{i}: host RAM {fmt_bytes(h['host_ram_bytes'])} (offloaded activations, recorded), host-link "
+                f"traffic {fmt_bytes(h['host_link_bytes_per_step'] or 0)} a step (out in forward, back in backward)")
+        if h.get("host_link_s_serial") is not None:
+            text += (f", {fmt_seconds(h['host_link_s_serial'])} at {h['host_link_rate'] / 1e9:.0f} GB/s each way "
+                     f"({h['host_link_source']}) if the copies do not overlap compute")
+        out.append(text)
+    return out
+
+
 def pointer(row: dict[str, Any]) -> str:
     """The line printed under a method that does not fit when --advise was not given."""
     from .levers import LEVERS
@@ -97,6 +116,7 @@ def advice_text(row: dict[str, Any], budget: Budget) -> str:
                                              f"max {axis}", "extra FLOPs/step (measured)",
                                              *(["s/step (predicted)"] if timed else []), "caveats"]))
         lines += seconds_lines(adv)
+        lines += host_lines(adv)
         named = {k: v for f in adv["fitting"] for k, v in f["caveats"].items()}
         lines += [f"  caveat {k}: {v}" for k, v in named.items()]
         lines.append("  " + ORDER_NOTE)

@@ -125,6 +125,10 @@ def run_fit(args: argparse.Namespace) -> bool:
         print("Paged optimizer state (memory.optimizer_paged, CUDA unified memory that the driver can evict to host "
               "RAM) is " + ("left out of each peak (--paged-evictable)." if args.paged_evictable else
                             "counted in each peak; --paged-evictable leaves it out."))
+    if any(c.offload_activations for c in suite.cells):
+        print("Offloaded activations (offload_activations, docs/offload.md) are host RAM, outside each peak above: "
+              "each probe record holds them (memory.host_offloaded_peak) and the host-link bytes a step "
+              "(info.offload_activations).")
     advised = _advise(args, rows, list(suite.cells), levers, budget, layout, runner, axis, multiple)
     written = [write_json(rows, budget, args.out), write_plot(rows, budget, args.out), *advised]
     print("written: " + ", ".join(str(p) for p in written if p is not None)

@@ -8,7 +8,10 @@ mildest first; none where it does not apply), whether a step further never raise
   (gradient checkpointing recomputes each block's forward in the backward: the backward FLOPs
   of the checkpointed cell say how much);
 - ``caveat``: its cost is not compute (the weights, the numerics, the data, the capacity, more
-  cards), so it is a named, documented caveat, never a number the harness did not measure.
+  cards), so it is a named, documented caveat, never a number the harness did not measure;
+- ``host_cost``: its cost is also host RAM and host-link traffic, read from the cells' own records
+  (activation offloading: ``memory.host_offloaded_peak`` and twice the offloaded bytes a step),
+  and with a card the seconds those copies take at the card's link rate (``card/rates.py``).
 
 Adding a lever is one entry (``optimizer`` below is one). ``monotone=False``: the search then
 never infers one of its steps from another. A step whose value the cell keys do not accept
@@ -44,6 +47,7 @@ class Lever:
     caveat: str | None = None  # None: its only cost is compute, measured from the FLOP counts
     excludes: tuple[str, ...] = ()  # levers it cannot be combined with (one line says why in ``caveat``)
     premise: str = ""  # why a step further never raises the peak (monotone levers), for the docs
+    host_cost: bool = False  # its cells record host RAM and host-link bytes (offload_activations)
 
     @property
     def cost(self) -> str:
@@ -145,6 +149,11 @@ def _sharding(cell: Cell) -> list[Change]:
     return [{"world_size": cell.world_size * k, "parallel": "fsdp2"} for k in (2, 4, 8)]
 
 
+def _offload(cell: Cell) -> list[Change]:
+    """Saved tensors to host memory (TRL's OffloadActivations, model/offload.py); not under sharding."""
+    return [] if cell.offload_activations or cell.parallel != "none" else [{"offload_activations": True}]
+
+
 def _expandable(cell: Cell) -> list[Change]:
     """The caching allocator's expandable segments, on a card whose default settings the cell
     replays (a cell without a card has no allocator modelled: the lever would change nothing)."""
@@ -179,6 +188,11 @@ LEVERS: dict[str, Lever] = {lever.name: lever for lever in (
                  "unless --paged-evictable): the update is computed from blockwise-quantized moments "
                  "(its effect on training not measured here); not modelled under sharding",
           premise=""),
+    Lever("offload_activations", ("offload_activations",), _offload, monotone=False, excludes=("world_size",),
+          caveat="saved tensors of 1 KiB or more copied to host RAM in forward and back in backward (TRL's "
+                 "OffloadActivations): host RAM and host-link traffic, stated per row from the records; the step "
+                 "waits on those copies as far as they do not overlap compute (CUDA streams; not modelled)",
+          premise="", host_cost=True),
     Lever("expandable_segments", ("allocator",), _expandable, monotone=False,
           caveat="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True in the training run's environment: the "
                  "allocator grows one mapped segment instead of caching fixed ones, so freed blocks fragment "

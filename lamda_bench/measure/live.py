@@ -57,6 +57,9 @@ _TO_COPY = torch.ops.aten._to_copy.default
 # A peak taken while such a buffer was first created (an optimizer's first step) still counts it,
 # as a temporary: the estimate primes that step untracked, so only a tracked first step sees it.
 PAGED = "optimizer_paged"
+# Host copies of offloaded saved tensors (model/offload.py): born inside ``host_allocations()``, counted
+# in ``host_bytes`` / ``host_peak`` only, never in ``current`` or live_bytes, never in the allocation log.
+HOST = "host_offloaded"
 
 
 
@@ -125,6 +128,9 @@ class LiveMemoryTracker:
         # allocator model of lamda_bench/card; attach before entering.
         self.alloc_log: AllocationLog | None = None
         self._entering = False
+        self.host_bytes = 0  # offloaded saved tensors' host copies live now (memory.host_offloaded_peak)
+        self.host_peak = 0
+        self._host = False
 
     # ---- results ------------------------------------------------------------------------
     def summary(self) -> dict:
@@ -196,6 +202,15 @@ class LiveMemoryTracker:
             h.remove()
         self._grad_hooks = []
 
+    @contextlib.contextmanager
+    def host_allocations(self) -> Iterator[None]:
+        """Storages born inside are host memory (offloaded saved tensors): outside the device's bytes."""
+        self._host = True
+        try:
+            yield
+        finally:
+            self._host = False
+
     def is_weight_copy(self, storage: torch.UntypedStorage) -> bool:
         rec = self._storages.get(id(storage))
         return rec is not None and rec.weight_copy
@@ -211,6 +226,8 @@ class LiveMemoryTracker:
     def _observe(self, func, args, kwargs, out) -> None:
         self._ops += 1
         category = "activations" if self._phase == "forward" else "temporaries"
+        if self._host:
+            category = HOST
         if isinstance(out, torch.Tensor) and self._casts_weight(func, args, kwargs or {}):
             self._register(out, "temporaries", weight_copy=True)
         elif isinstance(out, torch.Tensor):
@@ -257,6 +274,10 @@ class LiveMemoryTracker:
         rec = _Storage(nbytes, category, self._ops, weight_copy=weight_copy)
         rec.ref = weakref.ref(st, self._freer(key))
         self._storages[key] = rec
+        if category == HOST:  # host memory: its own count, no device event
+            self.host_bytes += nbytes
+            self.host_peak = max(self.host_peak, self.host_bytes)
+            return
         self.current[category] = self.current.get(category, 0) + nbytes
         if category == PAGED:  # outside the device allocator: never in live_bytes
             return
@@ -272,7 +293,9 @@ class LiveMemoryTracker:
     def _freer(self, key: int):
         def free(_ref) -> None:
             rec = self._storages.pop(key, None)
-            if rec is not None:
+            if rec is not None and rec.category == HOST:
+                self.host_bytes -= rec.nbytes
+            elif rec is not None:
                 self.current[rec.category] -= rec.nbytes
                 if rec.category != PAGED:
                     self.live_bytes -= rec.nbytes

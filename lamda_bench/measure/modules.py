@@ -66,6 +66,9 @@ class ModuleScope:
         self._first_seq = 0
         # the one dispatch mode trackers sharing this scope observe ops through
         self.ops = OpHub()
+        # True while activation offloading copies between device and host (model/offload.py): the
+        # time model prices those ops at the card's host-link rate (measure/ops.py)
+        self.host_link = False
 
     # ---- queries ------------------------------------------------------------------------
     def name_of(self, module: nn.Module) -> str | None:

@@ -33,7 +33,7 @@ NO_KERNEL_OPS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty
                  "set_", "resize_", "record_stream", "_has_compatible_shallow_copy_type"}
 # Views in effect whose schema does not say so (``_unsafe_view`` returns an alias of its input).
 VIEW_LIKE_OPS = {"_unsafe_view", "detach", "alias", "_reshape_alias", "lift_fresh"}
-KINDS = ("gemm", "attention", "elementwise", "reduction", "optimizer", "none")
+KINDS = ("gemm", "attention", "elementwise", "reduction", "optimizer", "host_link", "none")
 # Ops that write their output without reading any input's elements (an input gives only the
 # shape, dtype or the tensor to fill): a fill kernel, or a random number generator.
 WRITE_ONLY_OPS = {"zeros_like", "ones_like", "full_like", "zeros", "ones", "full", "new_zeros", "new_ones",
@@ -175,12 +175,15 @@ class OpRecorder:
             phase = "optimizer"
         state_init = self._in_step and self._first_step and name in WRITE_ONLY_OPS
         inputs = [t for t in _tensors((args, tuple(kwargs.values())))]
-        key = (name, phase, state_init, _shape(args), _shape(tuple(kwargs.values())))
+        link = self.scope.host_link  # an offloading copy between device and host (model/offload.py)
+        key = (name, phase, state_init, _shape(args), _shape(tuple(kwargs.values()))) + (("host_link",) if link else ())
         entry = self._ops.get(key)
         if entry is not None:
             entry["count"] += 1
             return
         kind = op_kind(func)
+        if link and kind != "none":
+            kind = "host_link"
         outputs = list(_tensors(out))
         if kind == "none":
             read = written = 0

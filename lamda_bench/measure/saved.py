@@ -123,6 +123,11 @@ class SavedTensorTracker:
     def recomputed_adapter_bytes(self) -> int:
         return self.bytes["backward"]["adapter"]
 
+    def released(self, storage: torch.UntypedStorage) -> None:
+        """``storage`` leaves the device by design (activation offloading, model/offload.py): its
+        death in forward is not a dropped graph, and it stays in ``total_bytes`` (it was saved)."""
+        self._held.pop(id(storage), None)
+
     def has_saved(self, t: "torch.Tensor | torch.UntypedStorage") -> bool:
         """Whether this tensor's storage (or this storage) was already saved for backward,
         i.e. counted once. Parameter and buffer storages are never counted."""

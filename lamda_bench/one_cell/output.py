@@ -42,6 +42,8 @@ def describe(record: dict[str, Any], reused: bool, where: str) -> str:
         settings += " kbit_prepare=true"
     if cell.get("loss", "model") != "model":  # said only when set, likewise
         settings += f" loss={cell['loss']}"
+    if cell.get("offload_activations"):
+        settings += " offload_activations=true"
     kind = kind_of(record)
     how = (f"estimate: fake tensors on {get(record, 'info.estimate_device', 'cpu')}, the real training step traced; "
            "nothing measured on a GPU") if kind == "estimate" else \
@@ -88,6 +90,13 @@ def _peak(record: dict[str, Any], kind: str) -> str:
     by_phase = "peak by phase: " + ", ".join(f"{name} {fmt_bytes(v)}" for name, v in phases)
     lines = [head, tabulate(rows, headers=["at the peak", "bytes", "share"], disable_numparse=True), by_phase]
     lines += _card(record, kind)
+    host = get(record, MEMORY.host_offloaded_peak)
+    if host is not None:  # offload_activations (docs/offload.md): host memory, outside the peak above
+        off = get(record, "info.offload_activations") or {}
+        lines.append(f"offloaded activations (host memory, not in the peak): {fmt_bytes(host)} ({host} B) at most, "
+                     f"{off.get('offloaded_tensors', 'n/a')} saved tensors; host link traffic "
+                     f"{fmt_bytes(off.get('host_link_bytes_per_step', 0))} a step (out in forward, back in backward); "
+                     f"modelled on {off.get('modelled_on', 'n/a')}; not modelled: {off.get('not_modelled', 'n/a')}")
     paged = get(record, MEMORY.optimizer_paged)
     if paged:  # docs/optimizers.md
         lines.append(f"paged optimizer state (CUDA unified memory, evictable to host RAM; not in the peak): "

@@ -46,6 +46,9 @@ MEMORY_OPTIONAL_KEYS = (
     # a cell with a card (lamda_bench/card): the allocator model's max reserved (BLAS workspaces included),
     # and reserved + the card's context (what nvidia-smi would show at the worst moment); info.allocator
     "reserved_peak", "device_peak",
+    # offload_activations (lamda_bench/model/offload.py): the instrumented step's most host bytes held by
+    # offloaded saved tensors (outside every device figure above); info.offload_activations
+    "host_offloaded_peak",
 )
 FLOPS_KEYS = ("forward", "backward", "adapter_forward", "adapter_backward", "attention_counting")
 # Written for mixture-of-experts models only (lamda_bench/model/moe.py): read with a default.

@@ -140,6 +140,8 @@ def fill_record(record: dict, plan: Plan, res: StepResult, mode: str, device: st
         record["memory"].update(answer.memory_fields())
     if c.optimizer not in ("adamw", "sgd"):  # issue 25's optimizers: the paged state said apart (0: none)
         record["memory"]["optimizer_paged"] = res.optimizer_paged
+    if c.offload_activations:  # host memory the offloaded saved tensors took (never in the device peak)
+        record["memory"]["host_offloaded_peak"] = live.host_peak
     if parallel.is_parallel(c):
         record["memory"].update(parallel.rank_memory(live))
     if saved.discarded_bytes:  # graphs dropped in forward (DoRA's weight-norm path): saved, never kept
@@ -261,6 +263,8 @@ def info(c: Cell, res: StepResult) -> dict:
     info["kbit_prepare"] = kbit.describe(applied.model)  # None unless the cell's kbit_prepare ran
     if c.loss != "model":  # said only when set: every other record stays as it was
         info["loss"] = loss_info(c, applied.model)
+    if c.offload_activations:
+        info["offload_activations"] = res.offload
     info["method"] = applied.info
     info["steps"] = {"warmup": c.warmup, "instrumented_step": res.instrumented_step, "timed": c.steps,
                      "total_steps": res.horizon}

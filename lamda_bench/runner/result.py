@@ -35,6 +35,7 @@ class StepResult:
     layers: "list[AdaptedLinear]" = field(default_factory=list)  # one per adapted module
     grads_bytes: int = 0  # gradients held after the instrumented step's backward
     optimizer_paged: int = 0  # paged optimizer state after the instrumented step (memory.optimizer_paged)
+    offload: dict | None = None  # offload_activations: the instrumented step's offloader (info.offload_activations)
     weights_bytes: int = 0  # weights after the instrumented step, before on_step moves any
     series: dict[str, list] = field(default_factory=empty_series)
     timing: "Timing | None" = None  # the timed steps (measure only)

@@ -19,6 +19,7 @@ from ..model import parallel
 from ..model import precision
 from ..model import workloads
 from ..model import moe
+from ..model import offload
 from ..suite.cell import Cell
 from ..measure import StepTrackers
 from ..measure.garbage import CyclicGarbage
@@ -180,8 +181,11 @@ def train_step(loop: Loop, step: int, trackers: StepTrackers | None = None,
     phase = trackers.phase if trackers is not None else _no_phase
     res = loop.result
     record_before(loop, step, ran=True)
-    with phase("forward"), res.precision.forward():
+    offloading = offload.step_context(loop.cell, loop.applied.model, loop.inputs, trackers)
+    with phase("forward"), res.precision.forward(), offloading as offloader:
         loss = workloads.compute_loss(loop.cell, loop.applied.model, loop.inputs)
+    if offloader is not None and trackers is not None and trackers.saved is not None:  # the instrumented step
+        res.offload = offloader.describe()
     with phase("backward"):
         res.precision.backward(loss)
     del loss

@@ -35,7 +35,7 @@ TRACES = ("auto", "full")  # an estimate's trace: depth-extrapolated where certi
 ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True,
                        "quant": "none", "experts_implementation": "auto", "output_router_logits": None,
                        "kbit_prepare": False, "images": None, "image_size": None, "vision_layers": None,
-                       "card": None, "allocator": "default", "loss": "model"}
+                       "card": None, "allocator": "default", "loss": "model", "offload_activations": False}
 # The integer keys and their least value. ``steps`` (timed steps) may be 0: the instrumented
 # step always runs, an estimate times nothing, and the runner's own tests use 0.
 MIN_INTS = {"r": 1, "batch": 1, "seq": 1, "layers": 1, "d_in": 1, "d_out": 1, "steps": 0, "warmup": 0, "seed": 0,
@@ -98,6 +98,7 @@ class Cell:
     card: str | None = None  # the card the cell stands for (lamda_bench/card/cards.py): reserved and device peaks
     allocator: str = "default"  # with a card: the caching allocator's settings (PYTORCH_CUDA_ALLOC_CONF syntax)
     loss: str = "model"  # causal LM: "fused_linear_ce" computes it in chunks without the full logits (LOSSES)
+    offload_activations: bool = False  # saved tensors copied to host memory in forward (model/offload.py)
 
     # ---- conversion -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -151,6 +152,11 @@ class Cell:
         if self.kbit_prepare and self.quant == "none":
             return "kbit_prepare", ("cell kbit_prepare = true needs a quantized base (quant = 'nf4', 'int8', ...): "
                                     "PEFT's prepare_model_for_kbit_training prepares a k-bit model")
+        if not isinstance(self.offload_activations, bool):
+            return "offload_activations", f"cell offload_activations must be true or false, got {self.offload_activations!r}"
+        if self.offload_activations and self.parallel != "none":
+            return "offload_activations", (f"cell offload_activations = true with parallel {self.parallel!r} is not "
+                                           "modelled (sharded parameters are not filtered out); use parallel = 'none'")
         card = self.card_problem()
         if card:
             return card

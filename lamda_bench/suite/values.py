@@ -147,6 +147,7 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "card": _card,
     "allocator": _str,  # PYTORCH_CUDA_ALLOC_CONF syntax, checked by Cell.card_problem
     "loss": _choice(LOSSES),
+    "offload_activations": _bool,
 }
 assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
 

@@ -50,7 +50,6 @@ NOT_MODELLED = {
     "relora_steps": "ReLoRA restarts: not modelled",
     "lora_fan_in_fan_out": "fan-in/fan-out (Conv1D) layout: not modelled",
     "peft_layers_to_transform": "adapters on some layers only: not modelled",
-    "activation_offloading": "activations offloaded to the host: not modelled",
     "eval_batch_size": "an evaluation step's memory is not estimated (training step only)",
     "rl": "an RL trainer (DPO, ORPO, GRPO...) runs more than one forward per step: not modelled",
 }
@@ -83,6 +82,21 @@ NO_EFFECT.update({
 })
 
 
+def _offloading(t: Translation, key: str, value: Any, adapter: Any) -> None:
+    """axolotl's ActivationOffloadingMixin: TRL's OffloadActivations around each training step; true
+    with CUDA streams, "legacy" without; "disk" and "hidden_states" are other mechanisms."""
+    if F.is_off(value):
+        t.no_effect(key, value, "off")
+    elif value not in (True, "legacy"):
+        t.not_modelled(key, value, f"activation_offloading {value!r} (to disk, or checkpointed hidden states "
+                                   "only) is not modelled; estimated without offloading")
+    elif adapter:
+        t.partly(key, value, F.OFFLOAD + "; " + F.OFFLOAD_AXOLOTL_PEFT
+                 + (F.OFFLOAD_STREAMS if value is True else ""), offload_activations=True)
+    else:
+        t.map(key, value, F.OFFLOAD + (F.OFFLOAD_STREAMS if value is True else ""), offload_activations=True)
+
+
 def translate(doc: dict[str, Any], source: str, config_dir: Path) -> Translation:
     t = Translation("axolotl", source)
     adapter = doc.get("adapter")
@@ -92,6 +106,8 @@ def translate(doc: dict[str, Any], source: str, config_dir: Path) -> Translation
             _map(t, key, value, doc, config_dir)
         elif key == "liger_fused_linear_cross_entropy" and not F.is_off(value):  # LigerPlugin: this kernel alone
             t.map(key, value, F.FUSED_CE, loss="fused_linear_ce")
+        elif key == "activation_offloading":
+            _offloading(t, key, value, adapter)
         else:
             F.classify_rest(t, key, value, NO_EFFECT, NOT_MODELLED)
     if "base_model" not in doc:

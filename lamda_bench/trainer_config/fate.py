@@ -145,6 +145,14 @@ LIGER_DEFAULTS = ("sets loss = 'fused_linear_ce' (Liger's fused linear cross-ent
 CUT_CE = ("Cut Cross-Entropy (Apple's CCE kernel) computes the loss and its gradient block by block, keeping less than "
           "Liger's fused linear cross-entropy (no per-chunk logits, no kept input gradient); not modelled "
           "(loss = 'fused_linear_ce' is the nearest key)")
+OFFLOAD = ("offload_activations = true: saved tensors of 1 KiB or more copied to host memory in forward, back in "
+           "backward, parameters, duplicates and the output head kept on the device, as TRL's OffloadActivations "
+           "(docs/offload.md)")
+OFFLOAD_STREAMS = "; its CUDA-streams path keeps up to 5 offloaded tensors on the device until their copies end, not counted"
+OFFLOAD_AXOLOTL_PEFT = ("axolotl's PEFT path (get_lora_act_offloading_ctx_manager) does not filter parameter storages, so "
+                        "views of the frozen weights are copied to host too (more host RAM and host-link traffic, the same "
+                        "device bytes), and it keeps every submodule of a torch checkpoint_wrapper out of offloading; "
+                        "the estimate filters parameters as TRL's get_act_offloading_ctx_manager does")
 LIGER = "Liger kernels (fused cross-entropy, RMSNorm...) save less than the model's own modules; not modelled"
 NEFTUNE = "NEFTune adds noise to the embeddings; its extra tensors are not modelled"
 KBIT_PREPARE_AXOLOTL = ("axolotl runs PEFT's prepare_model_for_kbit_training, then, for lora/qlora, casts every norm "

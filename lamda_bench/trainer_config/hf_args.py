@@ -32,7 +32,6 @@ NOT_MODELLED = {
     "optim_args": "extra optimizer arguments: not modelled",
     "packing": F.PACKING,
     "padding_free": F.PACKING,
-    "activation_offloading": "activations offloaded to the host: not modelled",
     "label_smoothing_factor": "label smoothing adds temporaries to the loss: not modelled",
     "eval_accumulation_steps": "evaluation is not estimated (training step only)",
     "use_cache": "a KV cache in training mode (transformers turns it off under checkpointing): not modelled",
@@ -109,6 +108,9 @@ def map_key(t: Translation, key: str, value: Any, doc: dict[str, Any]) -> bool:
                                                                                           value.get("dtype"))):
         dtype = dtype_name(value.get("torch_dtype", value.get("dtype")))
         t.map(key, value, "its torch_dtype is the load dtype; the other init kwargs are not read", dtype=dtype)
+    elif key == "activation_offloading":  # TRL's SFTConfig: get_act_offloading_ctx_manager, CUDA streams
+        t.map(key, value, F.OFFLOAD + F.OFFLOAD_STREAMS, offload_activations=True) if not F.is_off(value) \
+            else t.no_effect(key, value, "off")
     elif key == "use_liger_kernel" and not F.is_off(value):
         map_liger(t, key, value, fused=(doc.get("liger_kernel_config") or {}).get("fused_linear_cross_entropy", True))
     else:
