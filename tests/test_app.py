@@ -83,6 +83,13 @@ def test_a_bad_key_is_one_line_in_the_page(app, keys, says):
     assert says in message and "\n" not in message and "Traceback" not in message
 
 
+def test_a_bad_fit_budget_is_one_line(app):
+    client, _ = app
+    with pytest.raises(gradio_client.exceptions.AppError) as e:
+        client.predict("tiny-llama", ["lora"], "2MiB", "seq", 64, 8, "all", "", "", False, "", api_name="/fit")
+    assert "leaves nothing above the margin" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_an_uploaded_trainer_config_is_estimate_from(app, tmp_path, capsys):
     client, _ = app
     config = tmp_path / "llamafactory.yaml"

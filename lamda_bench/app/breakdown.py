@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..report.owners import PARTS
 from ..report.units import fmt_bytes, fmt_flops
 from ..results.record import AT_PEAK, CATEGORIES, FLOPS, MEMORY, get
 
@@ -25,12 +26,13 @@ def rows(record: dict[str, Any]) -> list[list[str]]:
         add(f"at the peak: {c}", get(record, AT_PEAK.path(c)))
     add("peak (tensors)", peak)
     saved, adapter = get(record, MEMORY.saved_activations), get(record, MEMORY.saved_activations_adapter)
-    if saved is not None:
-        add("saved activations: adapter", adapter, saved)
-        add("saved activations: base model", None if adapter is None else saved - adapter, saved)
-    for owner, fig in (get(record, "info.vlm_owners") or {}).items():  # image-text workloads
-        if isinstance(fig, dict) and "saved_activations" in fig:
-            add(f"saved activations: {owner}", fig["saved_activations"], saved)
+    owners = (get(record, "info.vlm_owners") or {}).get("saved_bytes") or {}  # image-text: each part
+    if owners:
+        for key, label in PARTS:
+            add(f"saved activations: {label} (share of all saved)", owners.get(key), saved)
+    elif saved is not None:
+        add("saved activations: adapter (share of all saved)", adapter, saved)
+        add("saved activations: base model (share of all saved)", None if adapter is None else saved - adapter, saved)
     for name, path in (("weights (all)", MEMORY.weights), ("gradients (all)", MEMORY.grads),
                        ("optimizer state (all)", MEMORY.optimizer), ("paged optimizer state", MEMORY.optimizer_paged),
                        ("reserved peak on the card (predicted)", MEMORY.reserved_peak),

@@ -69,7 +69,8 @@ def build(gr: Any, site: Site) -> None:
             table = gr.Dataframe(headers=BREAKDOWN_HEADERS, label="breakdown", interactive=False)
             with gr.Accordion("the estimate verb's answer", open=False):
                 text = gr.Code(label="lamda-bench estimate", language=None)
-            fates = gr.Code(label="the trainer config's keys and their fate", language=None)
+            fates = gr.Textbox(label="an uploaded config's keys and the fate of each", lines=1, max_lines=40,
+                               placeholder="(upload a trainer config below: each of its keys and what became of it)")
             with gr.Accordion("record (results.jsonl line)", open=False):
                 record = gr.JSON(label="record")
     outputs = [summary, table, plot, text, fates, record]

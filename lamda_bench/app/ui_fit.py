@@ -20,8 +20,8 @@ def build(gr: Any, site: Site) -> None:
                 axis = gr.Radio(["seq", "batch"], value="seq", label="fixed (the other is searched)")
                 value = gr.Number(value=1024, precision=0, label="its value")
             with gr.Row():
-                r = gr.Number(value=None, precision=0, label="r (default 8)")
-                targets = gr.Textbox(value="", label="targets (default all)")
+                r = gr.Number(value=8, precision=0, label="r")
+                targets = gr.Textbox(value="all", label="targets (preset or a,b,c)")
             with gr.Row():
                 optimizer = gr.Dropdown([""] + menu["optimizer"], value="", label="optimizer (default adamw)",
                                         allow_custom_value=True)
