@@ -18,7 +18,9 @@ INTRO = ("What will this adapter cost? Every figure is an **estimate**: the real
 
 
 def warm_up() -> float:
-    """Import the libraries a cell needs and start the fork server cells are forked from; seconds."""
+    """Import the libraries a cell needs, start the fork server cells are forked from and wait for
+    its first fork (the server imports its preload after it starts: a first answer would wait for
+    that); seconds."""
     import importlib
     import multiprocessing.forkserver
 
@@ -27,8 +29,11 @@ def warm_up() -> float:
     start = time.perf_counter()
     importlib.import_module(forkserver.PRELOAD_MODULE)  # torch, transformers, peft, lamda_bench.runner
     if forkserver.available():
-        forkserver.context()
+        ctx = forkserver.context()
         multiprocessing.forkserver.ensure_running()
+        first = ctx.Process(target=int)  # returns once the server has imported its preload and forked
+        first.start()
+        first.join()
     return time.perf_counter() - start
 
 
