@@ -83,6 +83,23 @@ def test_a_bad_key_is_one_line_in_the_page(app, keys, says):
     assert says in message and "\n" not in message and "Traceback" not in message
 
 
+def test_cells_run_one_at_a_time_the_next_sees_its_place(app):
+    """Two asks at once: the second waits in the queue, told its place, while the first runs."""
+    import time
+
+    client, _ = app
+    first = client.submit(*{**TINY, "r": 2, "seq": 32}.values(), api_name="/ask")
+    time.sleep(0.3)
+    second = client.submit(*{**TINY, "r": 3, "seq": 32}.values(), api_name="/ask")
+    seen = []
+    while not second.done():
+        status = second.status()
+        seen.append((status.code.name, status.rank))
+        time.sleep(0.1)
+    assert ("IN_QUEUE", 0) in seen, seen  # rank 0: next in line behind the running cell
+    assert first.result()[5]["status"] == second.result()[5]["status"] == "ok"
+
+
 def test_a_bad_fit_budget_is_one_line(app):
     client, _ = app
     with pytest.raises(gradio_client.exceptions.AppError) as e:
