@@ -18,6 +18,13 @@ def test_app_without_gradio_is_one_line(monkeypatch, capsys, tmp_path):
     assert "pip install -e '.[app]'" in err and not (tmp_path / "answers").exists()
 
 
+def test_an_answer_dir_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["app", str(tmp_path / "file" / "answers")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lamda-bench: error: ") and "OUT_DIR" in err and err.count("\n") == 1
+
+
 def test_the_cli_does_not_import_gradio():
     code = "import sys; from lamda_bench import cli; cli.build_parser(); print('gradio' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

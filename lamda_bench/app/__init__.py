@@ -28,7 +28,14 @@ def add_app_arguments(parser) -> None:
 
 
 def run_app(args) -> int:
-    """The ``app`` verb: check the extra, then build and serve the page until interrupted."""
+    """The ``app`` verb: check the extra and the answer directory (before the slow imports), then
+    build and serve the page until interrupted."""
+    from pathlib import Path
+
+    from ..paths import writable_dir
+
+    if args.dirs:
+        writable_dir(Path(args.dirs[0]), "OUT_DIR")
     try:
         import gradio  # noqa: F401
     except ImportError:
