@@ -1,4 +1,4 @@
-"""The ``lamda-bench`` command: run, estimate, list, report, compare, check, agreement, verify, fit.
+"""The ``lamda-bench`` command: run, estimate, list, report, compare, check, agreement, verify, fit, app.
 
 Exit codes: 0 done; 1 a run finished but some cells ended in ``error`` or ``timeout``
 (their records say why); 2 bad input (one line on stderr, nothing written); 130
@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from .terminal import printable, printable_lines
 from .errors import UserError
+from .app import add_app_arguments
 from .fit.cli import add_fit_arguments
 from .one_cell.cli import add_estimate_arguments
 from .paths import writable_dir, writable_file
@@ -202,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="GPU-measured results to weigh as well (default reports/gpu/measured when present)")
     ver.add_argument("--no-progress", action="store_true", help="no progress bar")
     ver.set_defaults(func=cmd_verify)
+
+    add_app_arguments(verbs.add_parser("app", help="a local web page: ask, fit, browse (the app extra)"))
     return parser
 
 
