@@ -261,6 +261,10 @@ def info(c: Cell, res: StepResult) -> dict:
     info["kbit_prepare"] = kbit.describe(applied.model)  # None unless the cell's kbit_prepare ran
     if c.loss != "model":  # said only when set: every other record stays as it was
         info["loss"] = loss_info(c, applied.model)
+    if c.objective != "sft":  # said only when set: every other record stays as it was
+        from ..model import objective
+
+        info["objective"] = objective.describe(c, applied.model)
     info["method"] = applied.info
     info["steps"] = {"warmup": c.warmup, "instrumented_step": res.instrumented_step, "timed": c.steps,
                      "total_steps": res.horizon}
