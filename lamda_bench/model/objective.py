@@ -130,8 +130,7 @@ def describe(cell, model: nn.Module) -> dict:
         ref = getattr(model, REFERENCE_MODULE)
         out["reference_weights_bytes"] = sum(t.untyped_storage().nbytes() for t in
                                              {id(p): p for p in [*ref.parameters(), *ref.buffers()]}.values())
-        out["note"] = ("memory.weights and params.total include the frozen reference copy; "
-                       "predicted.weights does not")
+        out["note"] = "memory.weights, predicted.weights and params.total include the frozen reference copy"
     if cell.objective == "simpo":
         out["simpo_gamma"], out["cpo_alpha"] = SIMPO_GAMMA, 0.0
     return out
