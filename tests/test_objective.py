@@ -158,6 +158,18 @@ def test_full_fine_tuning_with_a_reference_says_why_it_is_traced_in_full():
                                               precompute_ref_log_probs=True))) is None
 
 
+def test_report_says_the_objective_only_where_a_record_sets_it():
+    from lamda_bench.report.axes import Axes, shape_key
+
+    base = Cell(workload="tiny-llama", method="lora").to_dict()
+    old = {k: v for k, v in base.items() if k not in ("objective", "precompute_ref_log_probs")}  # before the keys
+    axes = Axes.of([{"cell": old}, {"cell": {**base, "batch": 2}}])
+    assert axes.varying == ["batch"] and "objective" not in axes.header() and "precompute" not in axes.header()
+    axes = Axes.of([{"cell": old}, {"cell": {**base, "objective": "dpo"}}])
+    assert axes.varying == ["objective"]
+    assert shape_key({"cell": old}) == shape_key({"cell": base}) != shape_key({"cell": {**base, "objective": "dpo"}})
+
+
 # ---- ids and refusals ----------------------------------------------------------------------
 
 
