@@ -260,11 +260,15 @@ def _estimate_from(path, out, capsys):
     return text, ok(record)
 
 
-def test_llamafactory_dpo_file_is_a_dpo_estimate_tiny(tmp_path, capsys):
-    text, dpo = _estimate_from(CONFIGS / "llamafactory_tiny_lora_dpo.yaml", tmp_path / "dpo", capsys)
-    _, sft = _estimate_from(CONFIGS / "llamafactory_tiny_lora_sft.yaml", tmp_path / "sft", capsys)
-    assert "[mapped] stage: dpo" in text
-    assert dpo["id"] != sft["id"] and dpo["memory"]["peak"] > sft["memory"]["peak"]
+def test_llamafactory_dpo_file_is_a_dpo_estimate_tiny():
+    """The quick twin of the 8B test below, in process: the file's cell, run as `estimate --from` runs it."""
+    from lamda_bench.one_cell.cell import build_cell
+
+    dpo_t, sft_t = load(CONFIGS / "llamafactory_tiny_lora_dpo.yaml"), load(CONFIGS / "llamafactory_tiny_lora_sft.yaml")
+    assert "  [mapped] stage: dpo -> objective = dpo  (pref_loss 'sigmoid': objective 'dpo')" in dpo_t.lines()
+    dpo_cell, sft_cell = build_cell(dpo_t.cell), build_cell(sft_t.cell)
+    dpo, sft = ok(run_cell(dpo_cell.to_dict())), ok(run_cell(sft_cell.to_dict()))
+    assert dpo_cell.id != sft_cell.id and dpo["memory"]["peak"] > sft["memory"]["peak"]
     assert dpo["info"]["objective"]["reference"] == "disabled adapters"
 
 
