@@ -42,6 +42,8 @@ def adapter_saved_bytes(
     total = 0
     shared_inputs: set[str] = set()
     for i, layer in enumerate(layers):
+        if not layer.grad:
+            continue  # a no-grad call saves nothing
         n = layer.rows(tokens)
         in_size = layer.input_itemsize or input_itemsize
         casts = adapter_itemsize != in_size and fam != "full"
@@ -99,6 +101,8 @@ def adapter_flops(
         for mm in chain:
             needs_grad = needs_grad or mm.trainable_scale_before
             fwd += 2 * n * mm.d_in * mm.d_out
+            if not layer.grad:
+                continue  # a no-grad call: no backward
             bwd += 2 * n * mm.trainable
             if needs_grad:
                 bwd += 2 * n * mm.d_in * mm.d_out

@@ -77,6 +77,7 @@ class AdaptedLinear:
     tokens: int | None = None
     input_itemsize: int | None = None
     input_saved_by_base: bool = False  # a base op saved this very input storage first
+    grad: bool = True  # False: a call under no_grad (a preference objective's KL rows): forward FLOPs only
 
     def rank(self, r: int) -> int:
         return self.r if self.r is not None else r

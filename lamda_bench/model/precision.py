@@ -135,7 +135,7 @@ def predict_state(c, res, b_schedule) -> dict:
     (the optimizer state as its step left it, before the freeze that follows: ``memory.optimizer``)."""
     from .. import analytic
     from ..analytic import quant as quant_bytes
-    from . import workloads
+    from . import objective, workloads
 
     applied = res.applied
     policy = get_policy(c.precision)
@@ -145,8 +145,15 @@ def predict_state(c, res, b_schedule) -> dict:
         trainable = policy.master_dtype.itemsize
     else:
         trainable = base if analytic.family(c.method) == "full" else adapter  # full trains the model's own weights
-    params = {id(p): p for p in applied.model.parameters()}
-    buffers = {id(b.untyped_storage()): b.untyped_storage().nbytes() for b in applied.model.buffers()}
+    # A preference objective's frozen reference copy (full fine-tuning, model/objective.py): no
+    # grads, no state; its weights come back below as its parameters at the load dtype.
+    ref = getattr(applied.model, objective.REFERENCE_MODULE, None)
+    ref_params = {id(p): p for p in ref.parameters()} if ref is not None else {}
+    ref_buffers = ({id(b.untyped_storage()): b.untyped_storage().nbytes() for b in ref.buffers()}
+                   if ref is not None else {})
+    params = {id(p): p for p in applied.model.parameters() if id(p) not in ref_params}
+    buffers = {id(b.untyped_storage()): b.untyped_storage().nbytes() for b in applied.model.buffers()
+               if id(b.untyped_storage()) not in ref_buffers}
     # A quantized base (analytic/quant.py): its linears leave the count at the model dtype (their
     # stored elements and quant-state buffers) and come back as the hand count of their bytes.
     qbase = quant_bytes.quantized_base(applied.model)
@@ -157,7 +164,8 @@ def predict_state(c, res, b_schedule) -> dict:
     adamw = res.info.get("optimizer_class") == "AdamW" and c.optimizer in TORCH_ADAMW
     try:
         out = analytic.state_bytes(
-            c.method, res.layers, c.r, total_params=applied.num_total() - stored, total_tensors=len(params),
+            c.method, res.layers, c.r, total_tensors=len(params),
+            total_params=applied.num_total() - sum(p.numel() for p in ref_params.values()) - stored,
             buffer_bytes=sum(n for k, n in buffers.items() if k not in state), base_itemsize=base_weights,
             adapter_itemsize=adapter, trainable_itemsize=trainable, optimizer="adamw" if adamw else None,
             step=res.instrumented_step - 1, optimizer_step=res.instrumented_step - 1, b_schedule=b_schedule)
@@ -165,6 +173,8 @@ def predict_state(c, res, b_schedule) -> dict:
         return {"weights": None, "grads": None, "optimizer": None}
     if qbase is not None:
         out["weights"] += qbase.weight_bytes
+    if ref is not None:
+        out["weights"] += sum(p.numel() for p in ref_params.values()) * base_weights + sum(ref_buffers.values())
     if c.optimizer not in TORCH_ADAMW:  # every other optimizer's closed form (analytic/optimizers.py)
         out.update(optimizer_forms(c, res))
     return out

@@ -50,6 +50,7 @@ from torch import nn
 
 from . import config as model_config
 from . import fused_ce
+from . import objective
 from . import moe
 from . import rope
 from ..suite.cell import Cell
@@ -412,6 +413,8 @@ def make_inputs(cell: Cell, device: str | torch.device = "cpu") -> dict[str, tor
     config = hf_config(cell.workload, _layers(workload, cell))
     facts = model_config.shape_facts(config)
     vocab = facts["vocab_size"]
+    if workload.task == "causal-lm" and cell.objective != "sft":  # preference rows (model/objective.py)
+        return objective.make_inputs(cell, lambda shape: tokens(shape, vocab), device)
     if workload.task == "causal-lm":
         ids = tokens((b, s), vocab)
         return {"input_ids": ids, "labels": ids.clone()}
@@ -442,16 +445,21 @@ def compute_loss(cell: Cell, model: nn.Module, inputs: dict[str, torch.Tensor]) 
     if task == vlm.TASK:
         with vlm.forward_context():
             return model(**inputs).loss
+    if cell.objective != "sft":  # a TRL preference step: policy, reference, log-probs (model/objective.py)
+        return objective.compute_loss(cell, model, inputs)
     if cell.loss == "fused_linear_ce":  # the decoder body, then Liger's fused loss: no full logits
         return fused_ce.causal_lm_loss(model, inputs, cell.workload)
     return model(**inputs).loss
 
 
 def loss_problem(cell: Cell) -> str | None:
-    """One line when the cell's loss key cannot apply to its workload, else None."""
-    if cell.loss == "model":
+    """One line when the cell's loss or objective key cannot apply to its workload, else None."""
+    if cell.loss == "model" and cell.objective == "sft" and not cell.precompute_ref_log_probs:
         return None
     workload = get_workload(cell.workload)
+    found = objective.problem(cell, workload.task, workload.config)
+    if found or cell.loss == "model":
+        return found
     return fused_ce.problem(workload.name, workload.task, workload.config, cell.output_router_logits)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from .cell import EstimateError
 
 # Cell keys with their own flag (``--gradient-checkpointing``); method options go through --set.
-BOOL_KEYS = ("gradient_checkpointing", "reshard_after_forward", "offload_activations")
+BOOL_KEYS = ("gradient_checkpointing", "reshard_after_forward", "offload_activations", "precompute_ref_log_probs")
 
 
 def flag_keys() -> list[str]:

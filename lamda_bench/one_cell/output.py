@@ -44,6 +44,9 @@ def describe(record: dict[str, Any], reused: bool, where: str) -> str:
         settings += f" loss={cell['loss']}"
     if cell.get("offload_activations"):
         settings += " offload_activations=true"
+    if cell.get("objective", "sft") != "sft":  # said only when set, likewise
+        settings += f" objective={cell['objective']}" + (" precompute_ref_log_probs=true"
+                                                         if cell.get("precompute_ref_log_probs") else "")
     kind = kind_of(record)
     how = (f"estimate: fake tensors on {get(record, 'info.estimate_device', 'cpu')}, the real training step traced; "
            "nothing measured on a GPU") if kind == "estimate" else \
@@ -59,6 +62,11 @@ def describe(record: dict[str, Any], reused: bool, where: str) -> str:
         lines.append(f"loss: fused linear cross-entropy in {loss['chunks']} chunks of {loss['chunk_size']} rows "
                      f"({fmt_bytes(loss['logits_chunk_bytes'])} of logits each; the full fp32 logits would be "
                      f"{fmt_bytes(loss['full_logits_fp32_bytes'])}); modelled on {loss['modelled_on']}")
+    obj = get(record, "info.objective")
+    if obj:  # a preference step: what was modelled (lamda_bench/model/objective.py)
+        rows = ", ".join(f"{k} {v}" for k, v in obj["rows"].items())
+        lines.append(f"objective: {obj['objective']} as {obj['read_from']} runs it; reference: {obj['reference']}; "
+                     f"rows: {rows}")
     if record.get("status") != "ok":
         return "\n".join(lines + [f"status {record.get('status')}: {record.get('error')}"])
     lines += ["", _peak(record, kind), _params(record), _flops(record)] + _moe(record) + _model_notes(record) + \

@@ -25,10 +25,13 @@ CELL_AXES = ("workload", "d_in", "d_out", "layers", "method", "r", "alpha", "tar
              "gradient_checkpointing",
              "optimizer", "lr", "steps", "warmup", "attn_implementation", "seed", "device", "mode", "card",
              "allocator")
+# Keys said only where some record sets them off their default, so a report without them reads as
+# before; a set one is an axis like the others (a preference objective trains something else).
+SAID_WHEN_SET = ("objective", "precompute_ref_log_probs")
 # The axes that make a "shape group": cells that train the same model on the same data under
 # the same precision policy and sharding, so their methods can be ranked against each other.
 SHAPE_AXES = ("workload", "d_in", "d_out", "layers", "batch", "seq", "dtype", "precision", "quant", "kbit_prepare",
-              "world_size", "parallel", "device", "mode", "card", "allocator")
+              "world_size", "parallel", "device", "mode", "card", "allocator", *SAID_WHEN_SET)
 
 AXIS_TITLES = {"gradient_checkpointing": "checkpointing", "attn_implementation": "attention",
                "kbit_prepare": "kbit prepared"}
@@ -106,8 +109,12 @@ class Axes:
         records = list(records)
         excluded = set(exclude)
         axes = cls()
-        for axis in CELL_AXES:
+        from ..suite.cell import ID_NEUTRAL_DEFAULTS
+
+        for axis in (*CELL_AXES, *SAID_WHEN_SET):
             if axis in excluded:
+                continue
+            if axis in SAID_WHEN_SET and all(cell_value(r, axis) == ID_NEUTRAL_DEFAULTS[axis] for r in records):
                 continue
             values = {_key(cell_value(r, axis)): cell_value(r, axis) for r in records}
             if len(values) > 1:
@@ -217,6 +224,10 @@ def shape_title(record: dict[str, Any], axes: Axes) -> str:
         if axis == "quant":  # 'nf4 base'; an unquantized base goes unsaid
             if value != "none":
                 parts.append(f"{value} base")
+            continue
+        if axis == "precompute_ref_log_probs":  # the reference's log-probs precomputed; not: unsaid
+            if value:
+                parts.append("ref precomputed")
             continue
         if axis == "kbit_prepare":  # PEFT's prepare_model_for_kbit_training ran; not: unsaid
             if value:

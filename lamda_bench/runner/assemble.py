@@ -265,6 +265,10 @@ def info(c: Cell, res: StepResult) -> dict:
         info["loss"] = loss_info(c, applied.model)
     if c.offload_activations:
         info["offload_activations"] = res.offload
+    if c.objective != "sft":  # said only when set: every other record stays as it was
+        from ..model import objective
+
+        info["objective"] = objective.describe(c, applied.model)
     info["method"] = applied.info
     info["steps"] = {"warmup": c.warmup, "instrumented_step": res.instrumented_step, "timed": c.steps,
                      "total_steps": res.horizon}

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..model import fused_ce
+from ..model import objective
 from ..model import kbit
 from ..model import precision
 from ..model import quant
@@ -23,7 +24,7 @@ def prepare(plan: Plan, build_device: str):
 
     c = plan.cell
     method = get_method(c.method)
-    found = workloads.loss_problem(c)
+    found = workloads.loss_problem(c) or objective.method_problem(c, method.name)
     if found:
         raise CellError(found)
     model = workloads.build_model(c, build_device)
@@ -43,6 +44,7 @@ def prepare(plan: Plan, build_device: str):
         applied = method.apply(model, spec)
     if c.loss == "fused_linear_ce":  # an adapted lm_head: refused before anything runs
         fused_ce.lm_head_weight(applied.model, c.workload)
+    objective.attach_reference(applied.model, c)  # full fine-tuning + a reference: TRL's frozen ref_model
     precision.cast_trainable(applied.model, precision.get_policy(c.precision))  # before the optimizer exists
     applied.info.update(peft_experts.coverage(applied.model, method.name, expert_params))  # MoE: experts adapted?
     return applied, spec

@@ -56,6 +56,9 @@ def why_full(plan: Plan) -> str | None:
     if depth < MIN_DEPTH:
         return (f"depth {depth} is below {MIN_DEPTH}: probes at depths {list(PROBE_DEPTHS)} would cost about "
                 "as much as the full trace")
+    if c.method == "full" and c.objective in ("dpo", "kto") and not c.precompute_ref_log_probs:
+        return (f"objective {c.objective!r} with full fine-tuning keeps a frozen reference copy: two block "
+                "stacks in the model; only one stack is extrapolated")
     if c.method == "lamda++":
         return "LaMDA++ gives each layer its own rank: the blocks differ"
     config = workloads.hf_config(c.workload, depth).to_dict()

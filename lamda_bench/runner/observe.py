@@ -49,6 +49,9 @@ class InputObserver:
         def pre(mod, args):
             if torch._C._current_graph_task_id() != -1 or not args or not isinstance(args[0], torch.Tensor):
                 return  # checkpoint recomputation in backward, or an unexpected call
+            grad = torch.is_grad_enabled()
+            if not grad and getattr(mod, "disable_adapters", False):
+                return  # a reference forward with PEFT's adapters disabled: no adapter op runs
             x = args[0]
             storage = x.untyped_storage()
             group = self._groups.get(storage)
@@ -58,7 +61,7 @@ class InputObserver:
             self.calls.append(analytic.AdaptedLinear(
                 d_in, d_out, r=rank, input_requires_grad=bool(x.requires_grad), input_group=group,
                 name=name, tokens=x.numel() // d_in, input_itemsize=x.element_size(),
-                input_saved_by_base=self.saved.has_saved(storage),
+                input_saved_by_base=self.saved.has_saved(storage), grad=grad,
             ))
 
         return pre

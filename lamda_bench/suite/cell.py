@@ -29,13 +29,15 @@ PARALLEL = ("none", "fsdp2", "ddp")
 QUANTS = ("none", "nf4", "nf4-dq", "fp4", "fp4-dq", "int8")  # quantized frozen base: lamda_bench/model/quant.py
 EXPERTS = ("auto", "grouped_mm", "batched_mm", "eager")  # MoE experts kernels: lamda_bench/model/moe.py
 LOSSES = ("model", "fused_linear_ce")  # the model's own loss, or Liger's fused linear CE (model/fused_ce.py)
+OBJECTIVES = ("sft", "dpo", "orpo", "simpo", "kto")  # preference training as TRL runs it (model/objective.py)
 TRACES = ("auto", "full")  # an estimate's trace: depth-extrapolated where certified, or every block (docs/extrapolation.md)
 # Keys added after cell ids were first recorded: at their default they are left out of the id's
 # hash, so every cell written before the key existed keeps its id (resume, baselines).
 ID_NEUTRAL_DEFAULTS = {"precision": "pure", "world_size": 1, "parallel": "none", "reshard_after_forward": True,
                        "quant": "none", "experts_implementation": "auto", "output_router_logits": None,
                        "kbit_prepare": False, "images": None, "image_size": None, "vision_layers": None,
-                       "card": None, "allocator": "default", "loss": "model", "offload_activations": False}
+                       "card": None, "allocator": "default", "loss": "model", "offload_activations": False,
+                       "objective": "sft", "precompute_ref_log_probs": False}
 # The integer keys and their least value. ``steps`` (timed steps) may be 0: the instrumented
 # step always runs, an estimate times nothing, and the runner's own tests use 0.
 MIN_INTS = {"r": 1, "batch": 1, "seq": 1, "layers": 1, "d_in": 1, "d_out": 1, "steps": 0, "warmup": 0, "seed": 0,
@@ -44,7 +46,7 @@ OPTIONAL_INTS = ("layers", "d_in", "d_out", "images", "vision_layers")  # None: 
 CHOICES = {"device": DEVICES, "mode": MODES, "optimizer": OPTIMIZERS,
            "attn_implementation": ATTENTION, "precision": PRECISIONS, "parallel": PARALLEL,
            "quant": QUANTS, "experts_implementation": EXPERTS,
-           "trace": TRACES, "loss": LOSSES}
+           "trace": TRACES, "loss": LOSSES, "objective": OBJECTIVES}
 
 
 class CellError(UserError):
@@ -99,6 +101,8 @@ class Cell:
     allocator: str = "default"  # with a card: the caching allocator's settings (PYTORCH_CUDA_ALLOC_CONF syntax)
     loss: str = "model"  # causal LM: "fused_linear_ce" computes it in chunks without the full logits (LOSSES)
     offload_activations: bool = False  # saved tensors copied to host memory in forward (model/offload.py)
+    objective: str = "sft"  # causal LM: "dpo", "orpo", "simpo", "kto" run a TRL preference step (OBJECTIVES)
+    precompute_ref_log_probs: bool = False  # dpo / kto: reference log-probs read from the batch, no reference forward
 
     # ---- conversion -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -147,6 +151,9 @@ class Cell:
                 return key, f"cell {key} must be an integer >= {least}, got {v!r}"
         if self.output_router_logits is not None and not isinstance(self.output_router_logits, bool):
             return "output_router_logits", f"cell output_router_logits must be true or false, got {self.output_router_logits!r}"
+        if not isinstance(self.precompute_ref_log_probs, bool):
+            return "precompute_ref_log_probs", ("cell precompute_ref_log_probs must be true or false, "
+                                                f"got {self.precompute_ref_log_probs!r}")
         if not isinstance(self.kbit_prepare, bool):
             return "kbit_prepare", f"cell kbit_prepare must be true or false, got {self.kbit_prepare!r}"
         if self.kbit_prepare and self.quant == "none":

@@ -32,7 +32,12 @@ def problem(cell: Cell, method: Any) -> tuple[str, str] | None:
 
     found = loss_problem(cell)
     if found:
-        return "loss", found
+        return ("objective" if cell.objective != "sft" or cell.precompute_ref_log_probs else "loss"), found
+    from ..model.objective import method_problem
+
+    found = method_problem(cell, getattr(method, "name", cell.method))
+    if found:
+        return "objective", found
     if cell.workload == "linear":
         return None
 

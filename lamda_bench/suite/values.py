@@ -9,7 +9,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
-from .cell import ATTENTION, DEVICES, DTYPES, EXPERTS, LOSSES, MIN_INTS, MODES, OPTIMIZERS, PARALLEL, PRECISIONS, QUANTS, TRACES, Cell
+from .cell import ATTENTION, DEVICES, DTYPES, EXPERTS, LOSSES, MIN_INTS, MODES, OBJECTIVES, OPTIMIZERS, PARALLEL, PRECISIONS, QUANTS, TRACES, Cell
 from .conventions import canonical_dtype
 from ..errors import UserError
 from ..hints import did_you_mean
@@ -148,6 +148,8 @@ CELL_KEYS: dict[str, Callable[[Any], Any]] = {
     "allocator": _str,  # PYTORCH_CUDA_ALLOC_CONF syntax, checked by Cell.card_problem
     "loss": _choice(LOSSES),
     "offload_activations": _bool,
+    "objective": _choice(OBJECTIVES),
+    "precompute_ref_log_probs": _bool,
 }
 assert set(CELL_KEYS) == {f.name for f in dataclasses.fields(Cell)} - {"options"}
 

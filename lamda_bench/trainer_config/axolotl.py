@@ -19,6 +19,7 @@ from typing import Any
 from . import fate as F
 from .common import map_attention, map_model, map_optimizer, number, targets_of
 from .fate import Translation, TrainerConfigError
+from . import objective
 
 MAPPED_KEYS = ("base_model", "base_model_config", "adapter", "load_in_4bit", "load_in_8bit", "lora_r", "lora_alpha",
                "lora_dropout", "lora_target_modules", "lora_target_linear", "peft_use_dora", "sequence_len",
@@ -51,7 +52,6 @@ NOT_MODELLED = {
     "lora_fan_in_fan_out": "fan-in/fan-out (Conv1D) layout: not modelled",
     "peft_layers_to_transform": "adapters on some layers only: not modelled",
     "eval_batch_size": "an evaluation step's memory is not estimated (training step only)",
-    "rl": "an RL trainer (DPO, ORPO, GRPO...) runs more than one forward per step: not modelled",
 }
 
 NO_EFFECT = {k: F.NO_MEMORY for k in (
@@ -108,7 +108,7 @@ def translate(doc: dict[str, Any], source: str, config_dir: Path) -> Translation
             t.map(key, value, F.FUSED_CE, loss="fused_linear_ce")
         elif key == "activation_offloading":
             _offloading(t, key, value, adapter)
-        else:
+        elif not objective.axolotl_key(t, key, value, doc):
             F.classify_rest(t, key, value, NO_EFFECT, NOT_MODELLED)
     if "base_model" not in doc:
         raise TrainerConfigError(f"{source}: no base_model: an axolotl config names its model there")

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import fate as F
 from . import hf_args
+from . import objective
 from .common import map_attention, map_model, number, targets_of
 from .fate import Translation, TrainerConfigError
 
@@ -48,7 +49,7 @@ NOT_MODELLED = {
 }
 
 NO_EFFECT = {k: F.NO_MEMORY for k in (
-    "trust_remote_code", "stage", "do_train", "dataset", "eval_dataset", "dataset_dir", "template", "max_samples",
+    "trust_remote_code", "do_train", "dataset", "eval_dataset", "dataset_dir", "template", "max_samples",
     "overwrite_cache", "preprocessing_num_workers", "plot_loss", "val_size", "train_on_prompt", "mask_history",
     "tokenized_path", "streaming", "buffer_size", "mix_strategy", "interleave_probs", "cache_dir", "model_revision",
     "hf_hub_token", "ms_hub_token", "om_hub_token", "export_dir", "export_size", "infer_backend", "use_fast_tokenizer",
@@ -74,7 +75,8 @@ def translate(doc: dict[str, Any], source: str, config_dir: Path) -> Translation
         raise TrainerConfigError(f"{source}: finetuning_type {kind!r}: lamda-bench models lora and full")
     lora = kind == "lora"
     for key, value in doc.items():
-        if not _map(t, key, value, doc, lora, config_dir) and not hf_args.map_key(t, key, value, doc):
+        if (not _map(t, key, value, doc, lora, config_dir) and not objective.llamafactory_key(t, key, value, doc)
+                and not hf_args.map_key(t, key, value, doc)):
             F.classify_rest(t, key, value, NO_EFFECT, NOT_MODELLED)
     _defaults(t, doc, lora)
     return t
