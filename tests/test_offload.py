@@ -59,6 +59,19 @@ def test_measure_equals_estimate_and_the_device_peak_drops(checkpointing):
         assert plain["memory"]["at_peak"]["activations"] - real["memory"]["at_peak"]["activations"] > 0
 
 
+def test_a_preference_step_offloads_its_policy_forward_and_equals_its_estimate():
+    """DPO with offloading (model/objective.py inside the offloaded forward): the policy forward's
+    saves go to host, the reference forward under no_grad saves nothing to offload."""
+    cell = _cell(offload_activations=True, objective="dpo")
+    real = ok(run_cell(cell))
+    fake = ok(run_cell({**cell, "mode": "estimate"}))
+    for key in FIELDS:
+        assert real["memory"][key] == fake["memory"][key], key
+    plain = ok(run_cell({**cell, "offload_activations": False}))
+    assert 0 < fake["memory"]["host_offloaded_peak"] and real["memory"]["peak"] < plain["memory"]["peak"]
+    assert fake["info"]["objective"]["reference"] == "disabled adapters"
+
+
 def _model(checkpointing: bool):
     cell = Cell(workload="tiny-llama", method="lora", dtype="fp32", device="cpu", batch=2, seq=16)
     torch.manual_seed(0)
