@@ -279,7 +279,7 @@ def _print_plan(suite, recorded: dict[str, dict[str, Any]], out: Path) -> None:
         rec = recorded.get(cell.id)
         targets = cell.targets if isinstance(cell.targets, str) else ",".join(cell.targets)
         shape = f"{cell.d_in}x{cell.d_out}" if cell.d_in is not None else ""
-        options = " ".join(f"{k}={v}" for k, v in cell.options)
+        options = " ".join([f"{k}={v}" for k, v in cell.options] + _other_keys(cell))
         rows.append([i, cell.workload, shape, cell.layers or "", cell.method, cell.r, targets, cell.batch,
                      cell.seq, " ".join(v for v in (cell.dtype, cell.precision, cell.quant,
                                              "kbit-prepared" if cell.kbit_prepare else "none") if v not in ("pure", "none")),
@@ -292,6 +292,22 @@ def _print_plan(suite, recorded: dict[str, dict[str, Any]], out: Path) -> None:
     todo = sum(1 for c in suite.cells if c.id not in recorded)
     print(printable(f"{len(suite.cells)} cells planned, {todo} to run into {out / 'results.jsonl'} "
                     f"(dry run: nothing written)"))
+
+
+# The plan's own columns, and keys every suite sets that say nothing about what is measured.
+_PLAN_COLUMNS = {"workload", "d_in", "d_out", "layers", "method", "r", "targets", "batch", "seq", "dtype",
+                 "precision", "quant", "kbit_prepare", "device", "mode", "options"}
+_PLAN_QUIET = {"alpha", "steps", "warmup", "timeout_s", "seed", "lr"}
+
+
+def _other_keys(cell) -> list[str]:
+    """The cell's other keys off their default (objective=dpo, loss=..., card=...): without them
+    two planned cells that differ only there would read as the same row."""
+    import dataclasses
+
+    skip = _PLAN_COLUMNS | _PLAN_QUIET
+    return [f"{f.name}={getattr(cell, f.name)}" for f in dataclasses.fields(cell)
+            if f.name not in skip and getattr(cell, f.name) != f.default]
 
 
 def summary_table(records: list[dict[str, Any]]) -> str:

@@ -132,6 +132,17 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
 
 
+def test_dry_run_names_the_keys_that_tell_two_cells_apart(tmp_path, capsys):
+    # objective and offload_activations have no column: without them in the row, the two cells read alike
+    text = ('[suite]\nname = "keys"\n[[sweep]]\nworkload = "tiny-llama"\nmethod = "lora"\n'
+            'objective = ["sft", "dpo"]\noffload_activations = true\n')
+    code, out, err = run_cli(capsys, "run", write(tmp_path, text), "--out", tmp_path / "o", "--dry-run")
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if "tiny-llama-lora" in line]
+    assert len(rows) == 2 and "objective=dpo" in rows[1] and "objective" not in rows[0]
+    assert all("offload_activations=True" in row and "timeout_s" not in row for row in rows)
+
+
 def test_run_writes_records_prints_summary_and_resumes(tmp_path, capsys):
     suite = write(tmp_path, GOOD)
     out = tmp_path / "out"
