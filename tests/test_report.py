@@ -403,3 +403,26 @@ def test_a_card_shows_reserved_and_device_beside_the_peak_as_predicted_and_oom_a
     # without a card nothing of it appears
     plain = write_report(write_results(tmp_path / "plain", [make_record()])).read_text()
     assert "on the card" not in plain and "predicted on" not in plain
+
+
+def test_offloading_and_the_loss_are_columns_and_labels_where_set_and_the_host_bytes_are_shown(tmp_path):
+    plain, fused, offloaded = make_record(), make_record(), make_record()
+    for rec, key, value in ((fused, "loss", "fused_linear_ce"), (offloaded, "offload_activations", True)):
+        rec["cell"][key] = value
+        rec["id"] = Cell.from_dict(rec["cell"]).id
+    fused["memory"]["peak"] -= 1 << 20
+    offloaded["memory"]["peak"] -= 2 << 20
+    offloaded["memory"]["host_offloaded_peak"] = 3 << 20
+    text = write_report(write_results(tmp_path / "recipes", [plain, fused, offloaded])).read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| ") and "host RAM" in line)
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert {"loss", "offload_activations", "host RAM: offloaded activations (not in peak)"} <= set(columns)
+    row = next(line for line in text.splitlines() if offloaded["id"] in line and line.startswith("| "))
+    assert "| 3.00 MiB " in row
+    # the headline tells the three LoRA cells apart and ranks them against the plain recipe
+    assert "lora loss=model offload " in text and "lora loss=fused_linear_ce no offload" in text
+    assert "(LoRA reference)" in next(line for line in text.splitlines() if "lora loss=model no offload" in line)
+    assert "the one with the model's own loss and no offloading" in text
+    # a report without either says nothing of them
+    alone = write_report(write_results(tmp_path / "plain", [make_record()])).read_text()
+    assert "offload" not in alone and "loss=" not in alone and "host RAM" not in alone

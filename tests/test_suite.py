@@ -210,7 +210,7 @@ def test_missing_file(tmp_path, catalog):
         load_suite(tmp_path / "nope.toml", catalog)
 
 
-@pytest.mark.parametrize("name", ["ci", "layers", "paper", "llama7b"])
+@pytest.mark.parametrize("name", ["ci", "layers", "paper", "llama7b", "beyond-sft"])
 def test_shipped_suites_parse(name, catalog):
     suite = load_suite(SUITES / f"{name}.toml", catalog)
     assert suite.name == name and suite.cells

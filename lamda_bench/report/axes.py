@@ -28,6 +28,9 @@ CELL_AXES = ("workload", "d_in", "d_out", "layers", "method", "r", "alpha", "tar
 # Keys said only where some record sets them off their default, so a report without them reads as
 # before; a set one is an axis like the others (a preference objective trains something else).
 SAID_WHEN_SET = ("objective", "precompute_ref_log_probs")
+# Recipe keys said likewise only where set, that train the same model on the same data (not shape
+# axes): the loss kernel and activation offloading. A varying one is a column and in each label.
+RECIPE_WHEN_SET = ("loss", "offload_activations")
 # The axes that make a "shape group": cells that train the same model on the same data under
 # the same precision policy and sharding, so their methods can be ranked against each other.
 SHAPE_AXES = ("workload", "d_in", "d_out", "layers", "batch", "seq", "dtype", "precision", "quant", "kbit_prepare",
@@ -111,10 +114,10 @@ class Axes:
         axes = cls()
         from ..suite.cell import ID_NEUTRAL_DEFAULTS
 
-        for axis in (*CELL_AXES, *SAID_WHEN_SET):
+        for axis in (*CELL_AXES, *SAID_WHEN_SET, *RECIPE_WHEN_SET):
             if axis in excluded:
                 continue
-            if axis in SAID_WHEN_SET and all(cell_value(r, axis) == ID_NEUTRAL_DEFAULTS[axis] for r in records):
+            if axis in (*SAID_WHEN_SET, *RECIPE_WHEN_SET) and all(cell_value(r, axis) == ID_NEUTRAL_DEFAULTS[axis] for r in records):
                 continue
             values = {_key(cell_value(r, axis)): cell_value(r, axis) for r in records}
             if len(values) > 1:
@@ -168,6 +171,8 @@ class Axes:
                 parts.append(f"{SHORT[axis]}{value}")
             elif axis == "gradient_checkpointing":
                 parts.append("ckpt" if value else "no ckpt")
+            elif axis == "offload_activations":
+                parts.append("offload" if value else "no offload")
             elif axis == "targets":
                 parts.append(f"targets={show(value)}")
             else:

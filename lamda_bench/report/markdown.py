@@ -82,7 +82,7 @@ def render_markdown(records: list[dict[str, Any]], plots: list[Plot], results_di
     out += ["## Headline: least memory per shape", "",
             "Per shape (model, batch, sequence, dtype, device, mode), the variants ranked by peak memory "
             "(`memory.peak`), with ratios against LoRA at the same r, targets and checkpointing (PEFT's "
-            "default fp32 adapters) and against full fine-tuning; the last column names the categories of "
+            f"default fp32 adapters{_plain_recipe_note(ok)}) and against full fine-tuning; the last column names the categories of "
             "`memory.at_peak` that differ most from that LoRA cell. Measured and estimated shapes are "
             "separate tables.", "", headline(ok), ""]
 
@@ -123,3 +123,14 @@ def render_markdown(records: list[dict[str, Any]], plots: list[Plot], results_di
         else:
             out += [f"*Skipped: {md(plot.skipped)}.*", ""]
     return "\n".join(out)
+
+
+def _plain_recipe_note(records: list[dict[str, Any]]) -> str:
+    """Said only where some record sets a recipe key (a fused loss, offloading): which LoRA cell
+    the ratios are against then."""
+    from ..suite.cell import ID_NEUTRAL_DEFAULTS
+    from .axes import RECIPE_WHEN_SET, cell_value
+
+    if all(cell_value(r, k) == ID_NEUTRAL_DEFAULTS[k] for r in records for k in RECIPE_WHEN_SET):
+        return ""
+    return "; of those, the one with the model's own loss and no offloading"

@@ -74,6 +74,11 @@ CARD_COLUMNS = (
     ("on the card: device (predicted)", lambda r: fmt_on_card(r, MEMORY.device_peak)),
 )
 PREDICTED_TIME_COLUMNS = (("throughput", fmt_throughput),)
+# Shown where a record offloaded activations (cell key offload_activations): the host copies'
+# peak, outside every device figure; "-" for a record without offloading.
+HOST_COLUMNS = (("host RAM: offloaded activations (not in peak)",
+                 lambda r: fmt_bytes(get(r, MEMORY.host_offloaded_peak)) if get(r, MEMORY.host_offloaded_peak) is not None
+                 else "none"),)
 
 
 def results_table(records: list[dict[str, Any]], axes: Axes | None = None) -> str:
@@ -96,6 +101,9 @@ def results_table(records: list[dict[str, Any]], axes: Axes | None = None) -> st
     if any(get(r, MEMORY.reserved_peak) is not None for r in ok):  # beside the tensor peak
         at = [h for h, _ in columns].index("peak (optimizer phase)") + 1
         columns = columns[:at] + CARD_COLUMNS + columns[at:]
+    if any(get(r, MEMORY.host_offloaded_peak) is not None for r in ok):  # after the device figures
+        at = [h for h, _ in columns].index("saved activations")
+        columns = columns[:at] + HOST_COLUMNS + columns[at:]
     if not timed and any(get(r, TIME.tokens_per_s_predicted) is not None for r in ok):
         columns = columns + PREDICTED_TIME_COLUMNS  # "predicted on CARD", never read as measured
     rows = [axes.row(rec) + [read(rec) for _, read in columns] + [Raw(md_code(rec.get("id")))] for rec in ok]
