@@ -267,4 +267,8 @@ def test_the_committed_card_estimates_time_table_names_every_timed_cell_with_its
     assert f"{lora['time']['step_s_predicted'] * 1e3:.1f} ms" in section
     median = float(re.search(r"- llama2-7b \(17 cells\): absolute error median ([\d.]+)%", section).group(1))
     assert median <= 10.0  # issue 40's in-sample bar
-    assert "out-of-sample band" in section and "25.1%" in section
+    # the records quote the band of the model that wrote them: the committed validation's
+    from lamda_bench.card.validation import error_band
+
+    band = error_band()["median_abs_error"]
+    assert "out-of-sample band" in section and f"median {band * 100:.1f}%" in section
