@@ -72,7 +72,15 @@ def start_cli(*argv, slow_s="1.5"):
            "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "lamda_bench", *map(str, argv)], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_terminal_dispositions)
+
+
+def _terminal_dispositions():
+    """The signal dispositions a command started from a terminal has: under nohup (or a shell
+    without job control) SIGHUP / SIGINT are inherited ignored, and the runner would not die of
+    the hangup this file sends it (seen: a CI run started with nohup failed the SIGHUP case)."""
+    for sig in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def wait_for(predicate, timeout=60.0, what="condition"):
