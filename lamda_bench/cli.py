@@ -231,7 +231,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         loaded = load_results(path).warn(path)  # checks the schema; writes nothing
-        _print_plan(suite, {r["id"]: r for r in loaded.records if "id" in r}, out)
+        from .suite.plan_table import print_plan
+
+        print_plan(suite, {r["id"]: r for r in loaded.records if "id" in r}, out)
         return EXIT_OK
 
     check_runner(runner)
@@ -269,45 +271,6 @@ def _run_line(suite, summary, out: Path) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new"
     return (f"{suite.name}: {summary.planned} cells, {summary.skipped} already recorded, "
             f"{len(summary.records)} run now ({counts}); results in {out / 'results.jsonl'}")
-
-
-def _print_plan(suite, recorded: dict[str, dict[str, Any]], out: Path) -> None:
-    from tabulate import tabulate
-
-    rows = []
-    for i, cell in enumerate(suite.cells, start=1):
-        rec = recorded.get(cell.id)
-        targets = cell.targets if isinstance(cell.targets, str) else ",".join(cell.targets)
-        shape = f"{cell.d_in}x{cell.d_out}" if cell.d_in is not None else ""
-        options = " ".join([f"{k}={v}" for k, v in cell.options] + _other_keys(cell))
-        rows.append([i, cell.workload, shape, cell.layers or "", cell.method, cell.r, targets, cell.batch,
-                     cell.seq, " ".join(v for v in (cell.dtype, cell.precision, cell.quant,
-                                             "kbit-prepared" if cell.kbit_prepare else "none") if v not in ("pure", "none")),
-                     cell.device, cell.mode, options,
-                     rec.get("status") if rec else "", cell.id])
-    headers = ["#", "workload", "d_in x d_out", "layers", "method", "r", "targets", "batch", "seq",
-               "dtype", "device", "mode", "options", "recorded", "id"]
-    print(printable(f"{suite.name}: {suite.description}".rstrip(": ")))
-    print(tabulate([[printable(v) if isinstance(v, str) else v for v in row] for row in rows], headers=headers))
-    todo = sum(1 for c in suite.cells if c.id not in recorded)
-    print(printable(f"{len(suite.cells)} cells planned, {todo} to run into {out / 'results.jsonl'} "
-                    f"(dry run: nothing written)"))
-
-
-# The plan's own columns, and keys every suite sets that say nothing about what is measured.
-_PLAN_COLUMNS = {"workload", "d_in", "d_out", "layers", "method", "r", "targets", "batch", "seq", "dtype",
-                 "precision", "quant", "kbit_prepare", "device", "mode", "options"}
-_PLAN_QUIET = {"alpha", "steps", "warmup", "timeout_s", "seed", "lr"}
-
-
-def _other_keys(cell) -> list[str]:
-    """The cell's other keys off their default (objective=dpo, loss=..., card=...): without them
-    two planned cells that differ only there would read as the same row."""
-    import dataclasses
-
-    skip = _PLAN_COLUMNS | _PLAN_QUIET
-    return [f"{f.name}={getattr(cell, f.name)}" for f in dataclasses.fields(cell)
-            if f.name not in skip and getattr(cell, f.name) != f.default]
 
 
 def summary_table(records: list[dict[str, Any]]) -> str:
