@@ -66,6 +66,13 @@ def cell_value(record: dict[str, Any], axis: str) -> Any:
     return cell.get(axis)
 
 
+def at_default(record: dict[str, Any], key: str) -> bool:
+    """Whether the record leaves an id-neutral key (``loss``, ``objective``, ...) at its default."""
+    from ..suite.cell import ID_NEUTRAL_DEFAULTS
+
+    return cell_value(record, key) == ID_NEUTRAL_DEFAULTS[key]
+
+
 def shown_value(record: dict[str, Any], axis: str) -> Any:
     """The cell value a table shows: None where the record's method ignores the key."""
     if axis in IGNORED_BY.get(str(cell_value(record, "method")), ()):
@@ -112,12 +119,10 @@ class Axes:
         records = list(records)
         excluded = set(exclude)
         axes = cls()
-        from ..suite.cell import ID_NEUTRAL_DEFAULTS
-
         for axis in (*CELL_AXES, *SAID_WHEN_SET, *RECIPE_WHEN_SET):
             if axis in excluded:
                 continue
-            if axis in (*SAID_WHEN_SET, *RECIPE_WHEN_SET) and all(cell_value(r, axis) == ID_NEUTRAL_DEFAULTS[axis] for r in records):
+            if axis in (*SAID_WHEN_SET, *RECIPE_WHEN_SET) and all(at_default(r, axis) for r in records):
                 continue
             values = {_key(cell_value(r, axis)): cell_value(r, axis) for r in records}
             if len(values) > 1:

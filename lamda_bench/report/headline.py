@@ -15,7 +15,7 @@ from typing import Any
 
 from ..suite.cell import ID_NEUTRAL_DEFAULTS
 from ..results.record import MEMORY
-from .axes import RECIPE_WHEN_SET, SHAPE_AXES, Axes, cell_value, option_value, shape_key, show
+from .axes import RECIPE_WHEN_SET, SHAPE_AXES, Axes, at_default, cell_value, option_value, shape_key, show
 from .records import bytes_at_peak, get, is_ok, mode
 from .tables import md_table
 from .units import MISSING, fmt_bytes, fmt_ratio, ratio
@@ -36,7 +36,7 @@ def lora_reference(rec: dict[str, Any], group: list[dict[str, Any]]) -> dict[str
     same = [cand for cand in group
             if cell_value(cand, "method") == "lora" and option_value(cand, "autocast_adapter_dtype") is not False
             and _matches(rec, cand, ("r", "targets", "gradient_checkpointing", "steps"))]
-    plain = [c for c in same if all(cell_value(c, k) == ID_NEUTRAL_DEFAULTS[k] for k in RECIPE_WHEN_SET)]
+    plain = [c for c in same if all(at_default(c, k) for k in RECIPE_WHEN_SET)]
     recipe = [c for c in same if _matches(rec, c, RECIPE_WHEN_SET)]
     return (plain or recipe or [None])[0]
 

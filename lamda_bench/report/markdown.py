@@ -128,9 +128,8 @@ def render_markdown(records: list[dict[str, Any]], plots: list[Plot], results_di
 def _plain_recipe_note(records: list[dict[str, Any]]) -> str:
     """Said only where some record sets a recipe key (a fused loss, offloading): which LoRA cell
     the ratios are against then."""
-    from ..suite.cell import ID_NEUTRAL_DEFAULTS
-    from .axes import RECIPE_WHEN_SET, cell_value
+    from .axes import RECIPE_WHEN_SET, at_default
 
-    if all(cell_value(r, k) == ID_NEUTRAL_DEFAULTS[k] for r in records for k in RECIPE_WHEN_SET):
+    if all(at_default(r, k) for r in records for k in RECIPE_WHEN_SET):
         return ""
     return "; of those, the one with the model's own loss and no offloading"
