@@ -50,3 +50,22 @@ def test_keys_that_were_unknown(fmt, doc, key, fate, cell):
     assert by_key[key].fate == fate, by_key[key].line()
     if cell:
         assert t.cell["attn_implementation"] == cell
+
+
+# Found by test_hostile_fuzz.py: a list or a mapping where the reader looked a name up in a table
+# (or doubled the rank for LLaMA-Factory's default alpha) raised TypeError, or doubled a list.
+@pytest.mark.parametrize("fmt, key", [("llama-factory", "finetuning_type"), ("llama-factory", "stage"),
+                                      ("llama-factory", "pref_loss"), ("llama-factory", "lora_rank"),
+                                      ("axolotl", "rl")])
+@pytest.mark.parametrize("value", [[], ["dpo"], {}, {"a": 1}])
+def test_a_list_or_mapping_where_a_name_is_read_is_a_user_error_or_a_fate(fmt, key, value):
+    from lamda_bench.errors import UserError
+
+    doc = {"model_name_or_path": "tiny-llama", "base_model": "tiny-llama", "stage": "dpo", key: value}
+    try:
+        t, by_key = fates(doc, fmt)
+    except UserError as e:
+        assert "\n" not in str(e) and key in str(e)
+        return
+    assert by_key[key].fate in (MAPPED, NO_EFFECT, NOT_MODELLED)
+    assert "alpha" not in t.cell or isinstance(t.cell["alpha"], (int, float))  # never 2 x a list

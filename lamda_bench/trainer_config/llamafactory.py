@@ -71,7 +71,7 @@ def translate(doc: dict[str, Any], source: str, config_dir: Path) -> Translation
     if "model_name_or_path" not in doc:
         raise TrainerConfigError(f"{source}: no model_name_or_path: a LLaMA-Factory config names its model there")
     kind = doc.get("finetuning_type", DEFAULTS["finetuning_type"])
-    if kind not in METHODS:
+    if not isinstance(kind, str) or kind not in METHODS:
         raise TrainerConfigError(f"{source}: finetuning_type {kind!r}: lamda-bench models lora and full")
     lora = kind == "lora"
     for key, value in doc.items():
@@ -188,7 +188,9 @@ def _defaults(t: Translation, doc: dict[str, Any], lora: bool) -> None:
     for cell_key, (key, default) in implied.items():
         if key not in doc:
             t.map(f"(default) {key}", default, "LLaMA-Factory's default", **{cell_key: default})
-    if lora and doc.get("lora_alpha") is None:
+    r = t.cell.get("r")
+    if lora and doc.get("lora_alpha") is None and isinstance(r, int) and not isinstance(r, bool):
+        # (a lora_rank that is not a whole number is the cell's to refuse, in one line; 2 x "8" is "88")
         t.map("(default) lora_alpha", 2 * t.cell["r"], "LLaMA-Factory: 2 x lora_rank", alpha=2 * t.cell["r"])
     if "disable_gradient_checkpointing" not in doc:
         t.map("(default) disable_gradient_checkpointing", False, "LLaMA-Factory checkpoints by default",
