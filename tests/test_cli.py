@@ -197,9 +197,11 @@ def test_ctrl_c_keeps_finished_cells_and_the_next_run_resumes(tmp_path, capsys):
     suite = write(tmp_path, GOOD.replace("r = [1, 2]", "r = [1, 2, 3, 4, 5, 6]"))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)])}
+    # Spawned fake cells: the fork server's preload (~10 s of CPU) buys nothing for cells that
+    # import no torch; stopping forked cells on an interrupt is test_launch.py's SIGTERM test.
     proc = subprocess.Popen(
         [sys.executable, "-m", "lamda_bench", "run", str(suite), "--out", str(out), "--no-progress",
-         "--runner", "test_launch:runner_slow"],
+         "--runner", "test_launch:runner_slow", "--start", "spawn"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # A shell without job control starts background jobs with SIGINT ignored, and Python
         # keeps an inherited SIG_IGN: give the CLI the disposition a terminal would.

@@ -112,9 +112,14 @@ def alive(pid: int) -> bool:
 
 # ---- 1. two runners on one --out ------------------------------------------------------------
 
+# The lock tests spawn their fake cells (--start spawn): the lock is the launcher's, whichever way
+# its cells start, and the fork server's preload (torch, transformers, peft: ~10 s of CPU) would
+# be paid only to run cells that import none of them. The default start is under test below
+# (test_cell_dies_with_its_runner) and in test_launch.py / test_forkserver.py.
 def test_second_runner_exits_2_naming_the_holder_and_nothing_is_duplicated(tmp_path, capsys):
     suite, out = write_suite(tmp_path), tmp_path / "out"
-    first = start_cli("run", suite, "--out", out, "--runner", "test_hostile_run:runner_slow", "--no-progress")
+    first = start_cli("run", suite, "--out", out, "--runner", "test_hostile_run:runner_slow", "--no-progress",
+                      "--start", "spawn")
     try:
         wait_for(lambda: started_pids(out), what="the first runner's first cell")
         code = cli.main(["run", str(suite), "--out", str(out), "--runner", "test_hostile_run:runner_counts",
@@ -134,10 +139,11 @@ def test_second_runner_exits_2_naming_the_holder_and_nothing_is_duplicated(tmp_p
 
 def test_wait_flag_waits_for_the_holder_then_resumes(tmp_path):
     suite, out = write_suite(tmp_path), tmp_path / "out"
-    first = start_cli("run", suite, "--out", out, "--runner", "test_hostile_run:runner_slow", "--no-progress")
+    first = start_cli("run", suite, "--out", out, "--runner", "test_hostile_run:runner_slow", "--no-progress",
+                      "--start", "spawn")
     wait_for(lambda: started_pids(out), what="the first runner's first cell")
     second = start_cli("run", suite, "--out", out, "--runner", "test_hostile_run:runner_counts", "--no-progress",
-                       "--wait")
+                       "--wait", "--start", "spawn")
     assert first.wait(timeout=120) == 0
     assert second.wait(timeout=120) == 0, second.stderr.read()
     assert "3 already recorded" in second.stdout.read()
@@ -230,11 +236,13 @@ def test_read_only_results_file_really_read_only(tmp_path, capsys):
 # ---- 4. a cell dies with its runner -------------------------------------------------------------
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="checks /proc")
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP])
-def test_cell_dies_with_its_runner(tmp_path, sig):
+@pytest.mark.parametrize("sig, start", [(signal.SIGKILL, "auto"), (signal.SIGHUP, "spawn")], ids=["9", "1"])
+def test_cell_dies_with_its_runner(tmp_path, sig, start):
+    """Neither signal lets the runner clean up: its cells must go by their lifeline, a cell forked
+    from the fork server (the default start) and a spawned one alike."""
     suite, out = write_suite(tmp_path), tmp_path / "out"
     runner = start_cli("run", suite, "--out", out, "--runner", "test_hostile_run:runner_slow", "--no-progress",
-                       slow_s="60")
+                       "--start", start, slow_s="60")
     try:
         wait_for(lambda: started_pids(out), what="the cell process")
         cell_pid = started_pids(out)[0]
