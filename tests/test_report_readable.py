@@ -146,9 +146,13 @@ def _texts(fig) -> list[Text]:
     return [t for t in out if t.get_visible() and t.get_text().strip()]
 
 
-def _overlaps(fig) -> list[tuple[str, str]]:
+def _drawn(fig):
+    """The figure's renderer after one draw (the checks below read the laid-out boxes from it)."""
     fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+    return fig.canvas.get_renderer()
+
+
+def _overlaps(fig, renderer) -> list[tuple[str, str]]:
     boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in _texts(fig)]
     bad = []
     for i, (ta, a) in enumerate(boxes):
@@ -160,9 +164,7 @@ def _overlaps(fig) -> list[tuple[str, str]]:
     return bad
 
 
-def _legend_clear_of_data(fig) -> bool:
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+def _legend_clear_of_data(fig, renderer) -> bool:
     for legend in fig.legends:
         box = legend.get_window_extent(renderer)
         if any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes):
@@ -185,9 +187,10 @@ def test_plot_text_does_not_overlap(which, tmp_path):
         results_dir, records = _large_set()
     plots = [p for p in draw_all(records, results_dir, tmp_path / "plots") if p.figure is not None]
     assert len(plots) >= 5
-    overlapping = {p.key: _overlaps(p.figure)[:3] for p in plots if _overlaps(p.figure)}
+    renderers = {p.key: _drawn(p.figure) for p in plots}  # one draw per figure for both checks
+    overlapping = {p.key: found[:3] for p in plots if (found := _overlaps(p.figure, renderers[p.key]))}
     assert overlapping == {}
-    assert [p.key for p in plots if not _legend_clear_of_data(p.figure)] == []
+    assert [p.key for p in plots if not _legend_clear_of_data(p.figure, renderers[p.key])] == []
 
 
 def test_layers_report_flags_the_two_step_outlier():
