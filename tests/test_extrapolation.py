@@ -44,7 +44,11 @@ def both(**keys) -> tuple[dict, dict]:
     return auto, full
 
 
-@pytest.mark.parametrize("method, device", [("lora", "cpu"), ("lamda", "cpu"), ("full", "cpu"), ("lora", "auto")])
+# LoRA and full fine-tuning on the CPU are the slow matrix's [lora-pure-none-False] and
+# [full-pure-none-False] (test_matrix_extrapolated_equals_full); quick, LoRA's CPU record is checked by
+# test_an_extrapolated_timeline_equals_the_full_trace[lora], full fine-tuning's by
+# test_optimizers_with_their_own_state_extrapolate[full-adafactor].
+@pytest.mark.parametrize("method, device", [("lamda", "cpu"), ("lora", "auto")])
 def test_extrapolated_record_equals_the_full_trace(method, device):
     """device auto: estimated for cuda where this torch can fake it, else with the foreach
     optimizer a CUDA run uses (its ops read every block at once)."""
@@ -95,6 +99,8 @@ def test_an_extrapolated_timeline_equals_the_full_trace(tmp_path, keys):
     auto = run_cell(dict(cell), str(tmp_path / "auto"))
     full = run_cell(dict(cell, trace="full"), str(tmp_path / "full"))
     assert auto["info"]["trace"]["mode"] == "extrapolated", auto["info"]["trace"]
+    without_files = lambda rec: {k: v for k, v in comparable(rec).items() if k != "artifacts"}  # noqa: E731
+    assert without_files(auto) == without_files(full)  # the record itself, as in the test above
     assert list(auto["artifacts"]) == ["timeline"] and set(full["artifacts"]) == {"timeline", "detail"}
     read = lambda side, rec: json.loads((tmp_path / side / rec["artifacts"]["timeline"]).read_text())  # noqa: E731
     a, f = read("auto", auto), read("full", full)
