@@ -129,14 +129,19 @@ def test_bad_search_settings_are_refused():
 # ---- the command, on real estimate cells of tiny-llama ------------------------------------------
 
 
+_PEAKS: dict[str, int] = {}  # cell id -> peak: an estimate is deterministic, and several tests ask for the same cell
+
+
 def _peak(**kw) -> int:
     """An estimate's peak, run here in this process (not by the planner)."""
     from lamda_bench.runner import run_cell
 
     cell = Cell(**{**dict(workload="tiny-llama", method="lora", mode="estimate", device="auto"), **kw})
-    rec = run_cell(cell.to_dict())
-    assert rec["status"] == "ok", rec["error"]
-    return rec["memory"]["peak"]
+    if cell.id not in _PEAKS:
+        rec = run_cell(cell.to_dict())
+        assert rec["status"] == "ok", rec["error"]
+        _PEAKS[cell.id] = rec["memory"]["peak"]
+    return _PEAKS[cell.id]
 
 
 def _fit(tmp_path, *args):
