@@ -141,3 +141,15 @@ def test_browse_filters_a_committed_results_dir(app):
     with pytest.raises(gradio_client.exceptions.AppError) as e:
         client.predict(str(BROWSED), "", False, "nosuchkey=1", api_name="/browse")
     assert "nosuchkey" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_fit_answers_with_its_table_and_plot_and_shows_no_advice_box_unasked(app):
+    client, _ = app
+    table, plot, advice, text = client.predict("tiny-llama", ["lora"], "1GiB", "seq", 64, 8, "all", "", "", False, "",
+                                               api_name="/fit")
+    rows = table["data"] if isinstance(table, dict) else table
+    assert len(rows) == 1 and rows[0][0] == "lora"
+    assert plot and Path(plot).stat().st_size > 0
+    # the advice image comes back hidden and empty (an empty box read as "advice found nothing")
+    assert advice == {"__type__": "update", "visible": False, "value": None}, advice
+    assert "lamda-bench fit" in text and "--advise" not in text

@@ -33,14 +33,16 @@ def build(gr: Any, site: Site) -> None:
             table = gr.Dataframe(headers=fit_tab.TABLE_HEADERS, label="largest that fits, per method",
                                  interactive=False)
             plot = gr.Image(label="fit.png", type="filepath")
-            advice_plot = gr.Image(label="fit-advise.png", type="filepath", visible=True)
+            # shown only with advice: an empty image box read as "advice found nothing"
+            advice_plot = gr.Image(label="fit-advise.png", type="filepath", visible=False)
             text = gr.Code(label="lamda-bench fit", language=None)
 
     @user_errors
     def run(*values: Any) -> tuple:
         a = fit_tab.answer(fit_tab.fit_argv(*values), site.fit_out)
         cmd = "lamda-bench fit " + " ".join(a.argv) + f" --out {site.fit_out}"
-        return a.rows, a.plot and str(a.plot), a.advice_plot and str(a.advice_plot), a.text + "\n# " + cmd
+        advice = gr.update(value=a.advice_plot and str(a.advice_plot), visible=a.advice_plot is not None)
+        return a.rows, a.plot and str(a.plot), advice, a.text + "\n# " + cmd
 
     go.click(run, [model, methods, budget, axis, value, r, targets, optimizer, card, advise, extra],
              [table, plot, advice_plot, text], api_name="fit", concurrency_id="cell", concurrency_limit=1)
