@@ -71,7 +71,8 @@ def main() -> int:
     from playwright.sync_api import expect, sync_playwright
 
     answers = Path(tempfile.mkdtemp(prefix="lamda-bench-app-")) / "answers"
-    browsed = REPO / "reports" / "llama7b-cpu"
+    browsed = Path("reports") / "llama7b-cpu"  # relative to the repository, the app's cwd: the page shows
+    # reports/llama7b-cpu, not this machine's checkout path
     url = f"http://127.0.0.1:{args.port}/"
     proc = subprocess.Popen([sys.executable, "-m", "lamda_bench", "app", str(answers), str(browsed),
                              "--port", str(args.port)], cwd=REPO)
