@@ -14,7 +14,8 @@ from lamda_bench.suite.cell import Cell
 # ---- one core's worth of threads per xdist worker ----------------------------------------------
 # Each worker's torch would start one intra-op thread per core: two workers on two cores ran four
 # busy threads, and OpenMP's spinning waits took CPU from the other worker (quick set: 525 s ->
-# 489 s, CPU 770 s -> 695 s with one thread each). The launcher's cells set their own counts.
+# 489 s, CPU 770 s -> 695 s, measured with OMP_NUM_THREADS=1 for the whole run). The launcher's
+# cells set their own counts.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
