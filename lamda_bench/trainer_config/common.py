@@ -103,6 +103,12 @@ def map_attention(t: Translation, key: str, value: Any) -> None:
         t.not_modelled(key, value, F.ATTENTION_KERNEL)
 
 
+def named(table: dict[str, Any], value: Any) -> Any:
+    """``table[value]`` where the value is a name in the table, else None: a list or a mapping where
+    a file names something (``stage: [dpo]``) is no key of it, and must not raise TypeError."""
+    return table.get(value) if isinstance(value, str) else None
+
+
 def number(value: Any, default: float | None = None) -> Any:
     """A config's number as a float (``None`` -> ``default``); anything else unchanged, so the
     cell's own check refuses it in one line naming the key (never a ValueError here)."""

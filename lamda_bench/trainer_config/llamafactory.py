@@ -19,7 +19,7 @@ from typing import Any
 from . import fate as F
 from . import hf_args
 from . import objective
-from .common import map_attention, map_model, number, targets_of
+from .common import map_attention, map_model, named, number, targets_of
 from .fate import Translation, TrainerConfigError
 
 DEFAULTS = {"finetuning_type": "lora", "lora_rank": 8, "lora_target": "all", "cutoff_len": 2048,
@@ -71,7 +71,7 @@ def translate(doc: dict[str, Any], source: str, config_dir: Path) -> Translation
     if "model_name_or_path" not in doc:
         raise TrainerConfigError(f"{source}: no model_name_or_path: a LLaMA-Factory config names its model there")
     kind = doc.get("finetuning_type", DEFAULTS["finetuning_type"])
-    if not isinstance(kind, str) or kind not in METHODS:
+    if not named(METHODS, kind):
         raise TrainerConfigError(f"{source}: finetuning_type {kind!r}: lamda-bench models lora and full")
     lora = kind == "lora"
     for key, value in doc.items():
@@ -191,7 +191,7 @@ def _defaults(t: Translation, doc: dict[str, Any], lora: bool) -> None:
     r = t.cell.get("r")
     if lora and doc.get("lora_alpha") is None and isinstance(r, int) and not isinstance(r, bool):
         # (a lora_rank that is not a whole number is the cell's to refuse, in one line; 2 x "8" is "88")
-        t.map("(default) lora_alpha", 2 * t.cell["r"], "LLaMA-Factory: 2 x lora_rank", alpha=2 * t.cell["r"])
+        t.map("(default) lora_alpha", 2 * r, "LLaMA-Factory: 2 x lora_rank", alpha=2 * r)
     if "disable_gradient_checkpointing" not in doc:
         t.map("(default) disable_gradient_checkpointing", False, "LLaMA-Factory checkpoints by default",
               gradient_checkpointing=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .common import named
 from .fate import Translation
 
 PT = ("pre-training: the next-token loss over every token, the same step as sft (the cell's SFT step "
@@ -45,14 +46,13 @@ def llamafactory_stage(t: Translation, key: str, value: Any, doc: dict[str, Any]
         t.map(key, value, "KTO as TRL's KTOTrainer runs it (unpaired rows, KL rows, a reference)", objective="kto")
     elif value == "dpo":
         loss = doc.get("pref_loss", "sigmoid")
-        if isinstance(loss, str) and loss in DPO_LOSSES:
-            t.map(key, value, f"pref_loss {loss!r}: objective {DPO_LOSSES[loss]!r}", objective=DPO_LOSSES[loss])
+        if objective := named(DPO_LOSSES, loss):
+            t.map(key, value, f"pref_loss {loss!r}: objective {objective!r}", objective=objective)
         else:
             t.not_modelled(key, value, f"stage dpo with pref_loss {loss!r}: not modelled (sigmoid, orpo and simpo "
                                        "are); the estimate is not of this loss")
     else:
-        known = NOT_MODELLED_STAGES.get(value) if isinstance(value, str) else None  # a list is not a stage
-        t.not_modelled(key, value, known or f"stage {value!r}: not modelled")
+        t.not_modelled(key, value, named(NOT_MODELLED_STAGES, value) or f"stage {value!r}: not modelled")
 
 
 def llamafactory_key(t: Translation, key: str, value: Any, doc: dict[str, Any]) -> bool:
@@ -86,8 +86,7 @@ def axolotl_key(t: Translation, key: str, value: Any, doc: dict[str, Any]) -> bo
                                  "entropy over the chosen rows' logits) is not modelled; cpo_alpha: 0 is",
                      objective="simpo")
         else:
-            known = NOT_MODELLED_RL.get(value) if isinstance(value, str) else None  # a list is not a method
-            t.not_modelled(key, value, known or f"rl {value!r}: not modelled")
+            t.not_modelled(key, value, named(NOT_MODELLED_RL, value) or f"rl {value!r}: not modelled")
     elif key == "precompute_ref_log_probs":
         if value and rl in ("dpo", "kto"):
             t.map(key, value, "reference log-probs computed before training: no reference forward",
