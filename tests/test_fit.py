@@ -129,19 +129,18 @@ def test_bad_search_settings_are_refused():
 # ---- the command, on real estimate cells of tiny-llama ------------------------------------------
 
 
-_PEAKS: dict[str, int] = {}  # cell id -> peak: an estimate is deterministic, and several tests ask for the same cell
+@pytest.fixture
+def peak(shared_record):
+    """An estimate's peak, run here in this process (not by the planner); once per distinct cell
+    (conftest's shared_record: several tests ask for the same cell)."""
 
-
-def _peak(**kw) -> int:
-    """An estimate's peak, run here in this process (not by the planner)."""
-    from lamda_bench.runner import run_cell
-
-    cell = Cell(**{**dict(workload="tiny-llama", method="lora", mode="estimate", device="auto"), **kw})
-    if cell.id not in _PEAKS:
-        rec = run_cell(cell.to_dict())
+    def of(**kw) -> int:
+        cell = Cell(**{**dict(workload="tiny-llama", method="lora", mode="estimate", device="auto"), **kw})
+        rec = shared_record(cell.to_dict())
         assert rec["status"] == "ok", rec["error"]
-        _PEAKS[cell.id] = rec["memory"]["peak"]
-    return _PEAKS[cell.id]
+        return rec["memory"]["peak"]
+
+    return of
 
 
 def _fit(tmp_path, *args):
@@ -150,8 +149,8 @@ def _fit(tmp_path, *args):
     return code, rows
 
 
-def test_fit_certifies_the_largest_batch_with_real_estimates(tmp_path, capsys):
-    low, high = _peak(batch=1, seq=64), _peak(batch=16, seq=64)
+def test_fit_certifies_the_largest_batch_with_real_estimates(tmp_path, capsys, peak):
+    low, high = peak(batch=1, seq=64), peak(batch=16, seq=64)
     budget = WORKSPACE_BYTES + (low + high) // 2  # a size in bytes: margin = the workspace only
     code, rows = _fit(tmp_path, "--method", "lora", "--seq", "64", "--budget", str(budget))
     out = capsys.readouterr().out
@@ -160,8 +159,8 @@ def test_fit_certifies_the_largest_batch_with_real_estimates(tmp_path, capsys):
     best = row["max_batch"]
     assert row["verdict"] == "certified" and 1 < best < 16 and row["next"] == best + 1
     # Certified independently: max fits, max + 1 does not.
-    assert _peak(batch=best, seq=64) == row["peak_at_max"] and row["peak_at_max"] + WORKSPACE_BYTES <= budget
-    assert _peak(batch=best + 1, seq=64) == row["peak_at_next"] and row["peak_at_next"] + WORKSPACE_BYTES > budget
+    assert peak(batch=best, seq=64) == row["peak_at_max"] and row["peak_at_max"] + WORKSPACE_BYTES <= budget
+    assert peak(batch=best + 1, seq=64) == row["peak_at_next"] and row["peak_at_next"] + WORKSPACE_BYTES > budget
     # Every probe is a record of results.jsonl; the plot exists; the answer says it is an estimate.
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert {r["id"] for r in records} == set(row["probe_ids"]) and len(records) == row["probes"]
@@ -197,8 +196,8 @@ def test_fit_with_a_card_predicts_tokens_per_s_at_the_max_and_the_time_for_a_mil
     assert f"median {band['median_abs_error'] * 100:.1f}%, largest {band['max_abs_error'] * 100:.1f}%" in out
 
 
-def test_fit_in_seq_mode_steps_by_the_multiple(tmp_path):
-    low, high = _peak(batch=2, seq=32), _peak(batch=2, seq=512)
+def test_fit_in_seq_mode_steps_by_the_multiple(tmp_path, peak):
+    low, high = peak(batch=2, seq=32), peak(batch=2, seq=512)
     budget = WORKSPACE_BYTES + (low + high) // 2
     code, rows = _fit(tmp_path, "--method", "lamda", "--batch", "2", "--multiple", "32", "--budget", str(budget))
     assert code == 0
@@ -206,12 +205,12 @@ def test_fit_in_seq_mode_steps_by_the_multiple(tmp_path):
     best = row["max_seq"]
     assert row["verdict"] == "certified" and best % 32 == 0 and 32 <= best < 512 and row["next"] == best + 32
     assert row["limit"] == 512  # tiny-llama's max positions
-    assert _peak(method="lamda", batch=2, seq=best) + WORKSPACE_BYTES <= budget
-    assert _peak(method="lamda", batch=2, seq=best + 32) + WORKSPACE_BYTES > budget
+    assert peak(method="lamda", batch=2, seq=best) + WORKSPACE_BYTES <= budget
+    assert peak(method="lamda", batch=2, seq=best + 32) + WORKSPACE_BYTES > budget
 
 
-def test_a_method_that_cannot_fit_batch_1_says_so(tmp_path, capsys):
-    budget = WORKSPACE_BYTES + _peak(method="full", batch=1, seq=64) - 1
+def test_a_method_that_cannot_fit_batch_1_says_so(tmp_path, capsys, peak):
+    budget = WORKSPACE_BYTES + peak(method="full", batch=1, seq=64) - 1
     code, rows = _fit(tmp_path, "--method", "full", "--seq", "64", "--budget", str(budget))
     assert code == 0
     row, = rows
@@ -237,10 +236,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
 # ---- per card: data-parallel layouts ---------------------------------------------------------
 
 
-def test_fit_under_fsdp2_answers_per_card(tmp_path, capsys):
+def test_fit_under_fsdp2_answers_per_card(tmp_path, capsys, peak):
     sharded = dict(world_size=4, parallel="fsdp2")
-    low, high = _peak(batch=1, seq=64, **sharded), _peak(batch=16, seq=64, **sharded)
-    assert high < _peak(batch=16, seq=64)  # a card holds less than one device alone
+    low, high = peak(batch=1, seq=64, **sharded), peak(batch=16, seq=64, **sharded)
+    assert high < peak(batch=16, seq=64)  # a card holds less than one device alone
     budget = WORKSPACE_BYTES + (low + high) // 2
     code, rows = _fit(tmp_path, "--method", "lora", "--seq", "64", "--budget", str(budget),
                       "--world-size", "4", "--parallel", "fsdp2")
@@ -250,8 +249,8 @@ def test_fit_under_fsdp2_answers_per_card(tmp_path, capsys):
     assert row["verdict"] == "certified" and row["world_size"] == 4 and row["parallel"] == "fsdp2"
     assert row["cell"]["world_size"] == 4 and row["cell"]["parallel"] == "fsdp2"
     # Certified independently on rank 0 of the sharded job: max fits one card, max + 1 does not.
-    assert _peak(batch=best, seq=64, **sharded) == row["peak_at_max"] <= budget - WORKSPACE_BYTES
-    assert _peak(batch=best + 1, seq=64, **sharded) == row["peak_at_next"] > budget - WORKSPACE_BYTES
+    assert peak(batch=best, seq=64, **sharded) == row["peak_at_max"] <= budget - WORKSPACE_BYTES
+    assert peak(batch=best + 1, seq=64, **sharded) == row["peak_at_next"] > budget - WORKSPACE_BYTES
     assert "Per card, 4 rank(s) under fsdp2" in capsys.readouterr().out
 
 
