@@ -27,15 +27,27 @@ if _WORKERS > 1:
 # once, before its cell (launch/child.freeze_heap); a test worker that runs hundreds of cells in
 # process never did, so each collection walked torch, transformers, peft, pytest and every earlier
 # test's objects: test_execute.py + test_quant.py took 113 s, 45 s frozen. So each test starts with
-# what is alive then frozen (after a collection, so no garbage is frozen), and each module ends by
-# thawing and collecting, so its fixtures' cycles are freed. A cell's own objects are collected as
-# before: no record moves.
+# what is alive then frozen (after a collection, so no garbage is frozen). A cell's own objects are
+# collected as before: no record moves.
+#
+# What a module's tests left frozen (its fixtures' cycles, a model) is only freed by thawing the
+# heap and collecting all of it: ~0.4 s with this package's imports, and the next test's collection
+# walked it all once more. So that full collection runs after a module only once enough has been
+# frozen since the last one (FULL_COLLECT_AFTER objects; a module of fixtures and records is
+# 10-150k) and the heap is frozen again right after it: 1,130 quick tests spent ~88 s of CPU in
+# these two fixtures collecting after every module, ~13 s this way.
+FULL_COLLECT_AFTER = 200_000
+_frozen_at_last_full_collect = [0]
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _collect_after_the_module():
     yield
-    gc.unfreeze()
-    gc.collect()
+    if gc.get_freeze_count() - _frozen_at_last_full_collect[0] > FULL_COLLECT_AFTER:
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        _frozen_at_last_full_collect[0] = gc.get_freeze_count()
 
 
 @pytest.fixture(autouse=True)
