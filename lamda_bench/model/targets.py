@@ -24,11 +24,13 @@ qualified names are used.
 from __future__ import annotations
 
 import re
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..hints import did_you_mean
 from .config import WorkloadError
+
+if TYPE_CHECKING:  # torch is imported where a model is at hand (is_target_linear)
+    from torch import nn
 
 # Mixture-of-experts presets: the fused expert parameters (not linears), alone or with a linear
 # preset; resolved by lamda_bench/methods/peft_experts.py (LoRA through PEFT's target_parameters).
@@ -50,6 +52,8 @@ def is_target_linear(module: nn.Module) -> bool:
     ``lora.Linear``, LaMDA's ``LamdaLinear``) is not an ``nn.Linear``, so an adapted layer is
     never matched a second time; its ``base_layer`` does not end with the target suffix. Every
     method matches targets with this and ``matches_target``."""
+    from torch import nn  # here, not at the top: suite parsing (the CLI's parent) reads PRESETS without torch
+
     return isinstance(module, nn.Linear)
 
 
@@ -68,7 +72,7 @@ def block_linears(model: nn.Module) -> dict[str, str]:
     out = {}
     routing = routing_linears(model)
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name not in routing:
+        if is_target_linear(module) and name not in routing:
             m = _BLOCK_RE.match(name)
             if m:
                 out[name] = m.group("rest")
@@ -84,7 +88,7 @@ def routing_linears(model: nn.Module) -> set[str]:
 
     parents = {name.rpartition(".")[0] for name in experts_modules(model)}
     return {name for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and name.rpartition(".")[0] in parents}
+            if is_target_linear(module) and name.rpartition(".")[0] in parents}
 
 
 def preset_modules(model: nn.Module, preset: str, model_type: str | None = None) -> list[str] | None:
@@ -151,7 +155,7 @@ def available_presets(model: nn.Module, model_type: str | None = None) -> list[s
 
 
 def _linear_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return [n for n, m in model.named_modules() if is_target_linear(m)]
 
 
 def resolve_targets(targets, model: nn.Module, workload_name: str, model_type: str | None = None) -> list[str]:

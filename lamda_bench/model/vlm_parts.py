@@ -18,12 +18,13 @@ qualified module names (a suffix such as ``q_proj`` would also hit CLIP's attent
 
 from __future__ import annotations
 
-from typing import Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from .config import WorkloadError
-from .targets import preset_modules
+from .targets import is_target_linear, preset_modules
+
+if TYPE_CHECKING:
+    from torch import nn
 
 OWNERS = ("vision", "projector", "language_model", "adapter")
 VLM_PRESETS = ("all+vision", "all+projector", "all+vision+projector")
@@ -49,7 +50,7 @@ def owner(name: str | None, is_adapter: Callable[[str], bool] | None = None) -> 
 
 
 def _linears(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return [n for n, m in model.named_modules() if is_target_linear(m)]
 
 
 def preset_targets(model: nn.Module, preset: str, workload_name: str) -> list[str]:
