@@ -6,7 +6,6 @@ import gc
 import os
 
 import pytest
-import torch
 
 from lamda_bench.suite.cell import Cell
 
@@ -16,8 +15,12 @@ from lamda_bench.suite.cell import Cell
 # busy threads, and OpenMP's spinning waits took CPU from the other worker (quick set: 525 s ->
 # 489 s, CPU 770 s -> 695 s, measured with OMP_NUM_THREADS=1 for the whole run). The launcher's
 # cells set their own counts.
+# (torch is imported here and in fixtures, not at the top: the xdist controller, which runs no test,
+# loads this file too, and its torch import held back the workers' start by ~2.5 s.)
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
+    import torch
+
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
 
 
@@ -82,6 +85,8 @@ def minilm_required():
 def one_torch_thread():
     """One torch thread for the module: LAPACK's SVD (PiSSA, LaMDA's svd init) with 2 threads
     on a busy 2-core machine ran ~10x slower than with 1."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
