@@ -165,7 +165,9 @@ def test_extrapolated_card_figures_equal_the_full_traces_replay(shallow, method,
         assert predicted == pytest.approx(full["time"]["step_s_predicted"], rel=1e-3)
 
 
-@pytest.mark.parametrize("method, device", [("lora", "auto"), ("lamda", "cpu")])
+# lora-auto is slow: quick, LoRA's laid-out stream gives the full trace's card figures and record
+# (test_extrapolated_card_figures_equal_the_full_traces_replay[lora-auto]); event for event, [lamda-cpu].
+@pytest.mark.parametrize("method, device", [pytest.param("lora", "auto", marks=pytest.mark.slow), ("lamda", "cpu")])
 def test_the_stream_laid_out_from_the_probes_is_the_full_depths_stream(method, device):
     """Event for event: sizes, order and which birth each death frees."""
     plan = resolve(Cell.from_dict(dict(TINY, method=method, device=device, layers=9)), timeline=False)

@@ -47,8 +47,10 @@ def both(**keys) -> tuple[dict, dict]:
 # LoRA and full fine-tuning on the CPU are the slow matrix's [lora-pure-none-False] and
 # [full-pure-none-False] (test_matrix_extrapolated_equals_full); quick, LoRA's CPU record is checked by
 # test_an_extrapolated_timeline_equals_the_full_trace[lora], full fine-tuning's by
-# test_optimizers_with_their_own_state_extrapolate[full-adafactor].
-@pytest.mark.parametrize("method, device", [("lamda", "cpu"), ("lora", "auto")])
+# test_optimizers_with_their_own_state_extrapolate[full-adafactor]. lora-auto is slow: quick, the same cell
+# with a card is test_card_memory.py's test_extrapolated_card_figures_equal_the_full_traces_replay[lora-auto]
+# (its record, less the card's stream and time prediction, equals the full trace's: every field checked here).
+@pytest.mark.parametrize("method, device", [("lamda", "cpu"), pytest.param("lora", "auto", marks=pytest.mark.slow)])
 def test_extrapolated_record_equals_the_full_trace(method, device):
     """device auto: estimated for cuda where this torch can fake it, else with the foreach
     optimizer a CUDA run uses (its ops read every block at once)."""
