@@ -122,7 +122,6 @@ def test_bad_input_through_the_real_command(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-
 def test_help_and_flag_errors_answer_without_importing_torch():
     """The parser and its one-line errors need no torch (was ~2 s of import before `--help` printed)."""
     code = ("import sys; from lamda_bench.cli import main\n"
@@ -133,6 +132,7 @@ def test_help_and_flag_errors_answer_without_importing_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "usage: lamda-bench" in proc.stdout
     assert proc.stderr.strip().splitlines()[-1] == "False", proc.stderr
+
 
 def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
